@@ -1,0 +1,39 @@
+# genjax: `make run` (train the Shakespeare LM on the CPU, print samples), `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+FMNIST_DIR := /usr/share/datasets/fashion-mnist
+WORKDIR ?= runs/lm_shakespeare_cpu
+
+.PHONY: run test setup data clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+setup: $(STAMP) data
+
+# Fashion-MNIST from Debian (root: apt-get; otherwise unpacked into ./data/fashion-mnist).
+data:
+	@if [ -d $(FMNIST_DIR) ] || [ -d data/fashion-mnist ]; then :; \
+	elif [ "$$(id -u)" = 0 ]; then (apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 || \
+	    (apt-get update -qq >/dev/null && apt-get install -y -qq dataset-fashion-mnist >/dev/null)) \
+	    || echo "warning: could not install dataset-fashion-mnist"; \
+	else mkdir -p data/deb && cd data/deb && apt-get download dataset-fashion-mnist && \
+	    dpkg -x dataset-fashion-mnist_*.deb root && mkdir -p ../fashion-mnist && \
+	    cp root$(FMNIST_DIR)/* ../fashion-mnist/; fi
+
+run: setup
+	$(PY) -m genjax.train --config=configs/lm_shakespeare.py:cpu --workdir=$(WORKDIR)
+	$(PY) -m genjax.sample --workdir=$(WORKDIR) --prompt="ROMEO:" --num_samples=3 \
+	    --max_new_tokens=300 --temperature=0.8 --top_k=40 --top_p=0.95 --seed=0
+
+test: setup
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) runs

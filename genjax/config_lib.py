@@ -1,0 +1,163 @@
+"""Configs: every key the library reads is defined and commented here, in `base_config()`.
+
+A family config (configs/<name>.py) starts from `base_config()`, fills `model` and
+`data`, picks a preset with the `:arg` suffix and returns the config *locked*, so
+`--config.typo=1` fails instead of being silently ignored.
+
+    python -m genjax.train --config=configs/lm_shakespeare.py:cpu --config.optim.lr=1e-3
+"""
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any, Sequence
+
+import ml_collections
+from ml_collections import ConfigDict
+
+# Logical axis -> mesh axis. Models only name logical axes (see genjax/sharding.py).
+DEFAULT_SHARDING_RULES = (
+    ("batch", ("data", "fsdp")),
+    ("length", None),
+    ("embed", "fsdp"),
+    ("heads", "tensor"),
+    ("kv", None),
+    ("mlp", "tensor"),
+    ("vocab", "tensor"),
+    ("conv_in", None),
+    ("conv_out", "fsdp"),
+    ("channels", None),
+    ("height", None),
+    ("width", None),
+    ("latent", None),
+)
+
+
+def base_config() -> ConfigDict:
+    """Shared keys of every run (unlocked; the family config locks it)."""
+    c = ConfigDict()
+    c.family = ""                  # loss module: genjax/losses/<family>.py (lm, ...)
+    c.seed = 0                     # params init, data order and per-step randomness
+    c.total_steps = 1000           # optimizer steps
+    c.batch_size = 32              # GLOBAL batch (all processes and devices)
+    c.log_every_steps = 50         # progress line + metrics.jsonl + TensorBoard
+    c.eval_every_steps = 500       # eval on config.eval_split (0 = only at the end)
+    c.eval_batches = 20            # batches per periodic eval (final eval: whole split)
+    c.eval_split = "validation"
+    c.ckpt_every_steps = 500       # async checkpoint interval (and always at the end)
+    c.keep_checkpoints = 3         # keep the latest k steps
+    c.init_from = ""               # checkpoint dir (or dir/step) to take params from (fine-tuning)
+    c.compute_dtype = "float32"    # float32 | bfloat16 (params stay float32: master weights)
+    c.skip_nonfinite = True        # skip an update whose gradients are NaN/Inf (counted)
+    c.max_consecutive_skips = 10   # then stop with an error
+    c.peak_flops_per_device = 0.0  # for MFU; 0 = look the device up (genjax/flops.py)
+    c.debug_nans = False
+
+    c.mesh = ConfigDict(dict(data=-1, fsdp=1, tensor=1))  # -1: the remaining devices
+    c.sharding_rules = DEFAULT_SHARDING_RULES
+
+    c.optim = ConfigDict()
+    c.optim.name = "adamw"         # adamw | adam | sgd
+    c.optim.lr = 1e-3              # peak learning rate
+    c.optim.schedule = "cosine"    # cosine | linear | constant (after warmup)
+    c.optim.warmup_steps = 100
+    c.optim.min_lr_ratio = 0.1     # final lr = lr * min_lr_ratio
+    c.optim.b1 = 0.9
+    c.optim.b2 = 0.95
+    c.optim.eps = 1e-8
+    c.optim.momentum = 0.9         # sgd only
+    c.optim.weight_decay = 0.1     # decoupled; masked to params with ndim >= 2
+    c.optim.wd_exclude = ("embedding",)  # substrings of param paths never decayed
+    c.optim.clip_norm = 1.0        # global-norm clipping (0 = off)
+    c.optim.accum_steps = 1        # optax.MultiSteps gradient accumulation
+    c.optim.ema_decay = 0.0        # EMA of params in the state (0 = off)
+    # Parameter groups (families with several players): label -> overrides of the keys
+    # above plus `every`/`offset` for alternating updates (update when step % every == offset).
+    c.optim.groups = ConfigDict()
+
+    c.model = ConfigDict()         # family-specific, set by configs/<name>.py
+    c.data = ConfigDict()          # family-specific, set by configs/<name>.py
+    c.sample = ConfigDict()        # defaults for genjax.sample / samples printed at the end
+    return c
+
+
+# --------------------------------------------------------------------------- CLI
+class ConfigError(ValueError):
+    """A bad config: printed as one line by the CLIs, exit code 2."""
+
+
+def parse_flags(argv: Sequence[str]):
+    """absl flag parsing with config errors turned into one ConfigError line."""
+    from absl import flags
+    try:
+        rest = flags.FLAGS(list(argv))
+    except AttributeError as e:  # locked ConfigDict: unknown key
+        key = str(e).strip("'\"")
+        raise ConfigError(f"unknown config key {key!r} (see genjax/config_lib.py and the "
+                          f"config file for the keys that exist)") from None
+    except KeyError as e:
+        raise ConfigError(f"unknown config key {e}") from None
+    except flags.Error as e:
+        raise ConfigError(str(e).splitlines()[0]) from None
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"bad config override: {e}") from None
+    cfg = getattr(flags.FLAGS, "config", None)
+    if cfg is not None and not isinstance(cfg, ConfigDict):
+        try:  # ml_collections defers load errors into an _ErrorConfig object
+            cfg.lock()
+        except Exception as e:  # noqa: BLE001
+            raise ConfigError(f"cannot load --config: {e}") from None
+    return rest
+
+
+def run_cli(main, argv=None) -> None:
+    """Runs `main(argv)` after flag parsing; bad input -> one line on stderr, exit 2."""
+    import logging
+    argv = sys.argv if argv is None else argv
+    try:
+        rest = parse_flags(argv)
+        main(rest)
+    except (ConfigError, UserError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        logging.shutdown()
+        sys.exit(2)
+
+
+class UserError(Exception):
+    """Bad input from the user (missing data, bad prompt, wrong workdir): one line, exit 2."""
+
+
+# ----------------------------------------------------------------------- helpers
+def to_dict(cfg: ConfigDict) -> dict[str, Any]:
+    """JSON-able plain dict (tuples become lists)."""
+    return json.loads(cfg.to_json_best_effort())
+
+
+def from_dict(d: dict[str, Any]) -> ConfigDict:
+    return ml_collections.ConfigDict(d)
+
+
+def diff(a: dict, b: dict, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two plain dicts."""
+    out = []
+    for k in sorted(set(a) | set(b)):
+        key = f"{prefix}{k}"
+        if isinstance(a.get(k), dict) and isinstance(b.get(k), dict):
+            out += diff(a[k], b[k], key + ".")
+        elif a.get(k, "<missing>") != b.get(k, "<missing>"):
+            out.append(f"{key}: {a.get(k, '<missing>')!r} -> {b.get(k, '<missing>')!r}")
+    return out
+
+
+def apply_preset(config: ConfigDict, presets: dict[str, dict], arg: str | None) -> ConfigDict:
+    """Applies preset `arg` (dotted-key -> value) from `presets`; unknown names fail."""
+    name = arg or "cpu"
+    if name not in presets:
+        raise ConfigError(f"unknown preset {name!r}; choose one of {sorted(presets)}")
+    for key, value in presets[name].items():
+        node = config
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return config

@@ -1,0 +1,127 @@
+"""Optimizer from config: AdamW/Adam/SGD, warmup + cosine/linear decay, clipping,
+weight-decay masks, gradient accumulation, and parameter groups (one optimizer each).
+
+The optimizer is built from the config and never stored in the train state; the state
+holds only its arrays (`opt_state`), so checkpoints contain arrays only.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from ml_collections import ConfigDict
+
+GROUP_ONLY_KEYS = ("every", "offset")
+
+
+def make_schedule(o: ConfigDict, total_steps: int) -> optax.Schedule:
+    """Linear warmup to `o.lr`, then cosine/linear decay to `o.lr * o.min_lr_ratio`."""
+    warmup = max(0, min(int(o.warmup_steps), total_steps))
+    decay_steps = max(1, total_steps - warmup)
+    end = o.lr * o.min_lr_ratio
+    if o.schedule == "cosine":
+        decay = optax.cosine_decay_schedule(o.lr, decay_steps, alpha=o.min_lr_ratio)
+    elif o.schedule == "linear":
+        decay = optax.linear_schedule(o.lr, end, decay_steps)
+    elif o.schedule == "constant":
+        decay = optax.constant_schedule(o.lr)
+    else:
+        raise ValueError(f"config.optim.schedule={o.schedule!r}: use cosine | linear | constant")
+    if warmup == 0:
+        return decay
+    return optax.join_schedules([optax.linear_schedule(0.0, o.lr, warmup), decay], [warmup])
+
+
+def decay_mask(params, exclude: tuple[str, ...] = ()) -> Any:
+    """True where weight decay applies: kernels/embeddings (ndim >= 2) not matching `exclude`."""
+    def one(path, x):
+        name = jax.tree_util.keystr(path)
+        return x.ndim >= 2 and not any(s in name for s in exclude)
+    return jax.tree_util.tree_map_with_path(one, params)
+
+
+def _single(o: ConfigDict, total_steps: int) -> optax.GradientTransformation:
+    lr = make_schedule(o, total_steps)
+    mask = lambda p: decay_mask(p, tuple(o.wd_exclude))  # noqa: E731
+    if o.name == "adamw":
+        opt = optax.adamw(lr, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay, mask=mask)
+    elif o.name == "adam":
+        opt = optax.adam(lr, b1=o.b1, b2=o.b2, eps=o.eps)
+    elif o.name == "sgd":
+        opt = optax.sgd(lr, momentum=o.momentum or None)
+        if o.weight_decay:
+            opt = optax.chain(optax.add_decayed_weights(o.weight_decay, mask), opt)
+    else:
+        raise ValueError(f"config.optim.name={o.name!r}: use adamw | adam | sgd")
+    if o.clip_norm:
+        opt = optax.chain(optax.clip_by_global_norm(o.clip_norm), opt)
+    return opt
+
+
+def group_settings(config: ConfigDict, label: str) -> ConfigDict:
+    """config.optim with the overrides of `config.optim.groups[label]` applied."""
+    o = ConfigDict(config.optim.to_dict())
+    o.unlock()
+    for key, value in config.optim.groups.get(label, ConfigDict()).items():
+        if key in GROUP_ONLY_KEYS:
+            continue
+        if key not in o:
+            raise ValueError(f"config.optim.groups.{label}.{key}: no such optimizer key")
+        o[key] = value
+    return o
+
+
+def make_optimizer(config: ConfigDict, labels=None) -> optax.GradientTransformation:
+    """The optimizer for `params`; `labels` (pytree of str) gives one optimizer per group."""
+    total = int(config.total_steps)
+    if labels is None:
+        tx = _single(config.optim, total)
+    else:
+        names = sorted(set(jax.tree_util.tree_leaves(labels)))
+        unknown = set(config.optim.groups.keys()) - set(names)
+        if unknown:
+            raise ValueError(f"config.optim.groups has {sorted(unknown)}, but the model's "
+                             f"parameter groups are {names}")
+        tx = optax.multi_transform({n: _single(group_settings(config, n), total) for n in names},
+                                   labels)
+    if config.optim.accum_steps > 1:
+        tx = optax.MultiSteps(tx, every_k_schedule=int(config.optim.accum_steps))
+    return tx
+
+
+def group_schedule(config: ConfigDict, labels) -> Callable[[jax.Array], dict[str, jax.Array]] | None:
+    """step -> {label: bool}: which groups update at this step (alternating updates).
+
+    Group `g` updates when `step % every == offset` (default every=1: every step). None
+    when every group updates every step (the simultaneous default).
+    """
+    if labels is None:
+        return None
+    names = sorted(set(jax.tree_util.tree_leaves(labels)))
+    rule = {}
+    for n in names:
+        g = config.optim.groups.get(n, ConfigDict())
+        rule[n] = (int(g.get("every", 1)), int(g.get("offset", 0)))
+    if all(every == 1 for every, _ in rule.values()):
+        return None
+    return lambda step: {n: (step % every) == offset for n, (every, offset) in rule.items()}
+
+
+def learning_rate_fn(config: ConfigDict) -> optax.Schedule:
+    """The (first group's) learning-rate schedule, for logging."""
+    return make_schedule(config.optim, int(config.total_steps))
+
+
+def ema_update(ema, params, decay: float):
+    """ema <- decay * ema + (1 - decay) * params (fp32)."""
+    return jax.tree_util.tree_map(lambda e, p: decay * e + (1.0 - decay) * p.astype(e.dtype),
+                                  ema, params)
+
+
+def cast_floating(tree, dtype):
+    """Casts floating leaves to `dtype` (bf16 compute over fp32 master params)."""
+    dtype = jnp.dtype(dtype)
+    return jax.tree_util.tree_map(
+        lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)

@@ -1,0 +1,169 @@
+"""Specification of the shared train step (genjax/step.py) on toy objectives."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from ml_collections import ConfigDict
+
+from genjax import config_lib, optim
+from genjax.step import TrainState, init_state, step_rng, train_step
+
+
+def toy_config(**optim_overrides):
+    c = config_lib.base_config()
+    c.total_steps = 100
+    c.optim.update(dict(name="sgd", lr=0.1, momentum=0.0, warmup_steps=0, schedule="constant",
+                        weight_decay=0.0, clip_norm=0.0))
+    c.optim.update(optim_overrides)
+    return c
+
+
+def quadratic_loss(params, model_state, batch, rng):
+    loss = jnp.mean((params["w"] * batch["x"] - batch["y"]) ** 2)
+    return loss, ({}, model_state)
+
+
+def make_state(params, tx, ema=False):
+    return init_state(params, {}, tx, jax.random.PRNGKey(0), ema=ema)
+
+
+# Two players, each minimising its own objective; stop_gradient routes gradients:
+#   player a (x) minimises (x - y)^2          -> wants x = y
+#   player b (y) minimises (y - 2)^2 + x*y    -> d/dy = 2(y - 2) + x
+def two_player_loss(params, model_state, batch, rng):
+    x, y = params["a"]["x"], params["b"]["y"]
+    loss_a = (x - jax.lax.stop_gradient(y)) ** 2
+    loss_b = (y - 2.0) ** 2 + jax.lax.stop_gradient(x) * y
+    return loss_a + loss_b, ({"loss_a": loss_a, "loss_b": loss_b}, model_state)
+
+
+LABELS = {"a": {"x": "a"}, "b": {"y": "b"}}
+PARAMS = {"a": {"x": jnp.array(1.0)}, "b": {"y": jnp.array(0.0)}}
+
+
+def test_each_group_gets_only_its_own_gradient():
+    config = toy_config()
+    tx = optim.make_optimizer(config, LABELS)
+    state = make_state(PARAMS, tx)
+    new, _ = train_step(state, {}, loss_fn=two_player_loss, tx=tx, labels=LABELS)
+    # SGD with lr 0.1: x -= 0.1 * 2(x - y) = 1 - 0.2; y -= 0.1 * (2(y - 2) + x) = 0 + 0.3
+    np.testing.assert_allclose(new.params["a"]["x"], 0.8, rtol=1e-6)
+    np.testing.assert_allclose(new.params["b"]["y"], 0.3, rtol=1e-6)
+
+
+def test_two_players_reach_their_equilibrium():
+    config = toy_config()
+    tx = optim.make_optimizer(config, LABELS)
+    state = make_state(PARAMS, tx)
+    step = jax.jit(lambda s: train_step(s, {}, loss_fn=two_player_loss, tx=tx, labels=LABELS))
+    for _ in range(300):
+        state, _ = step(state)
+    # equilibrium: x = y and 2(y - 2) + x = 0  ->  x = y = 4/3
+    np.testing.assert_allclose(state.params["a"]["x"], 4 / 3, atol=1e-3)
+    np.testing.assert_allclose(state.params["b"]["y"], 4 / 3, atol=1e-3)
+
+
+def test_alternating_groups_keep_the_inactive_group_and_its_adam_state():
+    config = toy_config(name="adam")
+    config.optim.groups = ConfigDict({"a": {"every": 2, "offset": 0},
+                                      "b": {"every": 2, "offset": 1}})
+    tx = optim.make_optimizer(config, LABELS)
+    active = optim.group_schedule(config, LABELS)
+    state = make_state(PARAMS, tx)
+    s1, m1 = train_step(state, {}, loss_fn=two_player_loss, tx=tx, labels=LABELS,
+                        group_active=active)
+    assert float(m1["active/a"]) == 1 and float(m1["active/b"]) == 0
+    assert s1.params["b"]["y"] == state.params["b"]["y"]          # b did not move
+    assert s1.params["a"]["x"] != state.params["a"]["x"]          # a did
+    b_old = state.opt_state.inner_states["b"]
+    b_new = s1.opt_state.inner_states["b"]
+    for old, new in zip(jax.tree_util.tree_leaves(b_old), jax.tree_util.tree_leaves(b_new)):
+        np.testing.assert_array_equal(old, new)                   # b's momentum untouched
+    s2, _ = train_step(s1, {}, loss_fn=two_player_loss, tx=tx, labels=LABELS, group_active=active)
+    assert s2.params["a"]["x"] == s1.params["a"]["x"]
+    assert s2.params["b"]["y"] != s1.params["b"]["y"]
+
+
+def test_nonfinite_gradients_skip_the_update_and_are_counted():
+    tx = optim.make_optimizer(toy_config())
+    state = make_state({"w": jnp.ones(3)}, tx)
+    bad = {"x": jnp.array([1.0, jnp.nan, 1.0]), "y": jnp.zeros(3)}
+    new, metrics = train_step(state, bad, loss_fn=quadratic_loss, tx=tx)
+    np.testing.assert_array_equal(new.params["w"], state.params["w"])
+    assert int(new.step) == 1 and int(new.skips) == 1 and int(new.total_skips) == 1
+    assert int(metrics["skipped"]) == 1
+    good = {"x": jnp.ones(3), "y": jnp.zeros(3)}
+    new2, _ = train_step(new, good, loss_fn=quadratic_loss, tx=tx)
+    assert int(new2.skips) == 0 and int(new2.total_skips) == 1
+    assert not np.allclose(new2.params["w"], state.params["w"])
+
+
+def test_ema_tracks_params():
+    tx = optim.make_optimizer(toy_config())
+    state = make_state({"w": jnp.ones(3)}, tx, ema=True)
+    batch = {"x": jnp.ones(3), "y": jnp.zeros(3)}
+    new, _ = train_step(state, batch, loss_fn=quadratic_loss, tx=tx, ema_decay=0.9)
+    np.testing.assert_allclose(new.ema_params["w"], 0.9 * 1.0 + 0.1 * new.params["w"], rtol=1e-6)
+
+
+def test_bf16_compute_keeps_fp32_master_params():
+    tx = optim.make_optimizer(toy_config())
+    state = make_state({"w": jnp.ones(3, jnp.float32)}, tx)
+    seen = {}
+
+    def loss(params, ms, batch, rng):
+        seen["dtype"] = params["w"].dtype
+        return quadratic_loss(params, ms, batch, rng)
+    batch = {"x": jnp.ones(3), "y": jnp.zeros(3)}
+    new, _ = train_step(state, batch, loss_fn=loss, tx=tx, compute_dtype=jnp.bfloat16)
+    assert seen["dtype"] == jnp.bfloat16
+    assert new.params["w"].dtype == jnp.float32
+
+
+def test_gradient_accumulation_equals_one_big_batch():
+    x = jnp.arange(8.0)
+    batch = {"x": x, "y": 2 * x + 1}
+    big_tx = optim.make_optimizer(toy_config())
+    big, _ = train_step(make_state({"w": jnp.zeros(())}, big_tx), batch,
+                        loss_fn=quadratic_loss, tx=big_tx)
+    acc_tx = optim.make_optimizer(toy_config(accum_steps=2))
+    s = make_state({"w": jnp.zeros(())}, acc_tx)
+    for half in (slice(0, 4), slice(4, 8)):
+        s, _ = train_step(s, {k: v[half] for k, v in batch.items()},
+                          loss_fn=quadratic_loss, tx=acc_tx)
+    np.testing.assert_allclose(s.params["w"], big.params["w"], rtol=1e-6)
+
+
+def test_step_key_depends_only_on_base_key_and_step():
+    tx = optim.make_optimizer(toy_config())
+    a = make_state({"w": jnp.ones(2)}, tx).replace(step=jnp.array(7, jnp.int32))
+    b = make_state({"w": jnp.zeros(2)}, tx).replace(step=jnp.array(7, jnp.int32))
+    np.testing.assert_array_equal(step_rng(a), step_rng(b))
+    c = a.replace(step=jnp.array(8, jnp.int32))
+    assert not np.array_equal(step_rng(a), step_rng(c))
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "linear", "constant"])
+def test_schedule_warms_up_then_decays(schedule):
+    c = toy_config(lr=1.0, warmup_steps=10, schedule=schedule, min_lr_ratio=0.1)
+    lr = optim.make_schedule(c.optim, 100)
+    assert float(lr(0)) == 0.0 and abs(float(lr(10)) - 1.0) < 1e-6
+    end = {"cosine": 0.1, "linear": 0.1, "constant": 1.0}[schedule]
+    assert abs(float(lr(100)) - end) < 1e-6
+
+
+def test_weight_decay_skips_vectors_and_excluded_names():
+    params = {"dense": {"kernel": jnp.ones((2, 2)), "bias": jnp.ones(2)},
+              "pos_embed": jnp.ones((4, 2))}
+    mask = optim.decay_mask(params, ("pos_embed",))
+    assert mask == {"dense": {"kernel": True, "bias": False}, "pos_embed": False}
+
+
+def test_unknown_optimizer_and_group_names_fail():
+    with pytest.raises(ValueError, match="optim.name"):
+        optim.make_optimizer(toy_config(name="adagradx"))
+    c = toy_config()
+    c.optim.groups = ConfigDict({"generatr": {"lr": 1.0}})
+    with pytest.raises(ValueError, match="generatr"):
+        optim.make_optimizer(c, LABELS)
