@@ -37,7 +37,10 @@ _ACTIVE: contextvars.ContextVar[tuple[Mesh, Rules] | None] = contextvars.Context
 
 # ----------------------------------------------------------------------------- mesh
 def make_mesh(mesh_cfg, devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """Builds a (data, fsdp, tensor) mesh; one entry may be -1 = "all remaining devices"."""
+    """Builds a (data, fsdp, tensor) mesh; one entry may be -1 = "all remaining devices".
+
+    Without -1, a mesh smaller than the machine uses the first devices (e.g. data=1).
+    """
     devices = list(jax.devices() if devices is None else devices)
     sizes = [int(mesh_cfg[a]) for a in MESH_AXES]
     n = len(devices)
@@ -49,6 +52,9 @@ def make_mesh(mesh_cfg, devices: Sequence[jax.Device] | None = None) -> Mesh:
             raise ValueError(f"config.mesh: {n} devices are not divisible by {known} "
                              f"({dict(zip(MESH_AXES, sizes))})")
         sizes[sizes.index(-1)] = n // known
+    if -1 not in sizes and math.prod(sizes) < n:
+        devices = devices[:math.prod(sizes)]  # an explicit smaller mesh uses the first devices
+        n = len(devices)
     if math.prod(sizes) != n:
         raise ValueError(f"config.mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} "
                          f"devices, but {n} are available")

@@ -20,12 +20,22 @@ ever call these functions, so adding a family never touches the trainer:
       Parameter groups (e.g. "generator"/"discriminator"). None = one group.
       With groups, `loss_fn` must use stop_gradient so each group's gradient comes only
       from its own objective, and `config.optim.groups.<label>` gives per-group settings.
+  make_data(config, *, process_index, process_count) -> data
+      data.train_iterator() (yields local numpy batches; get_state()/set_state()),
+      data.eval_batches(split, global_batch_size, max_batches), data.meta() (JSON, saved
+      in every checkpoint: tokenizer, class names...), data.eval_kwargs().
+
+Optional exports the loop uses when present:
+  resolve_config(config, data)        fill data-dependent keys (e.g. the LM's vocab size)
+  finalize_eval(sums, **eval_kwargs)  sums -> reported metrics (default: sums / count)
+  flops_per_example(config)           model FLOPs per training example (for MFU)
+  throughput_unit(config)             ("tokens", T) or ("images", 1) for the progress line
 """
 import importlib
 from types import ModuleType
 
 REQUIRED = ("make_model", "example_batch", "init_variables", "loss_fn", "eval_fn",
-            "param_labels")
+            "param_labels", "make_data")
 
 
 def get(family: str) -> ModuleType:

@@ -1,0 +1,181 @@
+"""From a config to jitted, sharded functions: model, optimizer, state, step.
+
+Used by every entry point (train, sample, evaluate, aot) so they all build the same
+thing. Parameters are created already sharded:
+    eval_shape(init) -> logical names -> NamedShardings -> jit(init, out_shardings=...).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+from jax.sharding import Mesh, NamedSharding
+from ml_collections import ConfigDict
+
+from genjax import losses, optim, sharding, step as step_lib
+from genjax.config_lib import ConfigError
+
+
+@dataclasses.dataclass
+class Parts:
+    config: ConfigDict
+    family: Any                      # the loss module (genjax.losses.<family>)
+    model: nn.Module
+    tx: Any                          # optax.GradientTransformation
+    labels: Any                      # parameter-group labels or None
+    mesh: Mesh
+    rules: tuple
+    abstract_state: step_lib.TrainState   # ShapeDtypeStructs carrying shardings
+    state_shardings: step_lib.TrainState
+    batch_shardings: Any
+    init_state: Callable[[], step_lib.TrainState]
+    train_step: Callable             # jitted (state, batch) -> (state, metrics), donates state
+    eval_step: Callable              # jitted (params, model_state, batch) -> metric sums
+    compute_dtype: Any
+
+
+def _split_variables(variables):
+    variables = dict(variables)
+    params = variables.pop("params")
+    return params, variables
+
+
+def _opt_state_shardings(abstract_opt_state, abstract_params, params_sh, mesh: Mesh):
+    """Optimizer-state leaves (mu, nu, accumulated grads, ...) take their param's sharding.
+
+    Matched by path suffix + shape; scalars (counts) and anything unmatched is replicated.
+    """
+    shapes = {jax.tree_util.keystr(p): x.shape
+              for p, x in jax.tree_util.tree_flatten_with_path(abstract_params)[0]}
+    by_path = {jax.tree_util.keystr(p): sh
+               for p, sh in jax.tree_util.tree_flatten_with_path(params_sh)[0]}
+
+    def one(path, leaf):
+        key = jax.tree_util.keystr(path)
+        for ppath, sh in by_path.items():
+            if key.endswith(ppath) and shapes[ppath] == leaf.shape:
+                return sh
+        return sharding.replicated(mesh)
+    return jax.tree_util.tree_map_with_path(one, abstract_opt_state)
+
+
+def check_batch_size(config: ConfigDict, mesh: Mesh, rules) -> None:
+    ways = sharding.batch_axis_size(mesh, rules)
+    bs = int(config.batch_size)
+    if bs % ways or bs % jax.process_count():
+        raise ConfigError(f"config.batch_size={bs} must be divisible by the batch mesh axes "
+                          f"({ways}) and the process count ({jax.process_count()})")
+    if config.optim.accum_steps > 1 and bs % config.optim.accum_steps:
+        raise ConfigError(f"config.batch_size={bs} not divisible by optim.accum_steps")
+
+
+def assemble(config: ConfigDict, mesh: Mesh) -> Parts:
+    family = losses.get(config.family)
+    model = family.make_model(config)
+    rules = sharding.rules_from_config(config.sharding_rules)
+    check_batch_size(config, mesh, rules)
+    compute_dtype = jnp.dtype(config.compute_dtype)
+
+    init_key, train_key = jax.random.split(jax.random.PRNGKey(config.seed))
+    init_batch = family.example_batch(config, 1)
+
+    def init_variables():
+        with sharding.activate(mesh, rules):
+            return family.init_variables(model, init_key, init_batch, config)
+
+    # ---- shapes and logical names, without allocating anything
+    boxed = jax.eval_shape(init_variables)
+    var_sh = sharding.param_shardings(boxed, mesh, rules)
+    params_sh, model_state_sh = _split_variables(var_sh)
+    abstract_params, _ = _split_variables(sharding.unbox(boxed))
+    labels = family.param_labels(abstract_params, config)
+    tx = optim.make_optimizer(config, labels)
+    ema = bool(config.optim.ema_decay)
+
+    def init_state_fn():
+        params, model_state = _split_variables(sharding.unbox(init_variables()))
+        return step_lib.init_state(params, model_state, tx, train_key, ema=ema)
+
+    abstract = jax.eval_shape(init_state_fn)
+    rep = sharding.replicated(mesh)
+    state_sh = step_lib.TrainState(
+        step=rep, params=params_sh,
+        opt_state=_opt_state_shardings(abstract.opt_state, abstract.params, params_sh, mesh),
+        ema_params=params_sh if ema else {}, model_state=model_state_sh, rng=rep,
+        skips=rep, total_skips=rep)
+    abstract_state = jax.tree_util.tree_map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, state_sh)
+
+    example = family.example_batch(config, int(config.batch_size))
+    batch_sh = jax.tree_util.tree_map(
+        lambda x: sharding.batch_sharding(mesh, rules, np.ndim(x)), example)
+
+    loss_fn = functools.partial(_bound, family.loss_fn, model=model, config=config)
+    eval_fn = functools.partial(_bound, family.eval_fn, model=model, config=config)
+    step_kwargs = dict(
+        loss_fn=loss_fn, tx=tx, compute_dtype=compute_dtype,
+        ema_decay=float(config.optim.ema_decay), labels=labels,
+        group_active=optim.group_schedule(config, labels),
+        skip_nonfinite=bool(config.skip_nonfinite))
+
+    def train_step(state, batch):
+        with sharding.activate(mesh, rules):
+            return step_lib.train_step(state, batch, **step_kwargs)
+
+    def eval_step(params, model_state, batch):
+        with sharding.activate(mesh, rules):
+            params = optim.cast_floating(params, compute_dtype)
+            return step_lib.eval_step(params, model_state, batch, eval_fn=eval_fn)
+
+    return Parts(
+        config=config, family=family, model=model, tx=tx, labels=labels, mesh=mesh,
+        rules=rules, abstract_state=abstract_state, state_shardings=state_sh,
+        batch_shardings=batch_sh,
+        init_state=jax.jit(init_state_fn, out_shardings=state_sh),
+        train_step=jax.jit(train_step, in_shardings=(state_sh, batch_sh),
+                           out_shardings=(state_sh, rep), donate_argnums=0),
+        eval_step=jax.jit(eval_step, in_shardings=(params_sh, model_state_sh, batch_sh),
+                          out_shardings=rep),
+        compute_dtype=compute_dtype)
+
+
+def _bound(fn, *args, model, config, **kwargs):
+    return fn(*args, model=model, config=config, **kwargs)
+
+
+def unjitted_train_step(parts: Parts):
+    """The same step without jit (golden tests: one step, eagerly)."""
+    labels = parts.labels
+    return functools.partial(
+        step_lib.train_step,
+        loss_fn=functools.partial(_bound, parts.family.loss_fn, model=parts.model,
+                                  config=parts.config),
+        tx=parts.tx, compute_dtype=parts.compute_dtype,
+        ema_decay=float(parts.config.optim.ema_decay), labels=labels,
+        group_active=optim.group_schedule(parts.config, labels),
+        skip_nonfinite=bool(parts.config.skip_nonfinite))
+
+
+def state_bytes_per_device(parts: Parts) -> dict[str, int]:
+    """Per-device bytes of params and optimizer state implied by the shardings."""
+    def nbytes(abstract):
+        total = 0
+        for leaf in jax.tree_util.tree_leaves(abstract):
+            shard = leaf.sharding.shard_shape(leaf.shape) if leaf.shape else ()
+            total += int(np.prod(shard, dtype=np.int64)) * leaf.dtype.itemsize
+        return total
+    return {"params": nbytes(parts.abstract_state.params),
+            "opt_state": nbytes(parts.abstract_state.opt_state),
+            "ema_params": nbytes(parts.abstract_state.ema_params)}
+
+
+def shard_batch(parts: Parts, local_batch) -> Any:
+    return sharding.global_batch(local_batch, parts.mesh, parts.rules)
+
+
+__all__ = ["Parts", "assemble", "unjitted_train_step", "state_bytes_per_device", "NamedSharding"]

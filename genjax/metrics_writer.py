@@ -1,0 +1,90 @@
+"""Run outputs: metrics.jsonl (one JSON object per logged step, flushed per line),
+TensorBoard event files (tensorboardX: no TensorFlow), and the live progress line.
+Only process 0 writes."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from typing import Any
+
+import jax
+
+
+def _scalar(v: Any) -> float | int:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return v
+    return int(f) if f.is_integer() and abs(f) < 2**53 and not isinstance(v, float) else f
+
+
+class MetricsWriter:
+    def __init__(self, workdir: str, *, enabled: bool | None = None):
+        self.enabled = jax.process_index() == 0 if enabled is None else enabled
+        self._jsonl = None
+        self._tb = None
+        if self.enabled:
+            os.makedirs(workdir, exist_ok=True)
+            self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", buffering=1)
+            try:
+                from tensorboardX import SummaryWriter
+                self._tb = SummaryWriter(os.path.join(workdir, "tb"))
+            except ImportError:  # optional
+                self._tb = None
+
+    def write(self, step: int, metrics: dict[str, Any], prefix: str = "") -> None:
+        if not self.enabled:
+            return
+        row = {"step": int(step)}
+        row.update({f"{prefix}{k}": _scalar(v) for k, v in metrics.items()})
+        self._jsonl.write(json.dumps(row, allow_nan=True) + "\n")
+        if self._tb is not None:
+            for k, v in row.items():
+                if k != "step" and isinstance(v, (int, float)) and math.isfinite(v):
+                    self._tb.add_scalar(k, v, int(step))
+
+    def close(self) -> None:
+        if self._jsonl:
+            self._jsonl.close()
+        if self._tb:
+            self._tb.close()
+
+
+class Progress:
+    """step, loss, throughput, MFU and ETA on one line (a TTY redraws; logs get lines)."""
+
+    def __init__(self, total_steps: int, start_step: int, unit: str = "examples"):
+        self.total = total_steps
+        self.start_step = start_step
+        self.unit = unit
+        self.t_last = time.perf_counter()
+        self.step_last = start_step
+        self.tty = sys.stdout.isatty()
+
+    def rate(self, step: int) -> float:
+        """Steps per second since the last call (first call includes compilation)."""
+        now = time.perf_counter()
+        dt, ds = now - self.t_last, step - self.step_last
+        self.t_last, self.step_last = now, step
+        return ds / dt if dt > 0 else 0.0
+
+    def line(self, step: int, metrics: dict, steps_per_s: float, units_per_step: float,
+             mfu: float | None) -> str:
+        left = (self.total - step) / steps_per_s if steps_per_s > 0 else float("inf")
+        eta = "?" if not math.isfinite(left) else time.strftime("%H:%M:%S", time.gmtime(left))
+        parts = [f"step {step}/{self.total}", f"loss {metrics.get('loss', float('nan')):.4f}"]
+        if "lr" in metrics:
+            parts.append(f"lr {metrics['lr']:.2e}")
+        parts.append(f"{units_per_step * steps_per_s:,.0f} {self.unit}/s")
+        if mfu is not None:
+            parts.append(f"MFU {100 * mfu:.1f}%")
+        parts.append(f"ETA {eta}")
+        return " | ".join(parts)
+
+    def show(self, text: str) -> None:
+        if jax.process_index() != 0:
+            return
+        print(text, flush=True)

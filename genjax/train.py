@@ -1,0 +1,256 @@
+r"""The one training loop, for every family.
+
+  python -m genjax.train --config=configs/lm_shakespeare.py:cpu --workdir=runs/lm
+  python -m genjax.train --config=configs/lm_shakespeare.py:tiny --workdir=W \
+      --config.optim.lr=1e-3            # overrides; unknown keys are an error
+
+Re-running the same command resumes from the workdir. Outputs in the workdir:
+config.json, metrics.jsonl, tb/ (TensorBoard), checkpoints/, final_metrics.json.
+SIGTERM -> a checkpoint at the next step boundary, then exit code 143 (EXIT_PREEMPTED).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import signal
+import sys
+import time
+from typing import Any
+
+import jax
+import numpy as np
+
+from genjax import assemble as assemble_lib
+from genjax import checkpoint as ckpt_lib
+from genjax import config_lib, flops, optim, runtime, sharding
+from genjax.config_lib import UserError
+from genjax.metrics_writer import MetricsWriter, Progress
+
+EXIT_PREEMPTED = 143  # 128 + SIGTERM: schedulers (Slurm, k8s) read it as "requeue me"
+# Tests only: SIGKILL this process right after step N was dispatched (and saved, if due).
+_FAULT_KILL_AT_STEP = int(os.environ.get("GENJAX_FAULT_KILL_AT_STEP", "-1"))
+
+
+class Preempted(SystemExit):
+    def __init__(self):
+        super().__init__(EXIT_PREEMPTED)
+
+
+class _SigtermFlag:
+    """Set by SIGTERM; the loop checks it at every step boundary."""
+
+    def __init__(self):
+        self.raised = False
+
+    def install(self):
+        def handler(signum, frame):
+            logging.warning("SIGTERM: checkpointing at the next step boundary")
+            self.raised = True
+        try:
+            signal.signal(signal.SIGTERM, handler)
+        except ValueError:  # not the main thread (e.g. inside a test runner thread)
+            pass
+        return self
+
+
+def train(config, workdir: str, *, stop_after: int | None = None) -> dict[str, Any]:
+    """Trains `config` in `workdir` (resuming if possible); returns the final eval metrics.
+
+    `stop_after`: leave the loop after this many steps of *this* call (tests use it to
+    simulate an interruption; the checkpoint of the last step is still written).
+    """
+    # ------------------------------------------------------------------ setup
+    runtime.initialize_distributed()
+    workdir = os.path.abspath(workdir)
+    os.makedirs(workdir, exist_ok=True)
+    is_main = jax.process_index() == 0
+    sigterm = _SigtermFlag().install()
+    family = config_lib_family(config)
+
+    # ------------------------------------------------------------------ data
+    # Loaded first: a missing dataset fails before anything is compiled.
+    data = family.make_data(config, process_index=jax.process_index(),
+                            process_count=jax.process_count())
+    config.unlock()
+    if hasattr(family, "resolve_config"):
+        family.resolve_config(config, data)  # e.g. vocab size from the tokenizer
+    config.lock()
+
+    # ------------------------------------------------------------------ checkpoints
+    ckpt = ckpt_lib.Checkpointer(workdir, keep=int(config.keep_checkpoints))
+    latest = ckpt.latest_step()
+    if latest is not None:  # before touching anything: is it the same model?
+        ckpt_lib.check_same_model(ckpt.read_meta(latest), config)
+    if is_main:
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            json.dump(config_lib.to_dict(config), f, indent=2)
+
+    # ------------------------------------------------------------------ model, optimizer, state
+    mesh = sharding.make_mesh(config.mesh)
+    parts = assemble_lib.assemble(config, mesh)
+    train_iter = data.train_iterator()
+    meta = {"family": config.family, "config": config_lib.to_dict(config),
+            "data": data.meta(), "genjax_version": runtime.version()}
+
+    # Resume order: workdir checkpoint -> config.init_from (params only) -> fresh init.
+    if latest is not None:
+        state, data_state, _ = ckpt.restore(latest, parts.abstract_state)
+        if data_state:
+            train_iter.set_state(data_state)
+        logging.info("resumed from %s/%d", ckpt.directory, latest)
+        print(f"resumed from step {latest}", flush=True)
+    else:
+        state = parts.init_state()
+        if config.init_from:
+            src_dir, src_step = ckpt_lib.parse_init_from(config.init_from)
+            src = ckpt_lib.Checkpointer(src_dir, read_only=True)
+            params = src.restore_params(src_step, parts.abstract_state.params)
+            state = state.replace(params=params)
+            if config.optim.ema_decay:
+                state = state.replace(ema_params=jax.tree_util.tree_map(lambda x: x.copy(), params))
+            print(f"initialised params from {config.init_from}", flush=True)
+    start_step = int(jax.device_get(state.step))
+    n_params = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(state.params))
+
+    # ------------------------------------------------------------------ logging
+    writer = MetricsWriter(workdir)
+    unit, units_per_example = getattr(family, "throughput_unit", lambda c: ("examples", 1))(config)
+    units_per_step = units_per_example * int(config.batch_size)
+    peak = flops.peak_flops_per_device(config.peak_flops_per_device)
+    flops_per_step = None
+    if hasattr(family, "flops_per_example"):
+        flops_per_step = family.flops_per_example(config) * int(config.batch_size)
+    lr_fn = optim.learning_rate_fn(config)
+    progress = Progress(int(config.total_steps), start_step, unit)
+    if is_main:
+        print(f"{config.family}: {n_params:,} params | mesh {dict(mesh.shape)} | "
+              f"{jax.device_count()} x {jax.devices()[0].device_kind} | "
+              f"steps {start_step}->{config.total_steps}", flush=True)
+
+    def run_eval(step: int, max_batches: int | None) -> dict:
+        sums: dict[str, float] = {}
+        params = state.params
+        for local in data.eval_batches(config.eval_split, int(config.batch_size), max_batches):
+            out = jax.device_get(parts.eval_step(params, state.model_state,
+                                                 assemble_lib.shard_batch(parts, local)))
+            for k, v in out.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+        if not sums:
+            return {}
+        if hasattr(family, "finalize_eval"):
+            return family.finalize_eval(sums, **data.eval_kwargs())
+        count = max(sums.pop("count", 1.0), 1.0)
+        return {k: v / count for k, v in sums.items()}
+
+    def save(step: int) -> None:
+        ckpt.save(step, state, train_iter.get_state(), meta)
+
+    # ------------------------------------------------------------------ loop
+    pending = None  # (step, metrics on device): read one step late, the host never waits
+
+    def handle(step: int, metrics) -> None:
+        m = jax.device_get(metrics)
+        if int(m.get("skipped", 0)):
+            logging.warning("step %d: non-finite gradients, update skipped", step)
+        consecutive = int(m.get("consecutive_skips", 0))
+        if consecutive > config.max_consecutive_skips:
+            raise FloatingPointError(f"step {step}: {consecutive} consecutive non-finite "
+                                     f"updates (config.max_consecutive_skips)")
+        if not math.isfinite(float(m["loss"])) and not config.skip_nonfinite:
+            raise FloatingPointError(f"step {step}: loss is {m['loss']}")
+        if step % config.log_every_steps == 0 or step == config.total_steps:
+            m = {k: float(v) for k, v in m.items()}
+            m["lr"] = float(lr_fn(step - 1))
+            rate = progress.rate(step)
+            mfu = None
+            if peak and flops_per_step and rate > 0:
+                mfu = flops_per_step * rate / (peak * jax.device_count())
+                m["mfu"] = mfu
+            m[f"{unit}_per_s"] = units_per_step * rate
+            writer.write(step, m)
+            progress.show(progress.line(step, m, rate, units_per_step, mfu))
+
+    total = int(config.total_steps)
+    last_step = start_step
+    steps_this_call = 0
+    t0 = time.perf_counter()
+    try:
+        for step in range(start_step + 1, total + 1):
+            batch = assemble_lib.shard_batch(parts, next(train_iter))
+            state, metrics = parts.train_step(state, batch)
+            last_step = step
+            if pending is not None:
+                handle(*pending)
+            pending = (step, metrics)
+            steps_this_call += 1
+            if config.eval_every_steps and step % config.eval_every_steps == 0 and step < total:
+                handle(*pending)
+                pending = None
+                ev = run_eval(step, int(config.eval_batches))
+                writer.write(step, ev, prefix="eval/")
+                progress.show(f"eval @ {step}: " + _fmt(ev))
+            stopping = sigterm.raised or (stop_after is not None and steps_this_call >= stop_after)
+            if step % config.ckpt_every_steps == 0 or step == total or stopping:
+                save(step)
+            if step == _FAULT_KILL_AT_STEP:  # fault injection for the resume tests
+                os.kill(os.getpid(), signal.SIGKILL)
+            if sigterm.raised:
+                ckpt.wait()
+                print(f"preempted: saved step {step}, exiting with {EXIT_PREEMPTED}", flush=True)
+                raise Preempted()
+            if stopping:
+                break
+        if pending is not None:
+            handle(*pending)
+    finally:
+        ckpt.close()
+        writer.close()
+
+    # ------------------------------------------------------------------ final eval
+    if last_step < total:
+        return {}
+    elapsed = time.perf_counter() - t0
+    final = run_eval(total, None)
+    final["train_seconds"] = elapsed
+    if is_main:
+        with open(os.path.join(workdir, "final_metrics.json"), "w") as f:
+            json.dump(final, f, indent=2)
+        print(f"final {config.eval_split} ({config.family}): {_fmt(final)}", flush=True)
+    return final
+
+
+def _fmt(metrics: dict) -> str:
+    return ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+                     for k, v in metrics.items())
+
+
+def config_lib_family(config):
+    from genjax import losses
+    return losses.get(config.family)
+
+
+# ---------------------------------------------------------------------- CLI
+def main(argv) -> None:
+    from absl import flags
+    FLAGS = flags.FLAGS
+    if len(argv) > 1:
+        raise UserError(f"unexpected arguments: {argv[1:]}")
+    if FLAGS.config is None:
+        raise UserError("--config is required, e.g. --config=configs/lm_shakespeare.py:cpu")
+    runtime.setup_logging()
+    train(FLAGS.config, FLAGS.workdir)
+
+
+def define_flags():
+    from absl import flags
+    from ml_collections import config_flags
+    config_flags.DEFINE_config_file("config", None, "configs/<name>.py[:preset]", lock_config=True)
+    flags.DEFINE_string("workdir", None, "run directory (resumes if it holds checkpoints)",
+                        required=True)
+
+
+if __name__ == "__main__":
+    define_flags()
+    config_lib.run_cli(main)

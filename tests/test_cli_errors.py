@@ -1,0 +1,87 @@
+"""Bad input gets one clear error line (exit 2, no traceback) and loses nothing."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = "--config=configs/lm_shakespeare.py:tiny"
+
+
+def run(*args, env_extra=None):
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
+    env.update(env_extra or {})
+    return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def assert_one_line_error(proc, *needles):
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, proc.stderr[-2000:]
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def test_unknown_config_key(tmp_path):
+    proc = run("genjax.train", TINY, "--config.optim.lrr=1", f"--workdir={tmp_path}")
+    assert_one_line_error(proc, "lrr")
+
+
+def test_bad_config_type(tmp_path):
+    proc = run("genjax.train", TINY, "--config.batch_size=many", f"--workdir={tmp_path}")
+    assert_one_line_error(proc, "batch_size")
+
+
+def test_unknown_preset(tmp_path):
+    proc = run("genjax.train", "--config=configs/lm_shakespeare.py:huge", f"--workdir={tmp_path}")
+    assert_one_line_error(proc, "huge")
+
+
+def test_sampling_from_an_empty_workdir(tmp_path):
+    proc = run("genjax.sample", f"--workdir={tmp_path}", "--prompt=ROMEO:")
+    assert_one_line_error(proc, "no checkpoints")
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.fixture(scope="module")
+def trained_tiny(tmp_path_factory, data_dir):
+    workdir = tmp_path_factory.mktemp("tiny_lm")
+    proc = run("genjax.train", TINY, f"--workdir={workdir}",
+               env_extra={"GENJAX_DATA_DIR": data_dir})
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    return workdir
+
+
+def _snapshot(path):
+    out = {}
+    for root, _, files in os.walk(path):
+        for f in files:
+            p = os.path.join(root, f)
+            out[os.path.relpath(p, path)] = os.path.getsize(p)
+    return out
+
+
+@pytest.mark.parametrize("prompt,needle", [("", "empty"), ("ROMEO\u2603:", "\u2603")])
+def test_bad_prompt(trained_tiny, prompt, needle):
+    proc = run("genjax.sample", f"--workdir={trained_tiny}", f"--prompt={prompt}")
+    assert_one_line_error(proc, needle)
+
+
+def test_sampling_prints_samples(trained_tiny):
+    proc = run("genjax.sample", f"--workdir={trained_tiny}", "--prompt=ROMEO:",
+               "--num_samples=2", "--max_new_tokens=20", "--seed=1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("ROMEO:") >= 2
+
+
+def test_checkpoint_of_another_model_is_refused_and_kept(trained_tiny, data_dir):
+    before = _snapshot(trained_tiny)
+    proc = run("genjax.train", TINY, "--config.model.num_layers=3", f"--workdir={trained_tiny}",
+               env_extra={"GENJAX_DATA_DIR": data_dir})
+    assert_one_line_error(proc, "different model", "model.num_layers")
+    after = _snapshot(trained_tiny)
+    assert {k: v for k, v in after.items() if "metrics" not in k} == \
+        {k: v for k, v in before.items() if "metrics" not in k}

@@ -1,0 +1,93 @@
+"""Sharding specification on 8 fake CPU devices (conftest sets XLA_FLAGS before JAX loads)."""
+import jax
+import numpy as np
+import pytest
+
+from configs import lm_shakespeare
+from genjax import assemble, sharding
+
+
+def tiny_lm(mesh: dict, **overrides):
+    c = lm_shakespeare.get_config("tiny")
+    c.unlock()
+    c.model.vocab_size = 64
+    c.model.embed_dim = 64
+    c.mesh.update(mesh)
+    c.update(overrides)
+    c.lock()
+    return c
+
+
+def batch_for(config, seed=0):
+    rng = np.random.default_rng(seed)
+    return {"tokens": rng.integers(0, 64, (config.batch_size, config.model.max_len + 1),
+                                   dtype=np.int32)}
+
+
+def run_steps(config, n=2):
+    parts = assemble.assemble(config, sharding.make_mesh(config.mesh))
+    state = parts.init_state()
+    losses = []
+    for i in range(n):
+        state, m = parts.train_step(state, assemble.shard_batch(parts, batch_for(config, i)))
+        losses.append(float(m["loss"]))
+    return parts, state, losses
+
+
+def test_eight_devices_are_visible():
+    assert jax.device_count() == 8
+
+
+def test_same_batch_same_result_on_one_device_and_on_a_2x2x2_mesh():
+    _, one, loss_one = run_steps(tiny_lm(dict(data=1, fsdp=1, tensor=1)))
+    parts, eight, loss_eight = run_steps(tiny_lm(dict(data=2, fsdp=2, tensor=2)))
+    np.testing.assert_allclose(loss_one, loss_eight, rtol=1e-5)
+    for a, b in zip(jax.tree_util.tree_leaves(one.params), jax.tree_util.tree_leaves(eight.params)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+
+
+def test_params_are_really_sharded():
+    parts, state, _ = run_steps(tiny_lm(dict(data=2, fsdp=2, tensor=2)), n=1)
+    specs = [leaf.sharding.spec for leaf in jax.tree_util.tree_leaves(state.params)]
+    assert any("fsdp" in str(s) for s in specs), specs
+    assert any("tensor" in str(s) for s in specs), specs
+    big = max(jax.tree_util.tree_leaves(state.params), key=lambda x: x.size)
+    assert big.addressable_shards[0].data.size < big.size
+    # optimizer moments follow their parameter's sharding
+    mu = [x for x in jax.tree_util.tree_leaves(state.opt_state) if x.shape == big.shape]
+    assert mu and all(m.sharding.spec == big.sharding.spec for m in mu)
+
+
+_FSDP_BYTES: dict = {}  # filled by the parametrised cases below, checked by the last
+
+
+@pytest.mark.parametrize("fsdp", [1, 2, 8])
+def test_per_device_state_bytes_fall_as_fsdp_grows(fsdp):
+    config = tiny_lm(dict(data=-1, fsdp=fsdp, tensor=1))
+    parts = assemble.assemble(config, sharding.make_mesh(config.mesh))
+    batch = jax.tree_util.tree_map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+        batch_for(config), parts.batch_shardings)
+    compiled = parts.train_step.lower(parts.abstract_state, batch).compile()
+    mem = compiled.memory_analysis()
+    by_sharding = assemble.state_bytes_per_device(parts)
+    _FSDP_BYTES[fsdp] = {"argument_bytes": int(mem.argument_size_in_bytes) if mem else None,
+                         "state_bytes": by_sharding["params"] + by_sharding["opt_state"]}
+    if fsdp == 8:
+        sizes = [_FSDP_BYTES[k]["state_bytes"] for k in sorted(_FSDP_BYTES)]
+        assert sizes == sorted(sizes, reverse=True) and sizes[-1] < sizes[0] / 3, _FSDP_BYTES
+        args = [_FSDP_BYTES[k]["argument_bytes"] for k in sorted(_FSDP_BYTES)]
+        if None not in args:
+            assert args[-1] < args[0], _FSDP_BYTES
+
+
+def test_indivisible_dims_stay_unsharded():
+    mesh = sharding.make_mesh(dict(data=2, fsdp=2, tensor=2))
+    spec = sharding.logical_to_spec(("vocab", "embed"), (65, 64), mesh,
+                                    sharding.rules_from_config(tiny_lm({}).sharding_rules))
+    assert spec == jax.sharding.PartitionSpec(None, "fsdp")
+
+
+def test_bad_mesh_is_a_clear_error():
+    with pytest.raises(ValueError, match="needs 16 devices"):
+        sharding.make_mesh(dict(data=4, fsdp=4, tensor=1))
