@@ -139,8 +139,8 @@ def assemble(config: ConfigDict, mesh: Mesh) -> Parts:
         init_state=jax.jit(init_state_fn, out_shardings=state_sh),
         train_step=jax.jit(train_step, in_shardings=(state_sh, batch_sh),
                            out_shardings=(state_sh, rep), donate_argnums=0),
-        eval_step=jax.jit(eval_step, in_shardings=(params_sh, model_state_sh, batch_sh),
-                          out_shardings=rep),
+        # inputs arrive already sharded (state + shard_batch); eval batches may add "mask"
+        eval_step=jax.jit(eval_step, out_shardings=rep),
         compute_dtype=compute_dtype)
 
 

@@ -71,6 +71,10 @@ class Progress:
         self.t_last, self.step_last = now, step
         return ds / dt if dt > 0 else 0.0
 
+    def reset(self, step: int) -> None:
+        """Excludes the time since the last call (e.g. an eval) from the next rate."""
+        self.t_last, self.step_last = time.perf_counter(), step
+
     def line(self, step: int, metrics: dict, steps_per_s: float, units_per_step: float,
              mfu: float | None) -> str:
         left = (self.total - step) / steps_per_s if steps_per_s > 0 else float("inf")

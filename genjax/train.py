@@ -191,6 +191,7 @@ def train(config, workdir: str, *, stop_after: int | None = None) -> dict[str, A
                 ev = run_eval(step, int(config.eval_batches))
                 writer.write(step, ev, prefix="eval/")
                 progress.show(f"eval @ {step}: " + _fmt(ev))
+                progress.reset(step)
             stopping = sigterm.raised or (stop_after is not None and steps_this_call >= stop_after)
             if step % config.ckpt_every_steps == 0 or step == total or stopping:
                 save(step)

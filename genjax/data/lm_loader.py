@@ -1,0 +1,162 @@
+"""Deterministic LM batches: every window of the training tokens, shuffled by grain.
+
+Training: a split's examples are joined (`text_builders.read_split`) and tokenized once;
+every start position s in [0, N - seq_len) is one example, tokens[s : s + seq_len + 1].
+grain shuffles the window indices with `seed` (a fresh order every epoch), repeats
+forever, and process i of P takes elements i, i + P, i + 2P, ... (`ds[i::P]`), so a
+global batch is the same whatever P is and processes never share a window within an
+epoch. Batches are made and prefetched by threads; the iterator's `get_state()` is
+grain's small JSON dict, so a resumed run continues mid-epoch with identical batches.
+
+Eval: windows start at 0, T, 2T, ... and overlap by one token, so every token but the
+split's first is a target exactly once; a final short window is padded (mask 0), and the
+last batch gets padding rows, so every process sees the same number of batches.
+"""
+from __future__ import annotations
+
+from typing import Iterator
+
+import grain
+import numpy as np
+
+from genjax.data import text_builders
+
+READ_THREADS = 2    # threads slicing windows into batches (the tokens are in memory)
+PREFETCH = 4        # batches kept ready per process
+PAD_ID = 0          # eval padding token; always masked out
+
+
+class _Windows:
+    """Random-access source: element s = {"tokens": tokens[s : s + length]}."""
+
+    def __init__(self, tokens: np.ndarray, length: int):
+        self.tokens, self.length = tokens, length
+
+    def __len__(self) -> int:
+        return len(self.tokens) - self.length + 1
+
+    def __getitem__(self, s: int) -> dict[str, np.ndarray]:
+        return {"tokens": self.tokens[s:s + self.length]}
+
+
+def dataset_source(data_cfg) -> str:
+    """"shakespeare" or the text file path the config names (a text_file always wins)."""
+    name, text_file = str(data_cfg["name"]), str(data_cfg["text_file"] or "")
+    if name not in ("shakespeare", "text"):
+        raise ValueError(f"data.name={name!r}: choose 'shakespeare' or 'text'")
+    if text_file:
+        return text_file
+    if name == "text":
+        raise ValueError("data.name='text' needs data.text_file=PATH")
+    return "shakespeare"
+
+
+class LMData:
+    """Token windows of a prepared text dataset, sharded over `process_count` processes."""
+
+    def __init__(self, data_cfg, *, seq_len: int, global_batch_size: int, seed: int,
+                 process_index: int = 0, process_count: int = 1):
+        if data_cfg["tokenizer"] != "char":
+            raise ValueError(f"data.tokenizer={data_cfg['tokenizer']!r}: only 'char' exists")
+        if global_batch_size % process_count:
+            raise ValueError(f"global_batch_size={global_batch_size} is not divisible by "
+                             f"process_count={process_count}")
+        if not 0 <= process_index < process_count:
+            raise ValueError(f"process_index={process_index} not in [0, {process_count})")
+        self.seq_len, self.seed = int(seq_len), int(seed)
+        self.global_batch_size = int(global_batch_size)
+        self.process_index, self.process_count = int(process_index), int(process_count)
+        self.local_batch_size = self.global_batch_size // self.process_count
+        self.builder = text_builders.prepare(dataset_source(data_cfg), str(data_cfg["data_dir"]))
+        self.tokenizer = text_builders.builder_tokenizer(self.builder)
+        self._text: dict[str, str] = {}
+        self._tokens: dict[str, np.ndarray] = {}
+
+    # ------------------------------------------------------------------ splits
+    @property
+    def splits(self) -> list[str]:
+        return sorted(self.builder.info.splits.keys())
+
+    def text(self, split: str) -> str:
+        if split not in self._text:
+            if split not in self.builder.info.splits:
+                raise ValueError(f"split {split!r} not in {self.builder.name}: {self.splits}")
+            self._text[split] = text_builders.read_split(self.builder, split)
+        return self._text[split]
+
+    def tokens(self, split: str) -> np.ndarray:
+        if split not in self._tokens:
+            self._tokens[split] = self.tokenizer.encode(self.text(split))
+        return self._tokens[split]
+
+    def num_tokens(self, split: str) -> int:
+        return len(self.tokens(split))
+
+    # ------------------------------------------------------------------ training
+    def train_dataset(self) -> grain.IterDataset:
+        """The grain pipeline behind `train_iterator` (this process's share)."""
+        windows = _Windows(self.tokens("train"), self.seq_len + 1)
+        if len(windows) < self.global_batch_size:
+            raise ValueError(f"train split has {len(windows)} windows of {self.seq_len + 1} "
+                             f"tokens, fewer than one batch of {self.global_batch_size}")
+        ds = grain.MapDataset.source(windows).shuffle(seed=self.seed).repeat()
+        ds = ds[self.process_index::self.process_count]
+        ds = ds.batch(self.local_batch_size, drop_remainder=True)
+        return ds.to_iter_dataset(grain.ReadOptions(num_threads=READ_THREADS,
+                                                    prefetch_buffer_size=PREFETCH))
+
+    def train_iterator(self) -> grain.DatasetIterator:
+        """Infinite {"tokens": int32[global_batch_size // process_count, seq_len + 1]};
+        `get_state()` / `set_state()` resume it exactly."""
+        return iter(self.train_dataset())
+
+    # ------------------------------------------------------------------ evaluation
+    def eval_batches(self, split: str = "validation", batch_size: int | None = None,
+                     max_batches: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+        """This process's rows of global batches of `batch_size` (default: the training
+        batch) windows covering `split` once, in order: {"tokens": int32[b, T + 1],
+        "mask": float32[b, T]} with b = batch_size // process_count."""
+        batch_size = int(batch_size or self.global_batch_size)
+        if batch_size % self.process_count:
+            raise ValueError(f"eval batch_size={batch_size} is not divisible by "
+                             f"process_count={self.process_count}")
+        tokens, T = self.tokens(split), self.seq_len
+        starts = np.arange(0, max(len(tokens) - 1, 0), T)
+        num_batches = -(-len(starts) // batch_size)
+        if max_batches is not None:
+            num_batches = min(num_batches, int(max_batches))
+        local = batch_size // self.process_count
+        for b in range(num_batches):
+            first = b * batch_size + self.process_index * local
+            out = np.full((local, T + 1), PAD_ID, np.int32)
+            mask = np.zeros((local, T), np.float32)
+            for row, w in enumerate(range(first, first + local)):
+                if w < len(starts):
+                    window = tokens[starts[w]:starts[w] + T + 1]
+                    out[row, :len(window)] = window
+                    mask[row, :len(window) - 1] = 1.0
+            yield {"tokens": out, "mask": mask}
+
+    # ------------------------------------------------------------------ description
+    @property
+    def card(self) -> dict:
+        """What a run trained on: dataset, where it lives, sizes, vocabulary, cleaning."""
+        return {
+            "dataset": self.builder.info.full_name,
+            "data_dir": str(self.builder.data_dir),
+            "splits": {s: {"chars": len(self.text(s)), "tokens": self.num_tokens(s),
+                           "examples": self.builder.info.splits[s].num_examples}
+                       for s in self.splits},
+            "vocab_size": self.tokenizer.vocab_size,
+            "prep_report": text_builders.builder_report(self.builder),
+        }
+
+    def meta(self) -> dict:
+        """JSON saved with every checkpoint: enough to decode samples without the data."""
+        return {"dataset": self.builder.info.full_name, "tokenizer": self.tokenizer.to_json()}
+
+    def eval_kwargs(self, split: str = "validation") -> dict:
+        """For `losses.lm.finalize_eval`: characters per token of the eval split."""
+        if split not in self.builder.info.splits:
+            split = "train"
+        return {"chars_per_token": len(self.text(split)) / max(self.num_tokens(split), 1)}
