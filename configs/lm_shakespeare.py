@@ -9,6 +9,8 @@ Presets (`:arg`):
   gpu        nanoGPT's shakespeare-char shape: 6 layers x 384, context 256.
   gpt2_124m  GPT-2 small shape (12 x 768, context 1024, vocab 50304), for throughput.
 Own text: --config.data.name=text --config.data.text_file=PATH (90/10 split by position).
+BPE: --config.data.tokenizer=bpe [--config.data.vocab_size=512] (bits/char stay comparable).
+Sweeps: lr, norm, lr_x_dropout (`python -m experiments.sweep --config=...:cpu --sweep=lr`).
 """
 from genjax import config_lib
 
@@ -17,9 +19,9 @@ PRESETS = {
              "log_every_steps": 5, "eval_every_steps": 10, "eval_batches": 2,
              "ckpt_every_steps": 10, "optim.warmup_steps": 5, "sample.max_new_tokens": 40,
              "sample.num_samples": 2},
-    "cpu": {"model.size": "cpu", "model.max_len": 128, "batch_size": 32, "total_steps": 1500,
-            "optim.lr": 3e-3, "optim.warmup_steps": 100, "log_every_steps": 50,
-            "eval_every_steps": 500, "eval_batches": 10, "ckpt_every_steps": 500},
+    "cpu": {"model.size": "cpu", "model.max_len": 128, "batch_size": 16, "total_steps": 1200,
+            "optim.lr": 2e-3, "optim.warmup_steps": 100, "log_every_steps": 50,
+            "eval_every_steps": 400, "eval_batches": 10, "ckpt_every_steps": 400},
     "gpu": {"model.size": "gpu", "model.max_len": 256, "batch_size": 64, "total_steps": 5000,
             "optim.lr": 1e-3, "optim.warmup_steps": 100, "model.dropout": 0.2,
             "compute_dtype": "bfloat16", "optim.b2": 0.99, "eval_every_steps": 500,
@@ -58,7 +60,20 @@ def get_config(arg: str | None = None):
     c.data.name = "shakespeare"    # shakespeare | text
     c.data.text_file = ""          # any UTF-8 file (with name=text)
     c.data.data_dir = ""           # "" = $GENJAX_DATA_DIR or ~/.cache/genjax/tfds
-    c.data.tokenizer = "char"
+    c.data.tokenizer = "char"      # char | bpe (byte-level, trained on the train split)
+    c.data.vocab_size = 512        # BPE vocab size (tokenizer="bpe"); 256 bytes + merges
+    # Cleaning (genjax/data/cleaning.py) after the source's own stages; a change is a new
+    # dataset. Map stages run on every split; filters on train only (held-out text as is).
+    c.data.cleaning = ("nfc,strip_markup,whitespace,filter_lines,exact_dedup,near_dedup,"
+                       "length_filter,decontaminate,tidy")  # "none" = no stage
+    c.data.drop_lines = (r"^\s*\[[^\]]*\]\s*$",)  # filter_lines: regexes of lines to drop
+    c.data.keep_lines = r"^[A-Z][A-Z0-9 ,.'&-]*:$"  # never filtered: speaker lines "ROMEO:"
+    c.data.dedup_min_chars = 30    # shorter lines are never deduplicated ("Exeunt", "Ay.")
+    c.data.near_dup_threshold = 0.8  # near_dedup: Jaccard of character 5-shingles
+    c.data.min_chars = 1           # length_filter: non-blank lines shorter than this go
+    c.data.max_chars = 5000        # length_filter: longer lines go
+    c.data.max_non_alpha = 0.5     # length_filter: max fraction of non-letters ("...")
+    c.data.decontam_ngram = 13     # decontaminate: word n-grams shared with validation/test
 
     c.sample.prompt = "ROMEO:"
     c.sample.num_samples = 3
@@ -70,3 +85,17 @@ def get_config(arg: str | None = None):
     config_lib.apply_preset(c, PRESETS, arg)
     c.lock()
     return c
+
+
+def get_sweep(add, arg):
+    """lr: peak learning rate; norm: LayerNorm vs RMSNorm; lr_x_dropout: their product."""
+    from experiments import sweep_lib as s
+    lrs = s.sweep("optim.lr", [3e-4, 1e-3, 3e-3, 1e-2])
+    if arg == "lr":
+        add(lrs)
+    elif arg == "norm":
+        add(s.sweep("model.norm", ["layernorm", "rmsnorm"]))
+    elif arg == "lr_x_dropout":
+        add(s.product(lrs, s.sweep("model.dropout", [0.0, 0.1, 0.2])))
+    else:
+        raise ValueError(f"unknown sweep {arg!r}: choose lr, norm or lr_x_dropout")

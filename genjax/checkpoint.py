@@ -8,7 +8,7 @@ Saves are async and atomic (orbax writes a temporary directory and renames it wh
 complete, so a crash mid-save leaves the previous step restorable); the latest
 `keep` steps are kept.
 
-Resume order (genjax/train.py calls `resume_or_init`):
+Resume order (genjax/train.py):
   1. the latest checkpoint in the workdir (exact resume: state, RNG, data position);
   2. `config.init_from` -- params only, for fine-tuning; mismatches listed by name;
   3. fresh init.
@@ -18,9 +18,11 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import shutil
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -39,26 +41,83 @@ def _state_to_dict(state: TrainState) -> dict:
     return {f.name: getattr(state, f.name) for f in dataclasses.fields(state)}
 
 
-class Checkpointer:
-    """Async, atomic, keep-k checkpoints of (state, data position, meta) in `workdir`."""
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be written or read (one line on the CLI, exit 1)."""
 
-    def __init__(self, workdir: str, *, keep: int = 3, async_save: bool = True,
+
+class CorruptCheckpoint(CheckpointError):
+    pass
+
+
+# --------------------------------------------------------------------------- checksums
+def _leaf_words(x: jax.Array) -> jax.Array:
+    """The raw bits of `x` as uint32 words (exact; any bit flip changes them)."""
+    if x.dtype == jnp.bool_:
+        x = x.astype(jnp.uint8)
+    if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+        x = jax.random.key_data(x)
+    width = x.dtype.itemsize
+    if width == 8:
+        return jax.lax.bitcast_convert_type(x, jnp.uint32).reshape(-1)
+    unsigned = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32}[width]
+    return jax.lax.bitcast_convert_type(x, unsigned).astype(jnp.uint32).reshape(-1)
+
+
+@jax.jit
+def fingerprint(tree) -> tuple[dict, jax.Array]:
+    """Per leaf two uint32 checksums (plain and position-weighted sums of its bits, mod 2^32:
+    exact under any sharding/reduction order) and whether every float leaf is finite."""
+    out, finite = {}, jnp.array(True)
+    for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        words = _leaf_words(x)
+        weights = jnp.arange(words.size, dtype=jnp.uint32) * jnp.uint32(2654435761) + 1
+        out[jax.tree_util.keystr(path, simple=True, separator="/")] = jnp.stack(
+            [jnp.sum(words, dtype=jnp.uint32), jnp.sum(words * weights, dtype=jnp.uint32)])
+        if jnp.issubdtype(x.dtype, jnp.inexact):
+            finite = finite & jnp.all(jnp.isfinite(x))
+    return out, finite
+
+
+def _checksums(state_dict) -> tuple[dict[str, list[int]], bool]:
+    sums, finite = jax.device_get(fingerprint(state_dict))
+    return {k: [int(a), int(b)] for k, (a, b) in sums.items()}, bool(finite)
+
+
+class Checkpointer:
+    """Async, atomic checkpoints of (state, data position, meta) in `workdir/checkpoints`.
+
+    Retention: the latest `keep` finished steps, plus the `keep_best` best by the metric
+    `best_metric` (`best_mode` min|max) given to `save`, plus the step this run resumed
+    from (`protect`). Every save stores per-leaf checksums; `restore_latest` verifies them
+    and falls back to the previous good step (or raises, with `strict`).
+    """
+
+    def __init__(self, workdir: str, *, keep: int = 3, keep_best: int = 0,
+                 best_metric: str = "", best_mode: str = "min", async_save: bool = True,
                  read_only: bool = False):
         self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+        if best_mode not in ("min", "max"):
+            raise ValueError(f"best_mode={best_mode!r}: use min | max")
+        self.keep, self.keep_best = max(1, int(keep)), int(keep_best)
+        self.best_metric, self.best_mode = best_metric, best_mode
+        self.protect: int | None = None
+        self.read_only = read_only
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=keep, create=not read_only, read_only=read_only,
+            max_to_keep=None, create=not read_only, read_only=read_only,
             enable_async_checkpointing=async_save, cleanup_tmp_directories=not read_only)
         handlers = {"state": ocp.StandardCheckpointHandler(),
                     "data": ocp.JsonCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
         self.manager = ocp.CheckpointManager(self.directory, options=options,
                                              item_handlers=handlers)
+        self._metric_of: dict[int, float] = {}
+        self._pending: int | None = None  # the step of the save in flight
 
     # ------------------------------------------------------------------ queries
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
     def all_steps(self) -> list[int]:
-        return list(self.manager.all_steps())
+        return sorted(self.manager.all_steps())
 
     def read_meta(self, step: int | None = None) -> dict:
         step = self.latest_step() if step is None else step
@@ -67,31 +126,145 @@ class Checkpointer:
         out = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
         return out["meta"]
 
+    def best_step(self) -> int | None:
+        """The finished step with the best `best_metric` (None without metrics)."""
+        scored = {s: self._metric(s) for s in self.all_steps()}
+        scored = {s: v for s, v in scored.items() if v is not None}
+        if not scored:
+            return None
+        pick = min if self.best_mode == "min" else max
+        return pick(scored, key=lambda s: (scored[s], -s))
+
+    def _metric(self, step: int) -> float | None:
+        if step not in self._metric_of:
+            try:
+                value = self.read_meta(step).get("metrics", {}).get(self.best_metric)
+            except Exception:  # noqa: BLE001 - unreadable meta: no score
+                value = None
+            self._metric_of[step] = None if value is None else float(value)
+        return self._metric_of[step]
+
     # ------------------------------------------------------------------ save
-    def save(self, step: int, state: TrainState, data_state: dict | None, meta: dict) -> bool:
-        """Starts an async save of `step` (returns at once; call wait() before exiting)."""
+    def save(self, step: int, state: TrainState, data_state: dict | None, meta: dict,
+             metrics: dict | None = None) -> None:
+        """Starts an async save of `step`; raises CheckpointError if an earlier save failed
+        or the state holds NaN/Inf (such a checkpoint is never written)."""
+        self.wait()  # one save in flight at a time; surfaces errors of the previous one
+        self._apply_retention()
+        state_dict = _state_to_dict(state)
+        checksums, finite = _checksums(state_dict)
+        if not finite:
+            raise CheckpointError(f"step {step}: the train state holds NaN/Inf; "
+                                  f"not writing a checkpoint of it")
+        metrics = {k: float(v) for k, v in (metrics or {}).items()}
+        if self.best_metric in metrics:
+            self._metric_of[int(step)] = metrics[self.best_metric]
         args = ocp.args.Composite(
-            state=ocp.args.StandardSave(_state_to_dict(state)),
+            state=ocp.args.StandardSave(state_dict),
             data=ocp.args.JsonSave(data_state or {}),
-            meta=ocp.args.JsonSave(dict(meta, step=int(step))))
-        return self.manager.save(int(step), args=args, force=True)
+            meta=ocp.args.JsonSave(dict(meta, step=int(step), checksums=checksums,
+                                        metrics=metrics)))
+        try:
+            self.manager.save(int(step), args=args, force=True)
+        except Exception as e:  # noqa: BLE001
+            raise CheckpointError(f"saving checkpoint step {step} failed: {e}") from e
+        self._pending = int(step)
 
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        """Blocks until the in-flight save is finished; a failed save raises here."""
+        try:
+            self.manager.wait_until_finished()
+            self.manager.check_for_errors()
+        except Exception as e:  # noqa: BLE001
+            step = self._pending
+            raise CheckpointError(f"saving checkpoint step {step} failed: {e}") from e
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
+        self.wait()
+        self._apply_retention()
         self.manager.close()
 
+    def _apply_retention(self) -> None:
+        if self.read_only:
+            return
+        steps = self.all_steps()
+        keep = set(steps[-self.keep:])
+        if self.protect is not None:
+            keep.add(self.protect)
+        if self.keep_best and self.best_metric:
+            scored = [(self._metric(s), s) for s in steps]
+            scored = [(v, s) for v, s in scored if v is not None]
+            scored.sort(key=lambda vs: vs[0], reverse=self.best_mode == "max")
+            keep.update(s for _, s in scored[:self.keep_best])
+        for s in steps:
+            if s not in keep:
+                self.manager.delete(s)
+                self._metric_of.pop(s, None)
+
     # ------------------------------------------------------------------ restore
-    def restore(self, step: int, abstract_state: TrainState) -> tuple[TrainState, dict, dict]:
-        """(state on the current mesh, data position, meta) of `step`."""
+    def restore(self, step: int, abstract_state: TrainState, *,
+                verify: bool = True) -> tuple[TrainState, dict, dict]:
+        """(state on the current mesh, data position, meta) of `step`.
+
+        Raises UserError if the checkpoint does not fit the model (shape/dtype/structure,
+        listed by leaf), CorruptCheckpoint if it cannot be read or fails its checksums.
+        """
         target = _state_to_dict(abstract_state)
-        _check_against_saved(self.manager.item_metadata(step), target, self.directory, step)
-        out = self.manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore(),
-            meta=ocp.args.JsonRestore()))
+        try:
+            metadata = self.manager.item_metadata(step)
+        except Exception as e:  # noqa: BLE001
+            raise CorruptCheckpoint(f"step {step}: unreadable metadata ({e})") from e
+        _check_against_saved(metadata, target, self.directory, step)
+        try:
+            out = self.manager.restore(step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore(),
+                meta=ocp.args.JsonRestore()))
+        except Exception as e:  # noqa: BLE001
+            raise CorruptCheckpoint(f"step {step}: cannot be read ({type(e).__name__}: "
+                                    f"{str(e).splitlines()[0] if str(e) else ''})") from e
+        saved = out["meta"].get("checksums")
+        if verify and saved is not None:
+            now, _ = _checksums(out["state"])
+            bad = sorted(k for k in saved if now.get(k) != saved[k])
+            if bad:
+                raise CorruptCheckpoint(f"step {step}: checksum mismatch in {bad[:5]}")
         return TrainState(**out["state"]), out["data"], out["meta"]
+
+    def restore_latest(self, abstract_state: TrainState, *, strict: bool = False):
+        """The newest step that restores and verifies: (state, data, meta, step) or None.
+
+        A corrupt step is moved to `checkpoints/corrupt-<step>` with a warning and the
+        previous one is tried; `strict` raises instead. Never a silent restart: if steps
+        exist but none is readable, this raises.
+        """
+        steps = self.all_steps()
+        for step in reversed(steps):
+            try:
+                state, data, meta = self.restore(step, abstract_state)
+            except CorruptCheckpoint as e:
+                if strict:
+                    raise CheckpointError(f"{e} (strict: not falling back)") from e
+                msg = f"checkpoint {e}; falling back to the previous step"
+                logging.warning(msg)
+                print(f"warning: {msg}", flush=True)
+                self._quarantine(step)
+                continue
+            self.protect = step
+            return state, data, meta, step
+        if steps:
+            raise CheckpointError(f"no readable checkpoint among steps {steps} in "
+                                  f"{self.directory}; refusing to restart from scratch")
+        return None
+
+    def _quarantine(self, step: int) -> None:
+        if self.read_only or jax.process_index() != 0:
+            return
+        src = os.path.join(self.directory, str(step))
+        dst = os.path.join(self.directory, f"corrupt-{step}")
+        if os.path.exists(src):
+            shutil.rmtree(dst, ignore_errors=True)
+            os.rename(src, dst)
+        self.manager.reload()
 
     def restore_params(self, step: int | None, abstract_params) -> Any:
         """Params only (for init_from), onto `abstract_params`' shardings."""
@@ -139,7 +312,9 @@ def tree_mismatches(saved, target) -> list[str]:
 
 
 def _check_against_saved(item_metadata, target, directory, step) -> None:
-    saved = _tree_of(item_metadata, "state")
+    saved = _tree_of(item_metadata, "state") if item_metadata is not None else None
+    if not saved:
+        raise CorruptCheckpoint(f"step {step}: the state's metadata is missing or unreadable")
     problems = tree_mismatches(saved, target)
     if problems:
         raise UserError(f"checkpoint {directory}/{step} does not fit this model "
@@ -160,6 +335,25 @@ def check_same_model(saved_meta: dict, config) -> None:
     if diffs:
         raise UserError("the workdir holds a checkpoint of a different model; use a new "
                         "--workdir or set --config.init_from. Differences: " + "; ".join(diffs))
+
+
+SCHEDULE_KEYS = ("total_steps", "batch_size", "optim")
+
+
+def warn_changed_schedule(saved_meta: dict, config) -> list[str]:
+    """Resuming with changed schedule/optimizer keys is allowed, but said out loud."""
+    now, then = config_lib.to_dict(config), saved_meta.get("config", {})
+    diffs = []
+    for key in SCHEDULE_KEYS:
+        if isinstance(now.get(key), dict):
+            diffs += config_lib.diff(then.get(key, {}), now[key], prefix=f"{key}.")
+        elif then.get(key) != now.get(key):
+            diffs.append(f"{key}: {then.get(key)!r} -> {now.get(key)!r}")
+    if diffs:
+        msg = "resuming with changed schedule keys: " + "; ".join(diffs)
+        logging.warning(msg)
+        print(f"warning: {msg}", flush=True)
+    return diffs
 
 
 def parse_init_from(path: str) -> tuple[str, int | None]:

@@ -45,7 +45,12 @@ def base_config() -> ConfigDict:
     c.eval_batches = 20            # batches per periodic eval (final eval: whole split)
     c.eval_split = "validation"
     c.ckpt_every_steps = 500       # async checkpoint interval (and always at the end)
-    c.keep_checkpoints = 3         # keep the latest k steps
+    c.keep_checkpoints = 3         # keep the latest k steps...
+    c.keep_best = 0                # ...plus the best k by `best_metric` (needs an eval at that step)
+    c.best_metric = "eval/loss"    # a key of the eval metrics, prefixed "eval/"
+    c.best_mode = "min"            # min | max
+    c.strict_restore = False       # corrupt latest checkpoint: fail instead of falling back
+    c.deterministic = False        # GPU: --xla_gpu_deterministic_ops=true (recorded in run_meta)
     c.init_from = ""               # checkpoint dir (or dir/step) to take params from (fine-tuning)
     c.compute_dtype = "float32"    # float32 | bfloat16 (params stay float32: master weights)
     c.skip_nonfinite = True        # skip an update whose gradients are NaN/Inf (counted)
@@ -111,7 +116,11 @@ def parse_flags(argv: Sequence[str]):
 
 
 def run_cli(main, argv=None) -> None:
-    """Runs `main(argv)` after flag parsing; bad input -> one line on stderr, exit 2."""
+    """Runs `main(argv)` after flag parsing.
+
+    Bad input -> one `error:` line on stderr, exit 2; a run that fails for a reason it
+    can name (failed checkpoint save, NaN halt) -> one line, exit 1.
+    """
     import logging
     argv = sys.argv if argv is None else argv
     try:
@@ -121,6 +130,13 @@ def run_cli(main, argv=None) -> None:
         print(f"error: {e}", file=sys.stderr)
         logging.shutdown()
         sys.exit(2)
+    except (RuntimeError, FloatingPointError) as e:
+        from genjax.checkpoint import CheckpointError
+        if not isinstance(e, (CheckpointError, FloatingPointError)):
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        logging.shutdown()
+        sys.exit(1)
 
 
 class UserError(Exception):

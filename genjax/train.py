@@ -27,6 +27,7 @@ from genjax import checkpoint as ckpt_lib
 from genjax import config_lib, flops, optim, runtime, sharding
 from genjax.config_lib import UserError
 from genjax.metrics_writer import MetricsWriter, Progress
+from genjax.workdir import WorkdirLock, write_run_meta
 
 EXIT_PREEMPTED = 143  # 128 + SIGTERM: schedulers (Slurm, k8s) read it as "requeue me"
 # Tests only: SIGKILL this process right after step N was dispatched (and saved, if due).
@@ -62,12 +63,24 @@ def train(config, workdir: str, *, stop_after: int | None = None) -> dict[str, A
     simulate an interruption; the checkpoint of the last step is still written).
     """
     # ------------------------------------------------------------------ setup
+    if config.deterministic:  # must precede backend initialisation
+        flag = "--xla_gpu_deterministic_ops=true"
+        if flag not in os.environ.get("XLA_FLAGS", ""):
+            os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + flag).strip()
     runtime.initialize_distributed()
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)
     is_main = jax.process_index() == 0
-    sigterm = _SigtermFlag().install()
     family = config_lib_family(config)
+    lock = WorkdirLock(workdir).acquire()
+    try:
+        return _train(config, workdir, family, is_main, stop_after)
+    finally:
+        lock.release()
+
+
+def _train(config, workdir, family, is_main, stop_after):
+    sigterm = _SigtermFlag().install()
 
     # ------------------------------------------------------------------ data
     # Loaded first: a missing dataset fails before anything is compiled.
@@ -79,28 +92,37 @@ def train(config, workdir: str, *, stop_after: int | None = None) -> dict[str, A
     config.lock()
 
     # ------------------------------------------------------------------ checkpoints
-    ckpt = ckpt_lib.Checkpointer(workdir, keep=int(config.keep_checkpoints))
+    ckpt = ckpt_lib.Checkpointer(
+        workdir, keep=int(config.keep_checkpoints), keep_best=int(config.keep_best),
+        best_metric=config.best_metric, best_mode=config.best_mode)
     latest = ckpt.latest_step()
     if latest is not None:  # before touching anything: is it the same model?
-        ckpt_lib.check_same_model(ckpt.read_meta(latest), config)
+        saved_meta = _read_meta_or_none(ckpt, latest)
+        if saved_meta is not None:
+            ckpt_lib.check_same_model(saved_meta, config)
+            ckpt_lib.warn_changed_schedule(saved_meta, config)
     if is_main:
         with open(os.path.join(workdir, "config.json"), "w") as f:
             json.dump(config_lib.to_dict(config), f, indent=2)
 
     # ------------------------------------------------------------------ model, optimizer, state
     mesh = sharding.make_mesh(config.mesh)
+    write_run_meta(workdir, config_lib.to_dict(config), mesh)
     parts = assemble_lib.assemble(config, mesh)
     train_iter = data.train_iterator()
     meta = {"family": config.family, "config": config_lib.to_dict(config),
             "data": data.meta(), "genjax_version": runtime.version()}
 
     # Resume order: workdir checkpoint -> config.init_from (params only) -> fresh init.
-    if latest is not None:
-        state, data_state, _ = ckpt.restore(latest, parts.abstract_state)
+    restored = None
+    if latest is not None:  # falls back past corrupt steps (or raises with strict_restore)
+        restored = ckpt.restore_latest(parts.abstract_state, strict=bool(config.strict_restore))
+    if restored is not None:
+        state, data_state, _, resumed_step = restored
         if data_state:
             train_iter.set_state(data_state)
-        logging.info("resumed from %s/%d", ckpt.directory, latest)
-        print(f"resumed from step {latest}", flush=True)
+        logging.info("resumed from %s/%d", ckpt.directory, resumed_step)
+        print(f"resumed from step {resumed_step}", flush=True)
     else:
         state = parts.init_state()
         if config.init_from:
@@ -144,8 +166,12 @@ def train(config, workdir: str, *, stop_after: int | None = None) -> dict[str, A
         count = max(sums.pop("count", 1.0), 1.0)
         return {k: v / count for k, v in sums.items()}
 
+    last_eval: dict = {}
+
     def save(step: int) -> None:
-        ckpt.save(step, state, train_iter.get_state(), meta)
+        metrics = {f"eval/{k}": v for k, v in last_eval.get(step, {}).items()
+                   if isinstance(v, (int, float))}
+        ckpt.save(step, state, train_iter.get_state(), meta, metrics=metrics)
 
     # ------------------------------------------------------------------ loop
     pending = None  # (step, metrics on device): read one step late, the host never waits
@@ -154,8 +180,11 @@ def train(config, workdir: str, *, stop_after: int | None = None) -> dict[str, A
         m = jax.device_get(metrics)
         if int(m.get("skipped", 0)):
             logging.warning("step %d: non-finite gradients, update skipped", step)
+        if not math.isfinite(float(m.get("param_norm", 0.0))):
+            raise FloatingPointError(f"step {step}: parameters became non-finite; stopping "
+                                     f"(last good checkpoint: {ckpt.latest_step()})")
         consecutive = int(m.get("consecutive_skips", 0))
-        if consecutive > config.max_consecutive_skips:
+        if consecutive >= config.max_consecutive_skips:
             raise FloatingPointError(f"step {step}: {consecutive} consecutive non-finite "
                                      f"updates (config.max_consecutive_skips)")
         if not math.isfinite(float(m["loss"])) and not config.skip_nonfinite:
@@ -189,6 +218,8 @@ def train(config, workdir: str, *, stop_after: int | None = None) -> dict[str, A
                 handle(*pending)
                 pending = None
                 ev = run_eval(step, int(config.eval_batches))
+                last_eval.clear()
+                last_eval[step] = ev
                 writer.write(step, ev, prefix="eval/")
                 progress.show(f"eval @ {step}: " + _fmt(ev))
                 progress.reset(step)
@@ -220,6 +251,13 @@ def train(config, workdir: str, *, stop_after: int | None = None) -> dict[str, A
             json.dump(final, f, indent=2)
         print(f"final {config.eval_split} ({config.family}): {_fmt(final)}", flush=True)
     return final
+
+
+def _read_meta_or_none(ckpt, step):
+    try:
+        return ckpt.read_meta(step)
+    except Exception:  # noqa: BLE001 - a corrupt step; restore_latest deals with it
+        return None
 
 
 def _fmt(metrics: dict) -> str:

@@ -1,0 +1,196 @@
+"""Specification of the checkpoint layer: corruption, retention, diagnostics, meshes."""
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from genjax.checkpoint import (Checkpointer, CheckpointError, CorruptCheckpoint, fingerprint)
+from genjax.config_lib import UserError
+from genjax.step import init_state
+from genjax.workdir import WorkdirLock
+
+TX = optax.adam(1e-3)
+
+
+def make_state(value=1.0, n=16):
+    params = {"w": jnp.full((n, 4), value, jnp.float32), "b": jnp.arange(4, dtype=jnp.float32)}
+    return init_state(params, {}, TX, jax.random.PRNGKey(0), ema=False)
+
+
+def abstract(state, sharding=None):
+    return jax.tree_util.tree_map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding or x.sharding), state)
+
+
+def save_steps(workdir, steps, **kw):
+    ck = Checkpointer(workdir, **kw)
+    for s in steps:
+        ck.save(s, make_state(float(s)), {"pos": s}, {"config": {}},
+                metrics=kw.pop("metrics_of", {}).get(s) if "metrics_of" in kw else None)
+    ck.close()
+
+
+def largest_file(root):
+    files = [os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs]
+    return max(files, key=os.path.getsize)
+
+
+def flip_bit(path):
+    with open(path, "r+b") as f:
+        f.seek(os.path.getsize(path) // 2)
+        byte = f.read(1)
+        f.seek(-1, 1)
+        f.write(bytes([byte[0] ^ 0x10]))
+
+
+def truncate(path):
+    with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) // 2)
+
+
+def delete_metadata(step_dir):
+    os.remove(os.path.join(step_dir, "state", "_METADATA"))
+
+
+@pytest.mark.parametrize("damage", [flip_bit, truncate, delete_metadata])
+def test_corrupt_latest_falls_back_to_previous_step_with_a_warning(tmp_path, damage, capsys):
+    save_steps(tmp_path, [1, 2])
+    step_dir = tmp_path / "checkpoints" / "2"
+    damage(step_dir if damage is delete_metadata else largest_file(step_dir / "state"))
+    ck = Checkpointer(tmp_path)
+    state, data, meta, step = ck.restore_latest(abstract(make_state()))
+    assert step == 1 and data == {"pos": 1}
+    np.testing.assert_array_equal(state.params["w"], make_state(1.0).params["w"])
+    out = capsys.readouterr().out
+    assert "warning" in out and "step 2" in out
+    assert (tmp_path / "checkpoints" / "corrupt-2").exists()   # kept for a post-mortem
+    assert ck.latest_step() == 1
+
+
+def test_strict_restore_fails_instead_of_falling_back(tmp_path):
+    save_steps(tmp_path, [1, 2])
+    flip_bit(largest_file(tmp_path / "checkpoints" / "2" / "state"))
+    with pytest.raises(CheckpointError, match="step 2"):
+        Checkpointer(tmp_path).restore_latest(abstract(make_state()), strict=True)
+
+
+def test_all_steps_corrupt_is_an_error_never_a_silent_restart(tmp_path):
+    save_steps(tmp_path, [1])
+    flip_bit(largest_file(tmp_path / "checkpoints" / "1" / "state"))
+    with pytest.raises(CheckpointError, match="refusing to restart"):
+        Checkpointer(tmp_path).restore_latest(abstract(make_state()))
+
+
+def test_checksum_detects_a_single_flipped_bit():
+    state = make_state()
+    a, _ = fingerprint(state.params)
+    w = np.asarray(state.params["w"]).copy()
+    w.view(np.uint32)[3, 1] ^= 1 << 7
+    b, _ = fingerprint({"b": state.params["b"], "w": jnp.asarray(w)})
+    assert not np.array_equal(a["w"], b["w"]) and np.array_equal(a["b"], b["b"])
+
+
+def test_nonfinite_state_is_never_checkpointed(tmp_path):
+    ck = Checkpointer(tmp_path)
+    with pytest.raises(CheckpointError, match="NaN"):
+        ck.save(1, make_state(float("nan")), {}, {})
+    ck.close()
+    assert ck.all_steps() == []
+
+
+def test_retention_keeps_latest_and_true_best_in_the_right_direction(tmp_path):
+    ck = Checkpointer(tmp_path, keep=2, keep_best=1, best_metric="eval/loss", best_mode="min")
+    losses = {1: 3.0, 2: 1.0, 3: 2.0, 4: 2.5, 5: 2.7}
+    for s, loss in losses.items():
+        ck.save(s, make_state(float(s)), {}, {}, metrics={"eval/loss": loss})
+    ck.close()
+    assert ck.all_steps() == [2, 4, 5]
+    assert ck.best_step() == 2
+    ck = Checkpointer(tmp_path, keep=1, keep_best=1, best_metric="eval/acc", best_mode="max")
+    assert ck.best_step() is None  # no step recorded that metric
+
+
+def test_retention_never_deletes_the_step_it_resumed_from(tmp_path):
+    save_steps(tmp_path, [1, 2])
+    flip_bit(largest_file(tmp_path / "checkpoints" / "2" / "state"))
+    ck = Checkpointer(tmp_path, keep=1)
+    *_, resumed = ck.restore_latest(abstract(make_state()))
+    for s in (3, 4, 5):
+        ck.save(s, make_state(float(s)), {}, {})
+    ck.close()
+    assert resumed == 1 and 1 in ck.all_steps() and 5 in ck.all_steps()
+
+
+def test_failed_save_is_loud_and_names_the_step(tmp_path, monkeypatch):
+    ck = Checkpointer(tmp_path)
+
+    def read_only(*a, **k):  # root ignores chmod, so the failure is simulated
+        raise OSError("Read-only file system")
+    monkeypatch.setattr(ck.manager, "save", read_only)
+    with pytest.raises(CheckpointError, match="step 1.*Read-only"):
+        ck.save(1, make_state(), {}, {})
+
+
+def test_failed_async_save_surfaces_at_wait(tmp_path, monkeypatch):
+    ck = Checkpointer(tmp_path)
+    ck.save(1, make_state(), {}, {})
+
+    def full_disk(*a, **k):
+        raise OSError("No space left on device")
+    monkeypatch.setattr(ck.manager, "wait_until_finished", full_disk)
+    with pytest.raises(CheckpointError, match="step 1.*No space"):
+        ck.wait()
+
+
+def test_shape_and_dtype_mismatch_name_the_leaf_and_never_cast(tmp_path):
+    save_steps(tmp_path, [1])
+    ck = Checkpointer(tmp_path)
+    with pytest.raises(UserError, match=r"params/w: checkpoint float32\[16, 4\] vs model float32\[8, 4\]"):
+        ck.restore(1, abstract(make_state(n=8)))
+    bf16 = jax.tree_util.tree_map(lambda x: x.astype(jnp.bfloat16)
+                                  if x.dtype == jnp.float32 else x, make_state())
+    with pytest.raises(UserError, match="bfloat16"):
+        ck.restore(1, abstract(bf16))
+
+
+def test_restore_onto_another_mesh_gives_identical_values(tmp_path):
+    devices = np.array(jax.devices())
+    mesh8 = Mesh(devices.reshape(8), ("x",))
+    state = make_state()
+    state = state.replace(params={"w": jax.device_put(state.params["w"],
+                                                      NamedSharding(mesh8, P("x"))),
+                                  "b": state.params["b"]})
+    ck = Checkpointer(tmp_path)
+    ck.save(1, state, {}, {})
+    ck.close()
+    mesh2 = Mesh(devices[:2].reshape(2), ("y",))
+    target = abstract(make_state(), NamedSharding(mesh2, P()))
+    target = target.replace(params={
+        "w": jax.ShapeDtypeStruct((16, 4), jnp.float32, sharding=NamedSharding(mesh2, P("y"))),
+        "b": target.params["b"]})
+    restored, _, _ = Checkpointer(tmp_path).restore(1, target)
+    assert restored.params["w"].sharding.mesh.shape == {"y": 2}
+    np.testing.assert_array_equal(restored.params["w"], state.params["w"])
+
+
+def test_a_second_live_run_is_refused_and_a_stale_lock_taken_over(tmp_path):
+    first = WorkdirLock(str(tmp_path)).acquire()
+    with pytest.raises(UserError, match="another run"):
+        WorkdirLock(str(tmp_path)).acquire()
+    first.release()
+    with open(tmp_path / ".lock", "w") as f:  # a lock left by a dead process
+        import json
+        import socket
+        json.dump({"host": socket.gethostname(), "pid": 2**22 + 12345}, f)
+    taken = WorkdirLock(str(tmp_path)).acquire()
+    assert taken.held
+    taken.release()
+    assert not (tmp_path / ".lock").exists()
+
+
+def test_corrupt_checkpoint_error_is_a_checkpoint_error():
+    assert issubclass(CorruptCheckpoint, CheckpointError)
