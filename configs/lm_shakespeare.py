@@ -17,6 +17,7 @@ from genjax import config_lib
 PRESETS = {
     "tiny": {"model.size": "tiny", "model.max_len": 32, "batch_size": 8, "total_steps": 20,
              "log_every_steps": 5, "eval_every_steps": 10, "eval_batches": 2,
+             "final_eval_batches": 8,
              "ckpt_every_steps": 10, "optim.warmup_steps": 5, "sample.max_new_tokens": 40,
              "sample.num_samples": 2},
     "cpu": {"model.size": "cpu", "model.max_len": 128, "batch_size": 16, "total_steps": 1200,

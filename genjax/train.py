@@ -244,7 +244,7 @@ def _train(config, workdir, family, is_main, stop_after):
     if last_step < total:
         return {}
     elapsed = time.perf_counter() - t0
-    final = run_eval(total, None)
+    final = run_eval(total, int(config.final_eval_batches) or None)
     final["train_seconds"] = elapsed
     if is_main:
         with open(os.path.join(workdir, "final_metrics.json"), "w") as f:

@@ -134,8 +134,8 @@ def test_tokenizer_rejects_unknown_characters_by_name():
     tok = CharTokenizer.train("ROMEO: hi\n")
     with pytest.raises(ValueError, match=r"'é'.*'€'"):
         tok.encode("ROMEO: é€")
-    with pytest.raises(ValueError, match="unknown tokenizer kind 'bpe'"):
-        tokenizer_from_json({"kind": "bpe"})
+    with pytest.raises(ValueError, match="unknown tokenizer kind 'wordpiece'"):
+        tokenizer_from_json({"kind": "wordpiece"})
 
 
 def test_build_fails_naming_characters_the_train_split_lacks(tmp_path):
@@ -264,7 +264,7 @@ def test_eval_batches_cover_every_token_once(data_dir, process_count):
 
 def test_card_describes_the_data(lm):
     card = lm.card
-    assert card["dataset"] == "genjax_shakespeare/1.0.0"
+    assert card["dataset"] == "genjax_shakespeare/1.1.0"
     assert card["vocab_size"] == lm.tokenizer.vocab_size == len(set(lm.text("train")))
     assert card["splits"]["train"]["tokens"] == lm.num_tokens("train") > 3_000_000
     assert set(card["prep_report"]["stages"]) == {n for n, _ in shakespeare.STAGES}

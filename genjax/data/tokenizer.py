@@ -1,11 +1,12 @@
 """Character tokenizer and the JSON form every tokenizer shares.
 
 JSON: {"kind": "char", "vocab": ["\\n", " ", "!", ...]}. `kind` picks the class in
-`tokenizer_from_json`, so a later BPE tokenizer ({"kind": "bpe", ...}) is saved in
-checkpoints and data dirs the same way.
+`tokenizer_from_json`, so the byte-level BPE tokenizer ({"kind": "bpe", ...}, bpe.py) is
+saved in checkpoints and data dirs the same way.
 """
 from __future__ import annotations
 
+import importlib
 import json
 import os
 
@@ -75,15 +76,20 @@ class CharTokenizer:
         return f"CharTokenizer(vocab_size={self.vocab_size})"
 
 
-KINDS = {"char": CharTokenizer}
+KINDS = {"char": "genjax.data.tokenizer:CharTokenizer",
+         "bpe": "genjax.data.bpe:BPETokenizer"}  # imported on use: `tokenizers` only for BPE
+
+
+def tokenizer_class(kind: str):
+    if kind not in KINDS:
+        raise ValueError(f"unknown tokenizer kind {kind!r}; known: {sorted(KINDS)}")
+    module, name = KINDS[kind].split(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def tokenizer_from_json(d: dict):
     """The tokenizer a `to_json()` dict describes, by its "kind"."""
-    kind = d.get("kind")
-    if kind not in KINDS:
-        raise ValueError(f"unknown tokenizer kind {kind!r}; known: {sorted(KINDS)}")
-    return KINDS[kind].from_json(d)
+    return tokenizer_class(d.get("kind")).from_json(d)
 
 
 def load_tokenizer(path: str | os.PathLike):
