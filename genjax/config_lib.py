@@ -84,6 +84,7 @@ def base_config() -> ConfigDict:
     c.model = ConfigDict()         # family-specific, set by configs/<name>.py
     c.data = ConfigDict()          # family-specific, set by configs/<name>.py
     c.sample = ConfigDict()        # defaults for genjax.sample / samples printed at the end
+    c.sample.grid_samples = 16     # image families: grid W/samples/step_<N>.png at each eval (0 = off)
     return c
 
 

@@ -86,6 +86,9 @@ def _train(config, workdir, family, is_main, stop_after):
     # Loaded first: a missing dataset fails before anything is compiled.
     data = family.make_data(config, process_index=jax.process_index(),
                             process_count=jax.process_count())
+    splits = list(getattr(data, "splits", []) or [])
+    if splits and config.eval_split not in splits:
+        raise UserError(f"config.eval_split={config.eval_split!r}: the dataset has {splits}")
     config.unlock()
     if hasattr(family, "resolve_config"):
         family.resolve_config(config, data)  # e.g. vocab size from the tokenizer
@@ -168,6 +171,17 @@ def _train(config, workdir, family, is_main, stop_after):
 
     last_eval: dict = {}
 
+    def write_grid(step: int) -> None:
+        """Image families: a sample grid from the EMA params (raw without EMA)."""
+        n = int(config.sample.grid_samples)
+        if not (is_main and n and hasattr(family, "sample_images")):
+            return
+        from genjax.image_grid import save_grid
+        params = state.ema_params if jax.tree_util.tree_leaves(state.ema_params) else state.params
+        images = family.sample_images(parts.model, params, config,
+                                      jax.random.PRNGKey(config.seed), n)
+        save_grid(jax.device_get(images), os.path.join(workdir, "samples", f"step_{step}.png"))
+
     def save(step: int) -> None:
         metrics = {f"eval/{k}": v for k, v in last_eval.get(step, {}).items()
                    if isinstance(v, (int, float))}
@@ -222,6 +236,7 @@ def _train(config, workdir, family, is_main, stop_after):
                 last_eval[step] = ev
                 writer.write(step, ev, prefix="eval/")
                 progress.show(f"eval @ {step}: " + _fmt(ev))
+                write_grid(step)
                 progress.reset(step)
             stopping = sigterm.raised or (stop_after is not None and steps_this_call >= stop_after)
             if step % config.ckpt_every_steps == 0 or step == total or stopping:
@@ -246,6 +261,7 @@ def _train(config, workdir, family, is_main, stop_after):
     elapsed = time.perf_counter() - t0
     final = run_eval(total, int(config.final_eval_batches) or None)
     final["train_seconds"] = elapsed
+    write_grid(total)
     if is_main:
         with open(os.path.join(workdir, "final_metrics.json"), "w") as f:
             json.dump(final, f, indent=2)
