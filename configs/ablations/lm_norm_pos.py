@@ -1,0 +1,23 @@
+r"""Ablation table "LM: normalisation x position encoding" (Shakespeare char LM).
+
+Produces one table: validation loss (nats/char) and bits per character, final and best,
+mean +- std over seeds, for {LayerNorm, RMSNorm} x {learned, rotary} positions, every
+other setting as configs/lm_shakespeare.py:cpu.
+
+  python -m experiments.sweep --config=configs/ablations/lm_norm_pos.py:cpu \
+      --root=runs/ablations --seeds=3 --parallel=2
+  python -m experiments.collect runs/ablations --metrics=loss,bits_per_char
+
+`:arg` is the base preset of configs/lm_shakespeare.py (tiny for a smoke test, cpu, gpu).
+"""
+from configs import lm_shakespeare
+
+
+def get_config(arg: str | None = None):
+    return lm_shakespeare.get_config(arg or "cpu")
+
+
+def get_sweep(add, arg):
+    from experiments import sweep_lib as s
+    add(s.product(s.sweep("model.norm", ["layernorm", "rmsnorm"]),
+                  s.sweep("model.pos", ["learned", "rotary"])))

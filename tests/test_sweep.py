@@ -1,0 +1,190 @@
+"""Sweeps: expanded from the config's get_sweep, run from one command, safe to re-run
+(finished runs skipped, interrupted ones resumed), collected into mean +- std tables."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from experiments import collect, sweep_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# ---------------------------------------------------------------------- sweep_lib
+def test_products_zips_seeds_and_names():
+    lr = sweep_lib.sweep("optim.lr", [1e-3, 3e-3])
+    norm = sweep_lib.sweep("model.norm", ["layernorm", "rmsnorm"])
+    assert sweep_lib.product(lr, norm) == [
+        {"optim.lr": 1e-3, "model.norm": "layernorm"}, {"optim.lr": 1e-3, "model.norm": "rmsnorm"},
+        {"optim.lr": 3e-3, "model.norm": "layernorm"}, {"optim.lr": 3e-3, "model.norm": "rmsnorm"}]
+    assert sweep_lib.zipit(lr, sweep_lib.sweep("optim.warmup_steps", [10, 20])) == [
+        {"optim.lr": 1e-3, "optim.warmup_steps": 10}, {"optim.lr": 3e-3, "optim.warmup_steps": 20}]
+    with pytest.raises(ValueError, match="lengths"):
+        sweep_lib.zipit(lr, sweep_lib.seeds(3))
+    assert sweep_lib.seeds(2, start=5) == [{"seed": 5}, {"seed": 6}]
+    run = {"optim.lr": 0.001, "model.tie_embeddings": False, "seed": 1}
+    assert sweep_lib.run_name(run) == "optim.lr=0.001,model.tie_embeddings=false"
+    assert sweep_lib.override_flags(run) == [
+        "--config.optim.lr=0.001", "--config.model.tie_embeddings=false", "--config.seed=1"]
+    assert sweep_lib.run_name({}) == "base"
+
+
+def sweep_cmd(*args):
+    return [sys.executable, "-m", "experiments.sweep", "--config=configs/lm_shakespeare.py:tiny",
+            *args]
+
+
+def run_quick(*args):
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
+    return subprocess.run(sweep_cmd(*args), cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_dry_run_and_emitted_commands(tmp_path):
+    proc = run_quick("--sweep=norm", "--seeds=2", f"--root={tmp_path}", "--dry_run")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "4 runs" in proc.stdout and "4 new" in proc.stdout
+    assert f"{tmp_path}/lm_shakespeare.tiny/model.norm=rmsnorm/seed=1" in proc.stdout
+    assert os.listdir(tmp_path) == []  # a dry run writes nothing
+
+    proc = run_quick("--sweep=lr", f"--root={tmp_path}", "--emit=commands",
+                     "--config.total_steps=7")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 4
+    assert lines[0] == ("python -m genjax.train --config=configs/lm_shakespeare.py:tiny "
+                        "--config.total_steps=7 --config.optim.lr=0.0003 --config.seed=0 "
+                        f"--workdir={tmp_path}/lm_shakespeare.tiny/optim.lr=0.0003/seed=0")
+    manifest = json.loads((tmp_path / "lm_shakespeare.tiny" / "lr.sweep.json").read_text())
+    assert manifest["keys"] == ["optim.lr"] and manifest["common"] == {"total_steps": 7}
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--sweep=nope"], "unknown sweep 'nope'"),
+    (["--sweep=lr", "--config.optim.lrr=1"], "lrr"),
+])
+def test_bad_sweeps_fail_in_one_line(tmp_path, args, needle):
+    proc = run_quick(*args, f"--root={tmp_path}")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and needle in proc.stderr
+
+
+def _fake_run(workdir, losses, final):
+    os.makedirs(workdir)
+    with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
+        for step, loss in enumerate(losses, 1):
+            f.write(json.dumps({"step": step, "loss": loss}) + "\n")
+    if final is not None:
+        with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:
+            f.write(json.dumps({"step": 2, "eval/loss": final + 0.5}) + "\n")
+        with open(os.path.join(workdir, "final_metrics.json"), "w") as f:
+            json.dump({"loss": final, "accuracy": 0.5}, f)
+
+
+def test_collect_tables_from_run_directories(tmp_path, capsys):
+    """mean +- std over seeds from final_metrics.json; unfinished runs don't count."""
+    base = tmp_path / "lm.tiny"
+    finals = {("0.001", 0): 2.0, ("0.001", 1): 2.2, ("0.01", 0): 1.5, ("0.01", 1): None}
+    runs = []
+    for (lr, seed), final in finals.items():
+        wd = f"optim.lr={lr}/seed={seed}"
+        _fake_run(base / wd, [3.0, 2.5], final if final else None)
+        runs.append({"name": wd, "overrides": {"optim.lr": float(lr), "seed": seed},
+                     "seed": seed, "workdir": wd})
+    (base / "lr.sweep.json").write_text(json.dumps(
+        {"config": "configs/lm.py:tiny", "sweep": "lr", "keys": ["optim.lr"], "common": {},
+         "runs": runs}))
+    assert collect.main([str(tmp_path), "--metrics=loss,accuracy"]) == 0
+    out = capsys.readouterr().out
+    std = np.std([2.0, 2.2], ddof=1)
+    assert f"| 0.001 | 2.1000 ± {std:.4f} |" in out  # final loss of the two seeds
+    assert "| 0.01 | **1.5000** |" in out and "| 1/2 |" in out  # one seed unfinished
+    for ext in ("csv", "runs.csv", "md", "tex", "png"):
+        assert (base / f"lr.{ext}").stat().st_size > 0
+    tex = (base / "lr.tex").read_text()
+    assert "\\toprule" in tex and "$\\pm$" in tex and "\\bottomrule" in tex
+
+
+# ---------------------------------------------------------------------- end to end
+def _small_text(path):
+    rng = np.random.default_rng(0)
+    words = "the king queen lord love death night day sword crown heart fair sweet".split()
+    lines = [" ".join(rng.choice(words, 7)).capitalize() + "." for _ in range(600)]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def _alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has exited
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+def test_sweep_end_to_end_kill_rerun_collect(tmp_path, data_dir):
+    """2 values x 2 seeds of the tiny LM: kill -9 the sweep mid-way, re-run, re-run, collect."""
+    from genjax.data.text_builders import prepare
+    text = tmp_path / "text.txt"
+    _small_text(text)
+    prepare(str(text), data_dir)  # once, before several processes want it
+    root = tmp_path / "sweeps"
+    args = ["--sweep=norm", "--seeds=2", f"--root={root}", "--config.total_steps=20",
+            "--config.log_every_steps=1", "--config.ckpt_every_steps=5",
+            "--config.eval_every_steps=10", "--config.data.name=text",
+            f"--config.data.text_file={text}"]
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="", GENJAX_DATA_DIR=data_dir)
+    base = root / "lm_shakespeare.tiny"
+    first, second = base / "model.norm=layernorm/seed=0", base / "model.norm=layernorm/seed=1"
+
+    # 1. kill -9 the sweep once its second run has started training (metrics.jsonl is
+    # opened after the SIGTERM handler is installed): that child checkpoints and exits.
+    proc = subprocess.Popen(sweep_cmd(*args, "--parallel=1"), cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    deadline = time.time() + 240
+    try:
+        while not (second / "metrics.jsonl").exists() and proc.poll() is None:
+            assert time.time() < deadline, "sweep did not reach its second run"
+            time.sleep(0.05)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.communicate(timeout=30)
+    assert (first / "final_metrics.json").exists()
+    child = int((second / "sweep_run.pid").read_text())
+    for _ in range(1200):  # the orphan gets SIGTERM (PR_SET_PDEATHSIG) and saves
+        if not _alive(child):
+            break
+        time.sleep(0.05)
+    assert "preempted: saved step" in (second / "train.log").read_text()
+    assert not (second / "final_metrics.json").exists()
+
+    # 2. the same command finishes the sweep without redoing the finished run.
+    done = subprocess.run(sweep_cmd(*args, "--parallel=2"), cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "1 done" in done.stdout or "2 done" in done.stdout
+    assert "4/4 done" in done.stdout
+    starts = [ln for ln in (first / "train.log").read_text().splitlines() if ln.startswith("# ")]
+    assert len(starts) == 1  # never restarted
+    assert "resumed from step" in (second / "train.log").read_text()
+
+    # 3. again: nothing to do.
+    again = subprocess.run(sweep_cmd(*args), cwd=ROOT, env=env, capture_output=True,
+                           text=True, timeout=120)
+    assert again.returncode == 0 and "4 done" in again.stdout
+    assert "nothing to run" in again.stdout
+
+    # 4. one table, mean +- std over the two seeds.
+    out = subprocess.run([sys.executable, "-m", "experiments.collect", str(root)], cwd=ROOT,
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = [line for line in out.stdout.splitlines() if line.startswith("| layernorm")
+            or line.startswith("| rmsnorm")]
+    assert len(rows) == 2 and all("±" in r and r.endswith("| 2 |") for r in rows), out.stdout
+    assert (base / "norm.png").exists() and (base / "norm.tex").exists()
