@@ -29,6 +29,7 @@ data:
 
 # One XLA CPU device per core: data parallelism is how XLA uses both cores on a small model.
 run: export XLA_FLAGS ?= --xla_force_host_platform_device_count=$(shell nproc)
+run: export JAX_PLATFORMS ?= cpu
 run: setup
 	$(PY) -m genjax.train --config=configs/lm_shakespeare.py:cpu --workdir=$(WORKDIR)
 	$(PY) -m genjax.sample --workdir=$(WORKDIR) --prompt="ROMEO:" --num_samples=3 \
