@@ -82,6 +82,12 @@ def get_config(arg: str | None = None):
     c.sample.temperature = 0.8
     c.sample.top_k = 40
     c.sample.top_p = 0.95
+    c.sample.min_p = 0.0           # keep tokens with prob >= min_p * top prob (0 = off)
+    c.sample.repetition_penalty = 1.0  # > 1 discourages tokens already seen (CTRL)
+    c.sample.stop = ()             # stop strings (output cut before the first one)
+    # Past the context, slide the window (re-read the last half of it; a note is printed).
+    # False: a request longer than the context is an error naming the numbers.
+    c.sample.window = True
 
     config_lib.apply_preset(c, PRESETS, arg)
     c.lock()

@@ -1,11 +1,18 @@
 r"""Sample from a trained workdir (the family comes from its checkpoint).
 
   python -m genjax.sample --workdir=W --prompt="ROMEO:" --num_samples=3 \
-      --max_new_tokens=300 --temperature=0.8 --top_k=40 --top_p=0.95 --seed=0
+      --max_new_tokens=100 --temperature=0.8 --top_k=40 --top_p=0.95 --seed=0
+  python -m genjax.sample --workdir=W --prompt="ROMEO:" --stream --stop='\n\n' \
+      --min_p=0.05 --repetition_penalty=1.2 --blocklist=word1,word2 --redact
+  python -m genjax.sample --workdir=W --prompt="ROMEO:" --best_of=8   # rank by log-lik
   python -m genjax.sample --workdir=W --num_samples=64 --label=sneaker --guidance=3 \
       --steps=50 --out=grid.png          # diffusion | vae | gan
 """
 from __future__ import annotations
+
+import dataclasses
+import re
+import warnings
 
 from absl import flags
 
@@ -23,6 +30,22 @@ def define_flags():
     flags.DEFINE_float("temperature", None, "0 = greedy")
     flags.DEFINE_integer("top_k", None, "keep the k most likely tokens (0 = off)")
     flags.DEFINE_float("top_p", None, "nucleus sampling mass in (0, 1]")
+    flags.DEFINE_float("min_p", None, "LM: keep tokens with prob >= min_p * top prob (0 = off)")
+    flags.DEFINE_float("repetition_penalty", None, "LM: > 1 discourages tokens already seen "
+                       "(1 = off)")
+    flags.DEFINE_multi_string("stop", [], "LM: stop string (repeatable; \\n and \\t are "
+                              "unescaped); the text ends before its first occurrence")
+    flags.DEFINE_list("stop_token_ids", [], "LM: token ids that end a sample")
+    flags.DEFINE_bool("stream", False, "LM: print the sample as it is decoded (one sample)")
+    flags.DEFINE_enum("truncate", "error", ["error", "left"],
+                      "LM: over-long prompt: error, or drop its start (with a warning)")
+    flags.DEFINE_bool("window", None, "LM: generate past the context by sliding the window "
+                      "(default: the config's sample.window)")
+    flags.DEFINE_integer("best_of", 1, "LM: draw this many candidates, print the "
+                         "--num_samples most likely (mean log-likelihood per token)")
+    flags.DEFINE_list("blocklist", [], "LM: words (whole-word, any case) that reject a sample")
+    flags.DEFINE_multi_string("blocklist_regex", [], "LM: regexes treated like --blocklist")
+    flags.DEFINE_bool("redact", False, "LM: redact blocklisted matches instead of rejecting")
     flags.DEFINE_integer("seed", 0, "sampling seed")
     flags.DEFINE_enum("params", "ema", ["ema", "raw"], "EMA params if the run kept them")
     flags.DEFINE_string("label", None, "image families: class name or index (default: all)")
@@ -35,22 +58,101 @@ def _pick(flag_value, default):
     return default if flag_value is None else flag_value
 
 
-def sample_lm(loaded) -> list[str]:
+def _unescape(text: str) -> str:
+    """Shell-friendly stop strings: backslash-n, backslash-t and double backslash."""
+    table = {"n": "\n", "t": "\t", "\\": "\\"}
+    return re.sub(r"\\(.)", lambda m: table.get(m.group(1), m.group(0)), text)
+
+
+def lm_request(config_sample, opts):
+    """TextRequest from the flags over the config's `sample` defaults (absent keys: off)."""
+    from genjax.sampling.text import TextRequest
+    s, d = config_sample, TextRequest()
+    cfg = lambda key: s[key] if key in s else getattr(d, key)  # noqa: E731  old workdirs
+    try:
+        stop_ids = tuple(int(t) for t in opts.stop_token_ids)
+    except ValueError:
+        raise UserError(f"--stop_token_ids={','.join(opts.stop_token_ids)}: integers, "
+                        f"comma-separated") from None
+    return TextRequest(
+        prompt=_pick(opts.prompt, cfg("prompt")),
+        num_samples=_pick(opts.num_samples, cfg("num_samples")),
+        max_new_tokens=_pick(opts.max_new_tokens, cfg("max_new_tokens")),
+        temperature=_pick(opts.temperature, cfg("temperature")),
+        top_k=_pick(opts.top_k, cfg("top_k")), top_p=_pick(opts.top_p, cfg("top_p")),
+        min_p=_pick(opts.min_p, cfg("min_p")),
+        repetition_penalty=_pick(opts.repetition_penalty, cfg("repetition_penalty")),
+        stop=tuple(_unescape(x) for x in opts.stop) or tuple(cfg("stop")),
+        stop_token_ids=stop_ids, seed=opts.seed, truncate=opts.truncate,
+        window=bool(_pick(opts.window, cfg("window"))))
+
+
+def lm_hooks(opts):
+    from genjax.sampling import postprocess
+    if not (opts.blocklist or opts.blocklist_regex):
+        return []
+    try:
+        return [postprocess.blocklist(opts.blocklist, opts.blocklist_regex,
+                                      action="redact" if opts.redact else "reject")]
+    except ValueError as e:
+        raise UserError(f"--blocklist_regex: {e}") from None
+
+
+def sample_lm(loaded, opts=None) -> list[str]:
+    """LM samples printed to stdout; `opts`: the flags (or any object with their names)."""
+    import json
+
     from genjax.data.tokenizer import tokenizer_from_json
-    from genjax.sampling.text import TextRequest, generate_text
-    s = loaded.config.sample
-    req = TextRequest(
-        prompt=_pick(FLAGS.prompt, s.prompt), num_samples=_pick(FLAGS.num_samples, s.num_samples),
-        max_new_tokens=_pick(FLAGS.max_new_tokens, s.max_new_tokens),
-        temperature=_pick(FLAGS.temperature, s.temperature), top_k=_pick(FLAGS.top_k, s.top_k),
-        top_p=_pick(FLAGS.top_p, s.top_p), seed=FLAGS.seed)
+    from genjax.sampling import best_of_n, postprocess, text
+    if opts is None:  # the CLI: warnings (truncate="left", window=True) as one plain line
+        opts = FLAGS
+        warnings.formatwarning = lambda message, *_args, **_kwargs: f"warning: {message}\n"
+    req = lm_request(loaded.config.sample, opts)
+    if opts.stream and opts.num_samples is None:
+        req = dataclasses.replace(req, num_samples=1)  # the config's default is for batches
     req.validate()  # before any loading work is wasted on a bad request
+    hooks = lm_hooks(opts)
+    if opts.best_of < 1 or (opts.best_of > 1 and opts.best_of < req.num_samples):
+        raise UserError(f"--best_of={opts.best_of}: must be 1 (off) or >= --num_samples="
+                        f"{req.num_samples}")
+    if opts.stream and (hooks or opts.best_of > 1):
+        raise UserError("--stream prints text before it could be filtered or ranked: drop "
+                        "--stream, or --blocklist/--blocklist_regex/--best_of")
     tokenizer = tokenizer_from_json(loaded.meta["data"]["tokenizer"])
-    texts = generate_text(loaded.model, loaded.params, tokenizer, req)
-    for i, text in enumerate(texts):
-        print(f"----- sample {i + 1}/{len(texts)} (step {loaded.step}) -----")
-        print(req.prompt + text, flush=True)
-    return texts
+    header = lambda i, n, extra="": print(  # noqa: E731
+        f"----- sample {i + 1}/{n} (step {loaded.step}){extra} -----", flush=True)
+    if opts.stream:
+        started = []
+
+        def show(piece: str) -> None:  # header only once the request passed every check
+            if not started:
+                header(0, 1)
+                print(req.prompt, end="", flush=True)
+                started.append(True)
+            print(piece, end="", flush=True)
+        done = text.stream_text(loaded.model, loaded.params, tokenizer, req, on_text=show)
+        show("\n")
+        return [done.text]
+    if opts.best_of > 1:
+        ranked = best_of_n.best_of_n_text(loaded.model, loaded.params, tokenizer, req,
+                                          opts.best_of)[:req.num_samples]
+        completions = [c for c, _ in ranked]
+        extras = [f" rank {i + 1} of {opts.best_of}, log-lik {score:.3f} nats/token"
+                  for i, (_, score) in enumerate(ranked)]
+    else:
+        completions = text.generate_texts(loaded.model, loaded.params, tokenizer,
+                                          [req.prompt], req)[0]
+        extras = [""] * len(completions)
+    records = postprocess.run_hooks([c.text for c in completions], hooks)
+    for i, (c, record, extra) in enumerate(zip(completions, records, extras)):
+        header(i, len(completions), extra)
+        if not record["rejected"]:
+            print(req.prompt + record["text"], flush=True)
+        if postprocess.is_flagged(record):  # what a filter did, and why
+            meta = {k: record[k] for k in ("rejected", "reason", "redactions", "truncated")}
+            print("[filtered] " + json.dumps({**meta, "finish_reason": c.finish_reason}),
+                  flush=True)
+    return [r["text"] for r in records]
 
 
 def resolve_label(label: str | None, class_names: list[str]) -> int | None:

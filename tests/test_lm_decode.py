@@ -128,3 +128,104 @@ def test_request_longer_than_the_context_raises_naming_the_numbers(model_and_par
                     max_new_tokens=11)
     lm.generate(model, params, PROMPTS, LENGTHS, rng=jax.random.PRNGKey(0),
                 max_new_tokens=10)  # exactly fills the context: fine
+
+
+def test_min_p_never_emits_a_token_below_the_threshold(model_and_params):
+    model, params = model_and_params
+    temperature, min_p = 1.5, 0.3
+    tokens = sample_many(model, params, temperature=temperature, min_p=min_p)
+    logits = step_logits(model, params, PROMPTS[0], LENGTHS[0], tokens) / temperature
+    probs = np.exp(logits - logits.max(-1, keepdims=True))  # relative to the top token
+    emitted = np.take_along_axis(probs, tokens[..., None], axis=-1)[..., 0]
+    assert (emitted >= min_p - 1e-5).all()
+    assert ((probs >= min_p).sum(-1) > 1).any(), "threshold should leave a choice"
+    assert ((probs < min_p) & (probs > 0.1)).any(), "threshold should exclude likely tokens"
+    assert len(np.unique(tokens[:, 0])) > 1, "expected sampling, not argmax"
+
+
+def test_min_p_and_repetition_penalty_masks_on_a_known_distribution():
+    logits = jnp.log(jnp.array([0.5, 0.3, 0.15, 0.05]))
+    kept = lambda masked: np.isfinite(np.asarray(masked)).tolist()  # noqa: E731
+    assert kept(lm.min_p_mask(logits, 0.5)) == [True, True, False, False]   # 0.3 >= 0.25
+    assert kept(lm.min_p_mask(logits, 0.0)) == [True] * 4
+    # Constructed: token 0 leads but was seen; the penalty hands the argmax to token 1.
+    x = jnp.array([2.0, 1.9, -1.0, -1.1])
+    seen = jnp.array([True, False, True, False])
+    penalized = np.asarray(lm.repetition_penalty(x, seen, 1.2))
+    np.testing.assert_allclose(penalized, [2.0 / 1.2, 1.9, -1.2, -1.1], rtol=1e-6)
+    assert int(np.argmax(penalized)) == 1
+    assert int(np.argmax(np.asarray(lm.repetition_penalty(x[2:], seen[2:], 1.2)))) == 1
+
+
+def test_repetition_penalty_moves_greedy_off_repeated_tokens(model_and_params):
+    model, params = model_and_params
+    run = lambda penalty: np.asarray(lm.generate(  # noqa: E731
+        model, params, PROMPTS, LENGTHS, rng=jax.random.PRNGKey(0), max_new_tokens=10,
+        temperature=0.0, repetition_penalty=penalty))
+
+    def repeats(tokens, b):  # emitted tokens already in the prompt or earlier output
+        seen, n = set(PROMPTS[b, :LENGTHS[b]].tolist()), 0
+        for t in tokens[b].tolist():
+            n, seen = n + (t in seen), seen | {t}
+        return n
+    plain, penalized = run(1.0), run(50.0)
+    assert sum(repeats(plain, b) for b in range(2)) > 0, "the case needs a repeating decode"
+    assert sum(repeats(penalized, b) for b in range(2)) < sum(repeats(plain, b) for b in range(2))
+    # Spec: each penalized token is the argmax of the penalized logits (full forward).
+    seq = np.concatenate([PROMPTS[:1, :LENGTHS[0]], penalized[:1]], axis=1)
+    logits = np.asarray(jax.jit(model.apply)({"params": params}, seq)[0], np.float64)
+    for i, t in enumerate(penalized[0]):
+        step = logits[LENGTHS[0] - 1 + i]
+        seen = np.isin(np.arange(VOCAB), seq[0, :LENGTHS[0] + i])
+        step = np.where(seen, np.where(step > 0, step / 50.0, step * 50.0), step)
+        assert t == np.argmax(step), i
+
+
+def test_stop_token_ends_its_row_pads_the_rest_and_records_the_length(model_and_params):
+    model, params = model_and_params
+    kw = dict(rng=jax.random.PRNGKey(0), max_new_tokens=10, temperature=0.0)
+    plain = np.asarray(lm.generate(model, params, PROMPTS, LENGTHS, **kw))
+    stop = int(plain[0, 3])
+    pad = VOCAB - 1
+    out = lm.decode(model, params, PROMPTS, LENGTHS, stop_token_ids=[stop], pad_id=pad, **kw)
+    tokens, lengths, stopped = (np.asarray(x) for x in out)
+    for b in range(2):
+        hits = np.flatnonzero(plain[b] == stop)
+        k = int(hits[0]) if hits.size else 10
+        assert lengths[b] == k and stopped[b] == bool(hits.size)
+        np.testing.assert_array_equal(tokens[b, :k], plain[b, :k])
+        if hits.size:
+            assert tokens[b, k] == stop and (tokens[b, k + 1:] == pad).all()
+    assert stopped[0] and lengths[0] <= 3
+
+
+def test_streamed_chunks_concatenate_to_one_decode(model_and_params):
+    model, params = model_and_params
+    for kw in (dict(temperature=0.0), dict(temperature=2.0, top_k=0)):
+        kw.update(rng=jax.random.PRNGKey(3), max_new_tokens=10)
+        whole = np.asarray(lm.generate(model, params, PROMPTS, LENGTHS, **kw))
+        chunks = [np.asarray(c.tokens_BxN) for c in
+                  lm.decode_stream(model, params, PROMPTS, LENGTHS, chunk_size=3, **kw)]
+        assert [c.shape[1] for c in chunks] == [3, 3, 3, 1]
+        np.testing.assert_array_equal(np.concatenate(chunks, axis=1), whole)
+
+
+def test_a_row_samples_the_same_tokens_whatever_batch_it_is_in(model_and_params):
+    model, params = model_and_params
+    kw = dict(rng=jax.random.PRNGKey(5), max_new_tokens=10, temperature=2.0)
+    both = np.asarray(lm.generate(model, params, PROMPTS, LENGTHS, **kw))
+    swapped = np.asarray(lm.generate(model, params, PROMPTS[::-1], LENGTHS[::-1],
+                                     row_ids_B=[1, 0], **kw))
+    np.testing.assert_array_equal(swapped[::-1], both)
+
+
+def test_bad_sampling_parameters_raise_naming_the_field(model_and_params):
+    model, params = model_and_params
+    for field, value in [("temperature", -1.0), ("top_p", 0.0), ("min_p", 1.0),
+                         ("repetition_penalty", 0.0), ("top_k", -1)]:
+        with pytest.raises(ValueError, match=field):
+            lm.generate(model, params, PROMPTS, LENGTHS, rng=jax.random.PRNGKey(0),
+                        max_new_tokens=2, **{field: value})
+    with pytest.raises(ValueError, match="stop_token_ids"):
+        lm.generate(model, params, PROMPTS, LENGTHS, rng=jax.random.PRNGKey(0),
+                    max_new_tokens=2, stop_token_ids=[VOCAB])

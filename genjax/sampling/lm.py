@@ -1,23 +1,45 @@
-"""Jitted KV-cache decoding for genjax.models.transformer: one compiled call per request.
+"""Jitted KV-cache decoding for genjax.models.transformer: two compiled calls per request.
 
   tokens_BxN = generate(model, params, prompts_BxP, prompt_lengths_B, rng=key,
                         max_new_tokens=N, temperature=0.8, top_k=40, top_p=0.95)
+  out = decode(..., min_p=0.05, repetition_penalty=1.2, stop_token_ids=[0])
+  out.tokens_BxN, out.lengths_B, out.stopped_B
+  for chunk in decode_stream(..., chunk_size=16): ...   # streaming, same tokens
 
 `params` is the "params" collection (what goes into model.apply({"params": params})).
 Prompts are right-padded; row b's prompt is prompts_BxP[b, :prompt_lengths_B[b]]. The
-whole padded prompt is prefilled in one forward pass, then a lax.scan feeds one token
-per row at that row's own position. Padding K/V sits in slots above each row's position,
-where the causal-by-position mask never looks, and is overwritten as decoding advances.
+whole padded prompt is prefilled in one forward pass (`prefill`, jitted), then a
+lax.while_loop (`generate_chunk`, jitted) samples one token per row from the state's
+logits and feeds it at that row's own position: no Python per token. `decode` runs one
+chunk of N tokens; `decode_stream` runs chunks of C from the same prefill. Padding
+K/V sits in slots above each row's position, where the causal-by-position mask never
+looks, and is overwritten as decoding advances.
+
+Per step, in order: ids >= valid_vocab masked; repetition penalty (CTRL, Keskar et al.
+2019: a logit of a token already in the row's prompt or output is divided by the penalty
+if positive, multiplied if negative); temperature 0 = argmax of that; otherwise divide
+by the temperature, then top-k, top-p (nucleus) and min-p (keep tokens whose probability
+is >= min_p * the top token's, Nguyen et al. 2024) on the tempered distribution, and
+draw. A row that emits one of `stop_token_ids` stops: that token stays in its output,
+every later one is `pad_id`, and `lengths_B` counts the tokens before the stop token;
+the loop ends early once every row stopped. Stop *strings* are a host-side matter
+(genjax/sampling/text.py).
+
+Randomness: the token of row b at step t uses fold_in(fold_in(rng, t), row_ids_B[b]),
+so a row's sample does not depend on the batch it is decoded in, and streaming in
+chunks draws exactly the tokens of one call. Sampling parameters are traced (changing
+them does not recompile); only the model, the output width and top_k are static.
 """
 from __future__ import annotations
 
 import functools
+from typing import Iterator, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from genjax.models.transformer import Transformer, init_cache
+from genjax.models.transformer import Cache, Transformer, init_cache
 
 
 # ----------------------------------------------------------------------------- filters
@@ -43,6 +65,21 @@ def top_p_mask(logits: jax.Array, p: float | jax.Array) -> jax.Array:
     return jnp.where((p >= 1.0) | (logits >= threshold), logits, -jnp.inf)
 
 
+def min_p_mask(logits: jax.Array, min_p: float | jax.Array) -> jax.Array:
+    """logits [..., V] of tokens with prob < min_p * max prob set to -inf; min_p <= 0 = off.
+
+    prob_i >= min_p * prob_max  <=>  logit_i >= logit_max + log(min_p): no softmax needed.
+    """
+    floor = jnp.max(logits, axis=-1, keepdims=True) + jnp.log(jnp.maximum(min_p, 0.0))
+    return jnp.where(logits >= floor, logits, -jnp.inf)
+
+
+def repetition_penalty(logits: jax.Array, seen: jax.Array, penalty: float | jax.Array):
+    """CTRL penalty on the `seen` (bool, same shape) tokens; penalty 1 = off, > 1 discourages."""
+    penalized = jnp.where(logits > 0, logits / penalty, logits * penalty)
+    return jnp.where(seen, penalized, logits)
+
+
 def mask_invalid(logits: jax.Array, valid_vocab: int | jax.Array | None) -> jax.Array:
     """logits [..., V] with ids >= valid_vocab (vocab padding) set to -inf; None = off."""
     if valid_vocab is None:
@@ -50,17 +87,59 @@ def mask_invalid(logits: jax.Array, valid_vocab: int | jax.Array | None) -> jax.
     return jnp.where(jnp.arange(logits.shape[-1]) >= valid_vocab, -jnp.inf, logits)
 
 
-def sample_token(rng, logits_BxV, temperature, top_k: int, top_p, valid_vocab=None):
-    """One token per row: argmax if temperature == 0, else sample the filtered softmax."""
-    logits_BxV = mask_invalid(logits_BxV.astype(jnp.float32), valid_vocab)
-    greedy_B = jnp.argmax(logits_BxV, axis=-1)
-    scaled_BxV = logits_BxV / jnp.where(temperature > 0, temperature, 1.0)
-    scaled_BxV = top_p_mask(top_k_mask(scaled_BxV, top_k), top_p)
-    sampled_B = jax.random.categorical(rng, scaled_BxV, axis=-1)
-    return jnp.where(temperature > 0, sampled_B, greedy_B).astype(jnp.int32)
+class Sampling(NamedTuple):
+    """Traced sampling parameters (one value for the whole batch)."""
+    temperature: jax.Array         # f32[]; 0 = greedy
+    top_p: jax.Array               # f32[]; 1 = off
+    min_p: jax.Array               # f32[]; 0 = off
+    repetition_penalty: jax.Array  # f32[]; 1 = off
+    valid_vocab: jax.Array         # i32[]; ids >= this are never emitted
+    stop_ids_K: jax.Array          # i32[K]; K = 0: no stop tokens
+    pad_id: jax.Array              # i32[]; written after a row's stop token
 
 
-# ----------------------------------------------------------------------------- decode
+def filtered_logits(logits_BxV, seen_BxV, s: Sampling, top_k: int):
+    """(penalized_BxV, tempered_BxV): greedy takes the argmax of the first, sampling draws
+    from the second. Disabled filters are skipped by lax.cond (top-p sorts the vocab)."""
+    x = mask_invalid(logits_BxV.astype(jnp.float32), s.valid_vocab)
+    x = jax.lax.cond(s.repetition_penalty != 1.0,
+                     lambda x: repetition_penalty(x, seen_BxV, s.repetition_penalty),
+                     lambda x: x, x)
+    tempered = top_k_mask(x / jnp.where(s.temperature > 0, s.temperature, 1.0), top_k)
+    tempered = jax.lax.cond(s.top_p < 1.0, lambda t: top_p_mask(t, s.top_p), lambda t: t,
+                            tempered)
+    return x, min_p_mask(tempered, s.min_p)
+
+
+def sample_token(keys_B, logits_BxV, seen_BxV, s: Sampling, top_k: int) -> jax.Array:
+    """One int32 token per row: argmax if temperature == 0, else a draw with key keys_B[b]."""
+    penalized_BxV, tempered_BxV = filtered_logits(logits_BxV, seen_BxV, s, top_k)
+    return jax.lax.cond(
+        s.temperature > 0,
+        lambda: jax.vmap(jax.random.categorical)(keys_B, tempered_BxV).astype(jnp.int32),
+        lambda: jnp.argmax(penalized_BxV, axis=-1).astype(jnp.int32))
+
+
+# ----------------------------------------------------------------------------- state
+class DecodeState(NamedTuple):
+    """Everything the next step needs; a pytree, returned by `prefill`/`generate_chunk`."""
+    cache: Cache
+    logits_BxV: jax.Array   # f32: next-token logits of each row
+    position_B: jax.Array   # i32: cache slot the next token is written to
+    seen_BxV: jax.Array     # bool: token already in the row's prompt or output
+    done_B: jax.Array       # bool: row emitted a stop token
+    lengths_B: jax.Array    # i32: tokens generated before the stop token (so far)
+    step: jax.Array         # i32[]: tokens generated so far (the RNG's step index)
+    rng: jax.Array
+    row_ids_B: jax.Array    # i32: each row's RNG stream
+
+
+class Decoded(NamedTuple):
+    tokens_BxN: jax.Array   # int32; after a stop token every slot is pad_id
+    lengths_B: jax.Array    # int32; tokens before the stop token (N if none)
+    stopped_B: jax.Array    # bool; the row emitted a stop token
+
+
 def _check(model: Transformer, prompts_BxP, prompt_lengths_B, max_new_tokens: int) -> None:
     P = prompts_BxP.shape[1]
     if max_new_tokens < 1:
@@ -80,48 +159,173 @@ def _check(model: Transformer, prompts_BxP, prompt_lengths_B, max_new_tokens: in
                          f"max_len={model.max_len}")
 
 
-def generate(model: Transformer, params, prompts_BxP, prompt_lengths_B, *, rng,
-             max_new_tokens: int, temperature=1.0, top_k: int = 0, top_p=1.0,
-             valid_vocab: int | None = None) -> jax.Array:
-    """tokens_BxN int32 (N = max_new_tokens) continuing each right-padded prompt."""
-    _check(model, prompts_BxP, prompt_lengths_B, max_new_tokens)
-    return _generate(model, params, jnp.asarray(prompts_BxP, jnp.int32),
-                     jnp.asarray(prompt_lengths_B, jnp.int32), rng,
-                     jnp.asarray(temperature, jnp.float32), jnp.asarray(top_p, jnp.float32),
-                     jnp.asarray(model.vocab_size if valid_vocab is None else valid_vocab,
-                                 jnp.int32),
-                     max_new_tokens=int(max_new_tokens), top_k=int(top_k))
+def _sampling(model, temperature, top_k, top_p, min_p, repetition_penalty, stop_token_ids,
+              pad_id, valid_vocab) -> Sampling:
+    checks = [("temperature", temperature, temperature >= 0, ">= 0 (0 = greedy)"),
+              ("top_k", top_k, top_k >= 0, ">= 0 (0 = off)"),
+              ("top_p", top_p, 0 < top_p <= 1, "in (0, 1] (1 = off)"),
+              ("min_p", min_p, 0 <= min_p < 1, "in [0, 1) (0 = off)"),
+              ("repetition_penalty", repetition_penalty, repetition_penalty > 0, "> 0 (1 = off)")]
+    for name, value, ok, allowed in checks:
+        if not ok:
+            raise ValueError(f"{name}={value}: must be {allowed}")
+    stop = np.asarray(list(stop_token_ids), np.int32).reshape(-1)
+    if stop.size and (stop.min() < 0 or stop.max() >= model.vocab_size):
+        raise ValueError(f"stop_token_ids {stop.tolist()} must be in [0, {model.vocab_size})")
+    # Padded with -1 (never emitted) to a multiple of 8, so a new list rarely recompiles.
+    K = max(8, -(-stop.size // 8) * 8)
+    stop = np.pad(stop, (0, K - stop.size), constant_values=-1)
+    f32 = functools.partial(jnp.asarray, dtype=jnp.float32)
+    return Sampling(f32(temperature), f32(top_p), f32(min_p), f32(repetition_penalty),
+                    jnp.asarray(model.vocab_size if valid_vocab is None else valid_vocab,
+                                jnp.int32), jnp.asarray(stop), jnp.asarray(pad_id, jnp.int32))
 
 
-@functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "top_k"))
-def _generate(model, params, prompts_BxP, lengths_B, rng, temperature, top_p, valid_vocab, *,
-              max_new_tokens, top_k):
+# ----------------------------------------------------------------------------- decode
+def _prefill(model, params, prompts_BxP, lengths_B, rng, row_ids_B, num_slots) -> DecodeState:
     B, P = prompts_BxP.shape
-    apply = functools.partial(model.apply, {"params": params})
-    sample = functools.partial(sample_token, temperature=temperature, top_k=top_k,
-                               top_p=top_p, valid_vocab=valid_vocab)
-    # Slots needed: positions up to max(length) + N - 2 <= P + N - 2.
-    cache = init_cache(model, B, max_len=min(model.max_len, P + max_new_tokens))
+    V = model.vocab_size
+    cache = init_cache(model, B, max_len=num_slots)
     positions_BxP = jnp.broadcast_to(jnp.arange(P, dtype=jnp.int32), (B, P))
-    logits_BxPxV, cache = apply(prompts_BxP, positions_BxT=positions_BxP, cache=cache)
+    logits_BxPxV, cache = model.apply({"params": params}, prompts_BxP,
+                                      positions_BxT=positions_BxP, cache=cache)
     last_BxV = jnp.take_along_axis(logits_BxPxV, (lengths_B - 1)[:, None, None], axis=1)[:, 0]
-    keys = jax.random.split(rng, max_new_tokens)
-    first_B = sample(keys[0], last_BxV)
-
-    def step(carry, key):
-        cache, token_B, position_B = carry
-        logits_Bx1xV, cache = apply(token_B[:, None], positions_BxT=position_B[:, None],
-                                    cache=cache)
-        next_B = sample(key, logits_Bx1xV[:, 0])
-        return (cache, next_B, position_B + 1), next_B
-
-    _, rest_NxB = jax.lax.scan(step, (cache, first_B, lengths_B), keys[1:])
-    return jnp.concatenate([first_B[:, None], rest_NxB.T], axis=1)
+    in_prompt_BxP = positions_BxP < lengths_B[:, None]
+    seen_BxV = jnp.zeros((B, V), bool).at[jnp.arange(B)[:, None],
+                                          jnp.where(in_prompt_BxP, prompts_BxP, V)].set(
+        True, mode="drop")  # padding goes to id V: dropped
+    return DecodeState(cache, last_BxV.astype(jnp.float32), lengths_B, seen_BxV,
+                       jnp.zeros((B,), bool), jnp.zeros((B,), jnp.int32),
+                       jnp.zeros((), jnp.int32), rng, row_ids_B)
 
 
+def _decode_loop(model, params, state: DecodeState, s: Sampling, limit, *, width: int,
+                 top_k: int):
+    """Up to min(limit, width) tokens per row -> (tokens_BxW, tokens produced, state)."""
+    B = state.done_B.shape[0]
+    rows_B = jnp.arange(B)
+
+    def cond(carry):
+        i, st, _ = carry
+        return (i < jnp.minimum(limit, width)) & ~jnp.all(st.done_B)
+
+    def body(carry):
+        i, st, out_BxW = carry
+        step_key = jax.random.fold_in(st.rng, st.step)
+        keys_B = jax.vmap(jax.random.fold_in, (None, 0))(step_key, st.row_ids_B)
+        token_B = sample_token(keys_B, st.logits_BxV, st.seen_BxV, s, top_k)
+        token_B = jnp.where(st.done_B, s.pad_id, token_B)
+        hit_B = (token_B[:, None] == s.stop_ids_K[None, :]).any(-1) & ~st.done_B
+        lengths_B = st.lengths_B + (~st.done_B & ~hit_B)
+        out_BxW = jax.lax.dynamic_update_slice(out_BxW, token_B[:, None], (0, i))
+        logits_Bx1xV, cache = model.apply({"params": params}, token_B[:, None],
+                                          positions_BxT=st.position_B[:, None], cache=st.cache)
+        st = DecodeState(cache, logits_Bx1xV[:, 0].astype(jnp.float32), st.position_B + 1,
+                         st.seen_BxV.at[rows_B, token_B].set(True), st.done_B | hit_B,
+                         lengths_B, st.step + 1, st.rng, st.row_ids_B)
+        return i + 1, st, out_BxW
+
+    out_BxW = jnp.full((B, width), s.pad_id, jnp.int32)
+    i, state, out_BxW = jax.lax.while_loop(cond, body, (jnp.zeros((), jnp.int32), state,
+                                                        out_BxW))
+    return out_BxW, i, state
+
+
+def _num_slots(model, prompts_BxP, max_new_tokens: int) -> int:
+    # The last token fed sits at position <= longest + N - 1 <= P + N - 1 (< max_len by _check).
+    return min(model.max_len, np.shape(prompts_BxP)[1] + max_new_tokens)
+
+
+def _inputs(prompts_BxP, prompt_lengths_B, rng, row_ids_B):
+    prompts_BxP = jnp.asarray(prompts_BxP, jnp.int32)
+    B = prompts_BxP.shape[0]
+    row_ids_B = jnp.arange(B, dtype=jnp.int32) if row_ids_B is None else \
+        jnp.asarray(row_ids_B, jnp.int32)
+    return prompts_BxP, jnp.asarray(prompt_lengths_B, jnp.int32), rng, row_ids_B
+
+
+def decode(model: Transformer, params, prompts_BxP, prompt_lengths_B, *, rng,
+           max_new_tokens: int, temperature=1.0, top_k: int = 0, top_p=1.0, min_p=0.0,
+           repetition_penalty=1.0, stop_token_ids: Sequence[int] = (), pad_id: int = 0,
+           valid_vocab: int | None = None, row_ids_B=None) -> Decoded:
+    """N = max_new_tokens tokens continuing each right-padded prompt: `prefill`, then one
+    `generate_chunk` of N steps (two jitted calls, no Python per token).
+
+    Raises ValueError if the longest prompt + max_new_tokens exceeds model.max_len.
+    """
+    _check(model, prompts_BxP, prompt_lengths_B, max_new_tokens)
+    s = _sampling(model, temperature, top_k, top_p, min_p, repetition_penalty,
+                  stop_token_ids, pad_id, valid_vocab)
+    N = int(max_new_tokens)
+    state = prefill(model, params, *_inputs(prompts_BxP, prompt_lengths_B, rng, row_ids_B),
+                    num_slots=_num_slots(model, prompts_BxP, N))
+    tokens_BxN, _, state = generate_chunk(model, params, state, s, jnp.asarray(N, jnp.int32),
+                                          chunk_size=N, top_k=int(top_k))
+    return Decoded(tokens_BxN, state.lengths_B, state.done_B)
+
+
+def generate(model: Transformer, params, prompts_BxP, prompt_lengths_B, **kwargs) -> jax.Array:
+    """tokens_BxN int32 of `decode` (same keyword arguments)."""
+    return decode(model, params, prompts_BxP, prompt_lengths_B, **kwargs).tokens_BxN
+
+
+# ----------------------------------------------------------------------------- streaming
+@functools.partial(jax.jit, static_argnames=("model", "num_slots"))
+def prefill(model, params, prompts_BxP, lengths_B, rng, row_ids_B, *, num_slots) -> DecodeState:
+    """Jitted prefill: the state whose logits give each row's first new token."""
+    return _prefill(model, params, prompts_BxP, lengths_B, rng, row_ids_B, num_slots)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "chunk_size", "top_k"))
+def generate_chunk(model, params, state: DecodeState, s: Sampling, limit, *, chunk_size: int,
+                   top_k: int):
+    """Continues from `state`: (tokens_BxC (pad-filled past `count`), count, new state).
+
+    `limit` (traced, so the last, shorter chunk does not recompile) caps the count."""
+    return _decode_loop(model, params, state, s, limit, width=chunk_size, top_k=top_k)
+
+
+def decode_stream(model: Transformer, params, prompts_BxP, prompt_lengths_B, *, rng,
+                  max_new_tokens: int, chunk_size: int = 16, temperature=1.0, top_k: int = 0,
+                  top_p=1.0, min_p=0.0, repetition_penalty=1.0,
+                  stop_token_ids: Sequence[int] = (), pad_id: int = 0,
+                  valid_vocab: int | None = None, row_ids_B=None) -> Iterator[Decoded]:
+    """`decode` in chunks of `chunk_size` tokens per jitted call, continuing from the cache.
+
+    Yields Decoded(tokens of this chunk [B, <= chunk_size], lengths so far, stopped so far);
+    the chunks concatenate to `decode`'s tokens up to where every row stopped. Stops early
+    once every row emitted a stop token (or when the caller stops iterating).
+    """
+    _check(model, prompts_BxP, prompt_lengths_B, max_new_tokens)
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size={chunk_size}: must be >= 1")
+    s = _sampling(model, temperature, top_k, top_p, min_p, repetition_penalty,
+                  stop_token_ids, pad_id, valid_vocab)
+    prompts_BxP, lengths_B, rng, row_ids_B = _inputs(prompts_BxP, prompt_lengths_B, rng,
+                                                     row_ids_B)
+    state = prefill(model, params, prompts_BxP, lengths_B, rng, row_ids_B,
+                    num_slots=_num_slots(model, prompts_BxP, max_new_tokens))  # as `decode`
+    produced = 0
+    while produced < max_new_tokens:
+        wanted = min(chunk_size, max_new_tokens - produced)
+        tokens_BxC, count, state = generate_chunk(
+            model, params, state, s, jnp.asarray(wanted, jnp.int32),
+            chunk_size=int(chunk_size), top_k=int(top_k))
+        count = int(count)
+        produced += count
+        yield Decoded(tokens_BxC[:, :count], state.lengths_B, state.done_B)
+        if count < wanted:  # every row stopped
+            return
+
+
+# ----------------------------------------------------------------------------- reference
 def generate_reference(model: Transformer, params, prompts_BxP, prompt_lengths_B, *,
                        max_new_tokens: int) -> jax.Array:
-    """Greedy tokens_BxN by re-running the full uncached forward every step (tests only)."""
+    """Greedy tokens_BxN by re-running the full uncached forward every step.
+
+    The spec the KV-cache decode is tested against, and the no-cache baseline of
+    experiments/bench/decode.py (one jitted fori_loop; each step re-reads P + N tokens).
+    """
     _check(model, prompts_BxP, prompt_lengths_B, max_new_tokens)
     return _generate_reference(model, params, jnp.asarray(prompts_BxP, jnp.int32),
                                jnp.asarray(prompt_lengths_B, jnp.int32),

@@ -1,12 +1,40 @@
 """Prompt -> tokens -> jitted KV-cache decode -> text, with input validation.
 
-Generations longer than the context slide the window: when the cache is full the
-last `max_len // 2` tokens are re-read (one prefill) and decoding continues. Each
-window is one jitted `generate` call (genjax/sampling/lm.py), never a Python loop per token.
+  req = TextRequest(num_samples=2, max_new_tokens=100, temperature=0.8, min_p=0.05,
+                    stop=("\\n\\n",), seed=0)
+  completions = generate_texts(model, params, tokenizer, ["ROMEO:", "JULIET:"], req)
+  completions[i][j].text          # sample j of prompt i, prompt excluded
+  generate_text(model, params, tokenizer, TextRequest(prompt="ROMEO:"))  # -> list[str]
+  stream_text(model, params, tokenizer, req, on_text=print_piece)         # -> Completion
+
+All prompts of a call are decoded in one batch (right-padded to a multiple of 8 tokens,
+so nearby lengths share a compiled program). Sample j of every prompt draws from random
+stream j of `seed`: a prompt's samples do not depend on which prompts share its batch.
+
+Checks, each a `UserError` naming the field (the CLI prints it as one line, exit 2):
+empty prompts, characters outside a char vocabulary, parameters out of range, and
+requests longer than the context. The context is never cropped silently:
+  * prompt + max_new_tokens > max_len is an error, unless `truncate="left"` (the prompt
+    loses its start, with a warning) or `window=True` (below).
+  * `window=True` slides the window, with a warning: when the cache is full the last
+    `max_len // 2` tokens are re-read (one prefill) and decoding continues; the model
+    then no longer sees the start, and the repetition penalty sees only the window.
+    Each window is one jitted decode (genjax/sampling/lm.py), never a Python loop per token.
+
+Stop strings are applied on the host after decoding (or after each streamed chunk):
+the text is cut exactly at the earliest occurrence of any stop string, which is itself
+excluded; `Completion.tokens` keeps the generated tokens whose text lies before the cut.
+Stop token ids end a row inside the jitted decode; the stop token is excluded too.
+
+Prompt text is untrusted: `encode_untrusted` never maps text to a special token id (the
+char tokenizer has none; a BPE tokenizer's special tokens, if its JSON defines any, are
+encoded as their plain bytes).
 """
 from __future__ import annotations
 
 import dataclasses
+import warnings
+from typing import Callable, Sequence
 
 import jax
 import numpy as np
@@ -14,60 +42,266 @@ import numpy as np
 from genjax.config_lib import UserError
 from genjax.sampling import lm as lm_sampling
 
+TRUNCATE = ("error", "left")
+PROMPT_BUCKET = 8  # prompts are padded to a multiple of this many tokens
+
 
 @dataclasses.dataclass(frozen=True)
 class TextRequest:
-    prompt: str
-    num_samples: int = 1
-    max_new_tokens: int = 100
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
+    prompt: str = ""                   # generate_text / stream_text; generate_texts takes a list
+    num_samples: int = 1               # per prompt
+    max_new_tokens: int = 100          # required budget; bounded by the context unless window
+    temperature: float = 1.0           # 0 = greedy
+    top_k: int = 0                     # 0 = off
+    top_p: float = 1.0                 # (0, 1]; 1 = off
+    min_p: float = 0.0                 # [0, 1); 0 = off
+    repetition_penalty: float = 1.0    # > 0; 1 = off, > 1 discourages repeats (CTRL)
+    stop: tuple[str, ...] = ()         # stop strings (host-side, excluded from the text)
+    stop_token_ids: tuple[int, ...] = ()  # stop tokens (in the jitted decode, excluded)
     seed: int = 0
+    truncate: str = "error"            # error | left (over-long prompts lose their start)
+    window: bool = False               # generate past the context by sliding the window
+
+    def validate_params(self) -> None:
+        """Everything but the prompt; UserError naming the first bad field."""
+        checks = [
+            ("num_samples", self.num_samples >= 1, "must be >= 1"),
+            ("max_new_tokens", self.max_new_tokens >= 1, "must be >= 1"),
+            ("temperature", self.temperature >= 0, "must be >= 0 (0 = greedy)"),
+            ("top_k", self.top_k >= 0, "must be >= 1, or 0 for off"),
+            ("top_p", 0 < self.top_p <= 1, "must be in (0, 1] (1 = off)"),
+            ("min_p", 0 <= self.min_p < 1, "must be in [0, 1) (0 = off)"),
+            ("repetition_penalty", self.repetition_penalty > 0,
+             "must be > 0 (1 = off, > 1 discourages repeats)"),
+            ("truncate", self.truncate in TRUNCATE, f"choose one of {list(TRUNCATE)}"),
+            ("stop", all(isinstance(s, str) and s for s in self.stop),
+             "stop strings must be non-empty"),
+            ("stop_token_ids", all(int(t) >= 0 for t in self.stop_token_ids),
+             "ids must be >= 0"),
+        ]
+        for name, ok, rule in checks:
+            if not ok:
+                raise UserError(f"{name}={getattr(self, name)!r}: {rule}")
 
     def validate(self) -> None:
-        if not self.prompt:
-            raise UserError("prompt is empty: give at least one character, e.g. --prompt='ROMEO:'")
-        if self.num_samples < 1:
-            raise UserError(f"num_samples={self.num_samples}: must be >= 1")
-        if self.max_new_tokens < 1:
-            raise UserError(f"max_new_tokens={self.max_new_tokens}: must be >= 1")
-        if self.temperature < 0:
-            raise UserError(f"temperature={self.temperature}: must be >= 0 (0 = greedy)")
-        if self.top_k < 0:
-            raise UserError(f"top_k={self.top_k}: must be >= 1, or 0 for off")
-        if not 0 < self.top_p <= 1:
-            raise UserError(f"top_p={self.top_p}: must be in (0, 1]")
+        """Parameters and `prompt` (for the single-prompt entry points)."""
+        self.validate_params()
+        validate_prompt(self.prompt)
 
 
-def encode_prompt(tokenizer, prompt: str) -> np.ndarray:
+@dataclasses.dataclass
+class Completion:
+    text: str                 # continuation: prompt, stop string and stop token excluded
+    tokens: np.ndarray        # int32 generated ids before the stop
+    finish_reason: str        # length | stop_token | stop_string
+    prompt_index: int
+    sample_index: int
+    prompt_tokens: np.ndarray  # int32 ids fed as the prompt (after any left-truncation)
+
+
+# ----------------------------------------------------------------------------- prompts
+def validate_prompt(prompt: str, field: str = "prompt") -> None:
+    if not isinstance(prompt, str) or not prompt:
+        raise UserError(f"{field} is empty: give at least one character, e.g. --prompt='ROMEO:'")
+
+
+def encode_untrusted(tokenizer, text: str, field: str = "prompt") -> np.ndarray:
+    """int32 ids of `text` as plain text: never a special token id, whatever the text says.
+
+    A `genjax.data.bpe.BPETokenizer` wraps a `tokenizers.Tokenizer`, whose `encode` turns
+    the text "<|endoftext|>" into that special token's id when its JSON defines one. Ours
+    are trained without special tokens; for any that has them, `encode_special_tokens`
+    makes the library encode such text as ordinary bytes (checked again below).
+    """
+    hf = getattr(tokenizer, "_tok", None)
+    special = set()
+    if hf is not None and hasattr(hf, "get_added_tokens_decoder"):
+        special = {i for i, t in hf.get_added_tokens_decoder().items() if t.special}
     try:
-        return np.asarray(tokenizer.encode(prompt), np.int32)
-    except ValueError as e:
-        raise UserError(f"prompt: {e}") from None
+        if not special:
+            return np.asarray(tokenizer.encode(text), np.int32)
+        before = hf.encode_special_tokens
+        hf.encode_special_tokens = True
+        try:
+            ids = np.asarray(tokenizer.encode(text), np.int32)
+        finally:
+            hf.encode_special_tokens = before
+    except ValueError as e:  # char tokenizer: names the characters outside the vocabulary
+        raise UserError(f"{field}: {e}") from None
+    if special & set(ids.tolist()):
+        raise UserError(f"{field}: text would encode to special token ids "
+                        f"{sorted(special & set(ids.tolist()))}")
+    return ids
+
+
+encode_prompt = encode_untrusted  # the name this module used before
+
+
+def fit_prompt(ids: np.ndarray, req: TextRequest, max_len: int, field: str = "prompt"):
+    """The prompt ids that fit the context, per req.truncate/window; UserError otherwise."""
+    n, N = len(ids), req.max_new_tokens
+    if not req.window and N >= max_len:
+        raise UserError(f"max_new_tokens={N} leaves no room for a prompt in the model's context "
+                        f"max_len={max_len}: lower it to at most {max_len - 1}, or pass "
+                        f"window=True (--window) to slide the window")
+    budget = max_len - 1 if req.window else max_len - N
+    if n <= budget:
+        return ids
+    if req.truncate == "left":
+        warnings.warn(f"{field} is {n} tokens; truncate='left' keeps its last {budget} "
+                      f"(context max_len={max_len}"
+                      f"{'' if req.window else f', max_new_tokens={N}'})", stacklevel=3)
+        return ids[-budget:]
+    if req.window:
+        raise UserError(f"{field} is {n} tokens; the model's context is {max_len} (shorten it "
+                        f"to at most {budget} tokens, or pass truncate='left')")
+    raise UserError(f"{field} is {n} tokens + max_new_tokens={N} = {n + N} exceeds the model's "
+                    f"context max_len={max_len}: shorten the prompt to at most {budget} tokens, "
+                    f"lower max_new_tokens to {max(max_len - n, 0)}, or pass truncate='left' "
+                    f"or window=True")
+
+
+def _prepare(model, tokenizer, prompts: Sequence[str], req: TextRequest) -> list[np.ndarray]:
+    req.validate_params()
+    if isinstance(prompts, str) or not prompts:
+        raise UserError("prompts: give a non-empty list of strings")
+    bad = [t for t in req.stop_token_ids if int(t) >= tokenizer.vocab_size]
+    if bad:
+        raise UserError(f"stop_token_ids={list(req.stop_token_ids)}: ids {bad} are outside the "
+                        f"vocabulary [0, {tokenizer.vocab_size})")
+    fields = ["prompt"] if len(prompts) == 1 else [f"prompts[{i}]" for i in range(len(prompts))]
+    for p, f in zip(prompts, fields):
+        validate_prompt(p, f)
+    ids = [encode_untrusted(tokenizer, p, f) for p, f in zip(prompts, fields)]
+    for i, f in zip(ids, fields):
+        if not len(i):
+            raise UserError(f"{f} encodes to no tokens")
+    return [fit_prompt(i, req, model.max_len, f) for i, f in zip(ids, fields)]
+
+
+def _pad(rows: list[np.ndarray], max_len: int):
+    """Right-padded [B, P] (P a multiple of PROMPT_BUCKET, <= max_len) and lengths [B]."""
+    lengths = np.asarray([len(r) for r in rows], np.int32)
+    P = min(max_len, -(-int(lengths.max()) // PROMPT_BUCKET) * PROMPT_BUCKET)
+    out = np.zeros((len(rows), P), np.int32)
+    for b, r in enumerate(rows):
+        out[b, :len(r)] = r
+    return out, lengths
+
+
+def _lm_kwargs(req: TextRequest, tokenizer) -> dict:
+    return dict(temperature=req.temperature, top_k=req.top_k, top_p=req.top_p,
+                min_p=req.min_p, repetition_penalty=req.repetition_penalty,
+                stop_token_ids=tuple(int(t) for t in req.stop_token_ids),
+                valid_vocab=tokenizer.vocab_size)
+
+
+# ----------------------------------------------------------------------------- decode
+def _decode_rows(model, params, tokenizer, rows, row_ids, req: TextRequest):
+    """Generated ids (before any stop token) and stopped flags, one per row."""
+    max_len, rng = model.max_len, jax.random.PRNGKey(req.seed)
+    kwargs = _lm_kwargs(req, tokenizer)
+    longest = max(len(r) for r in rows)
+    if req.window and longest + req.max_new_tokens > max_len:
+        warnings.warn(f"window=True: prompt {longest} + max_new_tokens {req.max_new_tokens} > "
+                      f"context {max_len}; past it the model sees only the last "
+                      f"{max_len // 2} tokens", stacklevel=3)
+    history = [np.asarray(r, np.int32) for r in rows]
+    out = [np.zeros((0,), np.int32) for _ in rows]
+    stopped = np.zeros(len(rows), bool)
+    remaining, window = req.max_new_tokens, 0
+    while remaining > 0 and not stopped.all():
+        context = history if window == 0 else [h[-(max_len // 2):] for h in history]
+        n = min(remaining, max_len - max(len(c) for c in context))
+        prompts_BxP, lengths_B = _pad(context, max_len)
+        dec = lm_sampling.decode(
+            model, params, prompts_BxP, lengths_B, max_new_tokens=n, row_ids_B=row_ids,
+            rng=rng if window == 0 else jax.random.fold_in(rng, window), **kwargs)
+        tokens, lengths, hit = (np.asarray(x) for x in jax.device_get(dec))
+        for b in np.flatnonzero(~stopped):
+            out[b] = np.concatenate([out[b], tokens[b, :lengths[b]]])
+            history[b] = np.concatenate([history[b], tokens[b, :n]])
+        stopped |= hit
+        remaining -= n
+        window += 1
+    return out, stopped
+
+
+def find_stop(text: str, stops: Sequence[str]) -> int | None:
+    """Index of the earliest occurrence of any stop string in `text`, or None."""
+    hits = [i for i in (text.find(s) for s in stops) if i >= 0]
+    return min(hits) if hits else None
+
+
+def _finish(tokenizer, tokens: np.ndarray, stopped: bool, stops, prompt_index, sample_index,
+            prompt_ids) -> Completion:
+    text = tokenizer.decode(tokens.tolist())
+    reason = "stop_token" if stopped else "length"
+    cut = find_stop(text, stops)
+    if cut is not None:
+        text, reason = text[:cut], "stop_string"
+        # Longest token prefix whose text lies within the kept text (every token is >= 1
+        # byte, so at most that many bytes' worth of tokens).
+        k = min(len(tokens), len(text.encode("utf-8")))
+        while k and not text.startswith(tokenizer.decode(tokens[:k].tolist())):
+            k -= 1
+        tokens = tokens[:k]
+    return Completion(text, np.asarray(tokens, np.int32), reason, prompt_index, sample_index,
+                      prompt_ids)
+
+
+def generate_texts(model, params, tokenizer, prompts: Sequence[str],
+                   req: TextRequest = TextRequest()) -> list[list[Completion]]:
+    """`req.num_samples` completions of each prompt (req.prompt is ignored), one batch."""
+    fitted = _prepare(model, tokenizer, prompts, req)
+    S = req.num_samples
+    rows = [ids for ids in fitted for _ in range(S)]
+    row_ids = np.tile(np.arange(S, dtype=np.int32), len(fitted))
+    out, stopped = _decode_rows(model, params, tokenizer, rows, row_ids, req)
+    return [[_finish(tokenizer, out[i * S + j], bool(stopped[i * S + j]), req.stop, i, j,
+                     fitted[i]) for j in range(S)] for i in range(len(fitted))]
 
 
 def generate_text(model, params, tokenizer, req: TextRequest) -> list[str]:
     """`req.num_samples` continuations of `req.prompt` (decoded, prompt excluded)."""
     req.validate()
-    prompt = encode_prompt(tokenizer, req.prompt)
-    max_len = model.max_len
-    if len(prompt) >= max_len:
-        raise UserError(f"prompt is {len(prompt)} tokens; the model's context is {max_len} "
-                        f"(shorten it to at most {max_len - 1})")
-    rng = jax.random.PRNGKey(req.seed)
-    rows = np.tile(prompt, (req.num_samples, 1))
-    out = np.zeros((req.num_samples, 0), np.int32)
-    remaining = req.max_new_tokens
-    while remaining > 0:
-        n = min(remaining, max_len - rows.shape[1])
-        rng, key = jax.random.split(rng)
-        lengths = np.full((rows.shape[0],), rows.shape[1], np.int32)
-        new = np.asarray(lm_sampling.generate(
-            model, params, rows, lengths, rng=key, max_new_tokens=n,
-            temperature=req.temperature, top_k=req.top_k, top_p=req.top_p,
-            valid_vocab=tokenizer.vocab_size))
-        out = np.concatenate([out, new], axis=1)
-        remaining -= n
-        rows = np.concatenate([rows, new], axis=1)[:, -(max_len // 2):]  # slide the window
-    return [tokenizer.decode(row.tolist()) for row in out]
+    return [c.text for c in generate_texts(model, params, tokenizer, [req.prompt], req)[0]]
+
+
+def stream_text(model, params, tokenizer, req: TextRequest, on_text: Callable[[str], None],
+                chunk_size: int = 16) -> Completion:
+    """One completion of `req.prompt`, calling on_text(piece) as each chunk is decoded.
+
+    Pieces concatenate to the returned (and `generate_text`'s) text. The last
+    max(len(stop)) - 1 characters are held back until no stop string can start there;
+    decoding ends at the first stop string. Needs num_samples=1 and window=False.
+    """
+    req.validate()
+    if req.num_samples != 1:
+        raise UserError(f"num_samples={req.num_samples}: streaming prints one sample; use 1")
+    if req.window:
+        raise UserError("window=True cannot be streamed; drop --stream or --window")
+    if chunk_size < 1:
+        raise UserError(f"chunk_size={chunk_size}: must be >= 1")
+    (ids,) = _prepare(model, tokenizer, [req.prompt], req)
+    prompts_BxP, lengths_B = _pad([ids], model.max_len)
+    hold = max((len(s) for s in req.stop), default=1) - 1
+    tokens, shown, stopped = np.zeros((0,), np.int32), 0, False
+    for chunk in lm_sampling.decode_stream(
+            model, params, prompts_BxP, lengths_B, rng=jax.random.PRNGKey(req.seed),
+            max_new_tokens=req.max_new_tokens, chunk_size=chunk_size,
+            row_ids_B=np.zeros(1, np.int32), **_lm_kwargs(req, tokenizer)):
+        length, stopped = int(chunk.lengths_B[0]), bool(chunk.stopped_B[0])
+        tokens = np.concatenate([tokens, np.asarray(chunk.tokens_BxN[0])])[:length]
+        text = tokenizer.decode(tokens.tolist())
+        if find_stop(text, req.stop) is not None:
+            break
+        safe = len(text.rstrip("\ufffd")) - hold  # an incomplete character may still change
+        if safe > shown:
+            on_text(text[shown:safe])
+            shown = safe
+    done = _finish(tokenizer, tokens, stopped, req.stop, 0, 0, ids)
+    if len(done.text) > shown:
+        on_text(done.text[shown:])
+    return done
+

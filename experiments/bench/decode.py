@@ -1,0 +1,150 @@
+r"""LM decode throughput (new tokens/s) with and without the KV cache, and best-of-n gain.
+
+  python -m experiments.bench.decode --preset=tiny                 # ~1 min on a CPU
+  python -m experiments.bench.decode --preset=cpu --out=decode_cpu.json
+  python -m experiments.bench.decode --preset=gpt2_124m --batch_sizes=1,64   # accelerator
+
+Random params of the preset's model (configs/lm_shakespeare.py; vocab 128 for the char
+presets, 50304 for gpt2_124m), context = the preset's max_len: prompts of `prompt_len`
+random tokens, then `new_tokens` greedy tokens (default: to the end of the context).
+  with cache:    genjax.sampling.lm.decode's two jitted calls (prefill + while_loop).
+  without cache: lm.generate_reference, one jitted fori_loop re-running the full forward
+                 over the P + N buffer for every new token (the cost a decode without a
+                 cache pays; static shapes, so it does not shrink for early tokens).
+Both exclude compilation (compiled ahead, timed separately); tokens/s counts new tokens
+only, prompt processing included in the time. Then best-of-n: mean over `bon_prompts`
+prompts of the chosen candidate's log-likelihood per token (temperature 1, n = 1 vs 8);
+with random params the gain is small but must be positive.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def build(preset: str):
+    from flax import linen as nn
+
+    from configs import lm_shakespeare
+    from genjax.losses import lm as lm_loss
+    config = lm_shakespeare.get_config(preset)
+    config.unlock()
+    config.model.vocab_size = config.model.vocab_size or 128
+    model = lm_loss.make_model(config)
+    variables = jax.jit(model.init)(jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32))
+    return model, nn.meta.unbox(variables)["params"]
+
+
+def _timed(fn, *args):
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    return time.perf_counter() - t0
+
+
+def bench_decode(model, params, B: int, P: int, N: int, cache: bool) -> dict:
+    from genjax.sampling import lm
+    rng = np.random.default_rng(B)
+    prompts = jnp.asarray(rng.integers(0, model.vocab_size, (B, P)), jnp.int32)
+    lengths = jnp.full((B,), P, jnp.int32)
+    t0 = time.perf_counter()
+    if cache:
+        s = lm._sampling(model, 0.0, 0, 1.0, 0.0, 1.0, (), 0, None)  # greedy, no stop tokens
+        args = (prompts, lengths, jax.random.PRNGKey(0), jnp.arange(B, dtype=jnp.int32))
+        prefill = lm.prefill.lower(model, params, *args,
+                                   num_slots=lm._num_slots(model, prompts, N)).compile()
+        state = prefill(params, *args)
+        chunk = lm.generate_chunk.lower(model, params, state, s, jnp.int32(N), chunk_size=N,
+                                        top_k=0).compile()
+        compile_s = time.perf_counter() - t0
+        run = lambda: chunk(params, prefill(params, *args), s, jnp.int32(N))[0]  # noqa: E731
+        prefill_s = min(_timed(prefill, params, *args) for _ in range(2))
+    else:
+        ref = lm._generate_reference.lower(model, params, prompts, lengths,
+                                           max_new_tokens=N).compile()
+        compile_s = time.perf_counter() - t0
+        run = lambda: ref(params, prompts, lengths)  # noqa: E731
+        prefill_s = None
+    seconds = _timed(run)
+    if seconds < 1.0:  # short runs: best of 3
+        seconds = min([seconds] + [_timed(run) for _ in range(2)])
+    return {"batch": B, "kv_cache": cache, "prompt_len": P, "new_tokens": N,
+            "seconds": seconds, "tokens_per_s": B * N / seconds,
+            "ms_per_step": 1000 * seconds / N, "prefill_ms": prefill_s and 1000 * prefill_s,
+            "compile_s": compile_s}
+
+
+def bench_best_of_n(model, params, num_prompts: int, P: int, N: int, ns=(1, 8)) -> dict:
+    """Mean chosen log-likelihood (nats/token) of best-of-n over random prompts."""
+    from genjax.sampling import best_of_n, lm
+    rng = np.random.default_rng(1)
+    chosen = {n: [] for n in ns}
+    for i in range(num_prompts):
+        prompt = rng.integers(0, model.vocab_size, (P,)).astype(np.int32)
+
+        def generate_fn(n, seed):
+            out = lm.generate(model, params, np.tile(prompt, (n, 1)), np.full((n,), P),
+                              rng=jax.random.PRNGKey(seed), max_new_tokens=N,
+                              temperature=1.0)
+            return list(np.asarray(out))
+        score_fn = best_of_n.lm_loglik(model, params, tokens_of=lambda c: (prompt, c))
+        for n in ns:
+            chosen[n].append(best_of_n.best_of_n(generate_fn, score_fn, n, seed=i)[0][1])
+    return {f"best_of_{n}": float(np.mean(v)) for n, v in chosen.items()}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--preset", default="tiny", help="tiny | cpu | gpu | gpt2_124m | ...")
+    p.add_argument("--batch_sizes", default="1,64")
+    p.add_argument("--prompt_len", type=int, default=0, help="0: max_len // 4")
+    p.add_argument("--new_tokens", type=int, default=0, help="0: to the end of the context")
+    p.add_argument("--no_reference", action="store_true", help="skip the no-cache runs")
+    p.add_argument("--bon_prompts", type=int, default=4, help="best-of-n prompts (0 = skip)")
+    p.add_argument("--out", default="decode_bench.json")
+    args = p.parse_args(argv)
+
+    model, params = build(args.preset)
+    P = args.prompt_len or model.max_len // 4
+    N = args.new_tokens or model.max_len - P
+    rows = []
+    for B in (int(b) for b in args.batch_sizes.split(",")):
+        for cache in (True, False) if not args.no_reference else (True,):
+            rows.append(bench_decode(model, params, B, P, N, cache))
+            r = rows[-1]
+            print(f"batch {B:>4} | {'KV cache' if cache else 'no cache':<8} | "
+                  f"{r['tokens_per_s']:>12,.0f} tok/s | {r['ms_per_step']:>8.2f} ms/step | "
+                  f"compile {r['compile_s']:.1f} s", flush=True)
+    bon = bench_best_of_n(model, params, args.bon_prompts, min(P, 16), min(N, 16)) \
+        if args.bon_prompts else {}
+    n_params = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(params))
+    result = {"preset": args.preset, "params": n_params, "vocab": model.vocab_size,
+              "max_len": model.max_len, "dtype": str(jnp.dtype(model.dtype)),
+              "device": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
+              "rows": rows, "best_of_n_loglik": bon,
+              "jax": jax.__version__, "python": platform.python_version()}
+    print(f"\n{args.preset}: {n_params:,} params, vocab {model.vocab_size}, context "
+          f"{model.max_len}, prompt {P} + {N} new tokens, {result['dtype']}, {result['device']}")
+    print(f"{'batch':>5} | {'cache':<5} | {'new tok/s':>12} | {'ms/step':>8} | {'speedup':>7}")
+    for r in rows:
+        base = [x for x in rows if x["batch"] == r["batch"] and not x["kv_cache"]]
+        speedup = f"{base[0]['seconds'] / r['seconds']:.1f}x" if base else "-"
+        print(f"{r['batch']:>5} | {'yes' if r['kv_cache'] else 'no':<5} | "
+              f"{r['tokens_per_s']:>12,.0f} | {r['ms_per_step']:>8.2f} | {speedup:>7}")
+    if bon:
+        print("best-of-n, mean chosen log-likelihood (nats/token): " +
+              ", ".join(f"{k.replace('best_of_', 'n=')}: {v:.4f}" for k, v in bon.items()) +
+              f" (gain {bon['best_of_8'] - bon['best_of_1']:+.4f})")
+    with open(args.out, "w") as f:
+        json.dump(result, f, indent=2)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
