@@ -1,0 +1,213 @@
+"""Diffusion family: DDPM objective on a U-Net (eps / x0 / v prediction), class-conditional
+with label dropout for classifier-free guidance.
+
+Batch: {"image": float32[B, H, W, C] in [-1, 1], "label": int32[B]} (+ "mask": float32[B]
+in eval batches; 0 = padding). Training minimises the "simple" loss: the mean squared error
+of the network output against its target (eps, x0 or v) at a uniform random timestep.
+
+Eval reports, per image (sums over the batch + "count"; the loop divides):
+  loss         the simple loss (averaged over t as in training)
+  vlb_bpd      the variational bound on -log p(x | y) in bits/dim,
+               L_T + L_0 + sum_{t=1}^{T-1} L_t, with L_0 (the decoder) exact and the sum
+               estimated by stratified sampling: `model.eval_timesteps` geometric strata of
+               1..T-1, one t per stratum per image, weighted by the stratum's size. Unbiased; the
+               full bound is the same code with T-1 strata. Eval noise and timesteps come
+               from a fixed key (`config.seed`), so numbers are comparable across steps.
+  decoder_bpd  L_0 alone; prior_bpd  L_T alone (~0 for a schedule that ends in noise).
+"""
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from genjax import diffusion
+from genjax.models import unet
+
+
+# ---------------------------------------------------------------- model and batches
+def image_shape(config) -> tuple[int, int, int]:
+    s, c = int(config.data.image_size), int(config.data.channels)
+    if not c:
+        raise ValueError("config.data.channels is 0: resolve it from the data first "
+                         "(genjax.train does this)")
+    return s, s, c
+
+
+def num_classes(config) -> int:
+    """Label-embedding size without the null class (0 = unconditional model)."""
+    m = config.model
+    if not m.class_conditional:
+        return 0
+    if not m.num_classes:
+        raise ValueError("config.model.num_classes is 0: resolve it from the data first")
+    return int(m.num_classes)
+
+
+def make_model(config) -> unet.UNet:
+    m = config.model
+    if m.name != "unet":
+        raise ValueError(f"config.model.name={m.name!r}: the diffusion family has: unet")
+    return unet.UNet(
+        out_channels=image_shape(config)[-1], width=m.width, channel_mult=tuple(m.channel_mult),
+        num_res_blocks=m.num_res_blocks, attn_resolutions=tuple(m.attn_resolutions),
+        num_heads=m.num_heads, dropout=m.dropout, num_classes=num_classes(config),
+        dtype=jnp.dtype(config.compute_dtype))
+
+
+def make_schedule(config) -> diffusion.Schedule:
+    return diffusion.make_schedule(config.model.schedule, int(config.model.timesteps))
+
+
+def example_batch(config, batch_size: int) -> dict[str, np.ndarray]:
+    return {"image": np.zeros((batch_size, *image_shape(config)), np.float32),
+            "label": np.zeros((batch_size,), np.int32)}
+
+
+def init_variables(model, rng, batch, config) -> dict:
+    b = len(batch["label"])
+    return model.init({"params": rng}, jnp.asarray(batch["image"]), jnp.zeros((b,), jnp.int32),
+                      jnp.asarray(batch["label"]))
+
+
+def _labels(batch, config):
+    return batch["label"].astype(jnp.int32) if num_classes(config) else None
+
+
+# --------------------------------------------------------------------------- loss
+def _noised(batch, rng, config, schedule, lo=0, hi=None):
+    """(x0, t, x_t, target) for t uniform in [lo, hi) (default: all T steps)."""
+    x0 = batch["image"].astype(jnp.float32)
+    t_key, n_key = jax.random.split(rng)
+    hi = schedule.num_steps if hi is None else hi
+    t_B = jax.random.randint(t_key, (x0.shape[0],), lo, hi)
+    noise = jax.random.normal(n_key, x0.shape, jnp.float32)
+    x_t = diffusion.q_sample(schedule, x0, t_B, noise)
+    ab = diffusion._b(schedule.alphas_cumprod[t_B], x0)
+    target = diffusion.pred_from_x0_eps(config.model.parameterization, x0, noise, ab)
+    return x0, t_B, x_t, target
+
+
+def loss_fn(params, model_state, batch, rng, *, model, config):
+    schedule = make_schedule(config)
+    noise_key, drop_key, label_key = jax.random.split(rng, 3)
+    x0, t_B, x_t, target = _noised(batch, noise_key, config, schedule)
+    labels = _labels(batch, config)
+    if labels is not None and config.model.label_dropout:  # null class for CFG
+        drop = jax.random.bernoulli(label_key, config.model.label_dropout, labels.shape)
+        labels = jnp.where(drop, num_classes(config), labels)
+    pred = model.apply({"params": params}, x_t, t_B, labels, train=True,
+                       rngs={"dropout": drop_key})
+    mse_B = jnp.mean((pred - target) ** 2, axis=(1, 2, 3))
+    loss = jnp.mean(mse_B)
+    return loss, ({"mse": loss}, model_state)
+
+
+def eval_strata(num_steps: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """[lo, hi) of (at most) k strata partitioning the timesteps 1..T-1, geometrically
+    spaced: the bound's terms are largest and change fastest at small t."""
+    edges = np.round(np.geomspace(1, num_steps, max(1, k) + 1)).astype(np.int32)
+    edges = np.unique(np.concatenate([[1], edges, [num_steps]]))
+    return edges[:-1], edges[1:]
+
+
+def eval_fn(params, model_state, batch, *, model, config):
+    """Per-image sums of the simple loss and the bound (bits/dim); see the module docstring."""
+    schedule = make_schedule(config)
+    x0 = batch["image"].astype(jnp.float32)
+    mask = batch.get("mask", jnp.ones((x0.shape[0],), jnp.float32))
+    labels = _labels(batch, config)
+    lo, hi = eval_strata(schedule.num_steps, int(config.model.eval_timesteps))
+    keys = jax.random.split(jax.random.PRNGKey(int(config.seed)), len(lo) + 1)
+
+    def terms(key, lo, hi):  # simple loss and L_t at one t per image drawn from [lo, hi)
+        _, t_B, x_t, target = _noised(batch, key, config, schedule, lo, hi)
+        pred = model.apply({"params": params}, x_t, t_B, labels, train=False)
+        mse_B = jnp.mean((pred - target) ** 2, axis=(1, 2, 3))
+        term_B = diffusion.vlb_term(schedule, config.model.parameterization,
+                                    config.model.var_type, x0, x_t, t_B, pred)
+        return mse_B, term_B
+
+    mse0_B, nll0_B = terms(keys[0], 0, 1)
+    mse_kxB, term_kxB = jax.lax.map(lambda a: terms(*a), (keys[1:], lo, hi))
+    size_kx1 = jnp.asarray(hi - lo, jnp.float32)[:, None]  # stratum j stands for its size terms
+    prior_B = diffusion.prior_kl(schedule, x0)
+    vlb_B = prior_B + nll0_B + jnp.sum(size_kx1 * term_kxB, axis=0)
+    loss_B = (mse0_B + jnp.sum(size_kx1 * mse_kxB, axis=0)) / schedule.num_steps
+    to_bpd = 1.0 / (math.prod(x0.shape[1:]) * math.log(2.0))
+    return {"loss": jnp.sum(loss_B * mask),
+            "vlb_bpd": jnp.sum(vlb_B * to_bpd * mask),
+            "decoder_bpd": jnp.sum(nll0_B * to_bpd * mask),
+            "prior_bpd": jnp.sum(prior_B * to_bpd * mask),
+            "count": jnp.sum(mask)}
+
+
+def param_labels(params, config):
+    return None
+
+
+# ------------------------------------------------------------------------- sampling
+def sample_labels(config, num_samples: int, label=None):
+    """None: classes 0, 1, 2, ... in turn (a conditional model) or None (unconditional);
+    an int or int array: those classes (num_classes = the null class: unconditional)."""
+    n = num_classes(config)
+    if not n:
+        return None
+    if label is None:
+        return jnp.arange(num_samples, dtype=jnp.int32) % n
+    return jnp.broadcast_to(jnp.asarray(label, jnp.int32), (num_samples,))
+
+
+def sample_images(model, params, config, rng, num_samples: int, label=None, guidance=None,
+                  steps=None, *, sampler=None, eta=None, model_state=None) -> jax.Array:
+    """float32[N, H, W, C] in [-1, 1]. Defaults from config.sample: sampler (ddim | ddpm),
+    steps, eta (DDIM only), guidance (1 = conditional, 0 = unconditional, > 1 = CFG).
+    One jitted lax.scan over the steps (compiled per call)."""
+    s = config.sample
+    sampler = sampler or s.sampler
+    if sampler not in ("ddim", "ddpm"):
+        raise ValueError(f"sampler {sampler!r}: use ddim | ddpm")
+    steps = int(steps or s.steps)
+    eta = float(s.eta if eta is None else eta)
+    guidance = float(s.guidance if guidance is None else guidance)
+    schedule = make_schedule(config)
+    shape = (int(num_samples), *image_shape(config))
+    labels = sample_labels(config, int(num_samples), label)
+
+    def run(params, rng, labels):  # params as an argument, not baked-in constants
+        def apply_fn(x, t_B, y):
+            return model.apply({"params": params}, x, t_B, y, train=False)
+
+        common = dict(parameterization=config.model.parameterization, labels=labels,
+                      guidance=guidance, null_label=num_classes(config))
+        if sampler == "ddpm":
+            return diffusion.ddpm_sample(apply_fn, schedule, rng, shape, num_steps=steps,
+                                         var_type=config.model.var_type, **common)
+        return diffusion.ddim_sample(apply_fn, schedule, rng, shape, num_steps=steps, eta=eta,
+                                     **common)
+    return jax.jit(run)(params, rng, labels)
+
+
+# ---------------------------------------------------------------------- data seam
+def make_data(config, *, process_index: int, process_count: int):
+    from genjax.data.image_loader import ImageData
+    return ImageData(config.data, global_batch_size=int(config.batch_size), seed=int(config.seed),
+                     process_index=process_index, process_count=process_count)
+
+
+def resolve_config(config, data) -> None:
+    """channels 0 -> the data's; num_classes 0 -> the data's class count; checks the size."""
+    h, w, c = data.image_shape
+    if h != config.data.image_size or w != config.data.image_size:
+        raise ValueError(f"data images are {h}x{w}, config.data.image_size="
+                         f"{config.data.image_size}")
+    if not config.data.channels:
+        config.data.channels = int(c)
+    if not config.model.num_classes:
+        config.model.num_classes = len(data.class_names)
+
+
+def throughput_unit(config) -> tuple[str, int]:
+    return "images", 1

@@ -1,0 +1,167 @@
+"""DCGAN (Radford et al. 2016) generator and discriminator in one module.
+
+The two players are submodules named "generator" and "discriminator", so the parameters
+split into two groups by top-level key. Options: a class-conditional generator (label
+embedding concatenated to z) and projection discriminator (Miyato & Koyama 2018);
+spectral normalisation of the discriminator (Miyato et al. 2018), whose power-iteration
+vectors live in the "spectral" collection (model_state). The generator uses GroupNorm
+instead of DCGAN's BatchNorm: no running statistics, so sampling needs only params.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from genjax import sharding
+from genjax.models.unet import dense, group_norm
+
+_CONV = (None, None, "conv_in", "conv_out")
+_ACT = ("batch", "height", "width", "channels")
+_INIT = nn.initializers.normal(0.02)  # DCGAN's init
+
+
+def _l2_normalize(x, eps=1e-12):
+    return x * jax.lax.rsqrt(jnp.sum(x * x) + eps)
+
+
+def spectral_normalize(module: nn.Module, w, update_stats: bool):
+    """w / sigma_max(w as a [-1, out] matrix), one power iteration per call (u in "spectral")."""
+    w_mat = w.reshape(-1, w.shape[-1]).astype(jnp.float32)
+    u = module.variable("spectral", "u", lambda: _l2_normalize(
+        jax.random.normal(module.make_rng("params"), (w.shape[-1],))))
+    v = jax.lax.stop_gradient(_l2_normalize(w_mat @ u.value))
+    u_new = jax.lax.stop_gradient(_l2_normalize(w_mat.T @ v))
+    sigma = v @ w_mat @ u_new
+    if update_stats and not module.is_initializing():
+        u.value = u_new
+    return (w_mat / sigma).reshape(w.shape).astype(w.dtype)
+
+
+class SNConv(nn.Module):
+    """Conv (HWIO kernel, SAME padding) with optional spectral normalisation."""
+    features: int
+    kernel: int = 4
+    stride: int = 2
+    spectral_norm: bool = False
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, update_stats: bool = False):
+        k = self.param("kernel", nn.with_logical_partitioning(_INIT, _CONV),
+                       (self.kernel, self.kernel, x.shape[-1], self.features))
+        b = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, ("conv_out",)),
+                       (self.features,))
+        if self.spectral_norm:
+            k = spectral_normalize(self, k, update_stats)
+        y = jax.lax.conv_general_dilated(
+            x.astype(self.dtype), k.astype(self.dtype), (self.stride, self.stride), "SAME",
+            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return y + b.astype(self.dtype)
+
+
+class SNDense(nn.Module):
+    features: int
+    spectral_norm: bool = False
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, update_stats: bool = False):
+        k = self.param("kernel", nn.with_logical_partitioning(_INIT, ("conv_in", "conv_out")),
+                       (x.shape[-1], self.features))
+        b = self.param("bias", nn.initializers.zeros, (self.features,))
+        if self.spectral_norm:
+            k = spectral_normalize(self, k, update_stats)
+        return x.astype(self.dtype) @ k.astype(self.dtype) + b.astype(self.dtype)
+
+
+class Generator(nn.Module):
+    image_shape: tuple[int, int, int]
+    latent_dim: int = 64
+    width: int = 64
+    channel_mult: Sequence[int] = (4, 2, 1)   # per level, coarse to fine; each level doubles H, W
+    num_classes: int = 0
+    norm: str = "group"                       # group | none
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, z_BxZ, labels_B=None):
+        if self.norm not in ("group", "none"):
+            raise ValueError(f"generator norm {self.norm!r}: use group | none")
+        H, W, C = self.image_shape
+        levels = len(self.channel_mult)
+        if H % 2 ** levels or W % 2 ** levels:
+            raise ValueError(f"image {H}x{W} not divisible by 2^{levels}")
+        norm = (lambda c: group_norm(c, self.dtype)) if self.norm == "group" else (  # noqa: E731
+            lambda c: (lambda h: h))
+        h = z_BxZ.astype(self.dtype)
+        if self.num_classes:
+            y = nn.Embed(self.num_classes, self.latent_dim, dtype=self.dtype, name="label_embed")(
+                labels_B)
+            h = jnp.concatenate([h, y], axis=-1)
+        h0, w0, c0 = H // 2 ** levels, W // 2 ** levels, self.width * self.channel_mult[0]
+        h = dense(h0 * w0 * c0, dtype=self.dtype)(h).reshape(-1, h0, w0, c0)
+        h = nn.relu(norm(c0)(h))
+        for mult in list(self.channel_mult[1:]) + [None]:
+            c = C if mult is None else self.width * mult
+            h = nn.ConvTranspose(c, (4, 4), strides=(2, 2), padding="SAME", dtype=self.dtype,
+                                 kernel_init=nn.with_logical_partitioning(_INIT, _CONV))(h)
+            if mult is not None:
+                h = sharding.constrain(nn.relu(norm(c)(h)), _ACT)
+        return jnp.tanh(h.astype(jnp.float32))
+
+
+class Discriminator(nn.Module):
+    width: int = 64
+    channel_mult: Sequence[int] = (1, 2, 4)   # per stride-2 level, fine to coarse
+    num_classes: int = 0                      # > 0: projection discriminator
+    spectral_norm: bool = False
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x_BxHxWxC, labels_B=None, update_stats: bool = False):
+        h = x_BxHxWxC
+        for mult in self.channel_mult:
+            h = SNConv(self.width * mult, spectral_norm=self.spectral_norm, dtype=self.dtype)(
+                h, update_stats)
+            h = sharding.constrain(nn.leaky_relu(h, 0.2), _ACT)
+        phi_BxF = h.reshape(h.shape[0], -1)
+        out = SNDense(1, spectral_norm=self.spectral_norm, dtype=self.dtype)(
+            phi_BxF, update_stats)[:, 0]
+        if self.num_classes:  # projection: + <embed(y), phi(x)>
+            emb = nn.Embed(self.num_classes, phi_BxF.shape[-1], dtype=self.dtype,
+                           embedding_init=_INIT, name="label_embed")(labels_B)
+            out = out + jnp.sum(emb * phi_BxF, axis=-1)
+        return out.astype(jnp.float32)
+
+
+class DCGAN(nn.Module):
+    image_shape: tuple[int, int, int] = (32, 32, 1)
+    latent_dim: int = 64
+    g_width: int = 64
+    d_width: int = 64
+    channel_mult: Sequence[int] = (4, 2, 1)   # generator's; the discriminator mirrors it
+    num_classes: int = 0
+    spectral_norm: bool = False
+    g_norm: str = "group"
+    dtype: jnp.dtype = jnp.float32
+
+    def setup(self):
+        self.generator = Generator(self.image_shape, self.latent_dim, self.g_width,
+                                   tuple(self.channel_mult), self.num_classes, self.g_norm,
+                                   self.dtype)
+        self.discriminator = Discriminator(self.d_width, tuple(reversed(self.channel_mult)),
+                                           self.num_classes, self.spectral_norm, self.dtype)
+
+    def generate(self, z_BxZ, labels_B=None):
+        """-> float32[B, H, W, C] in [-1, 1]."""
+        return self.generator(z_BxZ, labels_B)
+
+    def discriminate(self, x_BxHxWxC, labels_B=None, update_stats: bool = False):
+        """-> float32[B] logits ("real" > 0)."""
+        return self.discriminator(x_BxHxWxC, labels_B, update_stats)
+
+    def __call__(self, z_BxZ, labels_B=None):
+        return self.discriminate(self.generate(z_BxZ, labels_B), labels_B)

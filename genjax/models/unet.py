@@ -1,0 +1,151 @@
+"""DDPM-style U-Net (Ho et al. 2020; Dhariwal & Nichol 2021) for diffusion models.
+
+Residual blocks with GroupNorm and a time(+class) embedding, self-attention at the
+resolutions in `attn_resolutions`, a width times channel-multiplier table per level.
+Shape of the DDPM CIFAR-10 model (35.7M params): width 128, channel_mult (1, 2, 2, 2),
+2 blocks per level, attention at 16x16, dropout 0.1.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from genjax import sharding
+
+_CONV = (None, None, "conv_in", "conv_out")
+_DENSE = ("conv_in", "conv_out")
+_ACT = ("batch", "height", "width", "channels")
+
+
+def _init(zero: bool = False):
+    # DDPM's default: variance_scaling(1, fan_avg, uniform); zeros for residual outputs.
+    return nn.initializers.zeros if zero else nn.initializers.variance_scaling(
+        1.0, "fan_avg", "uniform")
+
+
+def conv(features: int, *, kernel: int = 3, stride: int = 1, zero: bool = False, dtype=jnp.float32,
+         name: str | None = None) -> nn.Conv:
+    return nn.Conv(features, (kernel, kernel), strides=stride, padding="SAME", dtype=dtype,
+                   kernel_init=nn.with_logical_partitioning(_init(zero), _CONV),
+                   bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("conv_out",)),
+                   name=name)
+
+
+def dense(features: int, *, dtype=jnp.float32, name: str | None = None) -> nn.Dense:
+    return nn.Dense(features, dtype=dtype, kernel_init=nn.with_logical_partitioning(_init(), _DENSE),
+                    bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("conv_out",)),
+                    name=name)
+
+
+def group_norm(channels: int, dtype) -> nn.GroupNorm:
+    return nn.GroupNorm(num_groups=math.gcd(32, channels), dtype=dtype)
+
+
+def timestep_embedding(t_B: jax.Array, dim: int, max_period: float = 10_000.0) -> jax.Array:
+    """Sinusoidal embedding of (integer or real) timesteps: float32[B, dim]."""
+    half = dim // 2
+    freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
+    args = t_B.astype(jnp.float32)[:, None] * freqs[None]
+    emb = jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=-1)
+    return jnp.pad(emb, ((0, 0), (0, dim - 2 * half)))
+
+
+class ResBlock(nn.Module):
+    features: int
+    dropout: float = 0.0
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, temb, train: bool):
+        h = nn.swish(group_norm(x.shape[-1], self.dtype)(x))
+        h = conv(self.features, dtype=self.dtype)(h)
+        h = h + dense(self.features, dtype=self.dtype)(nn.swish(temb))[:, None, None, :]
+        h = nn.swish(group_norm(self.features, self.dtype)(h))
+        h = nn.Dropout(self.dropout, deterministic=not train)(h)
+        h = conv(self.features, zero=True, dtype=self.dtype)(h)
+        if x.shape[-1] != self.features:
+            x = conv(self.features, kernel=1, dtype=self.dtype, name="skip")(x)
+        return sharding.constrain(x + h, _ACT)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention over all H*W positions (residual, zero-initialised output)."""
+    num_heads: int = 1
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x_BxHxWxC):
+        B, H, W, C = x_BxHxWxC.shape
+        if C % self.num_heads:
+            raise ValueError(f"attention: {C} channels not divisible by num_heads={self.num_heads}")
+        N, D = self.num_heads, C // self.num_heads
+        h = group_norm(C, self.dtype)(x_BxHxWxC).reshape(B, H * W, C)
+        qkv_BxLx3xNxD = nn.DenseGeneral(
+            (3, N, D), dtype=self.dtype, name="qkv",
+            kernel_init=nn.with_logical_partitioning(_init(), ("conv_in", None, "heads", "kv")))(h)
+        q, k, v = (qkv_BxLx3xNxD[:, :, i] for i in range(3))
+        o_BxLxNxD = jax.nn.dot_product_attention(q, k, v)
+        o = nn.DenseGeneral(C, axis=(-2, -1), dtype=self.dtype, name="out",
+                            kernel_init=nn.with_logical_partitioning(
+                                _init(zero=True), ("heads", "kv", "conv_out")))(o_BxLxNxD)
+        return x_BxHxWxC + o.reshape(B, H, W, C)
+
+
+class UNet(nn.Module):
+    """eps/x0/v network: (x_t [B,H,W,C], t [B], labels [B] | None) -> float32[B,H,W,C]."""
+    out_channels: int = 1
+    width: int = 128
+    channel_mult: Sequence[int] = (1, 2, 2, 2)
+    num_res_blocks: int = 2
+    attn_resolutions: Sequence[int] = (16,)   # spatial sizes (H) with self-attention
+    num_heads: int = 1
+    dropout: float = 0.1
+    num_classes: int = 0      # 0: unconditional; else ids 0..num_classes-1 plus null = num_classes
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x_BxHxWxC, t_B, labels_B=None, *, train: bool = False):
+        dt, w = self.dtype, self.width
+        temb = timestep_embedding(t_B, w)
+        temb = dense(4 * w, dtype=dt)(temb)
+        temb = dense(4 * w, dtype=dt)(nn.swish(temb))
+        if self.num_classes:
+            if labels_B is None:  # unconditional call of a conditional model: the null class
+                labels_B = jnp.full(t_B.shape, self.num_classes, jnp.int32)
+            temb = temb + nn.Embed(
+                self.num_classes + 1, 4 * w, dtype=dt, name="label_embed",
+                embedding_init=nn.with_logical_partitioning(
+                    nn.initializers.normal(1.0), (None, "conv_out")))(labels_B)
+
+        block = lambda f: ResBlock(f, self.dropout, dt)  # noqa: E731
+        attend = lambda h: (Attention(self.num_heads, dt)(h)  # noqa: E731
+                            if h.shape[1] in self.attn_resolutions else h)
+
+        h = sharding.constrain(conv(w, dtype=dt)(x_BxHxWxC.astype(dt)), _ACT)
+        skips = [h]
+        for level, mult in enumerate(self.channel_mult):
+            for _ in range(self.num_res_blocks):
+                h = attend(block(w * mult)(h, temb, train))
+                skips.append(h)
+            if level != len(self.channel_mult) - 1:
+                h = conv(h.shape[-1], stride=2, dtype=dt)(h)
+                skips.append(h)
+
+        h = block(h.shape[-1])(h, temb, train)
+        h = Attention(self.num_heads, dt)(h)
+        h = block(h.shape[-1])(h, temb, train)
+
+        for level, mult in reversed(list(enumerate(self.channel_mult))):
+            for _ in range(self.num_res_blocks + 1):
+                h = attend(block(w * mult)(jnp.concatenate([h, skips.pop()], -1), temb, train))
+            if level != 0:
+                B, H, W, C = h.shape
+                h = jax.image.resize(h, (B, 2 * H, 2 * W, C), "nearest")
+                h = conv(C, dtype=dt)(h)
+
+        h = nn.swish(group_norm(h.shape[-1], dt)(h))
+        return conv(self.out_channels, zero=True, dtype=dt)(h).astype(jnp.float32)
