@@ -5,7 +5,8 @@ r"""GPT-style character LM on the complete Shakespeare plays (held-out plays for
 
 Presets (`:arg`):
   tiny       tests: seconds on one CPU core.
-  cpu        the main job (`make run`): ~5 minutes on 2 CPU cores.
+  cpu        the main job (`make run`): ~5 minutes on 2 CPU cores (~4.2k tokens/s);
+             --config.total_steps=1300 (~10 min) reaches 1.82 nats/char on held-out plays.
   gpu        nanoGPT's shakespeare-char shape: 6 layers x 384, context 256.
   gpt2_124m  GPT-2 small shape (12 x 768, context 1024, vocab 50304), for throughput.
 Own text: --config.data.name=text --config.data.text_file=PATH (90/10 split by position).
@@ -20,9 +21,9 @@ PRESETS = {
              "final_eval_batches": 8,
              "ckpt_every_steps": 10, "optim.warmup_steps": 5, "sample.max_new_tokens": 40,
              "sample.num_samples": 2},
-    "cpu": {"model.size": "cpu", "model.max_len": 128, "batch_size": 16, "total_steps": 1200,
-            "optim.lr": 2e-3, "optim.warmup_steps": 100, "log_every_steps": 50,
-            "eval_every_steps": 400, "eval_batches": 10, "ckpt_every_steps": 400},
+    "cpu": {"model.size": "cpu", "model.max_len": 128, "batch_size": 16, "total_steps": 600,
+            "optim.lr": 2e-3, "optim.warmup_steps": 50, "log_every_steps": 50,
+            "eval_every_steps": 300, "eval_batches": 10, "ckpt_every_steps": 300},
     "gpu": {"model.size": "gpu", "model.max_len": 256, "batch_size": 64, "total_steps": 5000,
             "optim.lr": 1e-3, "optim.warmup_steps": 100, "model.dropout": 0.2,
             "compute_dtype": "bfloat16", "optim.b2": 0.99, "eval_every_steps": 500,
