@@ -25,25 +25,11 @@ import numpy as np
 
 from genjax import diffusion
 from genjax.models import unet
+from genjax.losses.image_seam import (  # noqa: F401  shared by the image families
+    image_shape, make_data, num_classes, resolve_config, throughput_unit)
 
 
 # ---------------------------------------------------------------- model and batches
-def image_shape(config) -> tuple[int, int, int]:
-    s, c = int(config.data.image_size), int(config.data.channels)
-    if not c:
-        raise ValueError("config.data.channels is 0: resolve it from the data first "
-                         "(genjax.train does this)")
-    return s, s, c
-
-
-def num_classes(config) -> int:
-    """Label-embedding size without the null class (0 = unconditional model)."""
-    m = config.model
-    if not m.class_conditional:
-        return 0
-    if not m.num_classes:
-        raise ValueError("config.model.num_classes is 0: resolve it from the data first")
-    return int(m.num_classes)
 
 
 def make_model(config) -> unet.UNet:
@@ -188,26 +174,3 @@ def sample_images(model, params, config, rng, num_samples: int, label=None, guid
         return diffusion.ddim_sample(apply_fn, schedule, rng, shape, num_steps=steps, eta=eta,
                                      **common)
     return jax.jit(run)(params, rng, labels)
-
-
-# ---------------------------------------------------------------------- data seam
-def make_data(config, *, process_index: int, process_count: int):
-    from genjax.data.image_loader import ImageData
-    return ImageData(config.data, global_batch_size=int(config.batch_size), seed=int(config.seed),
-                     process_index=process_index, process_count=process_count)
-
-
-def resolve_config(config, data) -> None:
-    """channels 0 -> the data's; num_classes 0 -> the data's class count; checks the size."""
-    h, w, c = data.image_shape
-    if h != config.data.image_size or w != config.data.image_size:
-        raise ValueError(f"data images are {h}x{w}, config.data.image_size="
-                         f"{config.data.image_size}")
-    if not config.data.channels:
-        config.data.channels = int(c)
-    if not config.model.num_classes:
-        config.model.num_classes = len(data.class_names)
-
-
-def throughput_unit(config) -> tuple[str, int]:
-    return "images", 1
