@@ -14,13 +14,16 @@ BPE: --config.data.tokenizer=bpe [--config.data.vocab_size=512] (bits/char stay 
 Sweeps: lr, norm, lr_x_dropout (`python -m experiments.sweep --config=...:cpu --sweep=lr`).
 """
 from genjax import config_lib
+from genjax.evaluators import likelihood, text
 
 PRESETS = {
     "tiny": {"model.size": "tiny", "model.max_len": 32, "batch_size": 8, "total_steps": 20,
              "log_every_steps": 5, "eval_every_steps": 10, "eval_batches": 2,
              "final_eval_batches": 8,
              "ckpt_every_steps": 10, "optim.warmup_steps": 5, "sample.max_new_tokens": 40,
-             "sample.num_samples": 2},
+             "sample.num_samples": 2, "evals.likelihood.max_batches": 2,
+             "evals.text.num_samples": 2, "evals.text.max_new_tokens": 31,
+             "evals.text.span_chars": 20},  # one decode window: 2 compiles, not 5
     "cpu": {"model.size": "cpu", "model.max_len": 128, "batch_size": 16, "total_steps": 600,
             "optim.lr": 2e-3, "optim.warmup_steps": 50, "log_every_steps": 50,
             "eval_every_steps": 300, "eval_batches": 10, "ckpt_every_steps": 300},
@@ -89,6 +92,10 @@ def get_config(arg: str | None = None):
     # Past the context, slide the window (re-read the last half of it; a note is printed).
     # False: a request longer than the context is an error naming the numbers.
     c.sample.window = True
+
+    # python -m genjax.evaluate (keys commented in each evaluator's settings()):
+    c.evals.likelihood = likelihood.settings()  # validation/test loss, perplexity, bits/char, per play
+    c.evals.text = text.settings()  # samples: distinct-n, repetition, memorised 50-char spans
 
     config_lib.apply_preset(c, PRESETS, arg)
     c.lock()

@@ -15,13 +15,14 @@ Ablations: --config.model.likelihood=bernoulli|logistic, --config.model.beta=4,
 --config.model.kl_warmup_steps=0, --config.model.class_conditional=True.
 """
 from genjax import config_lib
+from genjax.evaluators import cas, image_quality, novelty
 
 PRESETS = {
     "tiny": {"model.width": 8, "model.channel_mult": (1, 2), "model.latent_dim": 4,
              "model.iwae_samples": 4, "model.kl_warmup_steps": 10, "batch_size": 8,
              "total_steps": 20, "log_every_steps": 5, "eval_every_steps": 10,
              "eval_batches": 2, "ckpt_every_steps": 10, "optim.warmup_steps": 5,
-             "sample.num_samples": 4},
+             "sample.num_samples": 4, **image_quality.TINY, **novelty.TINY, **cas.TINY},
     "cpu": {"model.width": 16, "model.channel_mult": (1, 2, 2), "model.latent_dim": 16,
             "model.likelihood": "bernoulli",
             "model.kl_warmup_steps": 300, "model.iwae_samples": 4, "batch_size": 32,
@@ -63,6 +64,11 @@ def get_config(arg: str | None = None):
     c.data.data_dir = ""           # "" = $GENJAX_DATA_DIR or ~/.cache/genjax/tfds
 
     c.sample.num_samples = 16      # decoder means of prior draws
+
+    # python -m genjax.evaluate (keys commented in each evaluator's settings()):
+    c.evals.image_quality = image_quality.settings()  # fid_fmnist, kid, precision/recall...
+    c.evals.novelty = novelty.settings()  # nearest training images: share of near-copies
+    c.evals.cas = cas.settings()   # a classifier trained on samples, tested on real images
 
     config_lib.apply_preset(c, PRESETS, arg)
     c.lock()

@@ -107,7 +107,7 @@ def assemble(config: ConfigDict, mesh: Mesh) -> Parts:
         step=rep, params=params_sh,
         opt_state=_opt_state_shardings(abstract.opt_state, abstract.params, params_sh, mesh),
         ema_params=params_sh if ema else {}, model_state=model_state_sh, rng=rep,
-        skips=rep, total_skips=rep)
+        skips=rep, total_skips=rep, guard=jax.tree_util.tree_map(lambda _: rep, abstract.guard))
     abstract_state = jax.tree_util.tree_map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, state_sh)
 
@@ -121,7 +121,7 @@ def assemble(config: ConfigDict, mesh: Mesh) -> Parts:
         loss_fn=loss_fn, tx=tx, compute_dtype=compute_dtype,
         ema_decay=float(config.optim.ema_decay), labels=labels,
         group_active=optim.group_schedule(config, labels),
-        skip_nonfinite=bool(config.skip_nonfinite))
+        skip_nonfinite=bool(config.skip_nonfinite), spike=step_lib.spike_guard(config))
 
     def train_step(state, batch):
         with sharding.activate(mesh, rules):
@@ -158,7 +158,8 @@ def unjitted_train_step(parts: Parts):
         tx=parts.tx, compute_dtype=parts.compute_dtype,
         ema_decay=float(parts.config.optim.ema_decay), labels=labels,
         group_active=optim.group_schedule(parts.config, labels),
-        skip_nonfinite=bool(parts.config.skip_nonfinite))
+        skip_nonfinite=bool(parts.config.skip_nonfinite),
+        spike=step_lib.spike_guard(parts.config))
 
 
 def state_bytes_per_device(parts: Parts) -> dict[str, int]:

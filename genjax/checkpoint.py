@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from genjax import config_lib
+from genjax import config_lib, faults
 from genjax.config_lib import UserError
 from genjax.step import TrainState
 
@@ -169,6 +169,7 @@ class Checkpointer:
         except Exception as e:  # noqa: BLE001
             raise CheckpointError(f"saving checkpoint step {step} failed: {e}") from e
         self._pending = int(step)
+        faults.kill_if("kill_mid_save", int(step))  # tests: a crash while orbax writes
 
     def wait(self) -> None:
         """Blocks until the in-flight save is finished; a failed save raises here."""
@@ -183,6 +184,20 @@ class Checkpointer:
         self.wait()
         self._apply_retention()
         self.manager.close()
+
+    def rollback_to(self, before: int) -> int | None:
+        """For on_nan=rollback: deletes the finished steps >= `before` (they hold the bad
+        stretch) and returns the newest step left, or None if none is older."""
+        self.wait()
+        steps = self.all_steps()
+        if not any(s < before for s in steps):
+            return None
+        for s in [s for s in steps if s >= before]:
+            self.manager.delete(s)
+            self._metric_of.pop(s, None)
+        self.manager.reload()
+        self.protect = max(s for s in steps if s < before)
+        return self.protect
 
     def _apply_retention(self) -> None:
         if self.read_only:

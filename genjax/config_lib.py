@@ -55,7 +55,15 @@ def base_config() -> ConfigDict:
     c.init_from = ""               # checkpoint dir (or dir/step) to take params from (fine-tuning)
     c.compute_dtype = "float32"    # float32 | bfloat16 (params stay float32: master weights)
     c.skip_nonfinite = True        # skip an update whose gradients are NaN/Inf (counted)
-    c.max_consecutive_skips = 10   # then stop with an error
+    c.max_consecutive_skips = 10   # then act on `on_nan` (spikes count as skips too)
+    # Non-finite params or max_consecutive_skips reached: "halt" (exit 1, step named) or
+    # "rollback" (restore the newest checkpoint before the bad steps, skip their batches).
+    c.on_nan = "halt"
+    c.max_rollbacks = 3            # on_nan=rollback: one more is a halt
+    c.spike_k = 0.0                # loss-spike guard: skip an update with loss > EMA mean + k*std (0 = off)
+    c.spike_warmup = 100           # ...only after this many accepted losses
+    c.spike_decay = 0.99           # ...EMA decay of the loss mean and square (state in TrainState.guard)
+    c.peer_timeout_s = 120         # multi-process: a dead peer ends the survivors (exit != 0) within ~this
     c.peak_flops_per_device = 0.0  # for MFU; 0 = look the device up (genjax/flops.py)
     c.debug_nans = False
 
@@ -83,8 +91,13 @@ def base_config() -> ConfigDict:
 
     c.model = ConfigDict()         # family-specific, set by configs/<name>.py
     c.data = ConfigDict()          # family-specific, set by configs/<name>.py
+    c.data.max_bad_records = 0     # unreadable records skipped (each named in a warning); one more fails
     c.sample = ConfigDict()        # defaults for genjax.sample / samples printed at the end
     c.sample.grid_samples = 16     # image families: grid W/samples/step_<N>.png at each eval (0 = off)
+    # Evaluators (genjax/evaluators/<name>.py): name -> its settings, e.g. the family config's
+    # c.evals.text = text.settings(); each evaluator's `settings()` comments its keys.
+    # genjax.evaluate runs them all; genjax.train those with during_training=True.
+    c.evals = ConfigDict()
     return c
 
 

@@ -9,26 +9,43 @@ import jax
 _initialized = False
 
 
-def initialize_distributed() -> None:
+def initialize_distributed(peer_timeout_s: int = 120) -> None:
     """`jax.distributed.initialize()` when launched as several processes.
 
     Triggered by JAX_COORDINATOR_ADDRESS + JAX_NUM_PROCESSES + JAX_PROCESS_ID (any
     cluster), or by cluster auto-detection (Slurm, Cloud TPU pods) when
     GENJAX_DISTRIBUTED=1. A single process does nothing.
+
+    A dead peer: the coordination service stops hearing its heartbeats and, after
+    `peer_timeout_s` seconds, every other process is terminated (non-zero exit) instead
+    of waiting forever in a collective; a process that exits waits at most as long for
+    the others. GENJAX_INIT_TIMEOUT bounds the wait for all processes to start.
     """
     global _initialized
     if _initialized:
         return
     env = os.environ
+    timeouts = dict(initialization_timeout=int(env.get("GENJAX_INIT_TIMEOUT", "300")),
+                    heartbeat_timeout_seconds=int(peer_timeout_s),
+                    shutdown_timeout_seconds=int(peer_timeout_s))
     if env.get("JAX_COORDINATOR_ADDRESS") and env.get("JAX_NUM_PROCESSES"):
         jax.distributed.initialize(
             coordinator_address=env["JAX_COORDINATOR_ADDRESS"],
             num_processes=int(env["JAX_NUM_PROCESSES"]),
-            process_id=int(env["JAX_PROCESS_ID"]),
-            initialization_timeout=int(env.get("GENJAX_INIT_TIMEOUT", "300")))
+            process_id=int(env["JAX_PROCESS_ID"]), **timeouts)
     elif env.get("GENJAX_DISTRIBUTED") == "1":
-        jax.distributed.initialize()
+        jax.distributed.initialize(**timeouts)
     _initialized = True
+
+
+def request_deterministic_ops() -> None:
+    """config.deterministic: adds --xla_gpu_deterministic_ops=true to XLA_FLAGS (read when
+    the backend starts, so call it first; run_meta.json records XLA_FLAGS). CPU is
+    deterministic already; on GPU this costs speed (scatter/reductions)."""
+    flag = "--xla_gpu_deterministic_ops=true"
+    flags = os.environ.get("XLA_FLAGS", "").split()
+    if flag not in flags:
+        os.environ["XLA_FLAGS"] = " ".join([*flags, flag])
 
 
 def setup_logging() -> None:

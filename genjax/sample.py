@@ -7,10 +7,16 @@ r"""Sample from a trained workdir (the family comes from its checkpoint).
   python -m genjax.sample --workdir=W --prompt="ROMEO:" --best_of=8   # rank by log-lik
   python -m genjax.sample --workdir=W --num_samples=64 --label=sneaker --guidance=3 \
       --steps=50 --out=grid.png          # diffusion | vae | gan
+  python -m genjax.sample --workdir=W --prompt="a pair of sandals" --guidance=4 --steps=50 \
+      --num_samples=16 --out=grid.png    # text-to-image (configs/t2i_fmnist.py)
+  python -m genjax.sample --workdir=W --prompt="a pair of sandals" --num_samples=16 \
+      --best_of=64 --min_confidence=0.5  # rank/filter by the Fashion-MNIST classifier
+Image runs also write <out>.json: per sample its rank, score and what the filter did.
 """
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import warnings
 
@@ -24,7 +30,8 @@ FLAGS = flags.FLAGS
 
 def define_flags():
     flags.DEFINE_string("workdir", None, "trained run directory", required=True)
-    flags.DEFINE_string("prompt", None, "text prompt (LM); default: the config's sample.prompt")
+    flags.DEFINE_string("prompt", None, "text prompt: LM (default: the config's "
+                        "sample.prompt) or text-to-image (default: one caption per class)")
     flags.DEFINE_integer("num_samples", None, "samples to draw")
     flags.DEFINE_integer("max_new_tokens", None, "tokens to generate per sample")
     flags.DEFINE_float("temperature", None, "0 = greedy")
@@ -41,8 +48,9 @@ def define_flags():
                       "LM: over-long prompt: error, or drop its start (with a warning)")
     flags.DEFINE_bool("window", None, "LM: generate past the context by sliding the window "
                       "(default: the config's sample.window)")
-    flags.DEFINE_integer("best_of", 1, "LM: draw this many candidates, print the "
-                         "--num_samples most likely (mean log-likelihood per token)")
+    flags.DEFINE_integer("best_of", 1, "draw this many candidates, keep the --num_samples "
+                         "best: LM by mean log-likelihood per token, images by the "
+                         "classifier's confidence for the prompted class")
     flags.DEFINE_list("blocklist", [], "LM: words (whole-word, any case) that reject a sample")
     flags.DEFINE_multi_string("blocklist_regex", [], "LM: regexes treated like --blocklist")
     flags.DEFINE_bool("redact", False, "LM: redact blocklisted matches instead of rejecting")
@@ -52,6 +60,9 @@ def define_flags():
     flags.DEFINE_float("guidance", None, "diffusion: classifier-free guidance scale")
     flags.DEFINE_integer("steps", None, "diffusion: sampler steps")
     flags.DEFINE_string("out", None, "image families: PNG path (default W/samples.png)")
+    flags.DEFINE_float("min_confidence", 0.0, "images: reject samples whose classifier "
+                       "probability for the prompted class (else its top class) is below "
+                       "this (0 = off)")
 
 
 def _pick(flag_value, default):
@@ -173,19 +184,115 @@ def resolve_label(label: str | None, class_names: list[str]) -> int | None:
     raise UserError(f"--label={label!r}: not a class; choose one of {class_names}")
 
 
-def sample_images(loaded) -> str:
-    import jax
-    from genjax.image_grid import save_grid
+def image_condition(loaded, opts) -> dict:
+    """sample_images kwargs (label= or prompt= tokens) and the class a scorer should judge
+    ("target", None = unknown) from --label / --prompt; errors for the wrong kind."""
+    from genjax.data import captions
     class_names = list(loaded.meta.get("data", {}).get("class_names", []))
-    label = resolve_label(FLAGS.label, class_names)
-    n = FLAGS.num_samples or 64
-    images = loaded.family.sample_images(
-        loaded.model, loaded.params, loaded.config, jax.random.PRNGKey(FLAGS.seed), n,
-        label=label, guidance=FLAGS.guidance, steps=FLAGS.steps)
-    out = FLAGS.out or f"{FLAGS.workdir}/samples.png"
-    save_grid(jax.device_get(images), out)
-    what = "all classes" if label is None else class_names[label]
-    print(f"wrote {n} samples ({what}, step {loaded.step}) to {out}", flush=True)
+    text = getattr(loaded.family, "conditioning", lambda c: "")(loaded.config) == "text"
+    if text:
+        if opts.label not in (None, ""):
+            raise UserError("--label: this model is text-conditional; describe the image "
+                            "with --prompt instead, e.g. --prompt='a pair of sandals'")
+        if opts.prompt is None:
+            return {"prompt": None, "target": None, "what": "one caption per class"}
+        from genjax.data.caption_tokenizer import CaptionTokenizer
+        tok = CaptionTokenizer.from_json(loaded.meta["data"]["caption_tokenizer"])
+        tokens = tok.encode(opts.prompt)  # UserError: empty or too long
+        unknown = tok.unknown_words(opts.prompt)
+        if unknown:
+            warnings.warn(f"words the model never saw, encoded as <unk>: {unknown}")
+        target = captions.prompt_class(opts.prompt) if class_names else None
+        return {"prompt": tokens, "target": target, "what": repr(opts.prompt)}
+    if opts.prompt is not None:
+        raise UserError(f"--prompt: a {loaded.config.family} model trained on class labels "
+                        f"takes --label (one of {class_names}), not a text prompt")
+    label = resolve_label(opts.label, class_names)
+    return {"label": label, "target": label,
+            "what": "all classes" if label is None else class_names[label]}
+
+
+def feature_net_probs(loaded):
+    """probs_fn(images_NxHxWxC in [-1, 1]) -> [N, classes] of the Fashion-MNIST classifier
+    (genjax/evaluators/feature_net.py)."""
+    try:
+        from genjax.evaluators.feature_net import load_feature_net
+    except ImportError as e:
+        raise UserError(f"--best_of/--min_confidence for images need the classifier of "
+                        f"genjax/evaluators/feature_net.py, which is not available ({e})") from None
+    net = load_feature_net(loaded.config.data)
+    return net.probs
+
+
+def sample_images(loaded, opts=None, probs_fn=None) -> str | None:
+    """Image grid (+ <out>.json metadata) from a diffusion/vae/gan workdir. `opts`: the
+    flags (or any object with their names); `probs_fn`: the classifier (tests pass a
+    stand-in; default: feature_net_probs, loaded only for --best_of / --min_confidence)."""
+    import json
+
+    import jax
+    import numpy as np
+
+    from genjax.image_grid import save_grid
+    from genjax.sampling import best_of_n, postprocess
+    opts = FLAGS if opts is None else opts
+    if opts.min_confidence < 0 or opts.min_confidence > 1:
+        raise UserError(f"--min_confidence={opts.min_confidence}: must be in [0, 1]")
+    cond = image_condition(loaded, opts)
+    n = opts.num_samples or 64
+    if opts.best_of < 1 or (opts.best_of > 1 and opts.best_of < n):
+        raise UserError(f"--best_of={opts.best_of}: must be 1 (off) or >= --num_samples={n}")
+    scoring = opts.best_of > 1 or opts.min_confidence > 0
+    if scoring and cond["target"] is None and opts.best_of > 1:
+        raise UserError("--best_of ranks by the classifier's confidence for the prompted "
+                        "class: name exactly one garment (--label, or a --prompt such as "
+                        "'a pair of sandals')")
+    if scoring and probs_fn is None:
+        probs_fn = feature_net_probs(loaded)
+    kwargs = {k: cond[k] for k in ("label", "prompt") if k in cond}
+
+    def generate(k, seed):
+        return np.asarray(jax.device_get(loaded.family.sample_images(
+            loaded.model, loaded.params, loaded.config, jax.random.PRNGKey(seed), k,
+            guidance=opts.guidance, steps=opts.steps, **kwargs)))
+
+    if opts.best_of > 1:
+        ranked = best_of_n.best_of_n_images(
+            generate, best_of_n.class_confidence(probs_fn, cond["target"]), opts.best_of,
+            seed=opts.seed)[:n]
+    else:
+        ranked = [(im, None) for im in generate(n, opts.seed)]
+    hooks = []
+    if opts.min_confidence > 0:
+        class_names = list(loaded.meta.get("data", {}).get("class_names", []))
+        hooks.append(postprocess.image_confidence_filter(
+            lambda im: np.asarray(probs_fn(im[None]))[0], threshold=opts.min_confidence,
+            class_names=class_names, target=cond["target"]))
+    records = postprocess.run_hooks([im for im, _ in ranked], hooks, key="image")
+    out = opts.out or f"{opts.workdir}/samples.png"
+    meta = {"workdir": opts.workdir, "step": loaded.step, "prompt": opts.prompt,
+            "label": opts.label, "target_class": cond["target"], "guidance": opts.guidance,
+            "steps": opts.steps, "seed": opts.seed, "best_of": opts.best_of,
+            "min_confidence": opts.min_confidence, "samples": []}
+    for i, (r, (_, score)) in enumerate(zip(records, ranked)):
+        row = {"rank": i + 1, "score": score, "rejected": r["rejected"], "reason": r["reason"],
+               **{k: r[k] for k in ("label", "confidence") if k in r}}
+        meta["samples"].append(row)
+        if r["rejected"]:
+            print("[filtered] " + json.dumps(row), flush=True)
+    kept = [r["image"] for r in records if not r["rejected"]]
+    meta["kept"] = len(kept)
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with open(out + ".json", "w") as f:
+        json.dump(meta, f, indent=1)
+    if not kept:
+        print(f"all {n} samples were rejected (--min_confidence={opts.min_confidence}); "
+              f"no grid written; see {out}.json", flush=True)
+        return None
+    save_grid(np.stack(kept), out)
+    extra = f", best {n} of {opts.best_of}" if opts.best_of > 1 else ""
+    print(f"wrote {len(kept)} samples ({cond['what']}{extra}, step {loaded.step}) to {out}",
+          flush=True)
     return out
 
 
@@ -197,6 +304,7 @@ def main(argv) -> None:
     if loaded.config.family == "lm":
         sample_lm(loaded)
     elif hasattr(loaded.family, "sample_images"):
+        warnings.formatwarning = lambda message, *_args, **_kwargs: f"warning: {message}\n"
         sample_images(loaded)
     else:
         raise UserError(f"family {loaded.config.family!r} has no sampler")

@@ -10,6 +10,7 @@ would still move Adam's momentum.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable
 
 import jax
@@ -32,8 +33,57 @@ class TrainState:
     ema_params: PyTree         # EMA of params, or {} when config.optim.ema_decay == 0
     model_state: PyTree        # non-trained collections (e.g. spectral-norm vectors), or {}
     rng: jax.Array             # uint32[2] base key; step keys are fold_in(rng, step)
-    skips: jax.Array           # int32: consecutive skipped (non-finite) updates
-    total_skips: jax.Array     # int32: all skipped updates so far
+    skips: jax.Array           # int32: consecutive skipped updates (non-finite or spike)
+    total_skips: jax.Array     # int32: all skipped non-finite updates so far
+    guard: "LossGuard"         # loss-spike guard statistics (kept even when the guard is off)
+
+
+@struct.dataclass
+class LossGuard:
+    """Running statistics of accepted losses, for skipping loss spikes (see `is_spike`)."""
+    mean: jax.Array            # float32: EMA of accepted losses
+    sq: jax.Array              # float32: EMA of their squares (variance = sq - mean^2)
+    count: jax.Array           # int32: accepted losses seen (warm-up clock)
+    spikes: jax.Array          # int32: updates skipped as spikes so far
+
+
+def init_guard() -> LossGuard:
+    return LossGuard(mean=jnp.zeros((), jnp.float32), sq=jnp.zeros((), jnp.float32),
+                     count=jnp.zeros((), jnp.int32), spikes=jnp.zeros((), jnp.int32))
+
+
+@dataclasses.dataclass(frozen=True)
+class SpikeGuard:
+    """Settings: skip an update whose loss > mean + k * std of the EMA of accepted losses,
+    once `warmup` losses were accepted. k == 0 turns the guard off."""
+    k: float = 0.0
+    warmup: int = 100
+    decay: float = 0.99
+
+
+def spike_guard(config) -> SpikeGuard:
+    """config.spike_k / spike_warmup / spike_decay (genjax/config_lib.py) -> SpikeGuard."""
+    return SpikeGuard(k=float(config.spike_k), warmup=int(config.spike_warmup),
+                      decay=float(config.spike_decay))
+
+
+def is_spike(guard: LossGuard, loss: jax.Array, cfg: SpikeGuard) -> jax.Array:
+    """bool scalar: `loss` is a spike given the statistics so far."""
+    if not cfg.k:
+        return jnp.array(False)
+    std = jnp.sqrt(jnp.maximum(guard.sq - guard.mean ** 2, 0.0))
+    return (guard.count >= cfg.warmup) & (loss > guard.mean + cfg.k * std)
+
+
+def update_guard(guard: LossGuard, loss: jax.Array, accepted: jax.Array,
+                 spike: jax.Array, cfg: SpikeGuard) -> LossGuard:
+    """Folds an accepted loss into the EMA (the first one initialises it); counts a spike."""
+    loss = loss.astype(jnp.float32)
+    d = jnp.where(guard.count == 0, 0.0, cfg.decay)
+    mean = jnp.where(accepted, d * guard.mean + (1 - d) * loss, guard.mean)
+    sq = jnp.where(accepted, d * guard.sq + (1 - d) * loss ** 2, guard.sq)
+    return LossGuard(mean=mean, sq=sq, count=guard.count + accepted.astype(jnp.int32),
+                     spikes=guard.spikes + spike.astype(jnp.int32))
 
 
 def init_state(params, model_state, tx, rng, *, ema: bool) -> TrainState:
@@ -41,12 +91,23 @@ def init_state(params, model_state, tx, rng, *, ema: bool) -> TrainState:
         step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
         ema_params=jax.tree_util.tree_map(jnp.copy, params) if ema else {},
         model_state=model_state, rng=rng,
-        skips=jnp.zeros((), jnp.int32), total_skips=jnp.zeros((), jnp.int32))
+        skips=jnp.zeros((), jnp.int32), total_skips=jnp.zeros((), jnp.int32),
+        guard=init_guard())
 
 
 def step_rng(state: TrainState) -> jax.Array:
-    """The key of this step: a resumed run draws exactly the same randomness."""
+    """The raw uint32[2] key of this step: a resumed run draws exactly the same randomness."""
     return jax.random.fold_in(state.rng, state.step)
+
+
+def step_key(state: TrainState) -> jax.Array:
+    """`step_rng` as a typed key: JAX's key-reuse checker (jax_debug_key_reuse) tracks
+    typed keys only, so the loss functions see one and a reused key fails in tests.
+    (A state whose `rng` is a typed key already is used as is.)"""
+    key = step_rng(state)
+    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        return key
+    return jax.random.wrap_key_data(key)
 
 
 def all_finite(tree) -> jax.Array:
@@ -80,9 +141,14 @@ def _select_group_opt_state(new, old, active: dict[str, jax.Array]):
 def train_step(state: TrainState, batch: PyTree, *, loss_fn: LossFn,
                tx: optax.GradientTransformation, compute_dtype=jnp.float32,
                ema_decay: float = 0.0, labels=None, group_active=None,
-               skip_nonfinite: bool = True) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One optimizer step. `loss_fn(params, model_state, batch, rng)` -> (loss, (metrics, model_state))."""
-    rng = step_rng(state)
+               skip_nonfinite: bool = True, spike: SpikeGuard = SpikeGuard()
+               ) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One optimizer step. `loss_fn(params, model_state, batch, rng)` -> (loss, (metrics, model_state)).
+
+    An update is skipped (state kept, counters moved) when its loss or gradients are
+    non-finite (`skip_nonfinite`) or its loss is a spike (`spike.k` > 0).
+    """
+    rng = step_key(state)
 
     def objective(params):
         params_c = optim.cast_floating(params, compute_dtype)  # grads flow back to fp32
@@ -105,20 +171,25 @@ def train_step(state: TrainState, batch: PyTree, *, loss_fn: LossFn,
         ema_params = optim.ema_update(state.ema_params, params, ema_decay)
 
     finite = all_finite(grads) & jnp.isfinite(loss)
-    if skip_nonfinite:  # a bad batch leaves the state untouched except the counters
-        params = _where(finite, params, state.params)
-        opt_state = _where(finite, opt_state, state.opt_state)
-        ema_params = _where(finite, ema_params, state.ema_params)
-        model_state = _where(finite, model_state, state.model_state)
+    spiked = finite & is_spike(state.guard, loss, spike)
+    keep = (finite | (not skip_nonfinite)) & ~spiked
+    if skip_nonfinite or spike.k:  # a bad batch leaves the state untouched except the counters
+        params = _where(keep, params, state.params)
+        opt_state = _where(keep, opt_state, state.opt_state)
+        ema_params = _where(keep, ema_params, state.ema_params)
+        model_state = _where(keep, model_state, state.model_state)
     skipped = (~finite).astype(jnp.int32)
+    bad = ((~finite) | spiked).astype(jnp.int32)
 
     new_state = state.replace(
         step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema_params,
-        model_state=model_state, skips=(state.skips + skipped) * skipped,
-        total_skips=state.total_skips + skipped)
+        model_state=model_state, skips=(state.skips + bad) * bad,
+        total_skips=state.total_skips + skipped,
+        guard=update_guard(state.guard, loss, finite & ~spiked, spiked, spike))
     metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads),
                    param_norm=optax.global_norm(params), skipped=skipped,
-                   consecutive_skips=new_state.skips)
+                   consecutive_skips=new_state.skips, spike=spiked.astype(jnp.int32),
+                   total_spikes=new_state.guard.spikes)
     return new_state, metrics
 
 

@@ -24,14 +24,13 @@ import numpy as np
 
 from genjax import assemble as assemble_lib
 from genjax import checkpoint as ckpt_lib
-from genjax import config_lib, flops, optim, runtime, sharding
-from genjax.config_lib import UserError
+from genjax import config_lib, faults, flops, optim, runtime, sharding
+from genjax.config_lib import ConfigError, UserError
 from genjax.metrics_writer import MetricsWriter, Progress
+from genjax.rollback import BatchBook, NonFinite
 from genjax.workdir import WorkdirLock, write_run_meta
 
 EXIT_PREEMPTED = 143  # 128 + SIGTERM: schedulers (Slurm, k8s) read it as "requeue me"
-# Tests only: SIGKILL this process right after step N was dispatched (and saved, if due).
-_FAULT_KILL_AT_STEP = int(os.environ.get("GENJAX_FAULT_KILL_AT_STEP", "-1"))
 
 
 class Preempted(SystemExit):
@@ -56,36 +55,39 @@ class _SigtermFlag:
         return self
 
 
-def train(config, workdir: str, *, stop_after: int | None = None) -> dict[str, Any]:
+def train(config, workdir: str, *, stop_after: int | None = None, data=None) -> dict[str, Any]:
     """Trains `config` in `workdir` (resuming if possible); returns the final eval metrics.
 
     `stop_after`: leave the loop after this many steps of *this* call (tests use it to
     simulate an interruption; the checkpoint of the last step is still written).
+    `data`: use this data object instead of `family.make_data(config)` (same interface;
+    e.g. genjax/data/array_data.py for generated images held in memory).
     """
     # ------------------------------------------------------------------ setup
     if config.deterministic:  # must precede backend initialisation
-        flag = "--xla_gpu_deterministic_ops=true"
-        if flag not in os.environ.get("XLA_FLAGS", ""):
-            os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + flag).strip()
-    runtime.initialize_distributed()
+        runtime.request_deterministic_ops()
+    if config.on_nan not in ("halt", "rollback"):
+        raise ConfigError(f"config.on_nan={config.on_nan!r}: use halt | rollback")
+    runtime.initialize_distributed(peer_timeout_s=int(config.peer_timeout_s))
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)
     is_main = jax.process_index() == 0
     family = config_lib_family(config)
     lock = WorkdirLock(workdir).acquire()
     try:
-        return _train(config, workdir, family, is_main, stop_after)
+        return _train(config, workdir, family, is_main, stop_after, data)
     finally:
         lock.release()
 
 
-def _train(config, workdir, family, is_main, stop_after):
+def _train(config, workdir, family, is_main, stop_after, data=None):
     sigterm = _SigtermFlag().install()
 
     # ------------------------------------------------------------------ data
     # Loaded first: a missing dataset fails before anything is compiled.
-    data = family.make_data(config, process_index=jax.process_index(),
-                            process_count=jax.process_count())
+    if data is None:
+        data = family.make_data(config, process_index=jax.process_index(),
+                                process_count=jax.process_count())
     splits = list(getattr(data, "splits", []) or [])
     if splits and config.eval_split not in splits:
         raise UserError(f"config.eval_split={config.eval_split!r}: the dataset has {splits}")
@@ -120,10 +122,12 @@ def _train(config, workdir, family, is_main, stop_after):
     restored = None
     if latest is not None:  # falls back past corrupt steps (or raises with strict_restore)
         restored = ckpt.restore_latest(parts.abstract_state, strict=bool(config.strict_restore))
+    book = BatchBook.from_meta(None, 0)  # on_nan=rollback: batches drawn and discarded
     if restored is not None:
-        state, data_state, _, resumed_step = restored
+        state, data_state, saved_meta, resumed_step = restored
         if data_state:
             train_iter.set_state(data_state)
+        book = BatchBook.from_meta(saved_meta, resumed_step)
         logging.info("resumed from %s/%d", ckpt.directory, resumed_step)
         print(f"resumed from step {resumed_step}", flush=True)
     else:
@@ -182,10 +186,22 @@ def _train(config, workdir, family, is_main, stop_after):
                                       jax.random.PRNGKey(config.seed), n)
         save_grid(jax.device_get(images), os.path.join(workdir, "samples", f"step_{step}.png"))
 
+    def run_evaluators(step: int) -> None:
+        """config.evals with during_training=True (genjax/evaluators), as eval/<name>/<key>."""
+        from genjax import evaluators
+        names = evaluators.during_training(config)
+        if not names:
+            return
+        ctx = evaluators.for_training(config, parts, state, meta, step, workdir, data)
+        for name, result in ctx.run(names).items():
+            writer.write(step, result["metrics"], prefix=f"eval/{name}/")
+            progress.show(f"eval/{name} @ {step}: " + _fmt(result["metrics"]))
+
     def save(step: int) -> None:
         metrics = {f"eval/{k}": v for k, v in last_eval.get(step, {}).items()
                    if isinstance(v, (int, float))}
-        ckpt.save(step, state, train_iter.get_state(), meta, metrics=metrics)
+        ckpt.save(step, state, train_iter.get_state(), dict(meta, batches=book.to_meta()),
+                  metrics=metrics)
 
     # ------------------------------------------------------------------ loop
     pending = None  # (step, metrics on device): read one step late, the host never waits
@@ -194,15 +210,18 @@ def _train(config, workdir, family, is_main, stop_after):
         m = jax.device_get(metrics)
         if int(m.get("skipped", 0)):
             logging.warning("step %d: non-finite gradients, update skipped", step)
-        if not math.isfinite(float(m.get("param_norm", 0.0))):
-            raise FloatingPointError(f"step {step}: parameters became non-finite; stopping "
-                                     f"(last good checkpoint: {ckpt.latest_step()})")
+        if int(m.get("spike", 0)):
+            logging.warning("step %d: loss spike (%.4g), update skipped", step, float(m["loss"]))
         consecutive = int(m.get("consecutive_skips", 0))
+        if not math.isfinite(float(m.get("param_norm", 0.0))):
+            raise NonFinite(f"step {step}: parameters became non-finite (last good "
+                            f"checkpoint: {ckpt.latest_step()})",
+                            step - max(consecutive, 1) + 1, step)
         if consecutive >= config.max_consecutive_skips:
-            raise FloatingPointError(f"step {step}: {consecutive} consecutive non-finite "
-                                     f"updates (config.max_consecutive_skips)")
+            raise NonFinite(f"step {step}: {consecutive} consecutive skipped updates "
+                            f"(config.max_consecutive_skips)", step - consecutive + 1, step)
         if not math.isfinite(float(m["loss"])) and not config.skip_nonfinite:
-            raise FloatingPointError(f"step {step}: loss is {m['loss']}")
+            raise NonFinite(f"step {step}: loss is {m['loss']}", step, step)
         if step % config.log_every_steps == 0 or step == config.total_steps:
             m = {k: float(v) for k, v in m.items()}
             m["lr"] = float(lr_fn(step - 1))
@@ -215,35 +234,77 @@ def _train(config, workdir, family, is_main, stop_after):
             writer.write(step, m)
             progress.show(progress.line(step, m, rate, units_per_step, mfu))
 
+    def roll_back(bad: NonFinite) -> int:
+        """on_nan=rollback: restore the newest checkpoint before the bad steps, mark their
+        batches bad (never trained on again) and return the restored step."""
+        nonlocal state, book
+        if config.on_nan != "rollback":
+            raise bad
+        if book.rollbacks >= config.max_rollbacks:
+            raise FloatingPointError(f"{bad} after {book.rollbacks} rollbacks "
+                                     f"(config.max_rollbacks)")
+        ordinals = book.mark_bad(bad.first, bad.last)
+        target = ckpt.rollback_to(bad.first)
+        if target is None:
+            raise FloatingPointError(f"{bad}; no checkpoint before step {bad.first} to "
+                                     f"roll back to")
+        state, data_state, saved_meta = ckpt.restore(target, parts.abstract_state)
+        train_iter.set_state(data_state)
+        book = book.rolled_back_to(BatchBook.from_meta(saved_meta, target))
+        msg = (f"{bad}; rolled back to step {target}, skipping batches {ordinals} "
+               f"(rollback {book.rollbacks}/{config.max_rollbacks})")
+        logging.warning(msg)
+        print(f"warning: {msg}", flush=True)
+        writer.write(target, {"rollback/to_step": target, "rollback/count": book.rollbacks})
+        return target
+
     total = int(config.total_steps)
     last_step = start_step
     steps_this_call = 0
+    keep_ordinals = int(config.max_consecutive_skips) + 2
     t0 = time.perf_counter()
+    step = start_step
     try:
-        for step in range(start_step + 1, total + 1):
-            batch = assemble_lib.shard_batch(parts, next(train_iter))
+        while step < total:
+            step += 1
+            ordinal, local = book.draw(train_iter, step, keep_ordinals)
+            batch = assemble_lib.shard_batch(parts, faults.poison_if(ordinal, local))
             state, metrics = parts.train_step(state, batch)
             last_step = step
-            if pending is not None:
-                handle(*pending)
-            pending = (step, metrics)
             steps_this_call += 1
-            if config.eval_every_steps and step % config.eval_every_steps == 0 and step < total:
-                handle(*pending)
+            preempted = sigterm.raised  # read once: a signal arriving later waits for the next step
+            stopping = preempted or (stop_after is not None and steps_this_call >= stop_after)
+            evaluating = (bool(config.eval_every_steps) and step % config.eval_every_steps == 0
+                          and step < total)
+            saving = step % config.ckpt_every_steps == 0 or step == total or stopping
+            try:
+                if pending is not None:
+                    handle(*pending)
+                pending = (step, metrics)
+                if saving or evaluating:  # never checkpoint or evaluate unchecked params
+                    handle(*pending)
+                    pending = None
+            except NonFinite as bad:
+                step = last_step = roll_back(bad)
                 pending = None
+                progress.reset(step)
+                continue
+            if evaluating:
                 ev = run_eval(step, int(config.eval_batches))
                 last_eval.clear()
                 last_eval[step] = ev
                 writer.write(step, ev, prefix="eval/")
                 progress.show(f"eval @ {step}: " + _fmt(ev))
                 write_grid(step)
+                run_evaluators(step)
                 progress.reset(step)
-            stopping = sigterm.raised or (stop_after is not None and steps_this_call >= stop_after)
-            if step % config.ckpt_every_steps == 0 or step == total or stopping:
+            if saving:
                 save(step)
-            if step == _FAULT_KILL_AT_STEP:  # fault injection for the resume tests
-                os.kill(os.getpid(), signal.SIGKILL)
-            if sigterm.raised:
+                if faults.at("kill_after_save", step):
+                    ckpt.wait()
+            faults.kill_if("kill", step)  # fault injection for the resume tests
+            faults.kill_if("kill_after_save", step)
+            if preempted:
                 ckpt.wait()
                 print(f"preempted: saved step {step}, exiting with {EXIT_PREEMPTED}", flush=True)
                 raise Preempted()

@@ -1,26 +1,30 @@
-"""Shared specification of every family: the same step, jitted or not, on any mesh.
+"""Shared specification of every family: the same step, jitted or not, on any mesh, and
+the same loop, interrupted or not.
 
-Golden values pin the first step's loss of each family's `tiny` config on a fixed
-random batch. Update them only when the model, loss or initialisation changes on
-purpose (say so in the commit); a change from refactoring alone is a bug.
+Golden values pin the first step's loss of each family's `tiny` config on a fixed random
+batch (un-jitted, one device). Update them only when the model, loss or initialisation
+changes on purpose (say so in the commit); a change from refactoring alone is a bug.
 """
 import importlib
+import os
 
 import jax
 import numpy as np
 import pytest
 
-from genjax import assemble, sharding
+from genjax import assemble, sharding, train
+from genjax.checkpoint import Checkpointer
 
-# family -> (config module, batch maker, golden first-step loss)
-# The image families (diffusion, vae, gan) join this table once their tiny configs
-# compile fast enough for the CI budget; tests/test_image_families.py covers them now.
+# family -> (config module, golden first-step loss of its tiny config)
 FAMILIES = {
-    "lm": ("configs.lm_shakespeare", "tokens", 4.174229),
+    "lm": ("configs.lm_shakespeare", 4.174229),
+    "diffusion": ("configs.diffusion_fmnist", 0.996686),
+    "vae": ("configs.vae_fmnist", 6.306058),
+    "gan": ("configs.gan_fmnist", 1.919613),
 }
 
 
-def tiny_config(family: str, mesh: dict | None = None):
+def tiny_config(family: str, mesh: dict | None = None, **overrides):
     module = importlib.import_module(FAMILIES[family][0])
     c = module.get_config("tiny")
     c.unlock()
@@ -28,10 +32,15 @@ def tiny_config(family: str, mesh: dict | None = None):
         c.model.vocab_size = 64
     else:  # what resolve_config fills in from Fashion-MNIST
         c.data.channels = 1
-        c.data.image_size = c.data.image_size or 28
         if "num_classes" in c.model and not c.model.num_classes:
             c.model.num_classes = 10
     c.mesh.update(mesh or dict(data=1, fsdp=1, tensor=1))
+    for key, value in overrides.items():
+        node, *path = key.split(".")
+        target = c
+        for p in [node, *path][:-1]:
+            target = target[p]
+        target[[node, *path][-1]] = value
     c.lock()
     return c
 
@@ -57,31 +66,93 @@ def build(family, mesh=None):
     return assemble.assemble(config, sharding.make_mesh(config.mesh))
 
 
+def leaves_equal(a, b) -> bool:
+    la, lb = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
+    return len(la) == len(lb) and all(
+        np.array_equal(np.asarray(jax.device_get(x)), np.asarray(jax.device_get(y)))
+        for x, y in zip(la, lb))
+
+
 @pytest.mark.parametrize("family", sorted(FAMILIES))
-def test_jit_equals_no_jit(family):
+def test_one_unjitted_step_gives_the_golden_loss_and_equals_the_jitted_step(family):
     parts = build(family)
     batch = random_batch(parts)
     state = parts.init_state()
     eager_state, eager_metrics = assemble.unjitted_train_step(parts)(
         jax.device_get(state), jax.device_get(assemble.shard_batch(parts, batch)))
     jit_state, jit_metrics = parts.train_step(state, assemble.shard_batch(parts, batch))
-    np.testing.assert_allclose(float(eager_metrics["loss"]), float(jit_metrics["loss"]), rtol=1e-5)
-    for a, b in zip(jax.tree_util.tree_leaves(eager_state.params),
-                    jax.tree_util.tree_leaves(jit_state.params)):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
-    golden = FAMILIES[family][2]
-    if golden is not None:
-        np.testing.assert_allclose(float(eager_metrics["loss"]), golden, rtol=1e-4,
-                                   err_msg="golden first-step loss changed: see module docstring")
+    np.testing.assert_allclose(float(eager_metrics["loss"]), FAMILIES[family][1], rtol=1e-4,
+                               err_msg="golden first-step loss changed: see module docstring")
+    for k in eager_metrics:
+        np.testing.assert_allclose(float(eager_metrics[k]), float(jit_metrics[k]),
+                                   rtol=1e-4, atol=1e-5, err_msg=k)
+    assert jax.tree_util.tree_structure(eager_state) == jax.tree_util.tree_structure(jit_state)
+    for a, b in zip(jax.tree_util.tree_leaves(eager_state), jax.tree_util.tree_leaves(jit_state)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_eight_devices_equal_one(family):
-    losses = {}
+    results = {}
     for name, mesh in {"one": None, "eight": dict(data=2, fsdp=2, tensor=2)}.items():
         parts = build(family, mesh)
-        state = parts.init_state()
-        state, m = parts.train_step(state, assemble.shard_batch(parts, random_batch(parts)))
-        losses[name] = float(m["loss"])
-    np.testing.assert_allclose(losses["one"], losses["eight"], rtol=1e-5)
+        state, metrics = parts.train_step(parts.init_state(),
+                                          assemble.shard_batch(parts, random_batch(parts)))
+        results[name] = (jax.device_get(state.params), jax.device_get(metrics))
+    (p1, m1), (p8, m8) = results["one"], results["eight"]
+    for k in m1:
+        np.testing.assert_allclose(float(m1[k]), float(m8[k]), rtol=1e-5, atol=1e-6, err_msg=k)
+    for a, b in zip(jax.tree_util.tree_leaves(p1), jax.tree_util.tree_leaves(p8)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
+
+def _losses(workdir) -> dict[int, float]:
+    """Last logged loss of each step (an interrupted run logs its last steps twice)."""
+    import json
+    out = {}
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        for line in f:
+            row = json.loads(line)
+            if "loss" in row:
+                out[row["step"]] = row["loss"]
+    return out
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_interrupted_run_resumes_bit_for_bit(family, data_dir, tmp_path):
+    """Stop after 3 of 6 steps, run again: every step's loss and the whole final state
+    (params, optimizer, EMA, model state, RNG, data position) equal an uninterrupted run."""
+    overrides = {"total_steps": 6, "log_every_steps": 1, "ckpt_every_steps": 100,
+                 "eval_every_steps": 0, "final_eval_batches": 1, "optim.warmup_steps": 2,
+                 "optim.ema_decay": 0.9, "mesh.data": 2}
+    if family != "lm":
+        overrides["sample.grid_samples"] = 0
+    config = tiny_config(family, **overrides)
+    if family == "lm":  # the tokenizer decides the vocabulary
+        config.unlock()
+        config.model.vocab_size = 0
+        config.lock()
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    train.train(config.copy_and_resolve_references(), str(ref))
+    train.train(config.copy_and_resolve_references(), str(run), stop_after=3)
+    assert sorted(os.listdir(run / "checkpoints")) == ["3"]
+    train.train(config.copy_and_resolve_references(), str(run))
+    want, got = _losses(ref), _losses(run)
+    assert sorted(want) == list(range(1, 7)) and got == want
+
+    parts = assemble.assemble(_resolved(ref), sharding.make_mesh(config.mesh))
+    states = [Checkpointer(str(d), read_only=True).restore(6, parts.abstract_state)
+              for d in (ref, run)]
+    (s_ref, data_ref, _), (s_run, data_run, _) = states
+    assert jax.tree_util.tree_leaves(s_ref.ema_params), "EMA is part of the state"
+    assert leaves_equal(s_ref, s_run)
+    assert data_ref == data_run
+
+
+def _resolved(workdir):
+    """The config a run resolved (vocab size, channels...) from its config.json."""
+    import json
+    from genjax import config_lib
+    c = config_lib.from_dict(json.loads((workdir / "config.json").read_text()))
+    c.lock()
+    return c

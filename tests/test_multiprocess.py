@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -21,35 +22,37 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _cmd(workdir, text):
+def _cmd(workdir, text, *extra):
     return [sys.executable, "-m", "genjax.train", "--config=configs/lm_shakespeare.py:tiny",
             f"--workdir={workdir}", "--config.total_steps=8", "--config.log_every_steps=1",
             "--config.ckpt_every_steps=2", "--config.eval_every_steps=0",
-            "--config.data.name=text", f"--config.data.text_file={text}"]
+            "--config.final_eval_batches=2",
+            "--config.data.name=text", f"--config.data.text_file={text}", *extra]
 
 
-def _launch(workdir, text, data_dir, num_processes, devices_per_process, kill_at=None):
-    """Runs the train command as `num_processes` processes; returns their outputs."""
+def _launch(workdir, text, data_dir, num_processes, devices_per_process, faults=(), extra=(),
+            hang_s=HANG_S):
+    """Runs the train command as `num_processes` processes; returns their outputs.
+    faults[i]: GENJAX_FAULTS of process i (genjax/faults.py)."""
     port = _free_port()
     procs = []
     for i in range(num_processes):
         env = dict(os.environ, JAX_PLATFORMS="cpu", GENJAX_DATA_DIR=data_dir,
-                   XLA_FLAGS=f"--xla_force_host_platform_device_count={devices_per_process}")
+                   XLA_FLAGS=f"--xla_force_host_platform_device_count={devices_per_process}",
+                   GENJAX_FAULTS=faults[i] if i < len(faults) else "")
         if num_processes > 1:
             env.update(JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES=str(num_processes),
                        JAX_PROCESS_ID=str(i), GENJAX_INIT_TIMEOUT="60")
-        if kill_at is not None:
-            env["GENJAX_FAULT_KILL_AT_STEP"] = str(kill_at)
-        procs.append(subprocess.Popen(_cmd(workdir, text), cwd=ROOT, env=env, text=True,
+        procs.append(subprocess.Popen(_cmd(workdir, text, *extra), cwd=ROOT, env=env, text=True,
                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
     outs = []
     try:
         for p in procs:
-            outs.append(p.communicate(timeout=HANG_S)[0])
+            outs.append(p.communicate(timeout=hang_s)[0])
     except subprocess.TimeoutExpired:
         for p in procs:
             p.kill()
-        pytest.fail(f"a process hung for {HANG_S} s:\n" +
+        pytest.fail(f"a process hung for {hang_s} s:\n" +
                     "\n".join((p.communicate()[0] or "")[-2000:] for p in procs))
     return [(p.returncode, out) for p, out in zip(procs, outs)]
 
@@ -64,20 +67,24 @@ def _losses(workdir):
     return out
 
 
-@pytest.mark.slow
-def test_two_processes_train_and_resume_like_one(tmp_path, data_dir):
+@pytest.fixture(scope="module")
+def text(tmp_path_factory, data_dir):
     from genjax.data.text_builders import prepare
     rng = np.random.default_rng(0)
     words = "the king queen lord love death night day sword crown heart fair sweet".split()
-    text = tmp_path / "text.txt"
-    text.write_text("\n".join(" ".join(rng.choice(words, 7)) for _ in range(600)) + "\n")
-    prepare(str(text), data_dir)  # once: the processes must not race to build it
+    path = tmp_path_factory.mktemp("text") / "text.txt"
+    path.write_text("\n".join(" ".join(rng.choice(words, 7)) for _ in range(600)) + "\n")
+    prepare(str(path), data_dir)  # once: the processes must not race to build it
+    return path
 
+
+@pytest.mark.slow
+def test_two_processes_train_and_resume_like_one(tmp_path, text, data_dir):
     [(rc, out)] = _launch(tmp_path / "one", text, data_dir, 1, 8)
     assert rc == 0, out[-3000:]
 
     # Two processes, killed -9 at step 5 (after the step-4 checkpoint was started) ...
-    killed = _launch(tmp_path / "two", text, data_dir, 2, 4, kill_at=5)
+    killed = _launch(tmp_path / "two", text, data_dir, 2, 4, faults=("kill@5", "kill@5"))
     assert [rc for rc, _ in killed] == [-9, -9], "\n".join(o[-2000:] for _, o in killed)
     # ... then the same command: both resume from the last complete checkpoint.
     resumed = _launch(tmp_path / "two", text, data_dir, 2, 4)
@@ -93,3 +100,37 @@ def test_two_processes_train_and_resume_like_one(tmp_path, data_dir):
     final_one = json.loads((tmp_path / "one" / "final_metrics.json").read_text())
     final_two = json.loads((tmp_path / "two" / "final_metrics.json").read_text())
     np.testing.assert_allclose(final_two["loss"], final_one["loss"], rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_a_dead_peer_ends_the_survivor_non_zero_within_the_timeout(tmp_path, text, data_dir):
+    """Process 1 is SIGKILLed at step 3; process 0, waiting for it in the next collective,
+    must not hang: the coordination service misses its heartbeats for peer_timeout_s and
+    terminates it (genjax/runtime.py)."""
+    timeout_s = 10
+    port, procs = _free_port(), []
+    for i, faults in enumerate(["", "kill@3"]):
+        env = dict(os.environ, JAX_PLATFORMS="cpu", GENJAX_DATA_DIR=data_dir,
+                   XLA_FLAGS="--xla_force_host_platform_device_count=4", GENJAX_FAULTS=faults,
+                   JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES="2",
+                   JAX_PROCESS_ID=str(i), GENJAX_INIT_TIMEOUT="60")
+        cmd = _cmd(tmp_path, text, f"--config.peer_timeout_s={timeout_s}")
+        procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env, text=True,
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
+    survivor, victim = procs
+    try:
+        victim.communicate(timeout=HANG_S)
+        died = time.monotonic()
+        out = survivor.communicate(timeout=timeout_s + 60)[0]
+        waited = time.monotonic() - died
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"the survivor hung: {timeout_s + 60} s after its peer died")
+    finally:
+        for p in procs:
+            p.kill()
+    assert victim.returncode == -9
+    assert survivor.returncode != 0, out[-3000:]
+    assert "step 8/8" not in out
+    print(f"survivor exited {survivor.returncode} {waited:.1f} s after its peer died")
+    # Measured on 2 busy cores: 6.5 s with peer_timeout_s=10; 53 s with JAX's defaults.
+    assert waited < timeout_s + 20

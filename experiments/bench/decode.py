@@ -1,8 +1,11 @@
-r"""LM decode throughput (new tokens/s) with and without the KV cache, and best-of-n gain.
+r"""LM decode throughput (new tokens/s) with and without the KV cache, best-of-n gain, and
+diffusion sampling throughput (images/s, DDIM).
 
   python -m experiments.bench.decode --preset=tiny                 # ~1 min on a CPU
   python -m experiments.bench.decode --preset=cpu --out=decode_cpu.json
   python -m experiments.bench.decode --preset=gpt2_124m --batch_sizes=1,64   # accelerator
+  python -m experiments.bench.decode --batch_sizes= --bon_prompts=0 \
+      --diffusion=configs/t2i_fmnist.py:cpu          # diffusion only
 
 Random params of the preset's model (configs/lm_shakespeare.py; vocab 128 for the char
 presets, 50304 for gpt2_124m), context = the preset's max_len: prompts of `prompt_len`
@@ -15,6 +18,10 @@ Both exclude compilation (compiled ahead, timed separately); tokens/s counts new
 only, prompt processing included in the time. Then best-of-n: mean over `bon_prompts`
 prompts of the chosen candidate's log-likelihood per token (temperature 1, n = 1 vs 8);
 with random params the gain is small but must be positive.
+Diffusion (`--diffusion`, a config path with preset; "" = skip): random params of that
+U-Net, `--diffusion_batch` images (default 256) by DDIM with `--diffusion_steps` (50) and the
+config's sample.guidance (> 1 and != 1: two network passes per step, conditional and
+null, in one batch of 2x), one jitted lax.scan, compiled ahead and timed separately.
 """
 from __future__ import annotations
 
@@ -99,6 +106,49 @@ def bench_best_of_n(model, params, num_prompts: int, P: int, N: int, ns=(1, 8)) 
     return {f"best_of_{n}": float(np.mean(v)) for n, v in chosen.items()}
 
 
+def bench_diffusion(spec: str, batch: int, steps: int) -> dict:
+    """images/s of DDIM sampling for the config `spec` ("path.py:preset") with random params."""
+    import importlib.util
+
+    from genjax import diffusion, sharding
+    from genjax.losses import diffusion as family
+    path, _, preset = spec.partition(":")
+    module_spec = importlib.util.spec_from_file_location("bench_config", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    config = module.get_config(preset or None)
+    config.unlock()
+    config.data.channels = config.data.channels or 1      # Fashion-MNIST, without reading it
+    config.model.num_classes = config.model.num_classes or 10
+    if family.conditioning(config) == "text":
+        config.model.text.vocab_size = family.caption_tokenizer(config).vocab_size
+    config.lock()
+    model = family.make_model(config)
+    example = family.example_batch(config, 1)
+    params = jax.jit(lambda k: sharding.unbox(
+        family.init_variables(model, k, example, config))["params"])(jax.random.PRNGKey(0))
+    guidance = float(config.sample.guidance)
+    cond = family.sample_labels(config, batch)
+    shape = (batch, *family.image_shape(config))
+
+    def run(params, rng, cond):
+        apply_fn = lambda x, t, y: model.apply({"params": params}, x, t, y)  # noqa: E731
+        return diffusion.ddim_sample(apply_fn, family.make_schedule(config), rng, shape,
+                                     parameterization=config.model.parameterization,
+                                     num_steps=steps, labels=cond, guidance=guidance,
+                                     null_label=family._null(config))
+    t0 = time.perf_counter()
+    compiled = jax.jit(run).lower(params, jax.random.PRNGKey(1), cond).compile()
+    compile_s = time.perf_counter() - t0
+    seconds = _timed(compiled, params, jax.random.PRNGKey(1), cond)
+    passes = 1 if cond is None or guidance == 1.0 else 2
+    n_params = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(params))
+    return {"config": spec, "params": n_params, "batch": batch, "ddim_steps": steps,
+            "guidance": guidance, "network_passes_per_step": passes,
+            "conditioning": family.conditioning(config), "seconds": seconds,
+            "images_per_s": batch / seconds, "compile_s": compile_s}
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--preset", default="tiny", help="tiny | cpu | gpu | gpt2_124m | ...")
@@ -107,6 +157,10 @@ def main(argv=None):
     p.add_argument("--new_tokens", type=int, default=0, help="0: to the end of the context")
     p.add_argument("--no_reference", action="store_true", help="skip the no-cache runs")
     p.add_argument("--bon_prompts", type=int, default=4, help="best-of-n prompts (0 = skip)")
+    p.add_argument("--diffusion", default="configs/diffusion_fmnist.py:cpu",
+                   help="diffusion config path:preset to time DDIM sampling ('' = skip)")
+    p.add_argument("--diffusion_batch", type=int, default=256)
+    p.add_argument("--diffusion_steps", type=int, default=50)
     p.add_argument("--out", default="decode_bench.json")
     args = p.parse_args(argv)
 
@@ -114,7 +168,7 @@ def main(argv=None):
     P = args.prompt_len or model.max_len // 4
     N = args.new_tokens or model.max_len - P
     rows = []
-    for B in (int(b) for b in args.batch_sizes.split(",")):
+    for B in (int(b) for b in args.batch_sizes.split(",") if b):
         for cache in (True, False) if not args.no_reference else (True,):
             rows.append(bench_decode(model, params, B, P, N, cache))
             r = rows[-1]
@@ -123,11 +177,13 @@ def main(argv=None):
                   f"compile {r['compile_s']:.1f} s", flush=True)
     bon = bench_best_of_n(model, params, args.bon_prompts, min(P, 16), min(N, 16)) \
         if args.bon_prompts else {}
+    diff = bench_diffusion(args.diffusion, args.diffusion_batch, args.diffusion_steps) \
+        if args.diffusion else None
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(params))
     result = {"preset": args.preset, "params": n_params, "vocab": model.vocab_size,
               "max_len": model.max_len, "dtype": str(jnp.dtype(model.dtype)),
               "device": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
-              "rows": rows, "best_of_n_loglik": bon,
+              "rows": rows, "best_of_n_loglik": bon, "diffusion": diff,
               "jax": jax.__version__, "python": platform.python_version()}
     print(f"\n{args.preset}: {n_params:,} params, vocab {model.vocab_size}, context "
           f"{model.max_len}, prompt {P} + {N} new tokens, {result['dtype']}, {result['device']}")
@@ -141,6 +197,12 @@ def main(argv=None):
         print("best-of-n, mean chosen log-likelihood (nats/token): " +
               ", ".join(f"{k.replace('best_of_', 'n=')}: {v:.4f}" for k, v in bon.items()) +
               f" (gain {bon['best_of_8'] - bon['best_of_1']:+.4f})")
+    if diff:
+        print(f"diffusion {diff['config']} ({diff['params']:,} params, {diff['conditioning']}): "
+              f"DDIM {diff['ddim_steps']} steps, batch {diff['batch']}, guidance "
+              f"{diff['guidance']:g} ({diff['network_passes_per_step']} passes/step): "
+              f"{diff['images_per_s']:,.1f} images/s ({diff['seconds']:.1f} s, compile "
+              f"{diff['compile_s']:.1f} s)")
     with open(args.out, "w") as f:
         json.dump(result, f, indent=2)
     print(f"wrote {args.out}")

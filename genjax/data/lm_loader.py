@@ -19,7 +19,7 @@ from typing import Iterator
 import grain
 import numpy as np
 
-from genjax.data import cleaning, text_builders
+from genjax.data import cleaning, records, text_builders
 
 READ_THREADS = 2    # threads slicing windows into batches (the tokens are in memory)
 PREFETCH = 4        # batches kept ready per process
@@ -57,6 +57,33 @@ def cleaning_pipeline(data_cfg) -> cleaning.CleaningPipeline | None:
     return cleaning.CleaningPipeline.from_config(data_cfg) if "cleaning" in data_cfg else None
 
 
+def eval_windows(tokens: np.ndarray, seq_len: int, batch_size: int,
+                 max_batches: int | None = None, *, process_index: int = 0,
+                 process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
+    """This process's rows of global batches of `batch_size` windows covering `tokens`
+    once, in order (module docstring): {"tokens": int32[b, T + 1], "mask": float32[b, T]}
+    with b = batch_size // process_count and T = seq_len."""
+    if batch_size % process_count:
+        raise ValueError(f"eval batch_size={batch_size} is not divisible by "
+                         f"process_count={process_count}")
+    T = int(seq_len)
+    starts = np.arange(0, max(len(tokens) - 1, 0), T)
+    num_batches = -(-len(starts) // batch_size)
+    if max_batches is not None:
+        num_batches = min(num_batches, int(max_batches))
+    local = batch_size // process_count
+    for b in range(num_batches):
+        first = b * batch_size + process_index * local
+        out = np.full((local, T + 1), PAD_ID, np.int32)
+        mask = np.zeros((local, T), np.float32)
+        for row, w in enumerate(range(first, first + local)):
+            if w < len(starts):
+                window = tokens[starts[w]:starts[w] + T + 1]
+                out[row, :len(window)] = window
+                mask[row, :len(window) - 1] = 1.0
+        yield {"tokens": out, "mask": mask}
+
+
 class LMData:
     """Token windows of a prepared text dataset, sharded over `process_count` processes.
 
@@ -84,6 +111,8 @@ class LMData:
         self.tokenizer = text_builders.builder_tokenizer(self.builder, kind, vocab_size)
         self._text: dict[str, str] = {}
         self._tokens: dict[str, np.ndarray] = {}
+        max_bad = int(data_cfg["max_bad_records"]) if "max_bad_records" in data_cfg else 0
+        self.bad_records = records.Budget(max_bad)
 
     # ------------------------------------------------------------------ splits
     @property
@@ -94,8 +123,17 @@ class LMData:
         if split not in self._text:
             if split not in self.builder.info.splits:
                 raise ValueError(f"split {split!r} not in {self.builder.name}: {self.splits}")
-            self._text[split] = text_builders.read_split(self.builder, split)
+            self._text[split] = self._read_split(split)
         return self._text[split]
+
+    def _read_split(self, split: str) -> str:
+        """text_builders.read_split, but an unreadable record is named (file, index) and
+        skipped within config.data.max_bad_records (genjax/data/records.py)."""
+        source = self.builder.as_data_source(split)
+        examples = [self.bad_records.read(source, split, i) for i in range(len(source))]
+        examples = sorted((ex for ex in examples if ex is not None),
+                          key=lambda ex: int(ex["index"]))
+        return self.builder.SEPARATOR.join(bytes(ex["text"]).decode("utf-8") for ex in examples)
 
     def tokens(self, split: str) -> np.ndarray:
         if split not in self._tokens:
@@ -129,26 +167,14 @@ class LMData:
         """This process's rows of global batches of `batch_size` (default: the training
         batch) windows covering `split` once, in order: {"tokens": int32[b, T + 1],
         "mask": float32[b, T]} with b = batch_size // process_count."""
-        batch_size = int(batch_size or self.global_batch_size)
-        if batch_size % self.process_count:
-            raise ValueError(f"eval batch_size={batch_size} is not divisible by "
-                             f"process_count={self.process_count}")
-        tokens, T = self.tokens(split), self.seq_len
-        starts = np.arange(0, max(len(tokens) - 1, 0), T)
-        num_batches = -(-len(starts) // batch_size)
-        if max_batches is not None:
-            num_batches = min(num_batches, int(max_batches))
-        local = batch_size // self.process_count
-        for b in range(num_batches):
-            first = b * batch_size + self.process_index * local
-            out = np.full((local, T + 1), PAD_ID, np.int32)
-            mask = np.zeros((local, T), np.float32)
-            for row, w in enumerate(range(first, first + local)):
-                if w < len(starts):
-                    window = tokens[starts[w]:starts[w] + T + 1]
-                    out[row, :len(window)] = window
-                    mask[row, :len(window) - 1] = 1.0
-            yield {"tokens": out, "mask": mask}
+        return eval_windows(self.tokens(split), self.seq_len,
+                            int(batch_size or self.global_batch_size), max_batches,
+                            process_index=self.process_index, process_count=self.process_count)
+
+    def documents(self, split: str) -> list[tuple[str, str]]:
+        """(name, text) of `split`: its plays for Shakespeare (joined with the builder's
+        SEPARATOR they are `text(split)`), else one document named after the split."""
+        return text_builders.read_documents(self.builder, split)
 
     # ------------------------------------------------------------------ description
     @property

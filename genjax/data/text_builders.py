@@ -245,6 +245,22 @@ def read_split(builder, split: str) -> str:
     return builder.SEPARATOR.join(bytes(ex["text"]).decode("utf-8") for ex in examples)
 
 
+def read_documents(builder, split: str) -> list[tuple[str, str]]:
+    """A split as (name, text) documents in `index` order: one per play for Shakespeare
+    (joined with SEPARATOR they are `read_split`); a text file is one document, the split."""
+    source = builder.as_data_source(split)
+    examples = sorted((source[i] for i in range(len(source))), key=lambda ex: int(ex["index"]))
+    if not examples or "play" not in examples[0]:
+        return [(split, builder.SEPARATOR.join(bytes(ex["text"]).decode("utf-8")
+                                               for ex in examples))]
+    return [(_as_str(ex["play"]), bytes(ex["text"]).decode("utf-8")) for ex in examples]
+
+
+def _as_str(value) -> str:
+    value = value.item() if hasattr(value, "item") else value
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
 def bpe_file(vocab_size: int) -> str:
     return f"tokenizer_bpe{int(vocab_size)}.json"
 

@@ -1,9 +1,12 @@
-"""Diffusion family: DDPM objective on a U-Net (eps / x0 / v prediction), class-conditional
-with label dropout for classifier-free guidance.
+"""Diffusion family: DDPM objective on a U-Net (eps / x0 / v prediction), conditioned on a
+class label or a caption (`conditioning`), with condition dropout for classifier-free
+guidance.
 
-Batch: {"image": float32[B, H, W, C] in [-1, 1], "label": int32[B]} (+ "mask": float32[B]
-in eval batches; 0 = padding). Training minimises the "simple" loss: the mean squared error
-of the network output against its target (eps, x0 or v) at a uniform random timestep.
+Batch: {"image": float32[B, H, W, C] in [-1, 1], "label": int32[B]} (+ "tokens":
+int32[B, L] caption ids for text conditioning, genjax/data/captioned_images.py; + "mask":
+float32[B] in eval batches; 0 = padding). Training minimises the "simple" loss: the mean
+squared error of the network output against its target (eps, x0 or v) at a uniform random
+timestep.
 
 Eval reports, per image (sums over the batch + "count"; the loop divides):
   loss         the simple loss (averaged over t as in training)
@@ -24,23 +27,73 @@ import jax.numpy as jnp
 import numpy as np
 
 from genjax import diffusion
+from genjax.config_lib import ConfigError
+from genjax.losses import image_seam
+from genjax.losses.image_seam import image_shape, num_classes, throughput_unit  # noqa: F401
 from genjax.models import unet
-from genjax.losses.image_seam import (  # noqa: F401  shared by the image families
-    image_shape, make_data, num_classes, resolve_config, throughput_unit)
+
+CONDITIONINGS = ("class", "text", "none")
 
 
 # ---------------------------------------------------------------- model and batches
+def conditioning(config) -> str:
+    """"text" | "class" | "none". Text: configs/t2i_fmnist.py sets model.conditioning;
+    configs without that key follow model.class_conditional (shared by the image families)."""
+    m = config.model
+    if "conditioning" not in m:
+        return "class" if m.class_conditional else "none"
+    if m.conditioning not in CONDITIONINGS:
+        raise ConfigError(f"config.model.conditioning={m.conditioning!r}: choose one of "
+                          f"{CONDITIONINGS}")
+    if (m.conditioning == "class") != bool(m.class_conditional):
+        raise ConfigError(f"config.model.conditioning={m.conditioning!r} contradicts "
+                          f"config.model.class_conditional={m.class_conditional}")
+    return m.conditioning
 
 
 def make_model(config) -> unet.UNet:
     m = config.model
     if m.name != "unet":
         raise ValueError(f"config.model.name={m.name!r}: the diffusion family has: unet")
+    dtype = jnp.dtype(config.compute_dtype)
+    text, cross = None, ()
+    if conditioning(config) == "text":
+        from genjax.models.text_encoder import TextEncoder
+        t = m.text
+        if not t.vocab_size:
+            raise ValueError("config.model.text.vocab_size is 0: resolve it from the data first")
+        text = TextEncoder(vocab_size=t.vocab_size, max_words=t.max_words, width=t.width,
+                           num_layers=t.num_layers, num_heads=t.num_heads,
+                           mlp_ratio=t.mlp_ratio, dtype=dtype)
+        cross = tuple(t.cross_attn_resolutions)
     return unet.UNet(
         out_channels=image_shape(config)[-1], width=m.width, channel_mult=tuple(m.channel_mult),
         num_res_blocks=m.num_res_blocks, attn_resolutions=tuple(m.attn_resolutions),
         num_heads=m.num_heads, dropout=m.dropout, num_classes=num_classes(config),
-        dtype=jnp.dtype(config.compute_dtype))
+        text_encoder=text, cross_attn_resolutions=cross, dtype=dtype)
+
+
+def caption_tokenizer(config):
+    """The caption tokenizer of a text model (genjax/data/caption_tokenizer.py)."""
+    from genjax.data.caption_tokenizer import CaptionTokenizer
+    return CaptionTokenizer.from_captions(int(config.model.text.max_words))
+
+
+def make_data(config, *, process_index: int, process_count: int):
+    if conditioning(config) != "text":
+        return image_seam.make_data(config, process_index=process_index,
+                                    process_count=process_count)
+    from genjax.data.captioned_images import CaptionedImageData
+    return CaptionedImageData(
+        config.data, global_batch_size=int(config.batch_size), seed=int(config.seed),
+        max_words=int(config.model.text.max_words), eval_captions=config.data.eval_captions,
+        process_index=process_index, process_count=process_count)
+
+
+def resolve_config(config, data) -> None:
+    image_seam.resolve_config(config, data)
+    if conditioning(config) == "text":
+        config.model.text.vocab_size = int(data.tokenizer.vocab_size)
 
 
 def make_schedule(config) -> diffusion.Schedule:
@@ -48,18 +101,31 @@ def make_schedule(config) -> diffusion.Schedule:
 
 
 def example_batch(config, batch_size: int) -> dict[str, np.ndarray]:
-    return {"image": np.zeros((batch_size, *image_shape(config)), np.float32),
-            "label": np.zeros((batch_size,), np.int32)}
+    batch = {"image": np.zeros((batch_size, *image_shape(config)), np.float32),
+             "label": np.zeros((batch_size,), np.int32)}
+    if conditioning(config) == "text":
+        batch["tokens"] = np.zeros((batch_size, int(config.model.text.max_words)), np.int32)
+    return batch
 
 
 def init_variables(model, rng, batch, config) -> dict:
     b = len(batch["label"])
     return model.init({"params": rng}, jnp.asarray(batch["image"]), jnp.zeros((b,), jnp.int32),
-                      jnp.asarray(batch["label"]))
+                      _labels(batch, config))
 
 
 def _labels(batch, config):
-    return batch["label"].astype(jnp.int32) if num_classes(config) else None
+    """The model's condition: labels int32[B], caption tokens int32[B, L] or None."""
+    cond = conditioning(config)
+    if cond == "text":
+        return jnp.asarray(batch["tokens"], jnp.int32)
+    return jnp.asarray(batch["label"], jnp.int32) if cond == "class" else None
+
+
+def _null(config):
+    """What guidance and condition dropout put in place of the condition: the null class
+    id, or PAD (0) in every token position (the empty caption)."""
+    return 0 if conditioning(config) == "text" else num_classes(config)
 
 
 # --------------------------------------------------------------------------- loss
@@ -81,9 +147,10 @@ def loss_fn(params, model_state, batch, rng, *, model, config):
     noise_key, drop_key, label_key = jax.random.split(rng, 3)
     x0, t_B, x_t, target = _noised(batch, noise_key, config, schedule)
     labels = _labels(batch, config)
-    if labels is not None and config.model.label_dropout:  # null class for CFG
-        drop = jax.random.bernoulli(label_key, config.model.label_dropout, labels.shape)
-        labels = jnp.where(drop, num_classes(config), labels)
+    if labels is not None and config.model.label_dropout:  # null class / caption for CFG
+        drop = jax.random.bernoulli(label_key, config.model.label_dropout, labels.shape[:1])
+        labels = jnp.where(drop.reshape(drop.shape + (1,) * (labels.ndim - 1)), _null(config),
+                           labels)
     pred = model.apply({"params": params}, x_t, t_B, labels, train=True,
                        rngs={"dropout": drop_key})
     mse_B = jnp.mean((pred - target) ** 2, axis=(1, 2, 3))
@@ -135,9 +202,24 @@ def param_labels(params, config):
 
 
 # ------------------------------------------------------------------------- sampling
-def sample_labels(config, num_samples: int, label=None):
-    """None: classes 0, 1, 2, ... in turn (a conditional model) or None (unconditional);
-    an int or int array: those classes (num_classes = the null class: unconditional)."""
+def sample_labels(config, num_samples: int, label=None, prompt=None):
+    """The sampler's condition. Class models: `label` None = classes 0, 1, 2, ... in turn;
+    an int or int array: those classes (num_classes = the null class: unconditional).
+    Text models: `prompt` caption tokens int32[L] (every sample) or [N, L]; None = the
+    default caption of classes 0, 1, 2, ... in turn. Unconditional models: None."""
+    cond = conditioning(config)
+    if cond == "text":
+        if label is not None:
+            raise ValueError("a text-conditional model takes prompt tokens, not a label")
+        if prompt is None:
+            from genjax.data import captions
+            tok = caption_tokenizer(config)
+            prompt = tok.encode_batch([captions.default_caption(i % len(captions.SYNONYMS))
+                                       for i in range(num_samples)])
+        prompt = jnp.asarray(prompt, jnp.int32)
+        return jnp.broadcast_to(prompt, (num_samples, prompt.shape[-1]))
+    if prompt is not None:
+        raise ValueError(f"a {cond!r}-conditioned model takes no prompt")
     n = num_classes(config)
     if not n:
         return None
@@ -147,10 +229,12 @@ def sample_labels(config, num_samples: int, label=None):
 
 
 def sample_images(model, params, config, rng, num_samples: int, label=None, guidance=None,
-                  steps=None, *, sampler=None, eta=None, model_state=None) -> jax.Array:
+                  steps=None, *, sampler=None, eta=None, model_state=None,
+                  prompt=None) -> jax.Array:
     """float32[N, H, W, C] in [-1, 1]. Defaults from config.sample: sampler (ddim | ddpm),
     steps, eta (DDIM only), guidance (1 = conditional, 0 = unconditional, > 1 = CFG).
-    One jitted lax.scan over the steps (compiled per call)."""
+    label / prompt: see sample_labels. One jitted lax.scan over the steps (compiled per
+    call)."""
     s = config.sample
     sampler = sampler or s.sampler
     if sampler not in ("ddim", "ddpm"):
@@ -160,14 +244,14 @@ def sample_images(model, params, config, rng, num_samples: int, label=None, guid
     guidance = float(s.guidance if guidance is None else guidance)
     schedule = make_schedule(config)
     shape = (int(num_samples), *image_shape(config))
-    labels = sample_labels(config, int(num_samples), label)
+    labels = sample_labels(config, int(num_samples), label, prompt)
 
     def run(params, rng, labels):  # params as an argument, not baked-in constants
         def apply_fn(x, t_B, y):
             return model.apply({"params": params}, x, t_B, y, train=False)
 
         common = dict(parameterization=config.model.parameterization, labels=labels,
-                      guidance=guidance, null_label=num_classes(config))
+                      guidance=guidance, null_label=_null(config))
         if sampler == "ddpm":
             return diffusion.ddpm_sample(apply_fn, schedule, rng, shape, num_steps=steps,
                                          var_type=config.model.var_type, **common)

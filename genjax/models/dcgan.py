@@ -4,8 +4,10 @@ The two players are submodules named "generator" and "discriminator", so the par
 split into two groups by top-level key. Options: a class-conditional generator (label
 embedding concatenated to z) and projection discriminator (Miyato & Koyama 2018);
 spectral normalisation of the discriminator (Miyato et al. 2018), whose power-iteration
-vectors live in the "spectral" collection (model_state). The generator uses GroupNorm
-instead of DCGAN's BatchNorm: no running statistics, so sampling needs only params.
+vectors live in the "spectral" collection (model_state). The generator's normalisation
+(`norm`): "batch" = DCGAN's BatchNorm but always with the current batch's statistics (in
+sampling too: no running averages, so sampling needs only params; draw >= 16 images at a
+time), "layer" (GroupNorm with one group: per image) or "none".
 """
 from __future__ import annotations
 
@@ -16,11 +18,28 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from genjax import sharding
-from genjax.models.unet import dense, group_norm
 
 _CONV = (None, None, "conv_in", "conv_out")
 _ACT = ("batch", "height", "width", "channels")
 _INIT = nn.initializers.normal(0.02)  # DCGAN's init
+
+
+NORMS = ("batch", "layer", "none")
+
+
+class BatchStatNorm(nn.Module):
+    """Normalises each channel over (batch, H, W) of the current batch; learned scale/bias."""
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x_BxHxWxC):
+        C = x_BxHxWxC.shape[-1]
+        scale = self.param("scale", nn.initializers.ones, (C,))
+        bias = self.param("bias", nn.initializers.zeros, (C,))
+        x = x_BxHxWxC.astype(jnp.float32)
+        mean = jnp.mean(x, axis=(0, 1, 2))
+        var = jnp.mean(jnp.square(x - mean), axis=(0, 1, 2))
+        return ((x - mean) * jax.lax.rsqrt(var + 1e-5) * scale + bias).astype(self.dtype)
 
 
 def _l2_normalize(x, eps=1e-12):
@@ -83,33 +102,45 @@ class Generator(nn.Module):
     width: int = 64
     channel_mult: Sequence[int] = (4, 2, 1)   # per level, coarse to fine; each level doubles H, W
     num_classes: int = 0
-    norm: str = "group"                       # group | none
+    norm: str = "batch"                       # batch | layer | none
     dtype: jnp.dtype = jnp.float32
+
+    def _norm(self, h):
+        if self.norm == "batch":
+            return BatchStatNorm(self.dtype)(h)
+        if self.norm == "layer":
+            return nn.GroupNorm(num_groups=1, dtype=self.dtype)(h)
+        return h
 
     @nn.compact
     def __call__(self, z_BxZ, labels_B=None):
-        if self.norm not in ("group", "none"):
-            raise ValueError(f"generator norm {self.norm!r}: use group | none")
+        if self.norm not in NORMS:
+            raise ValueError(f"generator norm {self.norm!r}: choose one of {NORMS}")
         H, W, C = self.image_shape
         levels = len(self.channel_mult)
         if H % 2 ** levels or W % 2 ** levels:
             raise ValueError(f"image {H}x{W} not divisible by 2^{levels}")
-        norm = (lambda c: group_norm(c, self.dtype)) if self.norm == "group" else (  # noqa: E731
-            lambda c: (lambda h: h))
         h = z_BxZ.astype(self.dtype)
         if self.num_classes:
             y = nn.Embed(self.num_classes, self.latent_dim, dtype=self.dtype, name="label_embed")(
                 labels_B)
             h = jnp.concatenate([h, y], axis=-1)
         h0, w0, c0 = H // 2 ** levels, W // 2 ** levels, self.width * self.channel_mult[0]
-        h = dense(h0 * w0 * c0, dtype=self.dtype)(h).reshape(-1, h0, w0, c0)
-        h = nn.relu(norm(c0)(h))
+        # A bias right before a normalisation that subtracts the batch mean gets no gradient
+        # (Adam would turn its rounding noise into full-size steps): none there.
+        biased = self.norm == "none"
+        h = nn.Dense(h0 * w0 * c0, use_bias=biased, dtype=self.dtype,
+                     kernel_init=nn.with_logical_partitioning(
+                         nn.initializers.variance_scaling(1.0, "fan_avg", "uniform"),
+                         ("conv_in", "conv_out")))(h)
+        h = nn.relu(self._norm(h.reshape(-1, h0, w0, c0)))
         for mult in list(self.channel_mult[1:]) + [None]:
             c = C if mult is None else self.width * mult
             h = nn.ConvTranspose(c, (4, 4), strides=(2, 2), padding="SAME", dtype=self.dtype,
+                                 use_bias=biased or mult is None,
                                  kernel_init=nn.with_logical_partitioning(_INIT, _CONV))(h)
             if mult is not None:
-                h = sharding.constrain(nn.relu(norm(c)(h)), _ACT)
+                h = sharding.constrain(nn.relu(self._norm(h)), _ACT)
         return jnp.tanh(h.astype(jnp.float32))
 
 
@@ -145,7 +176,7 @@ class DCGAN(nn.Module):
     channel_mult: Sequence[int] = (4, 2, 1)   # generator's; the discriminator mirrors it
     num_classes: int = 0
     spectral_norm: bool = False
-    g_norm: str = "group"
+    g_norm: str = "batch"
     dtype: jnp.dtype = jnp.float32
 
     def setup(self):

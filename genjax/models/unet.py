@@ -63,8 +63,14 @@ class ResBlock(nn.Module):
     def __call__(self, x, temb, train: bool):
         h = nn.swish(group_norm(x.shape[-1], self.dtype)(x))
         h = conv(self.features, dtype=self.dtype)(h)
-        h = h + dense(self.features, dtype=self.dtype)(nn.swish(temb))[:, None, None, :]
-        h = nn.swish(group_norm(self.features, self.dtype)(h))
+        # The time (and class/caption) embedding modulates the *normalised* activations
+        # (scale-shift norm, Dhariwal & Nichol 2021). Added before the norm, as in DDPM, a
+        # per-channel shift is subtracted away again whenever a group holds one channel
+        # (widths <= 32 here: gcd(32, C) groups), and the net would not see t at all.
+        scale_BxC, shift_BxC = jnp.split(
+            dense(2 * self.features, dtype=self.dtype)(nn.swish(temb)), 2, axis=-1)
+        h = group_norm(self.features, self.dtype)(h)
+        h = nn.swish(h * (1 + scale_BxC[:, None, None, :]) + shift_BxC[:, None, None, :])
         h = nn.Dropout(self.dropout, deterministic=not train)(h)
         h = conv(self.features, zero=True, dtype=self.dtype)(h)
         if x.shape[-1] != self.features:
@@ -95,8 +101,47 @@ class Attention(nn.Module):
         return x_BxHxWxC + o.reshape(B, H, W, C)
 
 
+class CrossAttention(nn.Module):
+    """Image positions attend to text tokens ctx_BxSxD (valid where mask_BxS); residual,
+    zero-initialised output, so a new cross-attention starts as the identity."""
+    num_heads: int = 1
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x_BxHxWxC, ctx_BxSxD, mask_BxS):
+        B, H, W, C = x_BxHxWxC.shape
+        if C % self.num_heads:
+            raise ValueError(f"cross-attention: {C} channels not divisible by "
+                             f"num_heads={self.num_heads}")
+        N, D = self.num_heads, C // self.num_heads
+        h = group_norm(C, self.dtype)(x_BxHxWxC).reshape(B, H * W, C)
+        q_BxLxNxD = nn.DenseGeneral(
+            (N, D), dtype=self.dtype, name="q",
+            kernel_init=nn.with_logical_partitioning(_init(), ("conv_in", "heads", "kv")))(h)
+        kv_BxSx2xNxD = nn.DenseGeneral(
+            (2, N, D), dtype=self.dtype, name="kv",
+            kernel_init=nn.with_logical_partitioning(_init(), ("embed", None, "heads", "kv")))(
+                ctx_BxSxD.astype(self.dtype))
+        o_BxLxNxD = jax.nn.dot_product_attention(q_BxLxNxD, kv_BxSx2xNxD[:, :, 0],
+                                                 kv_BxSx2xNxD[:, :, 1],
+                                                 mask=mask_BxS[:, None, None, :])
+        o = nn.DenseGeneral(C, axis=(-2, -1), dtype=self.dtype, name="out",
+                            kernel_init=nn.with_logical_partitioning(
+                                _init(zero=True), ("heads", "kv", "conv_out")))(o_BxLxNxD)
+        return x_BxHxWxC + o.reshape(B, H, W, C)
+
+
 class UNet(nn.Module):
-    """eps/x0/v network: (x_t [B,H,W,C], t [B], labels [B] | None) -> float32[B,H,W,C]."""
+    """eps/x0/v network: (x_t [B,H,W,C], t [B], cond | None) -> float32[B,H,W,C].
+
+    cond: class labels int32[B] (num_classes > 0), caption tokens int32[B, L]
+    (text_encoder set; all-PAD = the null caption) or None (unconditional).
+    Text conditioning: the encoder's pooled embedding is added to the time embedding
+    (what the whole caption means steers every block, as a class embedding does, for the
+    cost of one dense layer), and cross-attention to its token embeddings at
+    `cross_attn_resolutions` (per-word detail; only at low resolution, where H*W queries
+    are few). Alternatives an ablation can pick: cross_attn_resolutions=() (pooled only).
+    """
     out_channels: int = 1
     width: int = 128
     channel_mult: Sequence[int] = (1, 2, 2, 2)
@@ -105,14 +150,25 @@ class UNet(nn.Module):
     num_heads: int = 1
     dropout: float = 0.1
     num_classes: int = 0      # 0: unconditional; else ids 0..num_classes-1 plus null = num_classes
+    text_encoder: nn.Module | None = None   # genjax/models/text_encoder.TextEncoder
+    cross_attn_resolutions: Sequence[int] = ()  # spatial sizes (H) attending to the text
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x_BxHxWxC, t_B, labels_B=None, *, train: bool = False):
         dt, w = self.dtype, self.width
+        if self.num_classes and self.text_encoder is not None:
+            raise ValueError("UNet: num_classes and text_encoder are exclusive")
         temb = timestep_embedding(t_B, w)
         temb = dense(4 * w, dtype=dt)(temb)
         temb = dense(4 * w, dtype=dt)(nn.swish(temb))
+        ctx = None
+        if self.text_encoder is not None:
+            if labels_B is None:  # unconditional call: the null caption
+                labels_B = jnp.zeros((t_B.shape[0], self.text_encoder.max_words), jnp.int32)
+            ctx_BxSxD, mask_BxS, pooled_BxD = self.text_encoder(labels_B)
+            ctx = (ctx_BxSxD, mask_BxS)
+            temb = temb + dense(4 * w, dtype=dt, name="text_pooled")(pooled_BxD)
         if self.num_classes:
             if labels_B is None:  # unconditional call of a conditional model: the null class
                 labels_B = jnp.full(t_B.shape, self.num_classes, jnp.int32)
@@ -122,8 +178,12 @@ class UNet(nn.Module):
                     nn.initializers.normal(1.0), (None, "conv_out")))(labels_B)
 
         block = lambda f: ResBlock(f, self.dropout, dt)  # noqa: E731
-        attend = lambda h: (Attention(self.num_heads, dt)(h)  # noqa: E731
-                            if h.shape[1] in self.attn_resolutions else h)
+        def attend(h, middle=False):
+            if middle or h.shape[1] in self.attn_resolutions:
+                h = Attention(self.num_heads, dt)(h)
+            if ctx is not None and h.shape[1] in self.cross_attn_resolutions:
+                h = CrossAttention(self.num_heads, dt)(h, *ctx)
+            return h
 
         h = sharding.constrain(conv(w, dtype=dt)(x_BxHxWxC.astype(dt)), _ACT)
         skips = [h]
@@ -136,7 +196,7 @@ class UNet(nn.Module):
                 skips.append(h)
 
         h = block(h.shape[-1])(h, temb, train)
-        h = Attention(self.num_heads, dt)(h)
+        h = attend(h, middle=True)
         h = block(h.shape[-1])(h, temb, train)
 
         for level, mult in reversed(list(enumerate(self.channel_mult))):

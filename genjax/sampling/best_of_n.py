@@ -9,7 +9,9 @@
 Score functions: `lm_loglik` (log-likelihood of each continuation given its prompt under
 an LM, summed or averaged per token, one batched forward pass) and `per_item(fn)`, which
 lifts any one-candidate callable (a reward model, an image classifier's confidence) to a
-batched score_fn. `best_of_n_text` wires it to genjax.sampling.text for one prompt.
+batched score_fn. `best_of_n_text` wires it to genjax.sampling.text for one prompt;
+`best_of_n_images` to any image sampler, scored by e.g. `class_confidence` (a classifier's
+probability for the prompted class).
 
 Ranking by the model's own likelihood favours safe, repetitive text (the mean per token
 less so than the sum, which also favours short outputs); it is a cheap reranker, not a
@@ -126,3 +128,21 @@ def best_of_n_text(model, params, tokenizer, req, n: int, *, reduce: str = "mean
     score_fn = score_fn or lm_loglik(model, params, reduce=reduce,
                                      valid_vocab=tokenizer.vocab_size)
     return best_of_n(generate_fn, score_fn, n, seed=req.seed)
+
+
+# ----------------------------------------------------------------------------- images
+def class_confidence(probs_fn: Callable[[np.ndarray], np.ndarray], target: int) -> ScoreFn:
+    """score_fn: probs_fn(images_NxHxWxC)[:, target], a classifier's probability that each
+    image shows class `target` (one batched call)."""
+    def score(candidates):
+        probs_NxC = np.asarray(probs_fn(np.stack(candidates)), np.float64)
+        if not 0 <= int(target) < probs_NxC.shape[-1]:
+            raise ValueError(f"target class {target} not in 0..{probs_NxC.shape[-1] - 1}")
+        return probs_NxC[:, int(target)]
+    return score
+
+
+def best_of_n_images(sample_fn: Callable[[int, int], np.ndarray], score_fn: ScoreFn, n: int,
+                     *, seed: int = 0) -> list[tuple[np.ndarray, float]]:
+    """n images from sample_fn(n, seed) -> [n, H, W, C], each with its score, best first."""
+    return best_of_n(lambda k, s: list(np.asarray(sample_fn(k, s))), score_fn, n, seed=seed)

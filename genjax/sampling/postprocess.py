@@ -148,19 +148,30 @@ def max_chars(n: int) -> Hook:
 
 # ----------------------------------------------------------------------------- images
 def image_confidence_filter(probs_fn: Callable[[np.ndarray], np.ndarray], *,
-                            threshold: float = 0.5, class_names: Sequence[str] = ()) -> Hook:
+                            threshold: float = 0.5, class_names: Sequence[str] = (),
+                            target: int | None = None) -> Hook:
     """Rejects an image (record["image"], HxWxC) whose classifier is unsure.
 
-    probs_fn(image) -> class probabilities [C]; the image is rejected when the top
-    probability is below `threshold`. Records "label" and "confidence" either way.
+    probs_fn(image) -> class probabilities [C]. Without `target` the image is rejected
+    when the top probability is below `threshold`; with `target` (the prompted class) when
+    that class's probability is. Records "label" (the top class) and "confidence" (the
+    judged probability) either way.
     """
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"image filter threshold={threshold}: must be in [0, 1]")
+
+    def name(i: int):
+        return class_names[i] if class_names else i
+
     def hook(record: Record) -> Record:
         probs = np.asarray(probs_fn(record["image"]), np.float64).reshape(-1)
         top = int(np.argmax(probs))
-        label = class_names[top] if class_names else top
-        record = {**record, "label": label, "confidence": float(probs[top])}
-        if probs[top] < threshold:
-            return _reject(record, f"image classifier unsure: top class {label!r} has "
-                                   f"p={probs[top]:.3f} < {threshold}", key="image")
+        judged = top if target is None else int(target)
+        record = {**record, "label": name(top), "confidence": float(probs[judged])}
+        if probs[judged] < threshold:
+            what = f"top class {name(top)!r}" if target is None else \
+                f"prompted class {name(judged)!r} (top: {name(top)!r})"
+            return _reject(record, f"image classifier unsure: {what} has "
+                                   f"p={probs[judged]:.3f} < {threshold}", key="image")
         return record
     return hook

@@ -1,0 +1,216 @@
+"""Evaluators: small plug-ins that score a trained model, found by module path.
+
+A plug-in is `genjax/evaluators/<name>.py` (imported with importlib; no registry) with
+
+  evaluate(ctx: EvalContext, settings: ConfigDict) -> dict
+  FAMILIES = ("lm", ...)     optional: the families it applies to (absent = all)
+
+configured per run as `config.evals.<name>` (its settings: `during_training` plus its
+own keys). `evaluate` returns
+  {"metrics": {str: float},
+   "floors": {str: float},   same keys as some metrics: the real-vs-real reference
+   "figures": [str],         PNG paths written under ctx.out_dir
+   "markdown": str,          optional extra report section
+   "details": dict}          optional, JSON-able
+(`normalize` fills the optional keys and checks the types).
+
+Who runs them: `python -m genjax.evaluate --workdir=W` (every configured evaluator that
+applies, then W/eval/report.md), and genjax.train at each periodic eval (those with
+`during_training=True`, logged to metrics.jsonl as eval/<name>/<key>).
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import math
+import os
+import pkgutil
+import time
+from types import ModuleType
+from typing import Any, Iterable, Sequence
+
+import jax
+import numpy as np
+
+from genjax.config_lib import UserError
+
+NOT_PLUGINS = ("report", "plots", "feature_net", "text_match")  # helpers, not plug-ins
+
+
+# ----------------------------------------------------------------------- lookup
+def available() -> list[str]:
+    """Module names in this package that could be evaluators (helpers excluded)."""
+    return sorted(m.name for m in pkgutil.iter_modules(__path__)
+                  if m.name not in NOT_PLUGINS and not m.name.startswith("_"))
+
+
+def get(name: str) -> ModuleType:
+    """The evaluator module `name`; UserError for a typo or a module that is no evaluator."""
+    if not name.isidentifier():
+        raise UserError(f"evaluator name {name!r} is not a module name; available: {available()}")
+    try:
+        module = importlib.import_module(f"genjax.evaluators.{name}")
+    except ModuleNotFoundError as e:
+        if e.name != f"genjax.evaluators.{name}":
+            raise
+        raise UserError(f"unknown evaluator {name!r}: no genjax/evaluators/{name}.py; "
+                        f"available: {available()}") from None
+    if not callable(getattr(module, "evaluate", None)):
+        raise UserError(f"genjax.evaluators.{name} is not an evaluator (no evaluate()); "
+                        f"available: {available()}")
+    return module
+
+
+def applies(module: ModuleType, family: str) -> bool:
+    families = getattr(module, "FAMILIES", None)
+    return families is None or family in families
+
+
+def configured(config) -> list[str]:
+    """Names in config.evals (in config order); [] for a run without the section."""
+    return list(config.evals.keys()) if "evals" in config else []
+
+
+def resolve(config, names: Sequence[str] | None = None) -> list[str]:
+    """`names` checked against the run (configured, applies to its family); None: every
+    configured evaluator that applies. UserError names the problem."""
+    have = configured(config)
+    if names is None:
+        return [n for n in have if applies(get(n), config.family)]
+    for name in names:
+        module = get(name)
+        if name not in have:
+            raise UserError(f"evaluator {name!r} is not configured in this run's config.evals "
+                            f"(configured: {have})")
+        if not applies(module, config.family):
+            raise UserError(f"evaluator {name!r} applies to families {module.FAMILIES}, "
+                            f"not {config.family!r}")
+    return list(names)
+
+
+def during_training(config) -> list[str]:
+    """Configured evaluators that apply and have during_training=True."""
+    return [n for n in resolve(config) if bool(config.evals[n].during_training)]
+
+
+# ----------------------------------------------------------------------- results
+def normalize(name: str, result: Any) -> dict:
+    """Checks an evaluator's return value and fills the optional keys."""
+    if not isinstance(result, dict) or "metrics" not in result:
+        raise TypeError(f"evaluator {name!r} must return a dict with 'metrics'")
+    unknown = set(result) - {"metrics", "floors", "figures", "markdown", "details"}
+    if unknown:
+        raise TypeError(f"evaluator {name!r} returned unknown keys {sorted(unknown)}")
+    metrics = {str(k): float(v) for k, v in result["metrics"].items()}
+    floors = {str(k): float(v) for k, v in (result.get("floors") or {}).items()}
+    extra = sorted(set(floors) - set(metrics))
+    if extra:
+        raise ValueError(f"evaluator {name!r}: floors {extra} have no metric of that name")
+    figures = [str(p) for p in result.get("figures") or []]
+    missing = [p for p in figures if not os.path.isfile(p)]
+    if missing:
+        raise ValueError(f"evaluator {name!r}: figures not written: {missing}")
+    details = result.get("details") or {}
+    json.dumps(details, allow_nan=True)  # TypeError names what is not JSON-able
+    return {"metrics": metrics, "floors": floors, "figures": figures,
+            "markdown": str(result.get("markdown") or ""), "details": details}
+
+
+# ----------------------------------------------------------------------- context
+@dataclasses.dataclass
+class EvalContext:
+    """Everything an evaluator may need; built by genjax.evaluate or genjax.train."""
+    config: Any           # the run's (locked) ConfigDict
+    family: ModuleType    # genjax.losses.<family>
+    model: Any            # flax module
+    params: Any           # EMA or raw (see `which`)
+    model_state: Any
+    meta: dict            # checkpoint meta: {"data": {tokenizer | class_names ...}, ...}
+    step: int
+    workdir: str
+    out_dir: str          # W/eval (created)
+    which: str            # "ema" | "raw"
+    seed: int
+    data: Any             # family.make_data(...): eval_batches, train_iterator, text, ...
+    parts: Any = None     # genjax.assemble.Parts; built on first use of `eval_sums`
+
+    def __post_init__(self):
+        os.makedirs(self.out_dir, exist_ok=True)
+
+    # ------------------------------------------------------------------ family eval
+    def eval_sums(self, batches: Iterable[dict]) -> dict[str, float]:
+        """The family's jitted eval_fn over local numpy `batches` (as genjax.train's
+        run_eval does): metric sums, including "count". Each batch's sums are read before
+        the next is dispatched: many queued programs with collectives can deadlock XLA's
+        CPU thread pool (seen on 2 cores)."""
+        if self.parts is None:
+            from genjax import assemble, sharding
+            self.parts = assemble.assemble(self.config, sharding.make_mesh(self.config.mesh))
+        from genjax.assemble import shard_batch
+        sums: dict[str, float] = {}
+        for b in batches:
+            out = jax.device_get(self.parts.eval_step(self.params, self.model_state,
+                                                      shard_batch(self.parts, b)))
+            for k, v in out.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+        return sums
+
+    # ------------------------------------------------------------------ images
+    def sample_images(self, n: int, *, label=None, batch_size: int = 256, seed: int = 0):
+        """(images float32[n, H, W, C] in [-1, 1], labels int32[n] or None) from the
+        family's `sample_images`, in batches of one shape (the last one is trimmed).
+        labels: each sample's requested class (cycled over the classes when `label` is
+        None) for a class-conditional model; None for an unconditional one."""
+        if not hasattr(self.family, "sample_images"):
+            raise ValueError(f"family {self.config.family!r} does not sample images")
+        n, b = int(n), max(1, min(int(batch_size), int(n)))
+        num_batches = math.ceil(n / b)
+        labels_all = None
+        if hasattr(self.family, "sample_labels"):
+            labels_all = self.family.sample_labels(self.config, num_batches * b, label)
+        key = jax.random.PRNGKey(seed)
+        images = []
+        for i in range(num_batches):
+            lab = None if labels_all is None else labels_all[i * b:(i + 1) * b]
+            images.append(np.asarray(jax.device_get(self.family.sample_images(
+                self.model, self.params, self.config, jax.random.fold_in(key, i), b,
+                label=lab)), np.float32))
+        images_NxHxWxC = np.concatenate(images)[:n]
+        labels_N = None if labels_all is None else np.asarray(labels_all, np.int32)[:n]
+        return images_NxHxWxC, labels_N
+
+    # ------------------------------------------------------------------ plug-ins
+    def run(self, names: Sequence[str] | None = None) -> dict[str, dict]:
+        """{name: normalized result + "seconds"} for `names` (None: all that apply)."""
+        results = {}
+        for name in resolve(self.config, names):
+            t0 = time.perf_counter()
+            result = normalize(name, get(name).evaluate(self, self.config.evals[name]))
+            result["seconds"] = time.perf_counter() - t0
+            results[name] = result
+        return results
+
+
+def from_loaded(loaded, workdir: str, *, which: str, seed: int = 0, data=None) -> EvalContext:
+    """Context for a `genjax.inference.load` result; `data` defaults to the family's."""
+    config = loaded.config
+    if data is None:
+        data = loaded.family.make_data(config, process_index=jax.process_index(),
+                                       process_count=jax.process_count())
+    has_ema = bool(config.optim.ema_decay)
+    return EvalContext(
+        config=config, family=loaded.family, model=loaded.model, params=loaded.params,
+        model_state=loaded.model_state, meta=loaded.meta, step=int(loaded.step),
+        workdir=workdir, out_dir=os.path.join(workdir, "eval"),
+        which=which if has_ema else "raw", seed=seed, data=data)
+
+
+def for_training(config, parts, state, meta: dict, step: int, workdir: str, data) -> EvalContext:
+    """Context inside genjax.train: the current EMA params (raw without EMA)."""
+    ema = bool(jax.tree_util.tree_leaves(state.ema_params))
+    return EvalContext(
+        config=config, family=parts.family, model=parts.model,
+        params=state.ema_params if ema else state.params, model_state=state.model_state,
+        meta=meta, step=int(step), workdir=workdir, out_dir=os.path.join(workdir, "eval"),
+        which="ema" if ema else "raw", seed=int(config.seed), data=data, parts=parts)

@@ -1,0 +1,67 @@
+"""on_nan = "rollback": which batches of the data stream a run has drawn and discards.
+
+Every batch the loop takes from the data iterator gets an ordinal (0, 1, 2, ...). When
+training goes bad (non-finite parameters, or `max_consecutive_skips` skipped updates in
+a row) the loop restores the newest checkpoint *before* the bad steps and marks those
+steps' batch ordinals bad; after that, a bad ordinal is drawn and thrown away, so the run
+continues on the following batches. The book is saved in every checkpoint's meta, so a
+resumed run discards exactly the same batches.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Iterator
+
+from genjax import faults
+
+
+class NonFinite(FloatingPointError):
+    """Training went bad at steps [first, last] (one line on the CLI, exit 1)."""
+
+    def __init__(self, message: str, first: int, last: int):
+        super().__init__(message)
+        self.first, self.last = int(first), int(last)
+
+
+@dataclasses.dataclass
+class BatchBook:
+    drawn: int = 0                                  # batches taken from the iterator
+    bad: set[int] = dataclasses.field(default_factory=set)  # ordinals thrown away
+    rollbacks: int = 0                              # rollbacks so far in this run
+    ordinal_of: dict[int, int] = dataclasses.field(default_factory=dict)  # recent step -> ordinal
+
+    @classmethod
+    def from_meta(cls, meta: dict | None, step: int) -> "BatchBook":
+        """The book saved with a checkpoint of `step` (older checkpoints: `step` drawn)."""
+        saved = (meta or {}).get("batches") or {}
+        book = cls(drawn=int(saved.get("drawn", step)), bad=set(saved.get("bad", ())),
+                   rollbacks=int(saved.get("rollbacks", 0)))
+        book.bad |= faults.dropped()
+        return book
+
+    def to_meta(self) -> dict[str, Any]:
+        return {"drawn": self.drawn, "bad": sorted(self.bad), "rollbacks": self.rollbacks}
+
+    def draw(self, iterator: Iterator, step: int, keep_last: int) -> tuple[int, Any]:
+        """(ordinal, batch) for `step`: the next batch that is not marked bad."""
+        while True:
+            ordinal, batch = self.drawn, next(iterator)
+            self.drawn += 1
+            if ordinal not in self.bad:
+                break
+        self.ordinal_of[step] = ordinal
+        self.ordinal_of.pop(step - keep_last, None)
+        return ordinal, batch
+
+    def mark_bad(self, first_step: int, last_step: int) -> list[int]:
+        """Marks the batches of steps [first_step, last_step]; returns their ordinals."""
+        ordinals = [self.ordinal_of[s] for s in range(first_step, last_step + 1)
+                    if s in self.ordinal_of]
+        self.bad.update(ordinals)
+        return ordinals
+
+    def rolled_back_to(self, saved: "BatchBook") -> "BatchBook":
+        """The book after restoring a checkpoint whose book was `saved`: its position,
+        the bad batches known now, one more rollback."""
+        return BatchBook(drawn=saved.drawn, bad=self.bad | saved.bad,
+                         rollbacks=self.rollbacks + 1)

@@ -1,0 +1,202 @@
+"""Specification of the image evaluators (genjax/evaluators/{feature_net, image_quality,
+novelty, cas}.py) by known answers: a set against itself, disjoint sets, copies of the
+training data, real images in place of samples. The feature net is the tiny preset of
+configs/fmnist_classifier.py, built once per module in a temporary cache.
+"""
+import os
+
+import numpy as np
+import pytest
+
+from configs import fmnist_classifier
+from genjax.data.array_data import ArrayData
+from genjax.evaluators import cas, feature_net, image_quality as iq, novelty
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    """<tmp>/feature_net: where the evaluators look with GENJAX_CACHE_DIR=<tmp>."""
+    return os.path.join(str(tmp_path_factory.mktemp("genjax_cache")), "feature_net")
+
+
+@pytest.fixture(scope="module")
+def data_cfg(data_dir):
+    return fmnist_classifier.get_config("tiny").data
+
+
+@pytest.fixture(scope="module")
+def net(data_cfg, cache_dir):
+    return feature_net.load_feature_net(data_cfg, preset="tiny", cache_dir=cache_dir)
+
+
+@pytest.fixture(scope="module")
+def real(data_cfg):
+    """The first 2000 train and test images: {split: (images, labels)}."""
+    from genjax.data.image_loader import ImageData
+    data = ImageData(data_cfg, global_batch_size=8, seed=0)
+    return {s: cas.real_split(data, s, 2000) for s in ("train", "test")}
+
+
+# ------------------------------------------------------------------ feature net
+def test_feature_net_is_a_trained_classifier(net, real):
+    x, y = real["test"]
+    f = net.features(x[:300])
+    p = net.probs(x[:300])
+    assert f.shape == (300, net.config.model.feature_dim) and f.dtype == np.float32
+    assert p.shape == (300, 10) and np.allclose(p.sum(1), 1, atol=1e-5)
+    np.testing.assert_allclose(net.probs_from_features(f), p, atol=1e-5)
+    assert net.name.startswith("fmnist_classifier-") and len(net.class_names) == 10
+    # 60 steps of the tiny preset: well above chance (0.1), measured on 640 test images
+    assert 0.4 < net.test_accuracy <= 1.0
+    assert abs(np.mean(p.argmax(1) == y[:300]) - net.test_accuracy) < 0.12
+    with pytest.raises(ValueError, match=r"takes images \[N, 32, 32, 1\]"):
+        net.features(np.zeros((2, 28, 28, 1), np.float32))
+
+
+def test_feature_net_cache_is_reused_and_rebuilt_when_the_config_changes(
+        net, data_cfg, cache_dir, monkeypatch):
+    from genjax import train as train_lib
+
+    class Trained(Exception):
+        pass
+
+    def no_training(config, workdir, **kw):
+        os.makedirs(os.path.join(workdir, "checkpoints"), exist_ok=True)  # a half-built net
+        raise Trained(config.model.feature_dim)
+
+    monkeypatch.setattr(train_lib, "train", no_training)
+    monkeypatch.setattr(feature_net, "_LOADED", {})  # a new process: only the disk cache
+    again = feature_net.load_feature_net(data_cfg, preset="tiny", cache_dir=cache_dir)
+    assert again.name == net.name and again.test_accuracy == net.test_accuracy
+
+    changed = fmnist_classifier.get_config("tiny")
+    changed.unlock()
+    changed.model.feature_dim = 24
+    monkeypatch.setattr(feature_net, "classifier_config", lambda d, p: changed)
+    with pytest.raises(Trained):  # another checksum: a new build starts...
+        feature_net.load_feature_net(data_cfg, preset="tiny", cache_dir=cache_dir)
+    # ...and its failure leaves nothing behind that a later call would trust
+    assert sorted(os.listdir(cache_dir)) == [net.name]
+    assert feature_net.cached_info(data_cfg, "tiny", cache_dir) is None
+
+
+# ------------------------------------------------------------------ FID / KID / P&R
+def test_frechet_distance_of_gaussians_has_the_closed_form():
+    mu1, mu2 = np.array([0.0, 1.0, 2.0]), np.array([1.0, 1.0, 0.0])
+    c1, c2 = np.diag([1.0, 4.0, 9.0]), np.diag([4.0, 1.0, 1.0])
+    # commuting covariances: ||mu1 - mu2||^2 + sum (sqrt a - sqrt b)^2 = 5 + (1 + 1 + 4)
+    assert iq.frechet_distance(mu1, c1, mu2, c2) == pytest.approx(11.0, abs=1e-9)
+    assert iq.frechet_distance(mu1, c1, mu1, c1) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_fid_fmnist_of_a_set_with_itself_is_zero_and_grows_with_noise(net, real):
+    x = real["test"][0][:1000]
+    f = net.features(x)
+    assert iq.fid_from_features(f, f) == pytest.approx(0.0, abs=1e-6)
+    rs = np.random.RandomState(0)
+    fids = [iq.fid_from_features(f, net.features(np.clip(x + s * rs.randn(*x.shape), -1, 1)
+                                                 .astype(np.float32)))
+            for s in (0.1, 0.3, 0.6)]
+    assert 0 < fids[0] < fids[1] < fids[2], fids
+
+
+def test_kid_is_zero_for_one_distribution_and_positive_for_two():
+    rs = np.random.RandomState(0)
+    a, b = rs.randn(2, 1000, 16).astype(np.float32)
+    same, same_std = iq.kid(a, b, subset_size=200, num_subsets=10)
+    assert abs(same) < 0.02 and same_std > 0
+    shifted, _ = iq.kid(a, b + 0.5, subset_size=200, num_subsets=10)
+    assert shifted > 10 * abs(same) and shifted > 0.05
+
+
+def test_precision_recall_of_a_set_with_itself_is_one_and_of_disjoint_clusters_zero():
+    rs = np.random.RandomState(0)
+    a = rs.randn(500, 8).astype(np.float32)
+    assert iq.precision_recall(a, a, k=3) == (1.0, 1.0)
+    assert iq.precision_recall(a, a + 100.0, k=3) == (0.0, 0.0)
+    # samples covering half of the real manifold: full precision, about half the recall
+    half = a[a[:, 0] > 0]
+    p, r = iq.precision_recall(a, half, k=3)
+    assert p == 1.0 and 0.35 < r < 0.75
+
+
+def test_conditional_accuracy_counts_the_requested_class():
+    probs = np.eye(4)[[0, 1, 2, 3, 0]]
+    assert iq.conditional_accuracy(probs, [0, 1, 2, 3, 1]) == pytest.approx(0.8)
+
+
+# ------------------------------------------------------------------ novelty
+def test_novelty_flags_copies_of_training_images_and_not_real_test_images(net, real):
+    train_f = net.features(real["train"][0])
+    test_f = net.features(real["test"][0])
+    ref, fresh = test_f[:1000], test_f[1000:]
+    copies = novelty.novelty_stats(train_f[::4], train_f, ref)
+    assert copies["near_copies"] == 1.0 and copies["median_nn_distance"] == 0.0
+    assert copies["test_near_copies"] == pytest.approx(0.01)
+    other = novelty.novelty_stats(fresh, train_f, ref)
+    assert 0.0 <= other["near_copies"] < 0.04
+    assert other["median_nn_distance"] == pytest.approx(other["test_median_nn_distance"],
+                                                        rel=0.2)
+    rows = np.array([5, 1, 1999])  # what the PNG shows: the images at those rows
+    np.testing.assert_array_equal(
+        novelty.train_images(ArrayData({"train": real["train"]}, net.class_names,
+                                       global_batch_size=8), rows, batch_size=300),
+        real["train"][0][rows])
+
+
+# ------------------------------------------------------------------ CAS
+@pytest.mark.slow
+def test_cas_of_real_images_matches_the_real_classifier(net, real, data_cfg):
+    """The tiny recipe (60 steps of 32) on 2000 real labelled images in memory scores what
+    the feature net (the same recipe on the training stream) scores."""
+    (x, y), (tx, ty) = real["train"], real["test"]
+    out = cas.train_and_test(x, y, tx, ty, net.class_names, data_cfg, preset="tiny")
+    assert abs(out["accuracy"] - net.test_accuracy) < 0.12, (out, net.test_accuracy)
+
+
+def test_array_data_batches_resume_and_pad():
+    x = np.arange(10, dtype=np.float32)[:, None, None, None] * np.ones((1, 2, 2, 1), np.float32)
+    y = np.arange(10, dtype=np.int32) % 3
+    data = ArrayData({"train": (x, y), "test": (x[:5], y[:5])}, ["a", "b", "c"],
+                     global_batch_size=4, seed=1)
+    it = data.train_iterator()
+    seen = [next(it)["image"][:, 0, 0, 0] for _ in range(5)]  # crosses an epoch boundary
+    assert sorted(np.concatenate(seen[:2]).tolist() + seen[2][:2].tolist()) == list(range(10))
+    state = it.get_state()
+    it2 = data.train_iterator()
+    it2.set_state(state)
+    np.testing.assert_array_equal(next(it2)["label"], next(it)["label"])
+    batches = list(data.eval_batches("test", 4))
+    assert [b["mask"].tolist() for b in batches] == [[1, 1, 1, 1], [1, 0, 0, 0]]
+    assert batches[1]["image"][0, 0, 0, 0] == 4.0
+    with pytest.raises(ValueError, match="labels outside"):
+        ArrayData({"train": (x, y + 3)}, ["a", "b", "c"], global_batch_size=4)
+
+
+# ------------------------------------------------------------------ end to end
+@pytest.mark.slow
+def test_evaluate_cli_runs_the_image_evaluators_on_a_tiny_vae(net, cache_dir, tmp_path,
+                                                               monkeypatch):
+    from configs import vae_fmnist
+    from genjax import train as train_lib
+    from genjax.evaluate import evaluate_workdir
+    monkeypatch.setenv("GENJAX_CACHE_DIR", os.path.dirname(cache_dir))  # the tiny net
+    config = vae_fmnist.get_config("tiny")
+    config.unlock()
+    config.model.class_conditional = True
+    config.lock()
+    workdir = str(tmp_path / "vae")
+    train_lib.train(config, workdir)
+    out = evaluate_workdir(workdir, only=["image_quality", "novelty", "cas"])
+    r = out["results"]
+    quality = {"fid_fmnist", "kid_fmnist", "precision", "recall", "conditional_accuracy"}
+    assert set(r["image_quality"]["metrics"]) == set(r["image_quality"]["floors"]) == quality
+    assert r["image_quality"]["details"]["feature_net"] == net.name  # the cached one
+    assert r["image_quality"]["floors"]["fid_fmnist"] < r["image_quality"]["metrics"]["fid_fmnist"]
+    assert 0.0 <= r["novelty"]["metrics"]["near_copies"] <= 1.0
+    assert 0.0 <= r["cas"]["metrics"]["cas_accuracy"] <= 1.0
+    for name in ("image_quality", "novelty"):
+        assert all(os.path.isfile(f) for f in r[name]["figures"]) and r[name]["figures"]
+    with open(out["report_md"]) as f:
+        report = f.read()
+    assert "fid_fmnist" in report and "near_copies" in report and "cas_accuracy" in report
