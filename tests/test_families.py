@@ -14,6 +14,7 @@ import pytest
 
 from genjax import assemble, sharding, train
 from genjax.checkpoint import Checkpointer
+from genjax.evaluators.plots import read_metrics
 
 # family -> (config module, golden first-step loss of its tiny config)
 FAMILIES = {
@@ -108,14 +109,7 @@ def test_eight_devices_equal_one(family):
 
 def _losses(workdir) -> dict[int, float]:
     """Last logged loss of each step (an interrupted run logs its last steps twice)."""
-    import json
-    out = {}
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        for line in f:
-            row = json.loads(line)
-            if "loss" in row:
-                out[row["step"]] = row["loss"]
-    return out
+    return read_metrics(os.path.join(workdir, "metrics.jsonl"))["loss"]
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
