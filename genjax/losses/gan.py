@@ -22,7 +22,7 @@ import numpy as np
 
 from genjax.models import dcgan
 from genjax.losses.image_seam import (  # noqa: F401  shared by the image families
-    image_shape, make_data, num_classes, resolve_config, throughput_unit)
+    image_shape, make_data, num_classes, resolve_config, sample_labels, throughput_unit)
 
 LOSSES = ("non_saturating", "hinge")
 GROUPS = ("generator", "discriminator")
@@ -141,16 +141,6 @@ def param_labels(params, config):
 
 
 # ------------------------------------------------------------------------- sampling
-def sample_labels(config, num_samples: int, label=None):
-    """None: classes 0, 1, 2, ... in turn (a conditional model) or None; else those ids."""
-    n = num_classes(config)
-    if not n:
-        return None
-    if label is None:
-        return jnp.arange(num_samples, dtype=jnp.int32) % n
-    return jnp.broadcast_to(jnp.asarray(label, jnp.int32), (num_samples,))
-
-
 def _generate(model, params, z, labels):
     return model.apply({"params": params}, z, labels, method="generate")
 

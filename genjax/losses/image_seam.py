@@ -1,6 +1,8 @@
 """What the three image families (diffusion, vae, gan) share: shapes, classes, data seam."""
 from __future__ import annotations
 
+import jax.numpy as jnp
+
 
 def image_shape(config) -> tuple[int, int, int]:
     s, c = int(config.data.image_size), int(config.data.channels)
@@ -18,6 +20,17 @@ def num_classes(config) -> int:
     if not m.num_classes:
         raise ValueError("config.model.num_classes is 0: resolve it from the data first")
     return int(m.num_classes)
+
+
+def sample_labels(config, num_samples: int, label=None):
+    """int32[num_samples] labels of samples (GAN, VAE; diffusion has its own with prompts):
+    None -> classes 0, 1, 2, ... in turn, or None for an unconditional model; else `label`."""
+    n = num_classes(config)
+    if not n:
+        return None
+    if label is None:
+        return jnp.arange(num_samples, dtype=jnp.int32) % n
+    return jnp.broadcast_to(jnp.asarray(label, jnp.int32), (num_samples,))
 
 
 def make_data(config, *, process_index: int, process_count: int):

@@ -28,7 +28,7 @@ import numpy as np
 
 from genjax.models import vae as vae_lib
 from genjax.losses.image_seam import (  # noqa: F401  shared by the image families
-    image_shape, make_data, num_classes, resolve_config, throughput_unit)
+    image_shape, make_data, num_classes, resolve_config, sample_labels, throughput_unit)
 
 
 # ---------------------------------------------------------------- model and batches
@@ -124,16 +124,6 @@ def param_labels(params, config):
 
 
 # ------------------------------------------------------------------ images out
-def sample_labels(config, num_samples: int, label=None):
-    """None: classes 0, 1, 2, ... in turn (a conditional model) or None; else those ids."""
-    n = num_classes(config)
-    if not n:
-        return None
-    if label is None:
-        return jnp.arange(num_samples, dtype=jnp.int32) % n
-    return jnp.broadcast_to(jnp.asarray(label, jnp.int32), (num_samples,))
-
-
 def _decode_mean(model, params, z, labels):
     out = model.apply({"params": params}, z, labels, method="decode")
     return vae_lib.mean_image(model.likelihood, out)
