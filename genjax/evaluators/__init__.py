@@ -95,6 +95,16 @@ def during_training(config) -> list[str]:
 
 
 # ----------------------------------------------------------------------- results
+def with_overrides(name: str, settings, overrides: dict):
+    """`settings` (an evaluator's defaults) updated from `overrides`; an unknown key is a
+    KeyError naming the evaluator and the keys it has."""
+    for k, v in overrides.items():
+        if k not in settings:
+            raise KeyError(f"{name} settings have no key {k!r}: {sorted(settings)}")
+        settings[k] = v
+    return settings
+
+
 def normalize(name: str, result: Any) -> dict:
     """Checks an evaluator's return value and fills the optional keys."""
     if not isinstance(result, dict) or "metrics" not in result:

@@ -70,11 +70,8 @@ def settings(**overrides) -> ConfigDict:
     s.preset = "cpu"               # configs/fmnist_classifier.py preset trained on them
     s.total_steps = 0              # classifier steps (0 = the preset's)
     s.real_baseline = True         # floor: the same training on num_samples real train images
-    for k, v in overrides.items():
-        if k not in s:
-            raise KeyError(f"cas settings have no key {k!r}: {sorted(s)}")
-        s[k] = v
-    return s
+    from genjax.evaluators import with_overrides
+    return with_overrides("cas", s, overrides)
 
 
 def evaluate(ctx, settings) -> dict:

@@ -184,11 +184,8 @@ def settings(**overrides) -> ConfigDict:
     s.pr_k = 3                     # k of the k-NN manifolds (precision/recall)
     s.kid_subset_size = 1000       # KID: examples per subset...
     s.kid_subsets = 100            # ...and subsets averaged
-    for k, v in overrides.items():
-        if k not in s:
-            raise KeyError(f"image_quality settings have no key {k!r}: {sorted(s)}")
-        s[k] = v
-    return s
+    from genjax.evaluators import with_overrides
+    return with_overrides("image_quality", s, overrides)
 
 
 def evaluate(ctx, settings) -> dict:

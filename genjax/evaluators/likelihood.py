@@ -32,11 +32,8 @@ def settings(**overrides) -> ConfigDict:
     s.batch_size = 0               # global eval batch; 0 = config.batch_size
     s.max_batches = 0              # per split (and per document); 0 = all of it
     s.per_document = True          # text data with documents (plays): one row per document
-    for k, v in overrides.items():
-        if k not in s:
-            raise KeyError(f"likelihood settings have no key {k!r}: {sorted(s)}")
-        s[k] = v
-    return s
+    from genjax.evaluators import with_overrides
+    return with_overrides("likelihood", s, overrides)
 
 
 def _eval_kwargs(data, split: str) -> dict:

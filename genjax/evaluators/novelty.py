@@ -92,11 +92,8 @@ def settings(**overrides) -> ConfigDict:
     s.num_train = 0                # training images searched (0 = the whole split)
     s.num_test = 0                 # test images defining the threshold (0 = the whole split)
     s.num_pairs = 16               # closest sample/train pairs in novelty_pairs.png
-    for k, v in overrides.items():
-        if k not in s:
-            raise KeyError(f"novelty settings have no key {k!r}: {sorted(s)}")
-        s[k] = v
-    return s
+    from genjax.evaluators import with_overrides
+    return with_overrides("novelty", s, overrides)
 
 
 def evaluate(ctx, settings) -> dict:

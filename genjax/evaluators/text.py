@@ -45,11 +45,8 @@ def settings(**overrides) -> ConfigDict:
     s.span_chars = 50              # memorisation window (characters)
     s.reference_split = "validation"  # floors from this held-out split ("" = none)
     s.show_samples = 3             # samples printed in the report (first 500 characters)
-    for k, v in overrides.items():
-        if k not in s:
-            raise KeyError(f"text settings have no key {k!r}: {sorted(s)}")
-        s[k] = v
-    return s
+    from genjax.evaluators import with_overrides
+    return with_overrides("text", s, overrides)
 
 
 # ----------------------------------------------------------------------- metrics
