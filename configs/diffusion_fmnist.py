@@ -60,12 +60,7 @@ def get_config(arg: str | None = None):
     c.model.var_type = "small"     # reverse variance: small (posterior) | large (beta)
     c.model.eval_timesteps = 8     # eval bits/dim: strata of t (one draw each) + exact t = 0
 
-    c.data.name = "fashion_mnist"
-    c.data.source_dir = ""         # a prepared copy of the dataset (see genjax/data)
-    c.data.image_folder = ""       # or a folder of images (one sub-folder per class)
-    c.data.image_size = 32         # 28x28 images are padded to 32x32
-    c.data.channels = 0            # 0 = the data's
-    c.data.data_dir = ""           # "" = $GENJAX_DATA_DIR or ~/.cache/genjax/tfds
+    config_lib.set_image_data(c)
 
     c.sample.num_samples = 16
     c.sample.sampler = "ddim"      # ddim | ddpm (ancestral, respaced to `steps`)

@@ -6,9 +6,10 @@ on generated images. genjax/evaluators/feature_net.py trains it on first use and
 
 Presets (`:arg`):
   tiny  tests: seconds on one CPU core (far from converged).
-  cpu   3000 steps of 128 (6.4 epochs), a 156k-param CNN: 91.47% test accuracy (whole
-        test split) -- BELOW the 93% goal; 2534 s on 2 cores shared with 3 other jobs
-        (load ~10, 100-200 images/s), so "a few minutes" is not verified either:
+  cpu   6000 steps of 128 (12.8 epochs), a 277k-param CNN (width 24, 256 features,
+        dropout 0.2): 93.08% test accuracy (whole test split) in a trial at 28x28 (2 XLA
+        CPU devices; 3217 s while other jobs shared the 2 cores, ~630 images/s alone);
+        the cached feature net trains it at the run's 32x32 (README: measured there).
           python -m genjax.train --config=configs/fmnist_classifier.py:cpu --workdir=W
   gpu   wider, two convs per stage, 20 epochs of batch 256.
 """
@@ -18,10 +19,11 @@ PRESETS = {
     "tiny": {"model.width": 8, "model.num_stages": 2, "model.feature_dim": 32,
              "batch_size": 32, "total_steps": 60, "optim.lr": 1e-2, "log_every_steps": 10,
              "eval_every_steps": 0, "ckpt_every_steps": 60, "optim.warmup_steps": 5, "final_eval_batches": 20},
-    "cpu": {"model.width": 16, "model.num_stages": 3, "model.feature_dim": 128,
-            "batch_size": 128, "total_steps": 3000, "optim.lr": 3e-3, "optim.warmup_steps": 100,
-            "log_every_steps": 100, "eval_every_steps": 1000, "eval_batches": 4,
-            "ckpt_every_steps": 3000},
+    "cpu": {"model.width": 24, "model.num_stages": 3, "model.feature_dim": 256,
+            "model.dropout": 0.2, "model.augment_shift": 1, "batch_size": 128,
+            "total_steps": 6000, "optim.lr": 3e-3, "optim.warmup_steps": 100,
+            "log_every_steps": 250, "eval_every_steps": 1500, "eval_batches": 20,
+            "ckpt_every_steps": 6000},
     "gpu": {"model.width": 64, "model.num_stages": 3, "model.convs_per_stage": 2,
             "model.feature_dim": 256, "model.dropout": 0.3, "batch_size": 256,
             "total_steps": 4700, "optim.lr": 3e-3, "optim.warmup_steps": 200,
@@ -50,12 +52,7 @@ def get_config(arg: str | None = None):
     c.model.augment_shift = 2      # random roll by up to this many pixels (0 = off)
     c.model.augment_flip = True    # random left-right flip
 
-    c.data.name = "fashion_mnist"
-    c.data.source_dir = ""         # a prepared copy of the dataset (see genjax/data)
-    c.data.image_folder = ""       # or a folder of images (one sub-folder per class)
-    c.data.image_size = 32         # 28x28 images are padded to 32x32
-    c.data.channels = 0            # 0 = the data's
-    c.data.data_dir = ""           # "" = $GENJAX_DATA_DIR or ~/.cache/genjax/tfds
+    config_lib.set_image_data(c)
 
     config_lib.apply_preset(c, PRESETS, arg)
     c.lock()

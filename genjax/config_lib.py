@@ -101,6 +101,17 @@ def base_config() -> ConfigDict:
     return c
 
 
+def set_image_data(c: ConfigDict, image_size: int = 32) -> ConfigDict:
+    """The `data` keys of every image config (Fashion-MNIST by default); returns c."""
+    c.data.name = "fashion_mnist"  # a TFDS builder name (genjax/data or the TFDS catalog)
+    c.data.source_dir = ""         # a prepared copy of the dataset (see genjax/data)
+    c.data.image_folder = ""       # or a folder of images (one sub-folder per class)
+    c.data.image_size = image_size  # 0 = native; 28x28 images are padded (background -1) to 32
+    c.data.channels = 0            # 0 = the data's
+    c.data.data_dir = ""           # "" = $GENJAX_DATA_DIR or ~/.cache/genjax/tfds
+    return c
+
+
 # --------------------------------------------------------------------------- CLI
 class ConfigError(ValueError):
     """A bad config: printed as one line by the CLIs, exit code 2."""

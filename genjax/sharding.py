@@ -155,6 +155,29 @@ def activate(mesh: Mesh, rules: Rules):
         _ACTIVE.reset(token)
 
 
+def mesh_of(tree) -> Mesh | None:
+    """The mesh of the first leaf placed with a NamedSharding (None: no such leaf)."""
+    for leaf in jax.tree_util.tree_leaves(tree):
+        placed = getattr(leaf, "sharding", None)
+        if isinstance(placed, NamedSharding):
+            return placed.mesh
+    return None
+
+
+def split_like_params(x, params):
+    """`x` with its leading (batch) axis split over the "data" axis of the mesh `params`
+    live on, so a jitted function of both runs each device on its share of the batch;
+    unchanged when the params have no mesh, the axis does not divide the batch, or the
+    mesh spans processes (x is one process's array)."""
+    mesh = mesh_of(params)
+    if x is None or mesh is None or "data" not in mesh.shape or jax.process_count() > 1:
+        return x
+    ways = mesh.shape["data"]
+    if ways == 1 or np.shape(x)[0] % ways:
+        return x
+    return jax.device_put(x, NamedSharding(mesh, P("data")))
+
+
 def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
     """Sharding hint for an activation by logical axis names; a no-op outside `activate`."""
     active = _ACTIVE.get()

@@ -15,7 +15,6 @@ import logging
 import math
 import os
 import signal
-import sys
 import time
 from typing import Any
 

@@ -6,21 +6,23 @@ Also set here, through the environment so that the subprocesses the tests launch
                         loss functions a typed key (genjax/step.py: step_key).
   JAX compilation cache compiled programs are shared between the many short training
                         subprocesses (a tiny LM train step takes ~9 s to compile on 2 cores).
+  XLA_FLAGS             8 fake devices here; subprocesses get theirs from tests/subproc.py.
 """
 import os
 import sys
 import tempfile
 
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                           " --xla_force_host_platform_device_count=8").strip()
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)  # `import configs...` / `experiments...` / `tests...` from tests
+
+from tests import subproc  # noqa: E402  (no JAX import)
+
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + subproc.xla_flags(8)).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ["JAX_DEBUG_KEY_REUSE"] = "true"
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
                       os.path.join(tempfile.gettempdir(), f"genjax-tests-xla-{os.getuid()}"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)  # `import configs...` / `experiments...` from tests
-
 import pytest  # noqa: E402
 
 
@@ -30,3 +32,32 @@ def data_dir(tmp_path_factory):
     path = os.environ.get("GENJAX_TEST_DATA_DIR") or str(tmp_path_factory.mktemp("tfds"))
     os.environ["GENJAX_DATA_DIR"] = path
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, data_dir, request):
+    """tiny_run(family) -> the workdir (pathlib.Path) of the short uninterrupted run of
+    that family (tests/families.py: run_config), trained on first use. Under pytest-xdist
+    the workers share one run per family (the first trains it, under a file lock; the
+    others wait and read it). Readers may add files (an eval/ report), never train in it."""
+    import fcntl
+    import json
+    from genjax import train
+    from tests.families import run_config
+    root = tmp_path_factory.getbasetemp()
+    if hasattr(request.config, "workerinput"):  # a pytest-xdist worker
+        root = root.parent  # common to the workers of this session
+    runs = {}
+
+    def get(family: str):
+        if family not in runs:
+            workdir = root / f"tiny_run_{family}"
+            with open(root / f"tiny_run_{family}.lock", "w") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                done = workdir / "final_metrics.json"
+                if not done.exists():
+                    train.train(run_config(family), str(workdir))
+                json.loads(done.read_text())  # a finished run
+            runs[family] = workdir
+        return runs[family]
+    return get

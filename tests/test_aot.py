@@ -11,6 +11,7 @@ import pytest
 
 from configs import lm_shakespeare
 from genjax import aot
+from tests import subproc
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 V = 128  # vocab of these checks (the tokenizer is not loaded)
@@ -51,7 +52,7 @@ def test_local_fsdp_bytes_match_a_hand_count():
 
 
 def test_aot_cli_bad_topology_is_one_line():
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
+    env = subproc.env()
     proc = subprocess.run([sys.executable, "-m", "genjax.aot",
                            "--config=configs/lm_shakespeare.py:tiny", "--topology=v9z:4x4"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
@@ -64,7 +65,7 @@ def test_aot_cli_bad_topology_is_one_line():
 @pytest.mark.parametrize("topology,chips,hbm_gib", [("v5e:2x2", 4, 16), ("v5p:2x2x1", 4, 95)])
 def test_tpu_slices_compile_without_tpus(tmp_path, topology, chips, hbm_gib):
     out = tmp_path / "aot.json"
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
+    env = subproc.env()
     proc = subprocess.run(
         [sys.executable, "-m", "genjax.aot", "--config=configs/lm_shakespeare.py:tiny",
          f"--topology={topology}", f"--config.model.vocab_size={V}", "--config.mesh.data=1",
@@ -87,7 +88,7 @@ def test_tpu_slices_compile_without_tpus(tmp_path, topology, chips, hbm_gib):
 def test_a_step_that_cannot_fit_is_reported_with_exit_1(tmp_path):
     """32k-token context: the (un-fused, T x T) attention scores need > 16 GiB per v5e chip."""
     out = tmp_path / "aot.json"
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
+    env = subproc.env()
     proc = subprocess.run(
         [sys.executable, "-m", "genjax.aot", "--config=configs/lm_shakespeare.py:tiny",
          "--topology=v5e:2x2", f"--config.model.vocab_size={V}", "--config.model.max_len=32768",

@@ -1,28 +1,11 @@
 """Bad input gets one clear error line (exit 2, no traceback) and loses nothing."""
 import os
-import subprocess
-import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.subproc import assert_one_line_error, run_module as run
+
 TINY = "--config=configs/lm_shakespeare.py:tiny"
-
-
-def run(*args, env_extra=None):
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
-    env.update(env_extra or {})
-    return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
-
-
-def assert_one_line_error(proc, *needles):
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
-    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1, proc.stderr[-2000:]
-    for needle in needles:
-        assert needle in lines[0], lines[0]
 
 
 def test_unknown_config_key(tmp_path):

@@ -6,8 +6,6 @@ in-process and through `python -m genjax.evaluate`.
 import json
 import math
 import os
-import subprocess
-import sys
 import types
 
 import jax
@@ -20,23 +18,11 @@ from genjax import evaluators as ev
 from genjax.config_lib import UserError
 from genjax.data import shakespeare
 from genjax.evaluators import likelihood, plots, report
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.subproc import assert_one_line_error, run_module
 
 
 def run_cli(*args):
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
-    return subprocess.run([sys.executable, "-m", "genjax.evaluate", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)
-
-
-def assert_one_line_error(proc, *needles):
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
-    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1, proc.stderr[-2000:]
-    for needle in needles:
-        assert needle in lines[0], lines[0]
+    return run_module("genjax.evaluate", *args, timeout=600)
 
 
 # ----------------------------------------------------------------------- a trained run
@@ -198,6 +184,32 @@ def test_sample_images_batches_one_shape_and_cycles_labels(tmp_path):
     _, labels = c.sample_images(5, label=2)
     assert labels.tolist() == [2] * 5
     assert os.path.isdir(tmp_path / "eval")
+
+
+def test_evaluators_share_one_pool_of_samples(tmp_path):
+    """A second evaluator asking for the same (label, batch_size, seed) gets the same
+    images; asking for more samples only the batches not drawn yet."""
+    calls = []
+
+    def sample_images(model, params, config, rng, n, label=None):
+        calls.append(n)
+        return np.asarray(jax.random.normal(rng, (n, 2, 2, 1)))
+
+    family = types.SimpleNamespace(sample_images=sample_images,
+                                   sample_labels=lambda config, n, label=None: np.arange(n) % 3)
+    c = ev.EvalContext(config=_config("gan"), family=family, model=None, params=None,
+                       model_state=None, meta={}, step=0, workdir=str(tmp_path),
+                       out_dir=str(tmp_path / "eval"), which="raw", seed=0, data=None)
+    first, _ = c.sample_images(8, batch_size=4)
+    again, _ = c.sample_images(6, batch_size=4)
+    assert calls == [4, 4]                                  # nothing sampled the second time
+    np.testing.assert_array_equal(again, first[:6])
+    more, labels = c.sample_images(12, batch_size=4)
+    assert calls == [4, 4, 4]                               # one new batch
+    np.testing.assert_array_equal(more[:8], first)
+    assert labels.tolist() == [i % 3 for i in range(12)]
+    other_seed, _ = c.sample_images(8, batch_size=4, seed=1)
+    assert not np.array_equal(other_seed, first)
 
 
 # ----------------------------------------------------------------------- plots, report

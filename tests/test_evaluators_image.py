@@ -175,19 +175,14 @@ def test_array_data_batches_resume_and_pad():
 
 # ------------------------------------------------------------------ end to end
 @pytest.mark.slow
-def test_evaluate_cli_runs_the_image_evaluators_on_a_tiny_vae(net, cache_dir, tmp_path,
-                                                               monkeypatch):
-    from configs import vae_fmnist
-    from genjax import train as train_lib
+@pytest.mark.parametrize("family", ["diffusion", "vae", "gan"])
+def test_evaluate_runs_the_image_evaluators_on_a_tiny_run(family, tiny_run, net, cache_dir,
+                                                          monkeypatch):
+    """genjax.evaluate on the session's 6-step run of each image family (class-conditional:
+    tests/families.py): every metric with its real-vs-real floor, figures, report."""
     from genjax.evaluate import evaluate_workdir
     monkeypatch.setenv("GENJAX_CACHE_DIR", os.path.dirname(cache_dir))  # the tiny net
-    config = vae_fmnist.get_config("tiny")
-    config.unlock()
-    config.model.class_conditional = True
-    config.lock()
-    workdir = str(tmp_path / "vae")
-    train_lib.train(config, workdir)
-    out = evaluate_workdir(workdir, only=["image_quality", "novelty", "cas"])
+    out = evaluate_workdir(str(tiny_run(family)), only=["image_quality", "novelty", "cas"])
     r = out["results"]
     quality = {"fid_fmnist", "kid_fmnist", "precision", "recall", "conditional_accuracy"}
     assert set(r["image_quality"]["metrics"]) == set(r["image_quality"]["floors"]) == quality

@@ -5,7 +5,6 @@ Golden values pin the first step's loss of each family's `tiny` config on a fixe
 batch (un-jitted, one device). Update them only when the model, loss or initialisation
 changes on purpose (say so in the commit); a change from refactoring alone is a bug.
 """
-import importlib
 import os
 
 import jax
@@ -15,35 +14,10 @@ import pytest
 from genjax import assemble, sharding, train
 from genjax.checkpoint import Checkpointer
 from genjax.evaluators.plots import read_metrics
+from tests.families import run_config, tiny_config
 
-# family -> (config module, golden first-step loss of its tiny config)
-FAMILIES = {
-    "lm": ("configs.lm_shakespeare", 4.174229),
-    "diffusion": ("configs.diffusion_fmnist", 0.996686),
-    "vae": ("configs.vae_fmnist", 6.306058),
-    "gan": ("configs.gan_fmnist", 1.919613),
-}
-
-
-def tiny_config(family: str, mesh: dict | None = None, **overrides):
-    module = importlib.import_module(FAMILIES[family][0])
-    c = module.get_config("tiny")
-    c.unlock()
-    if family == "lm":
-        c.model.vocab_size = 64
-    else:  # what resolve_config fills in from Fashion-MNIST
-        c.data.channels = 1
-        if "num_classes" in c.model and not c.model.num_classes:
-            c.model.num_classes = 10
-    c.mesh.update(mesh or dict(data=1, fsdp=1, tensor=1))
-    for key, value in overrides.items():
-        node, *path = key.split(".")
-        target = c
-        for p in [node, *path][:-1]:
-            target = target[p]
-        target[[node, *path][-1]] = value
-    c.lock()
-    return c
+# family -> golden first-step loss of its tiny config
+GOLDEN_LOSS = {"lm": 4.174229, "diffusion": 0.996686, "vae": 6.306058, "gan": 1.919613}
 
 
 def random_batch(parts, seed: int = 0) -> dict:
@@ -74,7 +48,7 @@ def leaves_equal(a, b) -> bool:
         for x, y in zip(la, lb))
 
 
-@pytest.mark.parametrize("family", sorted(FAMILIES))
+@pytest.mark.parametrize("family", sorted(GOLDEN_LOSS))
 def test_one_unjitted_step_gives_the_golden_loss_and_equals_the_jitted_step(family):
     parts = build(family)
     batch = random_batch(parts)
@@ -82,7 +56,7 @@ def test_one_unjitted_step_gives_the_golden_loss_and_equals_the_jitted_step(fami
     eager_state, eager_metrics = assemble.unjitted_train_step(parts)(
         jax.device_get(state), jax.device_get(assemble.shard_batch(parts, batch)))
     jit_state, jit_metrics = parts.train_step(state, assemble.shard_batch(parts, batch))
-    np.testing.assert_allclose(float(eager_metrics["loss"]), FAMILIES[family][1], rtol=1e-4,
+    np.testing.assert_allclose(float(eager_metrics["loss"]), GOLDEN_LOSS[family], rtol=1e-4,
                                err_msg="golden first-step loss changed: see module docstring")
     for k in eager_metrics:
         np.testing.assert_allclose(float(eager_metrics[k]), float(jit_metrics[k]),
@@ -92,7 +66,7 @@ def test_one_unjitted_step_gives_the_golden_loss_and_equals_the_jitted_step(fami
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("family", sorted(FAMILIES))
+@pytest.mark.parametrize("family", sorted(GOLDEN_LOSS))
 def test_eight_devices_equal_one(family):
     results = {}
     for name, mesh in {"one": None, "eight": dict(data=2, fsdp=2, tensor=2)}.items():
@@ -112,22 +86,13 @@ def _losses(workdir) -> dict[int, float]:
     return read_metrics(os.path.join(workdir, "metrics.jsonl"))["loss"]
 
 
-@pytest.mark.parametrize("family", sorted(FAMILIES))
-def test_interrupted_run_resumes_bit_for_bit(family, data_dir, tmp_path):
+@pytest.mark.parametrize("family", sorted(GOLDEN_LOSS))
+def test_interrupted_run_resumes_bit_for_bit(family, tiny_run, tmp_path):
     """Stop after 3 of 6 steps, run again: every step's loss and the whole final state
-    (params, optimizer, EMA, model state, RNG, data position) equal an uninterrupted run."""
-    overrides = {"total_steps": 6, "log_every_steps": 1, "ckpt_every_steps": 100,
-                 "eval_every_steps": 0, "final_eval_batches": 1, "optim.warmup_steps": 2,
-                 "optim.ema_decay": 0.9, "mesh.data": 2}
-    if family != "lm":
-        overrides["sample.grid_samples"] = 0
-    config = tiny_config(family, **overrides)
-    if family == "lm":  # the tokenizer decides the vocabulary
-        config.unlock()
-        config.model.vocab_size = 0
-        config.lock()
-    ref, run = tmp_path / "ref", tmp_path / "run"
-    train.train(config.copy_and_resolve_references(), str(ref))
+    (params, optimizer, EMA, model state, RNG, data position) equal an uninterrupted run
+    (tiny_run: the session's short run of the family, tests/families.py)."""
+    config = run_config(family)
+    ref, run = tiny_run(family), tmp_path / "run"
     train.train(config.copy_and_resolve_references(), str(run), stop_after=3)
     assert sorted(os.listdir(run / "checkpoints")) == ["3"]
     train.train(config.copy_and_resolve_references(), str(run))

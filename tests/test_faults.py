@@ -14,6 +14,7 @@ import pytest
 
 from genjax import config_lib, optim
 from genjax.step import SpikeGuard, init_state, train_step
+from tests import subproc
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Every run here compiles the same train step (the schedule depends on total_steps): the
@@ -28,8 +29,7 @@ RESUME = [*TINY, "--config.ckpt_every_steps=3"]
 
 
 def train(workdir, data_dir, *args, faults="", cache=True):
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="", GENJAX_DATA_DIR=data_dir,
-               GENJAX_FAULTS=faults)
+    env = subproc.env(GENJAX_DATA_DIR=data_dir, GENJAX_FAULTS=faults)
     if not cache:  # compiled from scratch: the comparison then covers fresh compilation
         env["JAX_ENABLE_COMPILATION_CACHE"] = "false"
     cmd = [sys.executable, "-m", "genjax.train", f"--workdir={workdir}", *args]

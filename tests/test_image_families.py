@@ -182,6 +182,21 @@ def test_sample_images_shape_and_range(family):
         assert float(jnp.min(x)) >= -1.0 and float(jnp.max(x)) <= 1.0
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_samples_are_split_over_the_params_mesh_and_equal_one_devices(family):
+    """Params replicated on 8 devices (as genjax.inference.load places them): each device
+    makes 1 of 8 samples, not all 8, and the samples equal those of one device."""
+    c = tiny(family, class_conditional=True)
+    mod, model, params, _ = init(family, c, fake_batch(c, 4))
+    mesh = sharding.make_mesh(dict(data=8, fsdp=1, tensor=1))
+    on_mesh = jax.device_put(params, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+    on_one = jax.device_put(params, jax.devices()[0])
+    x8 = mod.sample_images(model, on_mesh, c, jax.random.PRNGKey(0), 8)
+    x1 = mod.sample_images(model, on_one, c, jax.random.PRNGKey(0), 8)
+    assert x8.sharding.shard_shape(x8.shape)[0] == 1
+    np.testing.assert_allclose(np.asarray(x8), np.asarray(x1), atol=1e-5)
+
+
 # ------------------------------------------------------------------ training
 def _train(family, config, batch, steps):
     """`steps` jitted genjax.step.train_step calls on one batch, the optimizer from config."""

@@ -12,6 +12,8 @@ import time
 import numpy as np
 import pytest
 
+from tests import subproc
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HANG_S = 300  # per launch: a process stuck in a collective fails the test instead of hanging it
 
@@ -37,9 +39,8 @@ def _launch(workdir, text, data_dir, num_processes, devices_per_process, faults=
     port = _free_port()
     procs = []
     for i in range(num_processes):
-        env = dict(os.environ, JAX_PLATFORMS="cpu", GENJAX_DATA_DIR=data_dir,
-                   XLA_FLAGS=f"--xla_force_host_platform_device_count={devices_per_process}",
-                   GENJAX_FAULTS=faults[i] if i < len(faults) else "")
+        env = subproc.env(devices_per_process, GENJAX_DATA_DIR=data_dir,
+                          GENJAX_FAULTS=faults[i] if i < len(faults) else "")
         if num_processes > 1:
             env.update(JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES=str(num_processes),
                        JAX_PROCESS_ID=str(i), GENJAX_INIT_TIMEOUT="60")
@@ -110,10 +111,9 @@ def test_a_dead_peer_ends_the_survivor_non_zero_within_the_timeout(tmp_path, tex
     timeout_s = 10
     port, procs = _free_port(), []
     for i, faults in enumerate(["", "kill@3"]):
-        env = dict(os.environ, JAX_PLATFORMS="cpu", GENJAX_DATA_DIR=data_dir,
-                   XLA_FLAGS="--xla_force_host_platform_device_count=4", GENJAX_FAULTS=faults,
-                   JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES="2",
-                   JAX_PROCESS_ID=str(i), GENJAX_INIT_TIMEOUT="60")
+        env = subproc.env(4, GENJAX_DATA_DIR=data_dir, GENJAX_FAULTS=faults,
+                          JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES="2",
+                          JAX_PROCESS_ID=str(i), GENJAX_INIT_TIMEOUT="60")
         cmd = _cmd(tmp_path, text, f"--config.peer_timeout_s={timeout_s}")
         procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env, text=True,
                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT))

@@ -8,6 +8,8 @@ import sys
 
 import pytest
 
+from tests import subproc
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CMD = ["-m", "genjax.train", "--config=configs/lm_shakespeare.py:tiny",
        "--config.total_steps=100000", "--config.log_every_steps=1",
@@ -16,8 +18,7 @@ CMD = ["-m", "genjax.train", "--config=configs/lm_shakespeare.py:tiny",
 
 def run_until_sigterm(workdir, data_dir, after_lines=3):
     """Starts training, sends SIGTERM once `after_lines` step lines were printed."""
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="", GENJAX_DATA_DIR=data_dir,
-               PYTHONUNBUFFERED="1")
+    env = subproc.env(GENJAX_DATA_DIR=data_dir, PYTHONUNBUFFERED="1")
     proc = subprocess.Popen([sys.executable, *CMD, f"--workdir={workdir}"], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     head = []

@@ -2,12 +2,11 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 from ml_collections import ConfigDict
 
 from genjax import config_lib, optim
-from genjax.step import TrainState, init_state, step_rng, train_step
+from genjax.step import init_state, step_rng, train_step
 
 
 def toy_config(**optim_overrides):

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from experiments import collect, sweep_lib
+from tests import subproc
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -40,7 +41,7 @@ def sweep_cmd(*args):
 
 
 def run_quick(*args):
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
+    env = subproc.env()
     return subprocess.run(sweep_cmd(*args), cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=120)
 
@@ -138,7 +139,7 @@ def test_sweep_end_to_end_kill_rerun_collect(tmp_path, data_dir):
             "--config.log_every_steps=1", "--config.ckpt_every_steps=5",
             "--config.eval_every_steps=10", "--config.data.name=text",
             f"--config.data.text_file={text}"]
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="", GENJAX_DATA_DIR=data_dir)
+    env = subproc.env(GENJAX_DATA_DIR=data_dir)
     base = root / "lm_shakespeare.tiny"
     first, second = base / "model.norm=layernorm/seed=0", base / "model.norm=layernorm/seed=1"
 

@@ -144,6 +144,7 @@ class EvalContext:
     seed: int
     data: Any             # family.make_data(...): eval_batches, train_iterator, text, ...
     parts: Any = None     # genjax.assemble.Parts; built on first use of `eval_sums`
+    _sample_pool: dict = dataclasses.field(default_factory=dict, repr=False)
 
     def __post_init__(self):
         os.makedirs(self.out_dir, exist_ok=True)
@@ -171,23 +172,30 @@ class EvalContext:
         """(images float32[n, H, W, C] in [-1, 1], labels int32[n] or None) from the
         family's `sample_images`, in batches of one shape (the last one is trimmed).
         labels: each sample's requested class (cycled over the classes when `label` is
-        None) for a class-conditional model; None for an unconditional one."""
+        None) for a class-conditional model; None for an unconditional one.
+
+        Samples are kept: a later call with the same (label, batch_size, seed) gets the
+        same first n images, and only the batches not drawn yet are sampled (batch i uses
+        fold_in(PRNGKey(seed), i)), so image_quality, novelty and cas share one pool."""
         if not hasattr(self.family, "sample_images"):
             raise ValueError(f"family {self.config.family!r} does not sample images")
         n, b = int(n), max(1, min(int(batch_size), int(n)))
+        pool_key = (None if label is None else np.asarray(label).tolist(), b, int(seed))
+        images, labels = self._sample_pool.get(pool_key, ([], None))
         num_batches = math.ceil(n / b)
-        labels_all = None
         if hasattr(self.family, "sample_labels"):
-            labels_all = self.family.sample_labels(self.config, num_batches * b, label)
+            # class i % K for sample i: a longer pool's labels extend a shorter one's
+            labels = self.family.sample_labels(self.config, max(num_batches, len(images)) * b,
+                                               label)
         key = jax.random.PRNGKey(seed)
-        images = []
-        for i in range(num_batches):
-            lab = None if labels_all is None else labels_all[i * b:(i + 1) * b]
+        for i in range(len(images), num_batches):
+            lab = None if labels is None else labels[i * b:(i + 1) * b]
             images.append(np.asarray(jax.device_get(self.family.sample_images(
                 self.model, self.params, self.config, jax.random.fold_in(key, i), b,
                 label=lab)), np.float32))
-        images_NxHxWxC = np.concatenate(images)[:n]
-        labels_N = None if labels_all is None else np.asarray(labels_all, np.int32)[:n]
+        self._sample_pool[pool_key] = (images, labels)
+        images_NxHxWxC = np.concatenate(images[:num_batches])[:n]
+        labels_N = None if labels is None else np.asarray(labels, np.int32)[:n]
         return images_NxHxWxC, labels_N
 
     # ------------------------------------------------------------------ plug-ins

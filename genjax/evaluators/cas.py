@@ -76,7 +76,8 @@ def settings(**overrides) -> ConfigDict:
 
 def evaluate(ctx, settings) -> dict:
     n = int(settings.num_samples)
-    images, labels = ctx.sample_images(n, batch_size=int(settings.batch_size), seed=ctx.seed + 2)
+    images, labels = ctx.sample_images(n, batch_size=int(settings.batch_size),
+                                       seed=ctx.seed)  # image_quality's pool
     if labels is None:
         return {"metrics": {}, "markdown": "CAS skipped: the model is not class-conditional "
                                            "(its samples have no labels)."}

@@ -100,7 +100,8 @@ def evaluate(ctx, settings) -> dict:
     from genjax.evaluators.feature_net import load_feature_net
     net = load_feature_net(ctx.config.data, preset=str(settings.feature_preset))
     n = int(settings.num_samples)
-    images, _ = ctx.sample_images(n, batch_size=int(settings.batch_size), seed=ctx.seed + 1)
+    images, _ = ctx.sample_images(n, batch_size=int(settings.batch_size),
+                                  seed=ctx.seed)  # image_quality's pool
     train_f, _ = net.real_features(ctx.data, "train", int(settings.num_train) or None)
     test_f, _ = net.real_features(ctx.data, "test", int(settings.num_test) or None)
     s = novelty_stats(net.features(images), train_f, test_f)

@@ -20,13 +20,15 @@ Eval reports, per image (sums over the batch + "count"; the loop divides):
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from genjax import diffusion
+from genjax import diffusion, sharding
 from genjax.config_lib import ConfigError
 from genjax.losses import image_seam
 from genjax.losses.image_seam import image_shape, num_classes, throughput_unit  # noqa: F401
@@ -233,28 +235,46 @@ def sample_images(model, params, config, rng, num_samples: int, label=None, guid
                   prompt=None) -> jax.Array:
     """float32[N, H, W, C] in [-1, 1]. Defaults from config.sample: sampler (ddim | ddpm),
     steps, eta (DDIM only), guidance (1 = conditional, 0 = unconditional, > 1 = CFG).
-    label / prompt: see sample_labels. One jitted lax.scan over the steps (compiled per
-    call)."""
+    label / prompt: see sample_labels. One jitted lax.scan over the steps, compiled once
+    per (model, sampler settings, shape) and reused by later calls."""
     s = config.sample
     sampler = sampler or s.sampler
     if sampler not in ("ddim", "ddpm"):
         raise ValueError(f"sampler {sampler!r}: use ddim | ddpm")
-    steps = int(steps or s.steps)
-    eta = float(s.eta if eta is None else eta)
-    guidance = float(s.guidance if guidance is None else guidance)
-    schedule = make_schedule(config)
-    shape = (int(num_samples), *image_shape(config))
-    labels = sample_labels(config, int(num_samples), label, prompt)
+    fn = _sampler(model, sampler, int(steps or s.steps), float(s.eta if eta is None else eta),
+                  float(s.guidance if guidance is None else guidance),
+                  (int(num_samples), *image_shape(config)), str(config.model.schedule),
+                  int(config.model.timesteps), str(config.model.parameterization),
+                  str(config.model.var_type), _null(config), sharding.mesh_of(params),
+                  sharding.rules_from_config(config.sharding_rules))
+    return fn(params, rng, sample_labels(config, int(num_samples), label, prompt))
 
-    def run(params, rng, labels):  # params as an argument, not baked-in constants
+
+@functools.lru_cache(maxsize=16)
+def _sampler(model, sampler, steps, eta, guidance, shape, schedule_name, timesteps,
+             parameterization, var_type, null_label, mesh, rules):
+    """jit(params, rng, labels) -> images for these static settings (params are an
+    argument, not baked-in constants). On the params' mesh the samples are split over
+    the batch axis (each device denoises its share; without this every device would
+    denoise the whole batch)."""
+    schedule = diffusion.make_schedule(schedule_name, timesteps)
+    image_axes = ("batch", "height", "width", "channels")
+
+    def run(params, rng, labels):
+        with (sharding.activate(mesh, rules) if mesh is not None else contextlib.nullcontext()):
+            return _run(params, rng, labels)
+
+    def _run(params, rng, labels):
         def apply_fn(x, t_B, y):
-            return model.apply({"params": params}, x, t_B, y, train=False)
+            x = sharding.constrain(x, image_axes)
+            return sharding.constrain(
+                model.apply({"params": params}, x, t_B, y, train=False), image_axes)
 
-        common = dict(parameterization=config.model.parameterization, labels=labels,
-                      guidance=guidance, null_label=_null(config))
+        common = dict(parameterization=parameterization, labels=labels, guidance=guidance,
+                      null_label=null_label)
         if sampler == "ddpm":
             return diffusion.ddpm_sample(apply_fn, schedule, rng, shape, num_steps=steps,
-                                         var_type=config.model.var_type, **common)
+                                         var_type=var_type, **common)
         return diffusion.ddim_sample(apply_fn, schedule, rng, shape, num_steps=steps, eta=eta,
                                      **common)
-    return jax.jit(run)(params, rng, labels)
+    return jax.jit(run)

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from genjax import sharding
 from genjax.models import dcgan
 from genjax.losses.image_seam import (  # noqa: F401  shared by the image families
     image_shape, make_data, num_classes, resolve_config, sample_labels, throughput_unit)
@@ -151,4 +152,5 @@ def sample_images(model, params, config, rng, num_samples: int, label=None, guid
     generator's are used); `guidance`/`steps` do not apply to a GAN and are ignored."""
     z = jax.random.normal(rng, (int(num_samples), model.latent_dim))
     labels = sample_labels(config, int(num_samples), label)
+    z, labels = (sharding.split_like_params(a, params) for a in (z, labels))
     return jax.jit(_generate, static_argnums=0)(model, params, z, labels)

@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from genjax import sharding
 from genjax.models import vae as vae_lib
 from genjax.losses.image_seam import (  # noqa: F401  shared by the image families
     image_shape, make_data, num_classes, resolve_config, sample_labels, throughput_unit)
@@ -136,6 +137,7 @@ def sample_images(model, params, config, rng, num_samples: int, label=None, guid
     `steps` do not apply to a VAE and are ignored."""
     z = jax.random.normal(rng, (int(num_samples), model.latent_dim))
     labels = sample_labels(config, int(num_samples), label)
+    z, labels = (sharding.split_like_params(a, params) for a in (z, labels))
     return jax.jit(_decode_mean, static_argnums=0)(model, params, z, labels)
 
 

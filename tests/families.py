@@ -1,0 +1,48 @@
+"""The four families as the shared tests build them: tiny configs, and one short run of
+each (tests/conftest.py: `tiny_run`) that several test modules read."""
+import importlib
+
+CONFIG_MODULES = {
+    "lm": "configs.lm_shakespeare",
+    "diffusion": "configs.diffusion_fmnist",
+    "vae": "configs.vae_fmnist",
+    "gan": "configs.gan_fmnist",
+}
+
+# The short run: 6 steps, a loss every step, EMA that moves, 2 data-parallel devices.
+# The class-conditional variants so that evaluators of conditional samples apply.
+RUN_OVERRIDES = {"total_steps": 6, "log_every_steps": 1, "ckpt_every_steps": 100,
+                 "eval_every_steps": 0, "final_eval_batches": 1, "optim.warmup_steps": 2,
+                 "optim.ema_decay": 0.9, "mesh.data": 2}
+RUN_FAMILY_OVERRIDES = {"lm": {"model.vocab_size": 0},  # the tokenizer decides
+                        "diffusion": {"sample.grid_samples": 0},
+                        "vae": {"sample.grid_samples": 0, "model.class_conditional": True},
+                        "gan": {"sample.grid_samples": 0, "model.class_conditional": True}}
+
+
+def tiny_config(family: str, mesh: dict | None = None, **overrides):
+    """configs/<family>:tiny with what resolve_config would fill in from the data (LM
+    vocabulary 64, one channel, 10 classes), on `mesh` (default one device), plus
+    dotted-key `overrides`; locked."""
+    c = importlib.import_module(CONFIG_MODULES[family]).get_config("tiny")
+    c.unlock()
+    if family == "lm":
+        c.model.vocab_size = 64
+    else:
+        c.data.channels = 1
+        if "num_classes" in c.model and not c.model.num_classes:
+            c.model.num_classes = 10
+    c.mesh.update(mesh or dict(data=1, fsdp=1, tensor=1))
+    for key, value in overrides.items():
+        *path, last = key.split(".")
+        target = c
+        for p in path:
+            target = target[p]
+        target[last] = value
+    c.lock()
+    return c
+
+
+def run_config(family: str):
+    """The config of the short run (see RUN_OVERRIDES)."""
+    return tiny_config(family, **RUN_OVERRIDES, **RUN_FAMILY_OVERRIDES[family])
