@@ -6,7 +6,8 @@ classifier-free guidance.
 
 Presets (`:arg`):
   tiny  tests: seconds on one CPU core.
-  cpu   ~10 minutes on 2 CPU cores: a 1.6M-param U-Net; DDIM-50 samples show garment shapes.
+  cpu   a 0.30M-param U-Net, 800 steps of 32: ~100 images/s alone on 2 cores (2 XLA
+        devices), so ~5.5 min of training plus compiles; DDIM-50 samples show garments.
   gpu   the DDPM CIFAR-10 shape (Ho et al. 2020: width 128, mult 1-2-2-2, 2 blocks, attention
         at 16x16, dropout 0.1; 35.7M params), batch 128, bf16.
 Ablations: --config.model.parameterization=eps|x0|v, --config.model.schedule=linear|cosine,

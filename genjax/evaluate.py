@@ -9,7 +9,8 @@ Runs every evaluator in the run's `config.evals` that applies to its family (or 
 W/eval/: report.json, report.md (metric | value | real-vs-real floor, then each
 evaluator's section) and PNGs: loss curves and eval metrics vs step (W/metrics.jsonl),
 the latest sample grid (W/samples/), precision/recall bars where an evaluator reports
-both. --num_samples overrides every evaluator's `num_samples` setting.
+both. --num_samples overrides every evaluator's `num_samples` setting; --set=<name>.<key>=<value>
+(repeatable) any one setting, e.g. --set=cas.total_steps=1500 (the run's config keeps its own).
 Bad input (no workdir, unknown or inapplicable evaluator) -> one line, exit code 2.
 """
 from __future__ import annotations
@@ -51,8 +52,34 @@ def report_plots(workdir: str, out_dir: str, results: dict[str, dict], step: int
     return [p for p in out if p]
 
 
+def apply_settings(evals, assignments) -> None:
+    """`<name>.<key>=<value>` strings into config.evals (value: a Python literal, else a
+    string); UserError for an unknown evaluator or key, or a value of the wrong type."""
+    import ast
+    for item in assignments or []:
+        target, sep, raw = item.partition("=")
+        name, dot, key = target.partition(".")
+        if not (sep and dot and name and key):
+            raise UserError(f"--set={item!r}: use <evaluator>.<key>=<value>")
+        if name not in evals:
+            raise UserError(f"--set={item!r}: evaluator {name!r} is not configured in this run "
+                            f"(configured: {list(evals.keys())})")
+        if key not in evals[name]:
+            raise UserError(f"--set={item!r}: {name} has no setting {key!r}; settings: "
+                            f"{sorted(evals[name].keys())}")
+        try:
+            value = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            value = raw
+        try:
+            evals[name][key] = value
+        except TypeError as e:
+            raise UserError(f"--set={item!r}: {e}") from None
+
+
 def evaluate_workdir(workdir: str, *, which: str = "ema", only: list[str] | None = None,
-                     num_samples: int = 0, seed: int = 0) -> dict:
+                     num_samples: int = 0, seed: int = 0,
+                     settings: list[str] | None = None) -> dict:
     """Runs the evaluators and writes the report; returns {"results", "report_md",
     "report_json", "plots"}."""
     if not os.path.isdir(workdir):
@@ -69,6 +96,7 @@ def evaluate_workdir(workdir: str, *, which: str = "ema", only: list[str] | None
         for name in names:
             if "num_samples" in loaded.config.evals[name]:
                 loaded.config.evals[name].num_samples = int(num_samples)
+    apply_settings(loaded.config.evals, settings)
     ctx = ev.from_loaded(loaded, os.path.abspath(workdir), which=which, seed=seed)
     results = ctx.run(names)
     out = {"results": results}
@@ -94,7 +122,8 @@ def main(argv) -> None:
     if FLAGS.num_samples < 0:
         raise UserError(f"--num_samples={FLAGS.num_samples}: must be >= 0 (0 = the settings')")
     out = evaluate_workdir(FLAGS.workdir, which=FLAGS.params, only=only,
-                           num_samples=FLAGS.num_samples, seed=FLAGS.seed)
+                           num_samples=FLAGS.num_samples, seed=FLAGS.seed,
+                           settings=FLAGS.set)
     if "report_md" in out:
         for key, value, floor in report.metric_rows(out["results"]):
             print(f"{key:40s} {report.fmt(value):>12s}   floor {report.fmt(floor)}")
@@ -108,6 +137,7 @@ def define_flags():
     flags.DEFINE_string("only", "", "comma-separated evaluator names (default: all configured)")
     flags.DEFINE_integer("num_samples", 0, "override every evaluator's num_samples (0 = keep)")
     flags.DEFINE_integer("seed", 0, "EvalContext.seed")
+    flags.DEFINE_multi_string("set", [], "<evaluator>.<key>=<value>: one setting (repeatable)")
 
 
 if __name__ == "__main__":

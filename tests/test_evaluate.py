@@ -162,6 +162,20 @@ def test_settings_reject_unknown_keys():
         likelihood.settings(max_batch=3)
 
 
+def test_set_overrides_one_setting_and_names_what_is_wrong():
+    from genjax.evaluate import apply_settings
+    evals = _config("lm", likelihood=likelihood.settings()).evals
+    apply_settings(evals, ["likelihood.max_batches=7", "likelihood.during_training=True"])
+    assert evals.likelihood.max_batches == 7 and evals.likelihood.during_training is True
+    for bad, needle in [("likelihood.max_batches", "<evaluator>.<key>=<value>"),
+                        ("nope.max_batches=1", "not configured"),
+                        ("likelihood.max_batch=1", "no setting 'max_batch'"),
+                        ("likelihood.max_batches=many", "likelihood.max_batches=many")]:
+        with pytest.raises(UserError, match=needle):
+            apply_settings(evals, [bad])
+    assert evals.likelihood.max_batches == 7  # nothing changed by the bad ones
+
+
 def test_sample_images_batches_one_shape_and_cycles_labels(tmp_path):
     calls = []
 

@@ -110,7 +110,7 @@ def bench_diffusion(spec: str, batch: int, steps: int) -> dict:
     """images/s of DDIM sampling for the config `spec` ("path.py:preset") with random params."""
     import importlib.util
 
-    from genjax import diffusion, sharding
+    from genjax import sharding
     from genjax.losses import diffusion as family
     path, _, preset = spec.partition(":")
     module_spec = importlib.util.spec_from_file_location("bench_config", path)
@@ -129,16 +129,13 @@ def bench_diffusion(spec: str, batch: int, steps: int) -> dict:
         family.init_variables(model, k, example, config))["params"])(jax.random.PRNGKey(0))
     guidance = float(config.sample.guidance)
     cond = family.sample_labels(config, batch)
-    shape = (batch, *family.image_shape(config))
-
-    def run(params, rng, cond):
-        apply_fn = lambda x, t, y: model.apply({"params": params}, x, t, y)  # noqa: E731
-        return diffusion.ddim_sample(apply_fn, family.make_schedule(config), rng, shape,
-                                     parameterization=config.model.parameterization,
-                                     num_steps=steps, labels=cond, guidance=guidance,
-                                     null_label=family._null(config))
+    # the sampler genjax.sample and the evaluators use (params on one device: no mesh)
+    run = family.make_sampler(model, "ddim", steps, 0.0, guidance,
+                              (batch, *family.image_shape(config)), str(config.model.schedule),
+                              int(config.model.timesteps), str(config.model.parameterization),
+                              str(config.model.var_type), family._null(config), None, ())
     t0 = time.perf_counter()
-    compiled = jax.jit(run).lower(params, jax.random.PRNGKey(1), cond).compile()
+    compiled = run.lower(params, jax.random.PRNGKey(1), cond).compile()
     compile_s = time.perf_counter() - t0
     seconds = _timed(compiled, params, jax.random.PRNGKey(1), cond)
     passes = 1 if cond is None or guidance == 1.0 else 2

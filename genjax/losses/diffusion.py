@@ -241,7 +241,7 @@ def sample_images(model, params, config, rng, num_samples: int, label=None, guid
     sampler = sampler or s.sampler
     if sampler not in ("ddim", "ddpm"):
         raise ValueError(f"sampler {sampler!r}: use ddim | ddpm")
-    fn = _sampler(model, sampler, int(steps or s.steps), float(s.eta if eta is None else eta),
+    fn = make_sampler(model, sampler, int(steps or s.steps), float(s.eta if eta is None else eta),
                   float(s.guidance if guidance is None else guidance),
                   (int(num_samples), *image_shape(config)), str(config.model.schedule),
                   int(config.model.timesteps), str(config.model.parameterization),
@@ -251,12 +251,12 @@ def sample_images(model, params, config, rng, num_samples: int, label=None, guid
 
 
 @functools.lru_cache(maxsize=16)
-def _sampler(model, sampler, steps, eta, guidance, shape, schedule_name, timesteps,
-             parameterization, var_type, null_label, mesh, rules):
-    """jit(params, rng, labels) -> images for these static settings (params are an
-    argument, not baked-in constants). On the params' mesh the samples are split over
-    the batch axis (each device denoises its share; without this every device would
-    denoise the whole batch)."""
+def make_sampler(model, sampler, steps, eta, guidance, shape, schedule_name, timesteps,
+                 parameterization, var_type, null_label, mesh, rules):
+    """jit(params, rng, labels) -> images float32[shape] for these static settings (params
+    are an argument, not baked-in constants); cached. mesh, rules: the params' mesh and
+    logical rules (None, () on one device); on a mesh the samples are split over the batch
+    axis (each device denoises its share, not the whole batch)."""
     schedule = diffusion.make_schedule(schedule_name, timesteps)
     image_axes = ("batch", "height", "width", "channels")
 
