@@ -9,7 +9,8 @@ r"""Text-to-image: the diffusion family's U-Net conditioned on captions of Fashi
 A diff over configs/diffusion_fmnist.py (same presets, then the rows below).
 Presets (`:arg`):
   tiny  tests: seconds on one CPU core.
-  cpu   <= 10 minutes on 2 CPU cores (see the README for the measured time and accuracy).
+  cpu   1200 steps: 1950 s on 2 cores shared with two other trainings (its train step takes
+        minutes to compile on a CPU); accuracy in the README.
   gpu   the diffusion gpu U-Net with a 4-layer, 256-wide text encoder.
 Ablations: --config.model.text.cross_attn_resolutions='()' (pooled embedding only),
 --config.model.label_dropout=0 (no guidance possible), --config.sample.guidance=0|1|4.
