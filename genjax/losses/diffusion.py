@@ -222,12 +222,7 @@ def sample_labels(config, num_samples: int, label=None, prompt=None):
         return jnp.broadcast_to(prompt, (num_samples, prompt.shape[-1]))
     if prompt is not None:
         raise ValueError(f"a {cond!r}-conditioned model takes no prompt")
-    n = num_classes(config)
-    if not n:
-        return None
-    if label is None:
-        return jnp.arange(num_samples, dtype=jnp.int32) % n
-    return jnp.broadcast_to(jnp.asarray(label, jnp.int32), (num_samples,))
+    return image_seam.sample_labels(config, num_samples, label)
 
 
 def sample_images(model, params, config, rng, num_samples: int, label=None, guidance=None,

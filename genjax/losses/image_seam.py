@@ -23,7 +23,7 @@ def num_classes(config) -> int:
 
 
 def sample_labels(config, num_samples: int, label=None):
-    """int32[num_samples] labels of samples (GAN, VAE; diffusion has its own with prompts):
+    """int32[num_samples] labels of samples (GAN, VAE, and diffusion's class models):
     None -> classes 0, 1, 2, ... in turn, or None for an unconditional model; else `label`."""
     n = num_classes(config)
     if not n:
