@@ -3,6 +3,7 @@
 Subprocesses get the test session's environment (tests/conftest.py: key-reuse checker,
 shared compilation cache) with their own XLA_FLAGS: `devices` fake CPU devices.
 """
+import json
 import os
 import subprocess
 import sys
@@ -39,3 +40,17 @@ def assert_one_line_error(proc, *needles) -> None:
     assert len(lines) == 1, proc.stderr[-2000:]
     for needle in needles:
         assert needle in lines[0], lines[0]
+
+
+def losses_by_step(workdir) -> dict:
+    """{step: loss} from W/metrics.jsonl, each step's last logged loss (a resumed or
+    rolled-back run logs some steps twice). Non-finite losses are kept, unlike
+    genjax.evaluators.plots.read_metrics: the fault tests must see them. A missing file
+    raises."""
+    out = {}
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        for line in f:
+            row = json.loads(line)
+            if "loss" in row:
+                out[row["step"]] = row["loss"]
+    return out

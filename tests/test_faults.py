@@ -15,6 +15,7 @@ import pytest
 from genjax import config_lib, optim
 from genjax.step import SpikeGuard, init_state, train_step
 from tests import subproc
+from tests.subproc import losses_by_step
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Every run here compiles the same train step (the schedule depends on total_steps): the
@@ -34,17 +35,6 @@ def train(workdir, data_dir, *args, faults="", cache=True):
         env["JAX_ENABLE_COMPILATION_CACHE"] = "false"
     cmd = [sys.executable, "-m", "genjax.train", f"--workdir={workdir}", *args]
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-
-
-def losses_by_step(workdir):
-    """Last logged loss of each step (a resumed or rolled-back run logs some twice)."""
-    out = {}
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        for line in f:
-            row = json.loads(line)
-            if "loss" in row:
-                out[row["step"]] = row["loss"]
-    return out
 
 
 def checksums(workdir, step):

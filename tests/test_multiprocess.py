@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from tests import subproc
+from tests.subproc import losses_by_step
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HANG_S = 300  # per launch: a process stuck in a collective fails the test instead of hanging it
@@ -58,16 +59,6 @@ def _launch(workdir, text, data_dir, num_processes, devices_per_process, faults=
     return [(p.returncode, out) for p, out in zip(procs, outs)]
 
 
-def _losses(workdir):
-    out = {}
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        for line in f:
-            row = json.loads(line)
-            if "loss" in row:
-                out[row["step"]] = row["loss"]  # a resumed run's last word on each step
-    return out
-
-
 @pytest.fixture(scope="module")
 def text(tmp_path_factory, data_dir):
     from genjax.data.text_builders import prepare
@@ -94,7 +85,7 @@ def test_two_processes_train_and_resume_like_one(tmp_path, text, data_dir):
         assert "resumed from step" in out
     assert "8 x cpu" in resumed[0][1]  # one global mesh of 2 x 4 devices
 
-    want, got = _losses(tmp_path / "one"), _losses(tmp_path / "two")
+    want, got = losses_by_step(tmp_path / "one"), losses_by_step(tmp_path / "two")
     assert sorted(want) == sorted(got) == list(range(1, 9))
     np.testing.assert_allclose([got[s] for s in sorted(got)], [want[s] for s in sorted(want)],
                                rtol=1e-5)
