@@ -28,26 +28,16 @@ import numpy as np
 
 from experiments.sweep import MANIFEST_SUFFIX
 from experiments.sweep_lib import format_value
+from genjax.metrics_writer import read_rows
 
 
 # ---------------------------------------------------------------------- reading
 def read_metrics(workdir: str) -> list[dict]:
     """metrics.jsonl rows; a step logged twice (resumed run) keeps its last row per key set."""
-    path = os.path.join(workdir, "metrics.jsonl")
     rows: dict[tuple, dict] = {}
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        for line in f:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                row = json.loads(line)
-            except ValueError:  # a line cut by a kill
-                continue
-            kind = "eval" if any(k.startswith("eval/") for k in row) else "train"
-            rows[(row["step"], kind)] = row
+    for row in read_rows(os.path.join(workdir, "metrics.jsonl")):
+        kind = "eval" if any(k.startswith("eval/") for k in row) else "train"
+        rows[(row["step"], kind)] = row
     return [rows[k] for k in sorted(rows)]
 
 

@@ -13,6 +13,27 @@ from typing import Any
 import jax
 
 
+def read_rows(path: str, *, missing_ok: bool = True) -> list[dict]:
+    """The rows of a metrics.jsonl in file order (a resumed run logs some steps twice),
+    without blank lines and without a last line cut by a kill. A missing file: [] when
+    `missing_ok`, else FileNotFoundError."""
+    if missing_ok and not os.path.isfile(path):
+        return []
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(row, dict) and isinstance(row.get("step"), int):
+                rows.append(row)
+    return rows
+
+
 def _scalar(v: Any) -> float | int:
     try:
         f = float(v)

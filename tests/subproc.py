@@ -3,7 +3,6 @@
 Subprocesses get the test session's environment (tests/conftest.py: key-reuse checker,
 shared compilation cache) with their own XLA_FLAGS: `devices` fake CPU devices.
 """
-import json
 import os
 import subprocess
 import sys
@@ -47,10 +46,6 @@ def losses_by_step(workdir) -> dict:
     rolled-back run logs some steps twice). Non-finite losses are kept, unlike
     genjax.evaluators.plots.read_metrics: the fault tests must see them. A missing file
     raises."""
-    out = {}
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        for line in f:
-            row = json.loads(line)
-            if "loss" in row:
-                out[row["step"]] = row["loss"]
-    return out
+    from genjax.metrics_writer import read_rows
+    rows = read_rows(os.path.join(workdir, "metrics.jsonl"), missing_ok=False)
+    return {row["step"]: row["loss"] for row in rows if "loss" in row}

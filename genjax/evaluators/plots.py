@@ -10,13 +10,14 @@ Every function returns the path(s) it wrote; nothing to plot -> None / [].
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
 import shutil
 
 from matplotlib.figure import Figure
+
+from genjax.metrics_writer import read_rows
 
 BOOKKEEPING = ("count", "tokens", "train_seconds")  # eval keys that are not metrics
 
@@ -25,23 +26,10 @@ def read_metrics(path: str) -> dict[str, dict[int, float]]:
     """metrics.jsonl -> {key: {step: value}}; a step logged twice (a resumed run) keeps its
     last value; non-numeric and non-finite values are dropped."""
     series: dict[str, dict[int, float]] = {}
-    if not os.path.isfile(path):
-        return series
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut by a crash
-            step = row.get("step")
-            if not isinstance(step, int):
-                continue
-            for k, v in row.items():
-                if k != "step" and isinstance(v, (int, float)) and math.isfinite(v):
-                    series.setdefault(k, {})[step] = float(v)
+    for row in read_rows(path):
+        for k, v in row.items():
+            if k != "step" and isinstance(v, (int, float)) and math.isfinite(v):
+                series.setdefault(k, {})[row["step"]] = float(v)
     return series
 
 
