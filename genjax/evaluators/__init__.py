@@ -188,11 +188,17 @@ class EvalContext:
             labels = self.family.sample_labels(self.config, max(num_batches, len(images)) * b,
                                                label)
         key = jax.random.PRNGKey(seed)
-        for i in range(len(images), num_batches):
+        first, t0 = len(images), time.perf_counter()
+        every = max(1, (num_batches - first) // 10)  # ~10 progress lines
+        for i in range(first, num_batches):
             lab = None if labels is None else labels[i * b:(i + 1) * b]
             images.append(np.asarray(jax.device_get(self.family.sample_images(
                 self.model, self.params, self.config, jax.random.fold_in(key, i), b,
                 label=lab)), np.float32))
+            if num_batches - first > 1 and ((i + 1 - first) % every == 0 or i + 1 == num_batches):
+                drawn = (i + 1 - first) * b
+                _progress(f"  sampled {min((i + 1) * b, n)}/{n} images "
+                          f"({drawn / (time.perf_counter() - t0):.1f} images/s)")
         self._sample_pool[pool_key] = (images, labels)
         images_NxHxWxC = np.concatenate(images[:num_batches])[:n]
         labels_N = None if labels is None else np.asarray(labels, np.int32)[:n]
@@ -203,11 +209,19 @@ class EvalContext:
         """{name: normalized result + "seconds"} for `names` (None: all that apply)."""
         results = {}
         for name in resolve(self.config, names):
+            _progress(f"evaluator {name} (step {self.step}, {self.which} params)...")
             t0 = time.perf_counter()
             result = normalize(name, get(name).evaluate(self, self.config.evals[name]))
             result["seconds"] = time.perf_counter() - t0
+            _progress(f"evaluator {name}: done in {result['seconds']:.1f} s")
             results[name] = result
         return results
+
+
+def _progress(line: str) -> None:
+    """A progress line on stdout (process 0 only)."""
+    if jax.process_index() == 0:
+        print(line, flush=True)
 
 
 def from_loaded(loaded, workdir: str, *, which: str, seed: int = 0, data=None) -> EvalContext:
