@@ -5,8 +5,10 @@ Also set here, through the environment so that the subprocesses the tests launch
                         KeyReuseError. It sees typed keys only; the train step hands the
                         loss functions a typed key (genjax/step.py: step_key).
   JAX compilation cache compiled programs are shared between the many short training
-                        subprocesses (a tiny LM train step takes ~9 s to compile on 2 cores).
-  XLA_FLAGS             8 fake devices here; subprocesses get theirs from tests/subproc.py.
+                        subprocesses (a tiny LM train step takes ~9 s to compile on 2 cores),
+                        the small eager ops too (min compile time 0: ~1 s per CLI launch).
+  XLA_FLAGS             8 fake devices here; subprocesses get theirs from tests/subproc.py;
+                        both compile at -O0 (subproc.FAST_COMPILE).
 """
 import os
 import sys
@@ -22,7 +24,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ["JAX_DEBUG_KEY_REUSE"] = "true"
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
                       os.path.join(tempfile.gettempdir(), f"genjax-tests-xla-{os.getuid()}"))
-os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 import pytest  # noqa: E402
 
 
