@@ -14,8 +14,8 @@ import pytest
 
 from genjax import assemble, sharding, train
 from genjax.checkpoint import Checkpointer
-from genjax.evaluators.plots import read_metrics
 from tests.families import run_config, tiny_config
+from tests.subproc import losses_by_step
 
 # family -> golden first-step loss of its tiny config
 GOLDEN_LOSS = {"lm": 4.174229, "diffusion": 0.996686, "vae": 6.306058, "gan": 1.919613}
@@ -90,11 +90,6 @@ def test_eight_devices_equal_one(family):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
-def _losses(workdir) -> dict[int, float]:
-    """Last logged loss of each step (an interrupted run logs its last steps twice)."""
-    return read_metrics(os.path.join(workdir, "metrics.jsonl"))["loss"]
-
-
 @pytest.mark.parametrize("family", sorted(GOLDEN_LOSS))
 def test_interrupted_run_resumes_bit_for_bit(family, tiny_run, tmp_path):
     """Stop after 3 of 6 steps, run again: every step's loss and the whole final state
@@ -105,7 +100,7 @@ def test_interrupted_run_resumes_bit_for_bit(family, tiny_run, tmp_path):
     train.train(config.copy_and_resolve_references(), str(run), stop_after=3)
     assert sorted(os.listdir(run / "checkpoints")) == ["3"]
     train.train(config.copy_and_resolve_references(), str(run))
-    want, got = _losses(ref), _losses(run)
+    want, got = losses_by_step(ref), losses_by_step(run)
     assert sorted(want) == list(range(1, 7)) and got == want
 
     parts = assemble.assemble(_resolved(ref), sharding.make_mesh(config.mesh))
