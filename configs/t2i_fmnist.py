@@ -38,7 +38,7 @@ def get_config(arg: str | None = None):
         raise config_lib.ConfigError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
     c = diffusion_fmnist.get_config(name)
     c.unlock()
-    c.model.conditioning = "text"      # class | text | none (genjax/losses/diffusion.py)
+    c.model.conditioning = "text"      # class | text | none (genjax/families/diffusion.py)
     c.model.class_conditional = False  # the label is not an input; only the caption is
     c.model.label_dropout = 0.1        # here: p(caption -> null caption, all PAD), for guidance
     c.model.text = ConfigDict()        # genjax/models/text_encoder.py

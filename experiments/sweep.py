@@ -264,7 +264,7 @@ def main(argv) -> None:
     from absl import flags
     from ml_collections import config_flags
 
-    from genjax.config_lib import ConfigError, UserError
+    from genjax.errors import ConfigError, UserError
     FLAGS = flags.FLAGS
     if len(argv) > 1:
         raise UserError(f"unexpected arguments: {argv[1:]}")
@@ -333,6 +333,6 @@ def define_flags():
 
 
 if __name__ == "__main__":
-    from genjax import config_lib
+    from genjax import cli
     define_flags()
-    config_lib.run_cli(main)
+    cli.run(main)

@@ -30,8 +30,8 @@ import jax
 import numpy as np
 
 from genjax import assemble as assemble_lib
-from genjax import config_lib, sharding
-from genjax.config_lib import ConfigError, UserError
+from genjax import cli, config_lib, sharding
+from genjax.errors import ConfigError, UserError
 
 GiB = 1024 ** 3
 # HBM per chip (Google Cloud TPU system architecture pages, 2025):
@@ -236,4 +236,4 @@ def define_flags():
 
 if __name__ == "__main__":
     define_flags()
-    config_lib.run_cli(main)
+    cli.run(main)

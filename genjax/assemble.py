@@ -17,14 +17,14 @@ from flax import linen as nn
 from jax.sharding import Mesh, NamedSharding
 from ml_collections import ConfigDict
 
-from genjax import losses, optim, sharding, step as step_lib
-from genjax.config_lib import ConfigError
+from genjax import families, optim, sharding, step as step_lib
+from genjax.errors import ConfigError
 
 
 @dataclasses.dataclass
 class Parts:
     config: ConfigDict
-    family: Any                      # the loss module (genjax.losses.<family>)
+    family: Any                      # the family module (genjax/families/__init__.py)
     model: nn.Module
     tx: Any                          # optax.GradientTransformation
     labels: Any                      # parameter-group labels or None
@@ -75,7 +75,7 @@ def check_batch_size(config: ConfigDict, mesh: Mesh, rules) -> None:
 
 
 def assemble(config: ConfigDict, mesh: Mesh) -> Parts:
-    family = losses.get(config.family)
+    family = families.get(config.family)
     model = family.make_model(config)
     rules = sharding.rules_from_config(config.sharding_rules)
     check_batch_size(config, mesh, rules)

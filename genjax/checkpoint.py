@@ -27,26 +27,17 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from genjax import config_lib, faults
-from genjax.config_lib import UserError
+from genjax.errors import CheckpointError, CorruptCheckpoint, UserError  # noqa: F401
 from genjax.step import TrainState
 
 ITEMS = ("state", "data", "meta")
-# Config sections whose change makes a checkpoint belong to "another model".
+# Config sections whose change makes a checkpoint belong to "another model" (except the
+# keys the family names as runtime_keys: how a model runs, not what it is).
 ARCH_KEYS = ("family", "model")
-# ...except these, which change how a model runs, not what it is.
-NOT_ARCH = ("model.dropout", "model.attention_impl", "model.z_loss")
 
 
 def _state_to_dict(state: TrainState) -> dict:
     return {f.name: getattr(state, f.name) for f in dataclasses.fields(state)}
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint could not be written or read (one line on the CLI, exit 1)."""
-
-
-class CorruptCheckpoint(CheckpointError):
-    pass
 
 
 # --------------------------------------------------------------------------- checksums
@@ -336,15 +327,16 @@ def _check_against_saved(item_metadata, target, directory, step) -> None:
                         f"({len(problems)} leaves differ):\n  " + "\n  ".join(problems[:20]))
 
 
-def check_same_model(saved_meta: dict, config) -> None:
-    """A checkpoint of another model (family or model config differ) -> UserError."""
+def check_same_model(saved_meta: dict, config, runtime_keys: tuple[str, ...] = ()) -> None:
+    """A checkpoint of another model (family or model config differ, except in
+    `runtime_keys`) -> UserError."""
     now = config_lib.to_dict(config)
     then = saved_meta.get("config", {})
     diffs = []
     for key in ARCH_KEYS:
         if isinstance(now.get(key), dict):
             diffs += [d for d in config_lib.diff(then.get(key, {}), now[key], prefix=f"{key}.")
-                      if d.split(":")[0] not in NOT_ARCH]
+                      if d.split(":")[0] not in runtime_keys]
         elif then.get(key) != now.get(key):
             diffs.append(f"{key}: {then.get(key)!r} -> {now.get(key)!r}")
     if diffs:

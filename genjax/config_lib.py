@@ -9,11 +9,12 @@ A family config (configs/<name>.py) starts from `base_config()`, fills `model` a
 from __future__ import annotations
 
 import json
-import sys
-from typing import Any, Sequence
+from typing import Any
 
 import ml_collections
 from ml_collections import ConfigDict
+
+from genjax.errors import ConfigError, UserError  # noqa: F401  (re-exported)
 
 # Logical axis -> mesh axis. Models only name logical axes (see genjax/sharding.py).
 DEFAULT_SHARDING_RULES = (
@@ -36,7 +37,7 @@ DEFAULT_SHARDING_RULES = (
 def base_config() -> ConfigDict:
     """Shared keys of every run (unlocked; the family config locks it)."""
     c = ConfigDict()
-    c.family = ""                  # loss module: genjax/losses/<family>.py (lm, ...)
+    c.family = ""                  # loss module: genjax/families/<family>.py (lm, ...)
     c.seed = 0                     # params init, data order and per-step randomness
     c.total_steps = 1000           # optimizer steps
     c.batch_size = 32              # GLOBAL batch (all processes and devices)
@@ -110,63 +111,6 @@ def set_image_data(c: ConfigDict, image_size: int = 32) -> ConfigDict:
     c.data.channels = 0            # 0 = the data's
     c.data.data_dir = ""           # "" = $GENJAX_DATA_DIR or ~/.cache/genjax/tfds
     return c
-
-
-# --------------------------------------------------------------------------- CLI
-class ConfigError(ValueError):
-    """A bad config: printed as one line by the CLIs, exit code 2."""
-
-
-def parse_flags(argv: Sequence[str]):
-    """absl flag parsing with config errors turned into one ConfigError line."""
-    from absl import flags
-    try:
-        rest = flags.FLAGS(list(argv))
-    except AttributeError as e:  # locked ConfigDict: unknown key
-        key = str(e).strip("'\"")
-        raise ConfigError(f"unknown config key {key!r} (see genjax/config_lib.py and the "
-                          f"config file for the keys that exist)") from None
-    except KeyError as e:
-        raise ConfigError(f"unknown config key {e}") from None
-    except flags.Error as e:
-        raise ConfigError(str(e).splitlines()[0]) from None
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"bad config override: {e}") from None
-    cfg = getattr(flags.FLAGS, "config", None)
-    if cfg is not None and not isinstance(cfg, ConfigDict):
-        try:  # ml_collections defers load errors into an _ErrorConfig object
-            cfg.lock()
-        except Exception as e:  # noqa: BLE001
-            raise ConfigError(f"cannot load --config: {e}") from None
-    return rest
-
-
-def run_cli(main, argv=None) -> None:
-    """Runs `main(argv)` after flag parsing.
-
-    Bad input -> one `error:` line on stderr, exit 2; a run that fails for a reason it
-    can name (failed checkpoint save, NaN halt) -> one line, exit 1.
-    """
-    import logging
-    argv = sys.argv if argv is None else argv
-    try:
-        rest = parse_flags(argv)
-        main(rest)
-    except (ConfigError, UserError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        logging.shutdown()
-        sys.exit(2)
-    except (RuntimeError, FloatingPointError) as e:
-        from genjax.checkpoint import CheckpointError
-        if not isinstance(e, (CheckpointError, FloatingPointError)):
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        logging.shutdown()
-        sys.exit(1)
-
-
-class UserError(Exception):
-    """Bad input from the user (missing data, bad prompt, wrong workdir): one line, exit 2."""
 
 
 # ----------------------------------------------------------------------- helpers

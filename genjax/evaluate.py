@@ -19,9 +19,10 @@ import os
 
 import jax
 
-from genjax import config_lib, inference, runtime
+from genjax import cli, config_lib, inference, runtime
 from genjax import evaluators as ev
-from genjax.config_lib import UserError
+from genjax import train as train_lib
+from genjax.errors import UserError
 from genjax.evaluators import plots, report
 
 
@@ -87,24 +88,27 @@ def evaluate_workdir(workdir: str, *, which: str = "ema", only: list[str] | None
     for name in only or []:
         ev.get(name)  # a typo fails before the model is loaded
     loaded = inference.load(workdir, which=which)
-    names = ev.resolve(loaded.config, only)
+    names = ev.resolve(loaded.config, loaded.family, only)
+    skipped = {} if only else ev.skipped(loaded.config, loaded.family)
+    for name, why in skipped.items():
+        print(f"skipping evaluator {name}: {why}", flush=True)
     if not names:
         raise UserError(f"no evaluator to run: the run's config.evals has "
-                        f"{ev.configured(loaded.config)} and none applies to family "
-                        f"{loaded.config.family!r}")
+                        f"{ev.configured(loaded.config)} and none applies "
+                        f"({'; '.join(f'{n}: {w}' for n, w in skipped.items())})")
     if num_samples:
         for name in names:
             if "num_samples" in loaded.config.evals[name]:
                 loaded.config.evals[name].num_samples = int(num_samples)
     apply_settings(loaded.config.evals, settings)
-    ctx = ev.from_loaded(loaded, os.path.abspath(workdir), which=which, seed=seed)
+    ctx = ev.from_loaded(loaded, os.path.abspath(workdir), seed=seed, train_fn=train_lib.train)
     results = ctx.run(names)
-    out = {"results": results}
+    out = {"results": results, "skipped": skipped}
     if jax.process_index() == 0:
         figures = report_plots(ctx.workdir, ctx.out_dir, results, ctx.step)
         run = {"workdir": ctx.workdir, "family": loaded.config.family, "step": ctx.step,
                "which": ctx.which, "seed": seed, "genjax_version": runtime.version(),
-               "evals": config_lib.to_dict(loaded.config.evals)}
+               "evals": config_lib.to_dict(loaded.config.evals), "skipped": skipped}
         out["report_json"], out["report_md"] = report.write_report(ctx.out_dir, run, results,
                                                                    figures)
         out["plots"] = figures
@@ -142,4 +146,4 @@ def define_flags():
 
 if __name__ == "__main__":
     define_flags()
-    config_lib.run_cli(main)
+    cli.run(main)

@@ -5,23 +5,24 @@ import dataclasses
 import os
 from typing import Any
 
-import jax
-
 from genjax import assemble as assemble_lib
 from genjax import checkpoint as ckpt_lib
-from genjax import config_lib, sharding
-from genjax.config_lib import UserError
+from genjax import config_lib, families, sharding
+from genjax import step as step_lib
+from genjax.errors import UserError
 
 
 @dataclasses.dataclass
 class Loaded:
     config: Any
-    family: Any
+    family: Any           # the family module (genjax/families/__init__.py)
     model: Any
-    params: Any
+    params: Any           # EMA or raw, see `which`
     model_state: Any
     meta: dict
     step: int
+    which: str            # "ema" | "raw": the params actually loaded
+    parts: Any            # genjax.assemble.Parts (jitted eval step, mesh): assembled once
 
 
 def load(workdir: str, *, which: str = "ema", step: int | None = None) -> Loaded:
@@ -38,14 +39,13 @@ def load(workdir: str, *, which: str = "ema", step: int | None = None) -> Loaded
         raise UserError(f"no finished checkpoint in {workdir!r}")
     meta = ckpt.read_meta(step)
     config = config_lib.from_dict(meta["config"])
+    families.get(config["family"])  # the contract is checked before anything is built
     config.mesh = config_lib.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
     config.lock()
     mesh = sharding.make_mesh(config.mesh)
     parts = assemble_lib.assemble(config, mesh)
     state, _, _ = ckpt.restore(step, parts.abstract_state)
     ckpt.close()
-    params = state.params
-    if which == "ema" and jax.tree_util.tree_leaves(state.ema_params):
-        params = state.ema_params
+    params, which = step_lib.inference_params(state, which)
     return Loaded(config=config, family=parts.family, model=parts.model, params=params,
-                  model_state=state.model_state, meta=meta, step=step)
+                  model_state=state.model_state, meta=meta, step=step, which=which, parts=parts)

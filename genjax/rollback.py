@@ -10,17 +10,11 @@ resumed run discards exactly the same batches.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from typing import Any, Iterator
 
 from genjax import faults
-
-
-class NonFinite(FloatingPointError):
-    """Training went bad at steps [first, last] (one line on the CLI, exit 1)."""
-
-    def __init__(self, message: str, first: int, last: int):
-        super().__init__(message)
-        self.first, self.last = int(first), int(last)
+from genjax.errors import NonFinite  # noqa: F401  (re-exported)
 
 
 @dataclasses.dataclass
@@ -65,3 +59,29 @@ class BatchBook:
         the bad batches known now, one more rollback."""
         return BatchBook(drawn=saved.drawn, bad=self.bad | saved.bad,
                          rollbacks=self.rollbacks + 1)
+
+
+def roll_back(bad: NonFinite, *, config, ckpt, abstract_state, book: BatchBook,
+              train_iter, writer) -> tuple[Any, BatchBook, int]:
+    """on_nan=rollback: restores the newest checkpoint before the bad steps, marks their
+    batches bad (never trained on again) and returns (state, book, restored step).
+    on_nan=halt re-raises `bad`; too many rollbacks or no older checkpoint end the run."""
+    if config.on_nan != "rollback":
+        raise bad
+    if book.rollbacks >= config.max_rollbacks:
+        raise FloatingPointError(f"{bad} after {book.rollbacks} rollbacks "
+                                 f"(config.max_rollbacks)")
+    ordinals = book.mark_bad(bad.first, bad.last)
+    target = ckpt.rollback_to(bad.first)
+    if target is None:
+        raise FloatingPointError(f"{bad}; no checkpoint before step {bad.first} to "
+                                 f"roll back to")
+    state, data_state, saved_meta = ckpt.restore(target, abstract_state)
+    train_iter.set_state(data_state)
+    book = book.rolled_back_to(BatchBook.from_meta(saved_meta, target))
+    msg = (f"{bad}; rolled back to step {target}, skipping batches {ordinals} "
+           f"(rollback {book.rollbacks}/{config.max_rollbacks})")
+    logging.warning(msg)
+    print(f"warning: {msg}", flush=True)
+    writer.write(target, {"rollback/to_step": target, "rollback/count": book.rollbacks})
+    return state, book, target

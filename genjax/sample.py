@@ -1,5 +1,9 @@
 r"""Sample from a trained workdir (the family comes from its checkpoint).
 
+The sampler is the one the family offers (genjax/families/__init__.py): `sample_text`
+(text: printed), `sample_images` (a PNG grid) or `sample_arrays` (an .npz). A flag the
+family's sampler does not take is an error, never silently ignored.
+
   python -m genjax.sample --workdir=W --prompt="ROMEO:" --num_samples=3 \
       --max_new_tokens=100 --temperature=0.8 --top_k=40 --top_p=0.95 --seed=0
   python -m genjax.sample --workdir=W --prompt="ROMEO:" --stream --stop='\n\n' \
@@ -22,8 +26,9 @@ import warnings
 
 from absl import flags
 
-from genjax import config_lib, inference, runtime
-from genjax.config_lib import UserError
+from genjax import cli, families, inference, runtime
+from genjax import train as train_lib
+from genjax.errors import UserError
 
 FLAGS = flags.FLAGS
 
@@ -113,7 +118,6 @@ def sample_lm(loaded, opts=None) -> list[str]:
     """LM samples printed to stdout; `opts`: the flags (or any object with their names)."""
     import json
 
-    from genjax.data.tokenizer import tokenizer_from_json
     from genjax.sampling import best_of_n, postprocess, text
     if opts is None:  # the CLI: warnings (truncate="left", window=True) as one plain line
         opts = FLAGS
@@ -129,7 +133,7 @@ def sample_lm(loaded, opts=None) -> list[str]:
     if opts.stream and (hooks or opts.best_of > 1):
         raise UserError("--stream prints text before it could be filtered or ranked: drop "
                         "--stream, or --blocklist/--blocklist_regex/--best_of")
-    tokenizer = tokenizer_from_json(loaded.meta["data"]["tokenizer"])
+    tokenizer = loaded.family.text_tokenizer(loaded.meta)
     header = lambda i, n, extra="": print(  # noqa: E731
         f"----- sample {i + 1}/{n} (step {loaded.step}){extra} -----", flush=True)
     if opts.stream:
@@ -151,8 +155,8 @@ def sample_lm(loaded, opts=None) -> list[str]:
         extras = [f" rank {i + 1} of {opts.best_of}, log-lik {score:.3f} nats/token"
                   for i, (_, score) in enumerate(ranked)]
     else:
-        completions = text.generate_texts(loaded.model, loaded.params, tokenizer,
-                                          [req.prompt], req)[0]
+        completions = loaded.family.sample_text(loaded.model, loaded.params, tokenizer,
+                                                [req.prompt], req)[0]
         extras = [""] * len(completions)
     records = postprocess.run_hooks([c.text for c in completions], hooks)
     for i, (c, record, extra) in enumerate(zip(completions, records, extras)):
@@ -189,8 +193,8 @@ def image_condition(loaded, opts) -> dict:
     ("target", None = unknown) from --label / --prompt; errors for the wrong kind."""
     from genjax.data import captions
     class_names = list(loaded.meta.get("data", {}).get("class_names", []))
-    text = getattr(loaded.family, "conditioning", lambda c: "")(loaded.config) == "text"
-    if text:
+    conditioning = families.conditioning(loaded.family, loaded.config)
+    if conditioning == "text":
         if opts.label not in (None, ""):
             raise UserError("--label: this model is text-conditional; describe the image "
                             "with --prompt instead, e.g. --prompt='a pair of sandals'")
@@ -204,6 +208,10 @@ def image_condition(loaded, opts) -> dict:
             warnings.warn(f"words the model never saw, encoded as <unk>: {unknown}")
         target = captions.prompt_class(opts.prompt) if class_names else None
         return {"prompt": tokens, "target": target, "what": repr(opts.prompt)}
+    if conditioning == "none":
+        if opts.prompt is not None or opts.label not in (None, ""):
+            raise UserError("--label/--prompt: this model is unconditional; drop them")
+        return {"target": None, "what": "unconditional"}
     if opts.prompt is not None:
         raise UserError(f"--prompt: a {loaded.config.family} model trained on class labels "
                         f"takes --label (one of {class_names}), not a text prompt")
@@ -215,12 +223,8 @@ def image_condition(loaded, opts) -> dict:
 def feature_net_probs(loaded):
     """probs_fn(images_NxHxWxC in [-1, 1]) -> [N, classes] of the Fashion-MNIST classifier
     (genjax/evaluators/feature_net.py)."""
-    try:
-        from genjax.evaluators.feature_net import load_feature_net
-    except ImportError as e:
-        raise UserError(f"--best_of/--min_confidence for images need the classifier of "
-                        f"genjax/evaluators/feature_net.py, which is not available ({e})") from None
-    net = load_feature_net(loaded.config.data)
+    from genjax.evaluators.feature_net import load_feature_net
+    net = load_feature_net(loaded.config.data, train_fn=train_lib.train)
     return net.probs
 
 
@@ -250,11 +254,13 @@ def sample_images(loaded, opts=None, probs_fn=None) -> str | None:
     if scoring and probs_fn is None:
         probs_fn = feature_net_probs(loaded)
     kwargs = {k: cond[k] for k in ("label", "prompt") if k in cond}
+    kwargs.update({k: getattr(opts, k) for k in getattr(loaded.family, "sample_options", ())
+                   if getattr(opts, k, None) is not None})
 
     def generate(k, seed):
         return np.asarray(jax.device_get(loaded.family.sample_images(
             loaded.model, loaded.params, loaded.config, jax.random.PRNGKey(seed), k,
-            guidance=opts.guidance, steps=opts.steps, **kwargs)))
+            **kwargs)))
 
     if opts.best_of > 1:
         ranked = best_of_n.best_of_n_images(
@@ -296,20 +302,72 @@ def sample_images(loaded, opts=None, probs_fn=None) -> str | None:
     return out
 
 
+def sample_arrays(loaded, opts=None) -> str:
+    """Samples of a family that is neither text nor images, as W/samples.npz (or --out)."""
+    import jax
+    import numpy as np
+    opts = FLAGS if opts is None else opts
+    n = opts.num_samples or 64
+    x = np.asarray(jax.device_get(loaded.family.sample_arrays(
+        loaded.model, loaded.params, loaded.config, jax.random.PRNGKey(opts.seed), n)))
+    out = opts.out or os.path.join(opts.workdir, "samples.npz")
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    np.savez(out, samples=x)
+    print(f"wrote {len(x)} samples {list(x.shape[1:])} (step {loaded.step}) to {out}", flush=True)
+    return out
+
+
+# Flags each kind of sampler takes (beyond --workdir, --num_samples, --seed, --params);
+# the family's `sample_options` (e.g. guidance, steps) add to the image sampler's.
+TEXT_FLAGS = ("prompt", "max_new_tokens", "temperature", "top_k", "top_p", "min_p",
+              "repetition_penalty", "stop", "stop_token_ids", "stream", "truncate", "window",
+              "best_of", "blocklist", "blocklist_regex", "redact")
+IMAGE_FLAGS = ("prompt", "label", "out", "best_of", "min_confidence")
+ARRAY_FLAGS = ("out",)
+OPTION_FLAGS = ("guidance", "steps")  # image sampler options some families take
+_OFF = {"truncate": "error", "best_of": 1}  # flag values that mean "not used"
+
+
+def sampler_kind(family) -> str:
+    """"text" | "images" | "arrays": the sampler the family offers (UserError: none)."""
+    for kind, capability in (("text", "sample_text"), ("images", "sample_images"),
+                             ("arrays", "sample_arrays")):
+        if families.has(family, capability):
+            return kind
+    raise UserError("this family offers no sampler (sample_text, sample_images or "
+                    "sample_arrays)")
+
+
+def check_flags(family, opts) -> str:
+    """The sampler kind; UserError naming the first flag given that it does not take."""
+    kind = sampler_kind(family)
+    takes = set({"text": TEXT_FLAGS, "images": IMAGE_FLAGS, "arrays": ARRAY_FLAGS}[kind])
+    if kind == "images":
+        takes |= set(getattr(family, "sample_options", ()))
+    for name in dict.fromkeys((*TEXT_FLAGS, *IMAGE_FLAGS, *OPTION_FLAGS)):
+        value = getattr(opts, name, None)
+        if name in takes or value in (None, False, "", [], ()) or _OFF.get(name) == value:
+            continue
+        raise UserError(f"--{name}: the {kind} sampler of this family does not take it "
+                        f"(it takes: {', '.join('--' + t for t in sorted(takes))})")
+    return kind
+
+
 def main(argv) -> None:
     if len(argv) > 1:
         raise UserError(f"unexpected arguments: {argv[1:]}")
     runtime.setup_logging()
     loaded = inference.load(FLAGS.workdir, which=FLAGS.params)
-    if loaded.config.family == "lm":
+    kind = check_flags(loaded.family, FLAGS)
+    if kind == "text":
         sample_lm(loaded)
-    elif hasattr(loaded.family, "sample_images"):
+    elif kind == "images":
         warnings.formatwarning = lambda message, *_args, **_kwargs: f"warning: {message}\n"
         sample_images(loaded)
     else:
-        raise UserError(f"family {loaded.config.family!r} has no sampler")
+        sample_arrays(loaded)
 
 
 if __name__ == "__main__":
     define_flags()
-    config_lib.run_cli(main)
+    cli.run(main)

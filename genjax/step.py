@@ -2,7 +2,7 @@
 
 `train_step` is a pure function of (state, batch); the caller jits it with shardings
 and donation (genjax/assemble.py). Families plug in through `loss_fn` only
-(genjax/losses/__init__.py). Parameter groups (a GAN's generator and discriminator)
+(genjax/families/__init__.py). Parameter groups (a GAN's generator and discriminator)
 train here too: one gradient (the loss uses stop_gradient so each group sees only its own
 objective), one optimizer per group (optax.multi_transform), and alternating updates by
 *selecting* old or new params/opt-state per group -- never by zeroing gradients, which
@@ -93,6 +93,15 @@ def init_state(params, model_state, tx, rng, *, ema: bool) -> TrainState:
         model_state=model_state, rng=rng,
         skips=jnp.zeros((), jnp.int32), total_skips=jnp.zeros((), jnp.int32),
         guard=init_guard())
+
+
+def inference_params(state: TrainState, which: str = "ema") -> tuple[PyTree, str]:
+    """(params, "ema" | "raw"): the EMA params when asked for and kept, else the raw ones."""
+    if which not in ("ema", "raw"):
+        raise ValueError(f"which={which!r}: use ema or raw")
+    if which == "ema" and jax.tree_util.tree_leaves(state.ema_params):
+        return state.ema_params, "ema"
+    return state.params, "raw"
 
 
 def step_rng(state: TrainState) -> jax.Array:

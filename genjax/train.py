@@ -10,9 +10,9 @@ SIGTERM -> a checkpoint at the next step boundary, then exit code 143 (EXIT_PREE
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
-import math
 import os
 import signal
 import time
@@ -23,19 +23,15 @@ import numpy as np
 
 from genjax import assemble as assemble_lib
 from genjax import checkpoint as ckpt_lib
-from genjax import config_lib, faults, flops, optim, runtime, sharding
-from genjax.config_lib import ConfigError, UserError
-from genjax.metrics_writer import MetricsWriter, Progress
-from genjax.rollback import BatchBook, NonFinite
+from genjax import (cli, config_lib, eval_sums, evaluators, faults, families, resume, rollback,
+                    runtime, sharding)
+from genjax import step as step_lib
+from genjax.errors import EXIT_PREEMPTED, ConfigError, NonFinite, Preempted, UserError
+from genjax.image_grid import save_grid
+from genjax.metrics_writer import MetricsWriter
+from genjax.rollback import BatchBook
+from genjax.step_log import StepLog
 from genjax.workdir import WorkdirLock, write_run_meta
-
-EXIT_PREEMPTED = 143  # 128 + SIGTERM: schedulers (Slurm, k8s) read it as "requeue me"
-
-
-class Preempted(SystemExit):
-    def __init__(self):
-        super().__init__(EXIT_PREEMPTED)
-
 
 class _SigtermFlag:
     """Set by SIGTERM; the loop checks it at every step boundary."""
@@ -62,288 +58,213 @@ def train(config, workdir: str, *, stop_after: int | None = None, data=None) -> 
     `data`: use this data object instead of `family.make_data(config)` (same interface;
     e.g. genjax/data/array_data.py for generated images held in memory).
     """
-    # ------------------------------------------------------------------ setup
     if config.deterministic:  # must precede backend initialisation
         runtime.request_deterministic_ops()
     if config.on_nan not in ("halt", "rollback"):
         raise ConfigError(f"config.on_nan={config.on_nan!r}: use halt | rollback")
+    family = families.get(config.family)  # the contract is checked before anything runs
     runtime.initialize_distributed(peer_timeout_s=int(config.peer_timeout_s))
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)
-    is_main = jax.process_index() == 0
-    family = config_lib_family(config)
     lock = WorkdirLock(workdir).acquire()
     try:
-        return _train(config, workdir, family, is_main, stop_after, data)
+        return _train(config, workdir, family, stop_after, data)
     finally:
         lock.release()
 
 
-def _train(config, workdir, family, is_main, stop_after, data=None):
+@dataclasses.dataclass
+class _Run:
+    """What the loop body reads and changes; built once by `_train`."""
+    config: Any
+    workdir: str
+    family: Any
+    parts: assemble_lib.Parts
+    data: Any
+    train_iter: Any
+    ckpt: ckpt_lib.Checkpointer
+    writer: MetricsWriter
+    log: StepLog
+    meta: dict
+    state: Any
+    book: BatchBook
+    last_eval: dict = dataclasses.field(default_factory=dict)  # {step: metrics} of the last eval
+
+
+def _train(config, workdir, family, stop_after, data=None):
     sigterm = _SigtermFlag().install()
-
-    # ------------------------------------------------------------------ data
-    # Loaded first: a missing dataset fails before anything is compiled.
-    if data is None:
-        data = family.make_data(config, process_index=jax.process_index(),
-                                process_count=jax.process_count())
-    splits = list(getattr(data, "splits", []) or [])
-    if splits and config.eval_split not in splits:
-        raise UserError(f"config.eval_split={config.eval_split!r}: the dataset has {splits}")
-    config.unlock()
-    if hasattr(family, "resolve_config"):
-        family.resolve_config(config, data)  # e.g. vocab size from the tokenizer
-    config.lock()
-
-    # ------------------------------------------------------------------ checkpoints
+    # ------------------------------------------------------------------ data (fails before compiling)
+    data = _load_data(config, family) if data is None else _check_data(config, family, data)
+    # ------------------------------------------------------------------ checkpoints, model, state
     ckpt = ckpt_lib.Checkpointer(
         workdir, keep=int(config.keep_checkpoints), keep_best=int(config.keep_best),
         best_metric=config.best_metric, best_mode=config.best_mode)
-    latest = ckpt.latest_step()
-    if latest is not None:  # before touching anything: is it the same model?
-        saved_meta = _read_meta_or_none(ckpt, latest)
-        if saved_meta is not None:
-            ckpt_lib.check_same_model(saved_meta, config)
-            ckpt_lib.warn_changed_schedule(saved_meta, config)
-    if is_main:
+    resume.check_workdir(ckpt, config, family)
+    if jax.process_index() == 0:
         with open(os.path.join(workdir, "config.json"), "w") as f:
             json.dump(config_lib.to_dict(config), f, indent=2)
-
-    # ------------------------------------------------------------------ model, optimizer, state
     mesh = sharding.make_mesh(config.mesh)
     write_run_meta(workdir, config_lib.to_dict(config), mesh)
     parts = assemble_lib.assemble(config, mesh)
     train_iter = data.train_iterator()
-    meta = {"family": config.family, "config": config_lib.to_dict(config),
-            "data": data.meta(), "genjax_version": runtime.version()}
-
-    # Resume order: workdir checkpoint -> config.init_from (params only) -> fresh init.
-    restored = None
-    if latest is not None:  # falls back past corrupt steps (or raises with strict_restore)
-        restored = ckpt.restore_latest(parts.abstract_state, strict=bool(config.strict_restore))
-    book = BatchBook.from_meta(None, 0)  # on_nan=rollback: batches drawn and discarded
-    if restored is not None:
-        state, data_state, saved_meta, resumed_step = restored
-        if data_state:
-            train_iter.set_state(data_state)
-        book = BatchBook.from_meta(saved_meta, resumed_step)
-        logging.info("resumed from %s/%d", ckpt.directory, resumed_step)
-        print(f"resumed from step {resumed_step}", flush=True)
-    else:
-        state = parts.init_state()
-        if config.init_from:
-            src_dir, src_step = ckpt_lib.parse_init_from(config.init_from)
-            src = ckpt_lib.Checkpointer(src_dir, read_only=True)
-            params = src.restore_params(src_step, parts.abstract_state.params)
-            state = state.replace(params=params)
-            if config.optim.ema_decay:
-                state = state.replace(ema_params=jax.tree_util.tree_map(lambda x: x.copy(), params))
-            print(f"initialised params from {config.init_from}", flush=True)
-    start_step = int(jax.device_get(state.step))
-    n_params = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(state.params))
-
-    # ------------------------------------------------------------------ logging
+    start = resume.start(ckpt, parts, config, train_iter)
     writer = MetricsWriter(workdir)
-    unit, units_per_example = getattr(family, "throughput_unit", lambda c: ("examples", 1))(config)
-    units_per_step = units_per_example * int(config.batch_size)
-    peak = flops.peak_flops_per_device(config.peak_flops_per_device)
-    flops_per_step = None
-    if hasattr(family, "flops_per_example"):
-        flops_per_step = family.flops_per_example(config) * int(config.batch_size)
-    lr_fn = optim.learning_rate_fn(config)
-    progress = Progress(int(config.total_steps), start_step, unit)
-    if is_main:
-        print(f"{config.family}: {n_params:,} params | mesh {dict(mesh.shape)} | "
-              f"{jax.device_count()} x {jax.devices()[0].device_kind} | "
-              f"steps {start_step}->{config.total_steps}", flush=True)
-
-    def run_eval(step: int, max_batches: int | None) -> dict:
-        sums: dict[str, float] = {}
-        params = state.params
-        for local in data.eval_batches(config.eval_split, int(config.batch_size), max_batches):
-            out = jax.device_get(parts.eval_step(params, state.model_state,
-                                                 assemble_lib.shard_batch(parts, local)))
-            for k, v in out.items():
-                sums[k] = sums.get(k, 0.0) + float(v)
-        if not sums:
-            return {}
-        if hasattr(family, "finalize_eval"):
-            return family.finalize_eval(sums, **data.eval_kwargs())
-        count = max(sums.pop("count", 1.0), 1.0)
-        return {k: v / count for k, v in sums.items()}
-
-    last_eval: dict = {}
-
-    def write_grid(step: int) -> None:
-        """Image families: a sample grid from the EMA params (raw without EMA)."""
-        n = int(config.sample.grid_samples)
-        if not (is_main and n and hasattr(family, "sample_images")):
-            return
-        from genjax.image_grid import save_grid
-        params = state.ema_params if jax.tree_util.tree_leaves(state.ema_params) else state.params
-        images = family.sample_images(parts.model, params, config,
-                                      jax.random.PRNGKey(config.seed), n)
-        save_grid(jax.device_get(images), os.path.join(workdir, "samples", f"step_{step}.png"))
-
-    def run_evaluators(step: int) -> None:
-        """config.evals with during_training=True (genjax/evaluators), as eval/<name>/<key>."""
-        from genjax import evaluators
-        names = evaluators.during_training(config)
-        if not names:
-            return
-        ctx = evaluators.for_training(config, parts, state, meta, step, workdir, data)
-        for name, result in ctx.run(names).items():
-            writer.write(step, result["metrics"], prefix=f"eval/{name}/")
-            progress.show(f"eval/{name} @ {step}: " + _fmt(result["metrics"]))
-
-    def save(step: int) -> None:
-        metrics = {f"eval/{k}": v for k, v in last_eval.get(step, {}).items()
-                   if isinstance(v, (int, float))}
-        ckpt.save(step, state, train_iter.get_state(), dict(meta, batches=book.to_meta()),
-                  metrics=metrics)
-
+    run = _Run(config=config, workdir=workdir, family=family, parts=parts, data=data,
+               train_iter=train_iter, ckpt=ckpt, writer=writer,
+               log=StepLog(config, family, writer, start.step), state=start.state,
+               book=start.book, meta={"family": config.family, "config": config_lib.to_dict(config),
+                                      "data": data.meta(), "genjax_version": runtime.version()})
+    _banner(run, mesh, start.step)
     # ------------------------------------------------------------------ loop
-    pending = None  # (step, metrics on device): read one step late, the host never waits
-
-    def handle(step: int, metrics) -> None:
-        m = jax.device_get(metrics)
-        if int(m.get("skipped", 0)):
-            logging.warning("step %d: non-finite gradients, update skipped", step)
-        if int(m.get("spike", 0)):
-            logging.warning("step %d: loss spike (%.4g), update skipped", step, float(m["loss"]))
-        consecutive = int(m.get("consecutive_skips", 0))
-        if not math.isfinite(float(m.get("param_norm", 0.0))):
-            raise NonFinite(f"step {step}: parameters became non-finite (last good "
-                            f"checkpoint: {ckpt.latest_step()})",
-                            step - max(consecutive, 1) + 1, step)
-        if consecutive >= config.max_consecutive_skips:
-            raise NonFinite(f"step {step}: {consecutive} consecutive skipped updates "
-                            f"(config.max_consecutive_skips)", step - consecutive + 1, step)
-        if not math.isfinite(float(m["loss"])) and not config.skip_nonfinite:
-            raise NonFinite(f"step {step}: loss is {m['loss']}", step, step)
-        if step % config.log_every_steps == 0 or step == config.total_steps:
-            m = {k: float(v) for k, v in m.items()}
-            m["lr"] = float(lr_fn(step - 1))
-            rate = progress.rate(step)
-            mfu = None
-            if peak and flops_per_step and rate > 0:
-                mfu = flops_per_step * rate / (peak * jax.device_count())
-                m["mfu"] = mfu
-            m[f"{unit}_per_s"] = units_per_step * rate
-            writer.write(step, m)
-            progress.show(progress.line(step, m, rate, units_per_step, mfu))
-
-    def roll_back(bad: NonFinite) -> int:
-        """on_nan=rollback: restore the newest checkpoint before the bad steps, mark their
-        batches bad (never trained on again) and return the restored step."""
-        nonlocal state, book
-        if config.on_nan != "rollback":
-            raise bad
-        if book.rollbacks >= config.max_rollbacks:
-            raise FloatingPointError(f"{bad} after {book.rollbacks} rollbacks "
-                                     f"(config.max_rollbacks)")
-        ordinals = book.mark_bad(bad.first, bad.last)
-        target = ckpt.rollback_to(bad.first)
-        if target is None:
-            raise FloatingPointError(f"{bad}; no checkpoint before step {bad.first} to "
-                                     f"roll back to")
-        state, data_state, saved_meta = ckpt.restore(target, parts.abstract_state)
-        train_iter.set_state(data_state)
-        book = book.rolled_back_to(BatchBook.from_meta(saved_meta, target))
-        msg = (f"{bad}; rolled back to step {target}, skipping batches {ordinals} "
-               f"(rollback {book.rollbacks}/{config.max_rollbacks})")
-        logging.warning(msg)
-        print(f"warning: {msg}", flush=True)
-        writer.write(target, {"rollback/to_step": target, "rollback/count": book.rollbacks})
-        return target
-
-    total = int(config.total_steps)
-    last_step = start_step
-    steps_this_call = 0
-    keep_ordinals = int(config.max_consecutive_skips) + 2
     t0 = time.perf_counter()
-    step = start_step
     try:
-        while step < total:
-            step += 1
-            ordinal, local = book.draw(train_iter, step, keep_ordinals)
-            batch = assemble_lib.shard_batch(parts, faults.poison_if(ordinal, local))
-            state, metrics = parts.train_step(state, batch)
-            last_step = step
-            steps_this_call += 1
-            preempted = sigterm.raised  # read once: a signal arriving later waits for the next step
-            stopping = preempted or (stop_after is not None and steps_this_call >= stop_after)
-            evaluating = (bool(config.eval_every_steps) and step % config.eval_every_steps == 0
-                          and step < total)
-            saving = step % config.ckpt_every_steps == 0 or step == total or stopping
-            try:
-                if pending is not None:
-                    handle(*pending)
-                pending = (step, metrics)
-                if saving or evaluating:  # never checkpoint or evaluate unchecked params
-                    handle(*pending)
-                    pending = None
-            except NonFinite as bad:
-                step = last_step = roll_back(bad)
-                pending = None
-                progress.reset(step)
-                continue
-            if evaluating:
-                ev = run_eval(step, int(config.eval_batches))
-                last_eval.clear()
-                last_eval[step] = ev
-                writer.write(step, ev, prefix="eval/")
-                progress.show(f"eval @ {step}: " + _fmt(ev))
-                write_grid(step)
-                run_evaluators(step)
-                progress.reset(step)
-            if saving:
-                save(step)
-                if faults.at("kill_after_save", step):
-                    ckpt.wait()
-            faults.kill_if("kill", step)  # fault injection for the resume tests
-            faults.kill_if("kill_after_save", step)
-            if preempted:
-                ckpt.wait()
-                print(f"preempted: saved step {step}, exiting with {EXIT_PREEMPTED}", flush=True)
-                raise Preempted()
-            if stopping:
-                break
-        if pending is not None:
-            handle(*pending)
+        last_step = _loop(run, start.step, stop_after, sigterm)
     finally:
         ckpt.close()
         writer.close()
-
     # ------------------------------------------------------------------ final eval
+    total = int(config.total_steps)
     if last_step < total:
         return {}
     elapsed = time.perf_counter() - t0
-    final = run_eval(total, int(config.final_eval_batches) or None)
-    final["train_seconds"] = elapsed
-    write_grid(total)
-    if is_main:
+    final = dict(_eval(run, int(config.final_eval_batches) or None), train_seconds=elapsed)
+    _write_grid(run, total)
+    if jax.process_index() == 0:
         with open(os.path.join(workdir, "final_metrics.json"), "w") as f:
             json.dump(final, f, indent=2)
         print(f"final {config.eval_split} ({config.family}): {_fmt(final)}", flush=True)
     return final
 
 
-def _read_meta_or_none(ckpt, step):
-    try:
-        return ckpt.read_meta(step)
-    except Exception:  # noqa: BLE001 - a corrupt step; restore_latest deals with it
-        return None
+def _loop(run: _Run, step: int, stop_after: int | None, sigterm: _SigtermFlag) -> int:
+    """Steps until total_steps (or `stop_after` steps, or SIGTERM); returns the last step.
+    Metrics are read one step late (the host never waits), except before a checkpoint or
+    an eval, which never see unchecked params."""
+    config, total = run.config, int(run.config.total_steps)
+    keep_ordinals = int(config.max_consecutive_skips) + 2
+    pending, last_step, steps_this_call = None, step, 0
+    while step < total:
+        step += 1
+        ordinal, local = run.book.draw(run.train_iter, step, keep_ordinals)
+        batch = assemble_lib.shard_batch(run.parts, faults.poison_if(ordinal, local))
+        run.state, metrics = run.parts.train_step(run.state, batch)
+        last_step, steps_this_call = step, steps_this_call + 1
+        preempted = sigterm.raised  # read once: a later signal waits for the next step
+        stopping = preempted or (stop_after is not None and steps_this_call >= stop_after)
+        evaluating = (bool(config.eval_every_steps) and step % config.eval_every_steps == 0
+                      and step < total)
+        saving = step % config.ckpt_every_steps == 0 or step == total or stopping
+        try:
+            if pending is not None:
+                run.log.handle(*pending, run.ckpt.latest_step())
+            pending = (step, metrics)
+            if saving or evaluating:
+                run.log.handle(*pending, run.ckpt.latest_step())
+                pending = None
+        except NonFinite as bad:
+            run.state, run.book, step = rollback.roll_back(
+                bad, config=config, ckpt=run.ckpt, abstract_state=run.parts.abstract_state,
+                book=run.book, train_iter=run.train_iter, writer=run.writer)
+            last_step, pending = step, None
+            run.log.progress.reset(step)
+            continue
+        if evaluating:
+            _periodic_eval(run, step)
+        if saving:
+            _save(run, step)
+        faults.kill_if("kill", step)  # fault injection for the resume tests
+        faults.kill_if("kill_after_save", step)
+        if preempted:
+            run.ckpt.wait()
+            print(f"preempted: saved step {step}, exiting with {EXIT_PREEMPTED}", flush=True)
+            raise Preempted()
+        if stopping:
+            break
+    if pending is not None:
+        run.log.handle(*pending, run.ckpt.latest_step())
+    return last_step
+
+
+# ---------------------------------------------------------------------- pieces of the loop
+def _load_data(config, family):
+    data = family.make_data(config, process_index=jax.process_index(),
+                            process_count=jax.process_count())
+    return _check_data(config, family, data)
+
+
+def _check_data(config, family, data):
+    """The eval split exists; data-dependent config keys (vocab size...) resolved."""
+    splits = list(getattr(data, "splits", []) or [])
+    if splits and config.eval_split not in splits:
+        raise UserError(f"config.eval_split={config.eval_split!r}: the dataset has {splits}")
+    config.unlock()
+    if families.has(family, "resolve_config"):
+        family.resolve_config(config, data)
+    config.lock()
+    return data
+
+
+def _banner(run: _Run, mesh, start_step: int) -> None:
+    if jax.process_index() != 0:
+        return
+    n_params = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(run.state.params))
+    print(f"{run.config.family}: {n_params:,} params | mesh {dict(mesh.shape)} | "
+          f"{jax.device_count()} x {jax.devices()[0].device_kind} | "
+          f"steps {start_step}->{run.config.total_steps}", flush=True)
+
+
+def _eval(run: _Run, max_batches: int | None) -> dict:
+    """The family's eval of the raw params on config.eval_split."""
+    batches = run.data.eval_batches(run.config.eval_split, int(run.config.batch_size), max_batches)
+    return eval_sums.evaluate(run.parts, run.state.params, run.state.model_state, batches,
+                              run.data.eval_kwargs())
+
+
+def _periodic_eval(run: _Run, step: int) -> None:
+    ev = _eval(run, int(run.config.eval_batches))
+    run.last_eval = {step: ev}
+    run.writer.write(step, ev, prefix="eval/")
+    run.log.show(f"eval @ {step}: " + _fmt(ev))
+    _write_grid(run, step)
+    _run_evaluators(run, step)
+    run.log.progress.reset(step)
+
+
+def _write_grid(run: _Run, step: int) -> None:
+    """A sample grid W/samples/step_<step>.png from the EMA params (raw without EMA)."""
+    n = int(run.config.sample.grid_samples)
+    if not (jax.process_index() == 0 and n and families.has(run.family, "sample_images")):
+        return
+    params, _ = step_lib.inference_params(run.state, "ema")
+    images = run.family.sample_images(run.parts.model, params, run.config,
+                                      jax.random.PRNGKey(run.config.seed), n)
+    save_grid(jax.device_get(images), os.path.join(run.workdir, "samples", f"step_{step}.png"))
+
+
+def _run_evaluators(run: _Run, step: int) -> None:
+    """config.evals with during_training=True (genjax/evaluators), as eval/<name>/<key>."""
+    names = evaluators.during_training(run.config, run.family)
+    if not names:
+        return
+    ctx = evaluators.for_training(run.config, run.parts, run.state, run.meta, step,
+                                  run.workdir, run.data, train_fn=train)
+    for name, result in ctx.run(names).items():
+        run.writer.write(step, result["metrics"], prefix=f"eval/{name}/")
+        run.log.show(f"eval/{name} @ {step}: " + _fmt(result["metrics"]))
+
+
+def _save(run: _Run, step: int) -> None:
+    metrics = {f"eval/{k}": v for k, v in run.last_eval.get(step, {}).items()
+               if isinstance(v, (int, float))}
+    run.ckpt.save(step, run.state, run.train_iter.get_state(),
+                  dict(run.meta, batches=run.book.to_meta()), metrics=metrics)
+    if faults.at("kill_after_save", step):
+        run.ckpt.wait()
 
 
 def _fmt(metrics: dict) -> str:
     return ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
                      for k, v in metrics.items())
-
-
-def config_lib_family(config):
-    from genjax import losses
-    return losses.get(config.family)
 
 
 # ---------------------------------------------------------------------- CLI
@@ -368,4 +289,4 @@ def define_flags():
 
 if __name__ == "__main__":
     define_flags()
-    config_lib.run_cli(main)
+    cli.run(main)

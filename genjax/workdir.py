@@ -12,7 +12,7 @@ from importlib import metadata
 
 import jax
 
-from genjax.config_lib import UserError
+from genjax.errors import UserError
 
 LOCK_NAME = ".lock"
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain",

@@ -9,7 +9,7 @@ import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from genjax.checkpoint import (Checkpointer, CheckpointError, CorruptCheckpoint, fingerprint)
-from genjax.config_lib import UserError
+from genjax.errors import UserError
 from genjax.step import init_state
 from genjax.workdir import WorkdirLock
 

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from ml_collections import ConfigDict
 
-from genjax import config_lib, inference
+from genjax import config_lib, families, inference
 from genjax import evaluators as ev
-from genjax.config_lib import UserError
+from genjax.errors import UserError
 from genjax.data import shakespeare
 from genjax.evaluators import likelihood, plots, report
 from tests.subproc import assert_one_line_error, run_module
@@ -40,7 +40,7 @@ def lm_run(tmp_path_factory, data_dir):
 
 @pytest.fixture(scope="module")
 def ctx(lm_run):
-    return ev.from_loaded(inference.load(lm_run), lm_run, which="ema")
+    return ev.from_loaded(inference.load(lm_run, which="ema"), lm_run)
 
 
 @pytest.mark.slow
@@ -129,19 +129,22 @@ def test_lookup_errors_name_the_problem():
     with pytest.raises(UserError, match="not a module name"):
         ev.get("../x")
     cfg = _config("vae", text=ConfigDict(dict(during_training=True)))
-    with pytest.raises(UserError, match=r"applies to families \('lm',\), not 'vae'"):
-        ev.resolve(cfg, ["text"])
+    vae = families.get("vae")
+    with pytest.raises(UserError, match=r"'text' does not apply.*no sample_text / text_tokenizer"):
+        ev.resolve(cfg, vae, ["text"])
     with pytest.raises(UserError, match="not configured.*configured: \\['text'\\]"):
-        ev.resolve(cfg, ["likelihood"])
+        ev.resolve(cfg, vae, ["likelihood"])
 
 
 def test_resolve_keeps_what_applies_and_during_training_filters():
     cfg = _config("vae", text=ConfigDict(dict(during_training=True)),
                   likelihood=ConfigDict(dict(during_training=True)))
-    assert ev.resolve(cfg) == ["likelihood"]           # text is LM-only
+    vae = families.get("vae")
+    assert ev.resolve(cfg, vae) == ["likelihood"]      # the vae family samples no text
+    assert ev.skipped(cfg, vae) == {"text": "the family has no sample_text / text_tokenizer"}
     cfg.evals.likelihood.during_training = False
-    assert ev.during_training(cfg) == []
-    assert ev.resolve(config_lib.base_config()) == []  # nothing configured
+    assert ev.during_training(cfg, vae) == []
+    assert ev.resolve(config_lib.base_config(), vae) == []  # nothing configured
 
 
 def test_normalize_checks_results():
@@ -190,7 +193,7 @@ def test_sample_images_batches_one_shape_and_cycles_labels(tmp_path):
                                                      else np.full(n, label)))
     c = ev.EvalContext(config=_config("gan"), family=family, model=None, params=None,
                        model_state=None, meta={}, step=0, workdir=str(tmp_path),
-                       out_dir=str(tmp_path / "eval"), which="raw", seed=0, data=None)
+                       out_dir=str(tmp_path / "eval"), which="raw", seed=0, data=None, parts=None)
     images, labels = c.sample_images(10, batch_size=4)
     assert calls == [4, 4, 4]                            # the last batch is trimmed, not resized
     assert labels.tolist() == [0, 1, 2, 0, 1, 2, 0, 1, 2, 0]
@@ -213,7 +216,7 @@ def test_evaluators_share_one_pool_of_samples(tmp_path):
                                    sample_labels=lambda config, n, label=None: np.arange(n) % 3)
     c = ev.EvalContext(config=_config("gan"), family=family, model=None, params=None,
                        model_state=None, meta={}, step=0, workdir=str(tmp_path),
-                       out_dir=str(tmp_path / "eval"), which="raw", seed=0, data=None)
+                       out_dir=str(tmp_path / "eval"), which="raw", seed=0, data=None, parts=None)
     first, _ = c.sample_images(8, batch_size=4)
     again, _ = c.sample_images(6, batch_size=4)
     assert calls == [4, 4]                                  # nothing sampled the second time

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from configs import fmnist_classifier
+from genjax import train
 from genjax.data.array_data import ArrayData
 from genjax.evaluators import cas, feature_net, image_quality as iq, novelty
 
@@ -26,7 +27,8 @@ def data_cfg(data_dir):
 
 @pytest.fixture(scope="module")
 def net(data_cfg, cache_dir):
-    return feature_net.load_feature_net(data_cfg, preset="tiny", cache_dir=cache_dir)
+    return feature_net.load_feature_net(data_cfg, preset="tiny", cache_dir=cache_dir,
+                                        train_fn=train.train)
 
 
 @pytest.fixture(scope="module")
@@ -55,8 +57,6 @@ def test_feature_net_is_a_trained_classifier(net, real):
 
 def test_feature_net_cache_is_reused_and_rebuilt_when_the_config_changes(
         net, data_cfg, cache_dir, monkeypatch):
-    from genjax import train as train_lib
-
     class Trained(Exception):
         pass
 
@@ -64,9 +64,9 @@ def test_feature_net_cache_is_reused_and_rebuilt_when_the_config_changes(
         os.makedirs(os.path.join(workdir, "checkpoints"), exist_ok=True)  # a half-built net
         raise Trained(config.model.feature_dim)
 
-    monkeypatch.setattr(train_lib, "train", no_training)
     monkeypatch.setattr(feature_net, "_LOADED", {})  # a new process: only the disk cache
-    again = feature_net.load_feature_net(data_cfg, preset="tiny", cache_dir=cache_dir)
+    again = feature_net.load_feature_net(data_cfg, preset="tiny", cache_dir=cache_dir,
+                                         train_fn=no_training)
     assert again.name == net.name and again.test_accuracy == net.test_accuracy
 
     changed = fmnist_classifier.get_config("tiny")
@@ -74,7 +74,8 @@ def test_feature_net_cache_is_reused_and_rebuilt_when_the_config_changes(
     changed.model.feature_dim = 24
     monkeypatch.setattr(feature_net, "classifier_config", lambda d, p: changed)
     with pytest.raises(Trained):  # another checksum: a new build starts...
-        feature_net.load_feature_net(data_cfg, preset="tiny", cache_dir=cache_dir)
+        feature_net.load_feature_net(data_cfg, preset="tiny", cache_dir=cache_dir,
+                                     train_fn=no_training)
     # ...and its failure leaves nothing behind that a later call would trust
     assert sorted(os.listdir(cache_dir)) == [net.name]
     assert feature_net.cached_info(data_cfg, "tiny", cache_dir) is None
@@ -150,7 +151,8 @@ def test_cas_of_real_images_matches_the_real_classifier(net, real, data_cfg):
     """The tiny recipe (60 steps of 32) on 2000 real labelled images in memory scores what
     the feature net (the same recipe on the training stream) scores."""
     (x, y), (tx, ty) = real["train"], real["test"]
-    out = cas.train_and_test(x, y, tx, ty, net.class_names, data_cfg, preset="tiny")
+    out = cas.train_and_test(x, y, tx, ty, net.class_names, data_cfg, preset="tiny",
+                             train_fn=train.train)
     assert abs(out["accuracy"] - net.test_accuracy) < 0.12, (out, net.test_accuracy)
 
 

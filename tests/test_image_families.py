@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from configs import diffusion_fmnist, gan_fmnist, vae_fmnist
-from genjax import config_lib, diffusion, losses, optim, sharding, step
-from genjax.losses import REQUIRED
+from genjax import config_lib, diffusion, families, optim, sharding, step
+from genjax.families import REQUIRED
 
 CONFIGS = {"diffusion": diffusion_fmnist, "vae": vae_fmnist, "gan": gan_fmnist}
 FAMILIES = tuple(CONFIGS)
@@ -50,7 +50,7 @@ def fake_batch(config, batch_size=8, seed=0, mask=False):
 
 def init(family, config, batch):
     """(loss module, model, params, model_state) with the contract's init_variables."""
-    mod = losses.get(family)
+    mod = families.get(family)
     model = mod.make_model(config)
     variables = jax.jit(lambda k: sharding.unbox(mod.init_variables(model, k, batch, config)))(
         key(0))
@@ -67,7 +67,7 @@ def jitted(fn, **bound):
 # ------------------------------------------------------------------ shared contract
 @pytest.mark.parametrize("family", FAMILIES)
 def test_family_has_the_contract_exports_and_presets(family):
-    mod = losses.get(family)
+    mod = families.get(family)
     for name in REQUIRED + ("sample_images", "resolve_config", "throughput_unit"):
         assert callable(getattr(mod, name)), name
     for preset in ("tiny", "cpu", "gpu"):
@@ -82,7 +82,7 @@ def test_family_has_the_contract_exports_and_presets(family):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_params_carry_logical_axis_names(family):
     c = tiny(family, class_conditional=True)
-    mod = losses.get(family)
+    mod = families.get(family)
     model = mod.make_model(c)
     boxed = jax.eval_shape(lambda: mod.init_variables(model, key(0), fake_batch(c, 2), c))
     mesh = sharding.make_mesh(c.mesh)  # 8 fake devices: data=8
@@ -397,7 +397,7 @@ def test_variational_bound_terms_vanish_for_an_exact_model():
 
 @pytest.mark.parametrize("T,k", [(1000, 8), (100, 2), (10, 20)])
 def test_eval_strata_partition_the_timesteps_after_0(T, k):
-    from genjax.losses.diffusion import eval_strata
+    from genjax.families.diffusion import eval_strata
     lo, hi = eval_strata(T, k)
     assert lo[0] == 1 and hi[-1] == T and np.all(lo[1:] == hi[:-1]) and np.all(hi > lo)
     assert len(lo) <= k

@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from genjax.config_lib import UserError
+from genjax.errors import UserError
 from genjax.data.tokenizer import CharTokenizer
 from genjax.models import transformer
 from genjax.sampling import best_of_n, postprocess, text
@@ -192,14 +192,15 @@ def test_cli_wiring_prints_filter_metadata_and_applies_stops(lm, capsys):
 
     from ml_collections import ConfigDict
 
-    from genjax import sample
+    from genjax import families, sample
     model, params, tok = lm
     full = texts(lm, ["hello"], GREEDY)[0][0]
     loaded = SimpleNamespace(
         config=SimpleNamespace(sample=ConfigDict(dict(
             prompt="hello", num_samples=1, max_new_tokens=8, temperature=0.0, top_k=0,
             top_p=1.0))),
-        model=model, params=params, meta={"data": {"tokenizer": tok.to_json()}}, step=0)
+        model=model, params=params, meta={"data": {"tokenizer": tok.to_json()}}, step=0,
+        family=families.get("lm"))
     flags = dict(prompt=None, num_samples=None, max_new_tokens=None, temperature=None,
                  top_k=None, top_p=None, min_p=None, repetition_penalty=None, stop=[],
                  stop_token_ids=[], stream=False, truncate="error", window=False, best_of=1,

@@ -16,8 +16,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from configs import t2i_fmnist
-from genjax import diffusion, losses, sharding
-from genjax.config_lib import UserError
+from genjax import diffusion, families, sharding
+from genjax.errors import UserError
 from genjax.data import captions
 from genjax.data.caption_tokenizer import PAD, UNK, CaptionTokenizer
 from genjax.sampling import best_of_n, postprocess
@@ -115,7 +115,7 @@ def noisy_model():
     included), so outputs depend on the caption from the start. Shapes from eval_shape: no
     init to compile."""
     c = tiny_config()
-    mod = losses.get("diffusion")
+    mod = families.get("diffusion")
     model = mod.make_model(c)
     batch = mod.example_batch(c, 2)
     shapes = jax.eval_shape(lambda k: sharding.unbox(mod.init_variables(model, k, batch, c)),

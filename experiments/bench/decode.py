@@ -40,7 +40,7 @@ def build(preset: str):
     from flax import linen as nn
 
     from configs import lm_shakespeare
-    from genjax.losses import lm as lm_loss
+    from genjax.families import lm as lm_loss
     config = lm_shakespeare.get_config(preset)
     config.unlock()
     config.model.vocab_size = config.model.vocab_size or 128
@@ -111,7 +111,7 @@ def bench_diffusion(spec: str, batch: int, steps: int) -> dict:
     import importlib.util
 
     from genjax import sharding
-    from genjax.losses import diffusion as family
+    from genjax.families import diffusion as family
     path, _, preset = spec.partition(":")
     module_spec = importlib.util.spec_from_file_location("bench_config", path)
     module = importlib.util.module_from_spec(module_spec)

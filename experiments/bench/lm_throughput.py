@@ -23,7 +23,7 @@ import numpy as np
 def run(preset: str, batch_size: int | None, steps: int, warmup: int, overrides: list[str]):
     from configs import lm_shakespeare
     from genjax import assemble, flops, sharding
-    from genjax.losses import lm
+    from genjax.families import lm
 
     config = lm_shakespeare.get_config(preset)
     config.unlock()

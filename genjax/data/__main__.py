@@ -144,7 +144,7 @@ def main(argv: list[str]) -> None:
 
 def run(argv: list[str] | None = None) -> None:
     """main() with bad input turned into one `error:` line and exit status 2."""
-    from genjax.config_lib import ConfigError, UserError
+    from genjax.errors import ConfigError, UserError
     try:
         main(sys.argv[1:] if argv is None else argv)
     except (CliError, UserError, ConfigError, FileNotFoundError, ValueError) as e:

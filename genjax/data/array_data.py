@@ -18,7 +18,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from genjax.config_lib import ConfigError
+from genjax.errors import ConfigError
 
 
 class ArrayTrainIterator:

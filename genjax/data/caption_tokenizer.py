@@ -20,7 +20,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from genjax.config_lib import UserError
+from genjax.errors import UserError
 from genjax.data import captions
 
 PAD, UNK = 0, 1

@@ -15,7 +15,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from genjax.config_lib import ConfigError
+from genjax.errors import ConfigError
 from genjax.data import captions
 from genjax.data.caption_tokenizer import CaptionTokenizer, caption_table
 from genjax.data.image_loader import ImageData
@@ -53,7 +53,7 @@ class CaptionedIterator:
 
 
 class CaptionedImageData:
-    """The family data contract (genjax/losses/__init__.py) for text-to-image."""
+    """The family data contract (genjax/families/__init__.py) for text-to-image."""
 
     def __init__(self, data_cfg, *, global_batch_size: int, seed: int, max_words: int,
                  eval_captions: str = "heldout", process_index: int = 0,

@@ -27,7 +27,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
-from genjax.config_lib import UserError
+from genjax.errors import UserError
 from genjax.data import data_card
 from genjax.data.idx import read_idx
 

@@ -29,7 +29,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from genjax import faults
-from genjax.config_lib import ConfigError
+from genjax.errors import ConfigError
 from genjax.data import records
 from genjax.data.image_builders import (DataNotFoundError, default_data_dir, prepare_images)
 

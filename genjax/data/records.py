@@ -10,7 +10,7 @@ import logging
 import threading
 
 from genjax import faults
-from genjax.config_lib import UserError
+from genjax.errors import UserError
 
 
 class BadRecordError(UserError):

@@ -3,7 +3,9 @@
 A plug-in is `genjax/evaluators/<name>.py` (imported with importlib; no registry) with
 
   evaluate(ctx: EvalContext, settings: ConfigDict) -> dict
-  FAMILIES = ("lm", ...)     optional: the families it applies to (absent = all)
+  NEEDS = ("sample_images", ...)   optional: family capabilities it needs
+                                   (genjax/families/__init__.py CAPABILITIES)
+  skip_reason(family, config) -> str | None   optional: why it does not apply to this run
 
 configured per run as `config.evals.<name>` (its settings: `during_training` plus its
 own keys). `evaluate` returns
@@ -15,8 +17,10 @@ own keys). `evaluate` returns
 (`normalize` fills the optional keys and checks the types).
 
 Who runs them: `python -m genjax.evaluate --workdir=W` (every configured evaluator that
-applies, then W/eval/report.md), and genjax.train at each periodic eval (those with
-`during_training=True`, logged to metrics.jsonl as eval/<name>/<key>).
+applies, then W/eval/report.md; the ones that do not apply are listed with the reason),
+and genjax.train at each periodic eval (those with `during_training=True`, logged to
+metrics.jsonl as eval/<name>/<key>). An evaluator that trains a model (cas, the feature
+net) reaches the loop through `ctx.train_fn`, given by the command that built the context.
 """
 from __future__ import annotations
 
@@ -33,7 +37,9 @@ from typing import Any, Iterable, Sequence
 import jax
 import numpy as np
 
-from genjax.config_lib import UserError
+from genjax import eval_sums, families
+from genjax import step as step_lib
+from genjax.errors import UserError
 
 NOT_PLUGINS = ("report", "plots", "feature_net", "text_match")  # helpers, not plug-ins
 
@@ -62,9 +68,13 @@ def get(name: str) -> ModuleType:
     return module
 
 
-def applies(module: ModuleType, family: str) -> bool:
-    families = getattr(module, "FAMILIES", None)
-    return families is None or family in families
+def skip_reason(module: ModuleType, family: ModuleType, config) -> str | None:
+    """Why evaluator `module` does not apply to this run (None: it applies)."""
+    missing = [c for c in getattr(module, "NEEDS", ()) if not families.has(family, c)]
+    if missing:
+        return f"the family has no {' / '.join(missing)}"
+    fn = getattr(module, "skip_reason", None)
+    return fn(family, config) if fn is not None else None
 
 
 def configured(config) -> list[str]:
@@ -72,26 +82,32 @@ def configured(config) -> list[str]:
     return list(config.evals.keys()) if "evals" in config else []
 
 
-def resolve(config, names: Sequence[str] | None = None) -> list[str]:
+def skipped(config, family) -> dict[str, str]:
+    """{name: why} of the configured evaluators that do not apply to this run."""
+    reasons = {n: skip_reason(get(n), family, config) for n in configured(config)}
+    return {n: r for n, r in reasons.items() if r}
+
+
+def resolve(config, family, names: Sequence[str] | None = None) -> list[str]:
     """`names` checked against the run (configured, applies to its family); None: every
     configured evaluator that applies. UserError names the problem."""
     have = configured(config)
     if names is None:
-        return [n for n in have if applies(get(n), config.family)]
+        return [n for n in have if not skip_reason(get(n), family, config)]
     for name in names:
         module = get(name)
         if name not in have:
             raise UserError(f"evaluator {name!r} is not configured in this run's config.evals "
                             f"(configured: {have})")
-        if not applies(module, config.family):
-            raise UserError(f"evaluator {name!r} applies to families {module.FAMILIES}, "
-                            f"not {config.family!r}")
+        why = skip_reason(module, family, config)
+        if why:
+            raise UserError(f"evaluator {name!r} does not apply to this run: {why}")
     return list(names)
 
 
-def during_training(config) -> list[str]:
+def during_training(config, family) -> list[str]:
     """Configured evaluators that apply and have during_training=True."""
-    return [n for n in resolve(config) if bool(config.evals[n].during_training)]
+    return [n for n in resolve(config, family) if bool(config.evals[n].during_training)]
 
 
 # ----------------------------------------------------------------------- results
@@ -132,7 +148,7 @@ def normalize(name: str, result: Any) -> dict:
 class EvalContext:
     """Everything an evaluator may need; built by genjax.evaluate or genjax.train."""
     config: Any           # the run's (locked) ConfigDict
-    family: ModuleType    # genjax.losses.<family>
+    family: ModuleType    # the family module (genjax/families/__init__.py)
     model: Any            # flax module
     params: Any           # EMA or raw (see `which`)
     model_state: Any
@@ -143,29 +159,19 @@ class EvalContext:
     which: str            # "ema" | "raw"
     seed: int
     data: Any             # family.make_data(...): eval_batches, train_iterator, text, ...
-    parts: Any = None     # genjax.assemble.Parts; built on first use of `eval_sums`
+    parts: Any            # genjax.assemble.Parts of the run (model, jitted eval step, mesh)
+    train_fn: Any = None  # genjax.train.train, for evaluators that train a model (cas)
     _sample_pool: dict = dataclasses.field(default_factory=dict, repr=False)
 
     def __post_init__(self):
         os.makedirs(self.out_dir, exist_ok=True)
 
     # ------------------------------------------------------------------ family eval
-    def eval_sums(self, batches: Iterable[dict]) -> dict[str, float]:
-        """The family's jitted eval_fn over local numpy `batches` (as genjax.train's
-        run_eval does): metric sums, including "count". Each batch's sums are read before
-        the next is dispatched: many queued programs with collectives can deadlock XLA's
-        CPU thread pool (seen on 2 cores)."""
-        if self.parts is None:
-            from genjax import assemble, sharding
-            self.parts = assemble.assemble(self.config, sharding.make_mesh(self.config.mesh))
-        from genjax.assemble import shard_batch
-        sums: dict[str, float] = {}
-        for b in batches:
-            out = jax.device_get(self.parts.eval_step(self.params, self.model_state,
-                                                      shard_batch(self.parts, b)))
-            for k, v in out.items():
-                sums[k] = sums.get(k, 0.0) + float(v)
-        return sums
+    def evaluate(self, batches: Iterable[dict], eval_kwargs: dict | None = None) -> dict:
+        """The family's eval metrics of these params over local numpy `batches`, summed and
+        finalized exactly as genjax.train's eval (genjax/eval_sums.py)."""
+        return eval_sums.evaluate(self.parts, self.params, self.model_state, batches,
+                                  eval_kwargs)
 
     # ------------------------------------------------------------------ images
     def sample_images(self, n: int, *, label=None, batch_size: int = 256, seed: int = 0):
@@ -177,13 +183,13 @@ class EvalContext:
         Samples are kept: a later call with the same (label, batch_size, seed) gets the
         same first n images, and only the batches not drawn yet are sampled (batch i uses
         fold_in(PRNGKey(seed), i)), so image_quality, novelty and cas share one pool."""
-        if not hasattr(self.family, "sample_images"):
+        if not families.has(self.family, "sample_images"):
             raise ValueError(f"family {self.config.family!r} does not sample images")
         n, b = int(n), max(1, min(int(batch_size), int(n)))
         pool_key = (None if label is None else np.asarray(label).tolist(), b, int(seed))
         images, labels = self._sample_pool.get(pool_key, ([], None))
         num_batches = math.ceil(n / b)
-        if hasattr(self.family, "sample_labels"):
+        if families.has(self.family, "sample_labels"):
             # class i % K for sample i: a longer pool's labels extend a shorter one's
             labels = self.family.sample_labels(self.config, max(num_batches, len(images)) * b,
                                                label)
@@ -208,7 +214,7 @@ class EvalContext:
     def run(self, names: Sequence[str] | None = None) -> dict[str, dict]:
         """{name: normalized result + "seconds"} for `names` (None: all that apply)."""
         results = {}
-        for name in resolve(self.config, names):
+        for name in resolve(self.config, self.family, names):
             _progress(f"evaluator {name} (step {self.step}, {self.which} params)...")
             t0 = time.perf_counter()
             result = normalize(name, get(name).evaluate(self, self.config.evals[name]))
@@ -224,25 +230,27 @@ def _progress(line: str) -> None:
         print(line, flush=True)
 
 
-def from_loaded(loaded, workdir: str, *, which: str, seed: int = 0, data=None) -> EvalContext:
-    """Context for a `genjax.inference.load` result; `data` defaults to the family's."""
+def from_loaded(loaded, workdir: str, *, seed: int = 0, data=None,
+                train_fn=None) -> EvalContext:
+    """Context for a `genjax.inference.load` result (its params: EMA or raw, `loaded.which`);
+    `data` defaults to the family's."""
     config = loaded.config
     if data is None:
         data = loaded.family.make_data(config, process_index=jax.process_index(),
                                        process_count=jax.process_count())
-    has_ema = bool(config.optim.ema_decay)
     return EvalContext(
         config=config, family=loaded.family, model=loaded.model, params=loaded.params,
         model_state=loaded.model_state, meta=loaded.meta, step=int(loaded.step),
-        workdir=workdir, out_dir=os.path.join(workdir, "eval"),
-        which=which if has_ema else "raw", seed=seed, data=data)
+        workdir=workdir, out_dir=os.path.join(workdir, "eval"), which=loaded.which,
+        seed=seed, data=data, parts=loaded.parts, train_fn=train_fn)
 
 
-def for_training(config, parts, state, meta: dict, step: int, workdir: str, data) -> EvalContext:
+def for_training(config, parts, state, meta: dict, step: int, workdir: str, data, *,
+                 train_fn=None) -> EvalContext:
     """Context inside genjax.train: the current EMA params (raw without EMA)."""
-    ema = bool(jax.tree_util.tree_leaves(state.ema_params))
+    params, which = step_lib.inference_params(state, "ema")
     return EvalContext(
-        config=config, family=parts.family, model=parts.model,
-        params=state.ema_params if ema else state.params, model_state=state.model_state,
-        meta=meta, step=int(step), workdir=workdir, out_dir=os.path.join(workdir, "eval"),
-        which="ema" if ema else "raw", seed=int(config.seed), data=data, parts=parts)
+        config=config, family=parts.family, model=parts.model, params=params,
+        model_state=state.model_state, meta=meta, step=int(step), workdir=workdir,
+        out_dir=os.path.join(workdir, "eval"), which=which, seed=int(config.seed), data=data,
+        parts=parts, train_fn=train_fn)

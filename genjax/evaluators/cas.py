@@ -1,7 +1,7 @@
 """Classification Accuracy Score (Ravuri & Vinyals 2019): is generated data useful?
 
 The classifier recipe of configs/fmnist_classifier.py:<preset> is trained -- through the
-ordinary loop, genjax.train.train -- on `num_samples` generated images ONLY, labelled with
+ordinary loop, `ctx.train_fn` (genjax.train.train) -- on `num_samples` generated images ONLY, labelled with
 the class each was requested for, then tested on the real TEST split:
   cas_accuracy   test accuracy of that classifier (class-conditional models only)
 Floor (real vs real): the same recipe (same steps) trained on the first `num_samples` real
@@ -16,7 +16,9 @@ import tempfile
 import numpy as np
 from ml_collections import ConfigDict
 
-FAMILIES = ("diffusion", "vae", "gan")
+from genjax import families
+
+NEEDS = ("sample_images", "sample_labels")
 
 
 def real_split(data, split: str, n: int | None = None, batch_size: int = 1000):
@@ -30,13 +32,21 @@ def real_split(data, split: str, n: int | None = None, batch_size: int = 1000):
     return np.concatenate(xs)[:n], np.concatenate(ys)[:n].astype(np.int32)
 
 
+def skip_reason(family, config) -> str | None:
+    """CAS labels each sample with its requested class: class-conditional models only."""
+    if families.conditioning(family, config) != "class":
+        return "the model is not class-conditional (its samples have no labels)"
+    return None
+
+
 def train_and_test(images, labels, test_images, test_labels, class_names, data_cfg, *,
-                   preset: str = "cpu", total_steps: int = 0, workdir: str | None = None) -> dict:
+                   train_fn, preset: str = "cpu", total_steps: int = 0,
+                   workdir: str | None = None) -> dict:
     """Trains the classifier recipe on (images, labels) held in memory and returns its
     final metrics on (test_images, test_labels): {"accuracy", "loss", "train_seconds"}.
+    train_fn: genjax.train.train (passed in: evaluators do not import the loop).
     total_steps 0 = the preset's. `workdir` (default: a temporary folder, deleted) must not
     hold an older run: it would be resumed."""
-    from genjax import train as train_lib
     from genjax.data.array_data import ArrayData
     from genjax.evaluators.feature_net import classifier_config
     config = classifier_config(data_cfg, preset)
@@ -50,7 +60,7 @@ def train_and_test(images, labels, test_images, test_labels, class_names, data_c
                      class_names, global_batch_size=int(config.batch_size), seed=int(config.seed))
     tmp = workdir or tempfile.mkdtemp(prefix="genjax_cas_")
     try:
-        return train_lib.train(config, tmp, data=data)
+        return train_fn(config, tmp, data=data)
     finally:
         if workdir is None:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -83,7 +93,8 @@ def evaluate(ctx, settings) -> dict:
                                            "(its samples have no labels)."}
     class_names = list(ctx.meta["data"]["class_names"])
     test_x, test_y = real_split(ctx.data, "test")
-    kw = dict(preset=str(settings.preset), total_steps=int(settings.total_steps))
+    kw = dict(preset=str(settings.preset), total_steps=int(settings.total_steps),
+              train_fn=ctx.train_fn)
     synthetic = train_and_test(images, labels, test_x, test_y, class_names, ctx.config.data, **kw)
     metrics = {"cas_accuracy": float(synthetic["accuracy"])}
     floors, details = {}, {"num_samples": n, "preset": str(settings.preset),

@@ -1,10 +1,11 @@
 """The image evaluators' feature network: a classifier trained here, cached by checksum.
 
 Inception weights cannot be downloaded here, so FID-style metrics use our own network,
-trained on first use through the ordinary loop (`genjax.train.train`) from
+trained on first use through the ordinary loop (`train_fn`: genjax.train.train, passed in
+by the command that needs the net) from
 configs/fmnist_classifier.py:<preset>, and named after it ("fid_fmnist", never "FID").
 
-  net = load_feature_net(config.data, preset="cpu")
+  net = load_feature_net(config.data, preset="cpu", train_fn=genjax.train.train)
   f_NxD = net.features(images_NxHxWxC)      # penultimate layer, float32
   p_NxK = net.probs(images_NxHxWxC)         # softmax, float32
   net.name, net.class_names, net.test_accuracy
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import importlib.util
+import importlib
 import json
 import logging
 import os
@@ -33,9 +34,11 @@ import jax
 import numpy as np
 
 from genjax import config_lib
+from genjax.errors import UserError
+from genjax.inference import load
 
-CONFIG_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__)))), "configs", "fmnist_classifier.py")
+RECIPE = "genjax.families.classifier_recipe"  # get_config(preset); found by module name
+CACHE_STEM = "fmnist_classifier"  # cache folder names: <stem>-<hash8>
 DONE = "feature_net.json"      # written last: its presence marks a finished build
 DATA_KEYS = ("name", "source_dir", "image_folder", "image_size", "channels", "data_dir")
 PATH_KEYS = ("source_dir", "image_folder", "data_dir")  # where, not what: not hashed
@@ -50,11 +53,8 @@ def default_cache_dir() -> str:
 
 
 def classifier_config(data_cfg, preset: str = "cpu"):
-    """configs/fmnist_classifier.py:<preset> with the data keys of `data_cfg` (locked)."""
-    spec = importlib.util.spec_from_file_location("genjax_fmnist_classifier_config", CONFIG_FILE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config(preset)
+    """The classifier recipe (RECIPE) at `preset` with the data keys of `data_cfg` (locked)."""
+    config = importlib.import_module(RECIPE).get_config(preset)
     config.unlock()
     for key in DATA_KEYS:
         if key in data_cfg:
@@ -157,9 +157,12 @@ class FeatureNet:
         return f_NxD, y_N
 
 
-def _build(config, directory: str, digest: str, preset: str, cache_dir: str) -> None:
+def _build(config, directory: str, digest: str, preset: str, cache_dir: str,
+           train_fn) -> None:
     """Trains into a temporary folder, then renames it to `directory` (atomic)."""
-    from genjax import train as train_lib
+    if train_fn is None:
+        raise UserError(f"the feature net {directory} is not built and no training function "
+                        f"was given to build it: pass train_fn=genjax.train.train")
     os.makedirs(cache_dir, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".building-{os.path.basename(directory)}-", dir=cache_dir)
     msg = (f"feature net: training configs/fmnist_classifier.py:{preset} into {directory} "
@@ -168,7 +171,7 @@ def _build(config, directory: str, digest: str, preset: str, cache_dir: str) -> 
     print(msg, flush=True)
     try:
         t0 = time.time()
-        final = train_lib.train(config, tmp)
+        final = train_fn(config, tmp)
         if "accuracy" not in final:
             raise RuntimeError(f"feature net training in {tmp} ended without a test accuracy")
         info = {"checksum": digest, "preset": preset, "test_accuracy": float(final["accuracy"]),
@@ -198,8 +201,7 @@ def locate(data_cfg, preset: str = "cpu", cache_dir: str = ""):
         config.lock()
     digest = checksum(config, identity)
     cache_dir = os.path.abspath(os.path.expanduser(cache_dir or default_cache_dir()))
-    stem = os.path.splitext(os.path.basename(CONFIG_FILE))[0]
-    return os.path.join(cache_dir, f"{stem}-{digest[:8]}"), digest, config, identity
+    return os.path.join(cache_dir, f"{CACHE_STEM}-{digest[:8]}"), digest, config, identity
 
 
 def cached_info(data_cfg, preset: str = "cpu", cache_dir: str = "") -> dict | None:
@@ -216,9 +218,10 @@ def cached_info(data_cfg, preset: str = "cpu", cache_dir: str = "") -> dict | No
     return info
 
 
-def load_feature_net(data_cfg, *, preset: str = "cpu", cache_dir: str = "") -> FeatureNet:
-    """The classifier for `data_cfg`'s dataset, trained on first use (see module docstring)."""
-    from genjax.inference import load
+def load_feature_net(data_cfg, *, preset: str = "cpu", cache_dir: str = "",
+                     train_fn=None) -> FeatureNet:
+    """The classifier for `data_cfg`'s dataset, trained on first use with `train_fn`
+    (genjax.train.train; see module docstring)."""
     directory, digest, config, identity = locate(data_cfg, preset, cache_dir)
     if directory in _LOADED and os.path.exists(os.path.join(directory, DONE)):
         return _LOADED[directory]
@@ -227,7 +230,7 @@ def load_feature_net(data_cfg, *, preset: str = "cpu", cache_dir: str = "") -> F
         if os.path.exists(directory):  # not ours to trust (e.g. copied by hand, incomplete)
             raise RuntimeError(f"{directory} exists without {DONE}: an incomplete feature net;"
                                f" delete it to rebuild")
-        _build(config, directory, digest, preset, os.path.dirname(directory))
+        _build(config, directory, digest, preset, os.path.dirname(directory), train_fn)
         info = cached_info(data_cfg, preset, cache_dir)
     loaded = load(directory, which="raw")
     net = FeatureNet(name=os.path.basename(directory), directory=directory,

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from ml_collections import ConfigDict
 
-FAMILIES = ("diffusion", "vae", "gan")
+NEEDS = ("sample_images",)
 ROWS = 512  # query rows per distance block (and ref rows are padded to a multiple)
 
 
@@ -191,7 +191,8 @@ def settings(**overrides) -> ConfigDict:
 def evaluate(ctx, settings) -> dict:
     from genjax.evaluators import plots
     from genjax.evaluators.feature_net import load_feature_net
-    net = load_feature_net(ctx.config.data, preset=str(settings.feature_preset))
+    net = load_feature_net(ctx.config.data, preset=str(settings.feature_preset),
+                           train_fn=ctx.train_fn)
     n = int(settings.num_samples)
     num_real = int(settings.num_real) or None
     real_f, _ = net.real_features(ctx.data, "test", num_real)

@@ -1,5 +1,7 @@
 """The family's own likelihood over whole splits: its eval_fn, summed and finalized
-exactly as genjax.train's eval does (one jitted eval step, `ctx.eval_sums`).
+exactly as genjax.train's eval does (genjax/eval_sums.py, through `ctx.evaluate`).
+Applies to families that name their likelihood metrics (capability `likelihood_metrics`);
+for example:
 
   lm         loss (nats/token), perplexity = exp(loss), bits_per_token = loss / ln 2,
              bits_per_char = bits_per_token / (characters per token of the split), exact
@@ -9,7 +11,7 @@ exactly as genjax.train's eval does (one jitted eval step, `ctx.eval_sums`).
              per-play sums differ from the split's by the few targets whose context
              crosses a play boundary.
   diffusion  vlb_bpd: the variational bound in bits/dim (an upper bound on the NLL), its
-             prior and decoder terms, and the simple loss (genjax/losses/diffusion.py).
+             prior and decoder terms, and the simple loss (genjax/families/diffusion.py).
   vae        elbo and nll_iwae in nats/image, elbo_bpd and nll_bpd in bits/dim.
 Metrics are named <split>/<key>; there is no real-vs-real floor for a likelihood.
 """
@@ -19,9 +21,8 @@ import inspect
 
 from ml_collections import ConfigDict
 
-FAMILIES = ("lm", "diffusion", "vae")
+NEEDS = ("likelihood_metrics",)
 COUNTS = ("count", "tokens")  # reported in details, not as metrics
-HEADLINE = ("loss", "perplexity", "bits_per_char", "vlb_bpd", "elbo", "nll_iwae", "nll_bpd")
 
 
 def settings(**overrides) -> ConfigDict:
@@ -44,17 +45,6 @@ def _eval_kwargs(data, split: str) -> dict:
     return fn(split) if "split" in inspect.signature(fn).parameters else fn()
 
 
-def finalize(family, sums: dict, eval_kwargs: dict) -> dict:
-    """Sums -> metrics, as genjax.train: family.finalize_eval, else sums / count."""
-    if not sums:
-        return {}
-    if hasattr(family, "finalize_eval"):
-        return family.finalize_eval(dict(sums), **eval_kwargs)
-    sums = dict(sums)
-    count = max(sums.pop("count", 1.0), 1.0)
-    return {k: v / count for k, v in sums.items()}
-
-
 def _document_rows(ctx, split: str, batch_size: int, max_batches) -> list[dict]:
     """One row per document of a text split: {"document", "chars", **metrics}."""
     from genjax.data.lm_loader import eval_windows
@@ -67,14 +57,13 @@ def _document_rows(ctx, split: str, batch_size: int, max_batches) -> list[dict]:
         batches = eval_windows(tokens, data.seq_len, batch_size, max_batches,
                                process_index=data.process_index,
                                process_count=data.process_count)
-        m = finalize(ctx.family, ctx.eval_sums(batches),
-                     {"chars_per_token": len(text) / len(tokens)})
+        m = ctx.evaluate(batches, {"chars_per_token": len(text) / len(tokens)})
         rows.append({"document": name, "chars": len(text), **m})
     return rows
 
 
-def _table(rows: list[dict], first: str) -> list[str]:
-    keys = [k for k in HEADLINE if k in rows[0]] or [k for k in rows[0] if k != first]
+def _table(rows: list[dict], first: str, headline: tuple) -> list[str]:
+    keys = [k for k in headline if k in rows[0]] or [k for k in rows[0] if k != first]
     lines = [f"| {first} | " + " | ".join(keys) + " |", "|---|" + "---:|" * len(keys)]
     lines += [f"| {r[first]} | " + " | ".join(f"{r[k]:.4g}" for k in keys) + " |" for r in rows]
     return lines
@@ -92,20 +81,21 @@ def evaluate(ctx, settings) -> dict:
     rows = []
     for split in splits:
         kwargs = _eval_kwargs(data, split)
-        m = finalize(ctx.family, ctx.eval_sums(data.eval_batches(split, batch_size, max_batches)),
-                     kwargs)
+        m = ctx.evaluate(data.eval_batches(split, batch_size, max_batches), kwargs)
         details["splits"][split] = {**m, **kwargs}
         metrics.update({f"{split}/{k}": v for k, v in m.items() if k not in COUNTS})
         rows.append({"split": split, **m})
     md = [f"Whole splits{'' if max_batches is None else f' (first {max_batches} batches)'}, "
           f"{ctx.which} params, step {ctx.step}.", ""]
-    md += _table(rows, "split") if rows else ["(no split to evaluate)"]
+    headline = tuple(ctx.family.likelihood_metrics)
+    md += _table(rows, "split", headline) if rows else ["(no split to evaluate)"]
     if settings.per_document and hasattr(data, "documents"):
         for split in splits:
             doc_rows = _document_rows(ctx, split, batch_size, max_batches)
             if len(doc_rows) > 1:
                 details["documents"][split] = doc_rows
-                md += ["", f"Per document ({split}):", ""] + _table(doc_rows, "document")
+                md += ["", f"Per document ({split}):", ""] + _table(doc_rows, "document",
+                                                                     headline)
     tok = getattr(data, "tokenizer", None)
     if tok is not None and getattr(tok, "kind", "char") != "char":
         md += ["", f"bits_per_char: {tok.kind} tokenizer; nats/token are converted with each "

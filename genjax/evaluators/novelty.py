@@ -17,7 +17,7 @@ from ml_collections import ConfigDict
 
 from genjax.evaluators.image_quality import nearest
 
-FAMILIES = ("diffusion", "vae", "gan")
+NEEDS = ("sample_images",)
 PERCENTILE = 1.0
 
 
@@ -98,7 +98,8 @@ def settings(**overrides) -> ConfigDict:
 
 def evaluate(ctx, settings) -> dict:
     from genjax.evaluators.feature_net import load_feature_net
-    net = load_feature_net(ctx.config.data, preset=str(settings.feature_preset))
+    net = load_feature_net(ctx.config.data, preset=str(settings.feature_preset),
+                           train_fn=ctx.train_fn)
     n = int(settings.num_samples)
     images, _ = ctx.sample_images(n, batch_size=int(settings.batch_size),
                                   seed=ctx.seed)  # image_quality's pool

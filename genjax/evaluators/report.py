@@ -41,6 +41,9 @@ def markdown(run: dict, results: dict[str, dict], plots: list[str], out_dir: str
         lines += ["| metric | value | real-vs-real floor |", "|---|---:|---:|"]
         lines += [f"| {k} | {fmt(v)} | {fmt(f)} |" for k, v, f in rows]
         lines.append("")
+    if run.get("skipped"):
+        lines += ["Not applicable to this run: " + "; ".join(
+            f"{n} ({why})" for n, why in run["skipped"].items()), ""]
     for name, r in results.items():
         lines += [f"## {name}", "", f"_{r.get('seconds', 0.0):.1f} s_", ""]
         if r["markdown"]:

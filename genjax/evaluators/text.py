@@ -26,7 +26,7 @@ from ml_collections import ConfigDict
 
 from genjax.evaluators import text_match
 
-FAMILIES = ("lm",)
+NEEDS = ("sample_text", "text_tokenizer")
 
 
 def settings(**overrides) -> ConfigDict:
@@ -98,15 +98,15 @@ def excerpts(text: str, lengths: list[int]) -> list[str]:
 # ----------------------------------------------------------------------- samples
 def generate(ctx, s) -> list[str]:
     """`s.num_samples` continuations of `s.prompt` (prompt excluded)."""
-    from genjax.data.tokenizer import tokenizer_from_json
-    from genjax.sampling.text import TextRequest, generate_texts
-    tokenizer = tokenizer_from_json(ctx.meta["data"]["tokenizer"])
+    from genjax.sampling.text import TextRequest
+    tokenizer = ctx.family.text_tokenizer(ctx.meta)
     req = TextRequest(num_samples=int(s.num_samples), max_new_tokens=int(s.max_new_tokens),
                       temperature=float(s.temperature), top_k=int(s.top_k),
                       top_p=float(s.top_p), seed=int(s.seed) + int(ctx.seed), window=True)
     with warnings.catch_warnings():  # sliding past the context is intended here
         warnings.simplefilter("ignore")
-        completions = generate_texts(ctx.model, ctx.params, tokenizer, [str(s.prompt)], req)
+        completions = ctx.family.sample_text(ctx.model, ctx.params, tokenizer, [str(s.prompt)],
+                                             req)
     return [c.text for c in completions[0]]
 
 

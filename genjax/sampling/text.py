@@ -39,7 +39,7 @@ from typing import Callable, Sequence
 import jax
 import numpy as np
 
-from genjax.config_lib import UserError
+from genjax.errors import UserError
 from genjax.sampling import lm as lm_sampling
 
 TRUNCATE = ("error", "left")

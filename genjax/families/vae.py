@@ -28,8 +28,12 @@ import numpy as np
 
 from genjax import sharding
 from genjax.models import vae as vae_lib
-from genjax.losses.image_seam import (  # noqa: F401  shared by the image families
+from genjax.families.image_seam import (  # noqa: F401  shared by the image families
     image_shape, make_data, num_classes, resolve_config, sample_labels, throughput_unit)
+
+
+likelihood_metrics = ("elbo", "nll_iwae", "elbo_bpd", "nll_bpd")  # capabilities
+sample_options = ()
 
 
 # ---------------------------------------------------------------- model and batches
@@ -130,11 +134,10 @@ def _decode_mean(model, params, z, labels):
     return vae_lib.mean_image(model.likelihood, out)
 
 
-def sample_images(model, params, config, rng, num_samples: int, label=None, guidance=None,
-                  steps=None, *, model_state=None) -> jax.Array:
+def sample_images(model, params, config, rng, num_samples: int, label=None, *,
+                  model_state=None) -> jax.Array:
     """Prior samples z ~ N(0, I) decoded to the mean image: float32[N, H, W, C] in [-1, 1].
-    (The mean, not a draw from p(x|z), whose pixel noise hides the picture.) `guidance` and
-    `steps` do not apply to a VAE and are ignored."""
+    (The mean, not a draw from p(x|z), whose pixel noise hides the picture.)"""
     z = jax.random.normal(rng, (int(num_samples), model.latent_dim))
     labels = sample_labels(config, int(num_samples), label)
     z, labels = (sharding.split_like_params(a, params) for a in (z, labels))

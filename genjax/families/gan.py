@@ -22,11 +22,12 @@ import numpy as np
 
 from genjax import sharding
 from genjax.models import dcgan
-from genjax.losses.image_seam import (  # noqa: F401  shared by the image families
+from genjax.families.image_seam import (  # noqa: F401  shared by the image families
     image_shape, make_data, num_classes, resolve_config, sample_labels, throughput_unit)
 
 LOSSES = ("non_saturating", "hinge")
 GROUPS = ("generator", "discriminator")
+sample_options = ()  # capability: sample_images takes no options
 
 
 # ---------------------------------------------------------------- model and batches
@@ -146,10 +147,10 @@ def _generate(model, params, z, labels):
     return model.apply({"params": params}, z, labels, method="generate")
 
 
-def sample_images(model, params, config, rng, num_samples: int, label=None, guidance=None,
-                  steps=None, *, model_state=None) -> jax.Array:
+def sample_images(model, params, config, rng, num_samples: int, label=None, *,
+                  model_state=None) -> jax.Array:
     """G(z), z ~ N(0, I): float32[N, H, W, C] in [-1, 1]. `params` are both players' (the
-    generator's are used); `guidance`/`steps` do not apply to a GAN and are ignored."""
+    generator's are used)."""
     z = jax.random.normal(rng, (int(num_samples), model.latent_dim))
     labels = sample_labels(config, int(num_samples), label)
     z, labels = (sharding.split_like_params(a, params) for a in (z, labels))

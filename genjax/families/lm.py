@@ -21,6 +21,9 @@ MODEL_KEYS = ("vocab_size", "num_layers", "num_heads", "embed_dim", "mlp_ratio",
 
 
 SHAPE_KEYS = ("num_layers", "num_heads", "embed_dim", "mlp_ratio")
+# Capabilities (genjax/families/__init__.py)
+likelihood_metrics = ("loss", "perplexity", "bits_per_token", "bits_per_char")
+runtime_keys = ("model.dropout", "model.attention_impl", "model.z_loss")
 
 
 def model_kwargs(config) -> dict:
@@ -126,3 +129,17 @@ def resolve_config(config, data) -> None:
 
 def throughput_unit(config) -> tuple[str, int]:
     return "tokens", int(config.model.max_len)
+
+
+# ----------------------------------------------------------------------- text out
+def text_tokenizer(meta: dict):
+    """The tokenizer a checkpoint was trained with (saved in its meta by make_data)."""
+    from genjax.data.tokenizer import tokenizer_from_json
+    return tokenizer_from_json(meta["data"]["tokenizer"])
+
+
+def sample_text(model, params, tokenizer, prompts, request):
+    """[[Completion] * request.num_samples] per prompt: the KV-cache decoder
+    (genjax/sampling/text.py) with every control of `request` (a TextRequest)."""
+    from genjax.sampling.text import generate_texts
+    return generate_texts(model, params, tokenizer, prompts, request)

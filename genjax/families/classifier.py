@@ -14,10 +14,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from genjax.losses import image_seam
-from genjax.losses.image_seam import (  # noqa: F401  shared by the image families
+from genjax.families import image_seam
+from genjax.families.image_seam import (  # noqa: F401  shared by the image families
     image_shape, make_data, throughput_unit)
 from genjax.models import classifier as classifier_lib
+
+runtime_keys = ("model.dropout",)  # capability: may change across a resume
 
 
 def make_model(config) -> classifier_lib.Classifier:

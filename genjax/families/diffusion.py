@@ -29,12 +29,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from genjax import diffusion, sharding
-from genjax.config_lib import ConfigError
-from genjax.losses import image_seam
-from genjax.losses.image_seam import image_shape, num_classes, throughput_unit  # noqa: F401
+from genjax.errors import ConfigError
+from genjax.families import image_seam
+from genjax.families.image_seam import image_shape, num_classes, throughput_unit  # noqa: F401
 from genjax.models import unet
 
 CONDITIONINGS = ("class", "text", "none")
+# Capabilities (genjax/families/__init__.py)
+likelihood_metrics = ("vlb_bpd", "decoder_bpd", "prior_bpd")
+sample_options = ("guidance", "steps")
+runtime_keys = ("model.dropout",)
 
 
 # ---------------------------------------------------------------- model and batches

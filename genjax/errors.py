@@ -1,0 +1,44 @@
+"""Errors and exit codes of every genjax command (the bottom module: imports nothing).
+
+The command-line runner (genjax/cli.py) prints these as one `error:` line:
+  UserError, ConfigError   bad input (flags, config, data, workdir)       exit 2
+  CheckpointError          a checkpoint could not be written or read      exit 1
+  NonFinite                training went bad (NaN/Inf, too many skips)    exit 1
+  Preempted                SIGTERM: checkpointed, asks to be requeued     exit 143
+"""
+from __future__ import annotations
+
+EXIT_USER = 2
+EXIT_FAILED = 1
+EXIT_PREEMPTED = 143  # 128 + SIGTERM: schedulers (Slurm, k8s) read it as "requeue me"
+
+
+class UserError(Exception):
+    """Bad input from the user (missing data, bad prompt, wrong workdir): one line, exit 2."""
+
+
+class ConfigError(ValueError):
+    """A bad config: printed as one line by the CLIs, exit code 2."""
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be written or read (one line on the CLI, exit 1)."""
+
+
+class CorruptCheckpoint(CheckpointError):
+    """A checkpoint step that cannot be read or fails its checksums."""
+
+
+class NonFinite(FloatingPointError):
+    """Training went bad at steps [first, last] (one line on the CLI, exit 1)."""
+
+    def __init__(self, message: str, first: int, last: int):
+        super().__init__(message)
+        self.first, self.last = int(first), int(last)
+
+
+class Preempted(SystemExit):
+    """Raised after the SIGTERM checkpoint: the process exits with EXIT_PREEMPTED."""
+
+    def __init__(self):
+        super().__init__(EXIT_PREEMPTED)

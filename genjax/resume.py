@@ -1,0 +1,72 @@
+"""Where a run starts, in this order:
+
+  1. the newest readable checkpoint in the workdir: an exact resume (state, RNG, data
+     position, the batches on_nan=rollback discarded);
+  2. `config.init_from`: params (and EMA) from another run's checkpoint, step 0;
+  3. a fresh init.
+`check_workdir` runs first, before anything is compiled: a workdir that holds another
+model is an error, changed schedule keys a warning.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import jax
+
+from genjax import checkpoint as ckpt_lib
+from genjax import families
+from genjax.rollback import BatchBook
+from genjax.step import TrainState
+
+
+@dataclasses.dataclass
+class Start:
+    state: TrainState
+    step: int             # the step the state is at (0 unless resumed)
+    book: BatchBook       # batches drawn and discarded so far
+    source: str           # "workdir" | "init_from" | "fresh"
+
+
+def check_workdir(ckpt: ckpt_lib.Checkpointer, config, family) -> None:
+    """UserError if the workdir's latest checkpoint is of another model (the family's
+    runtime_keys may differ); a warning for changed schedule keys."""
+    latest = ckpt.latest_step()
+    if latest is None:
+        return
+    try:
+        saved_meta = ckpt.read_meta(latest)
+    except Exception:  # noqa: BLE001 - a corrupt step; restore_latest deals with it
+        return
+    ckpt_lib.check_same_model(saved_meta, config, families.runtime_keys(family))
+    ckpt_lib.warn_changed_schedule(saved_meta, config)
+
+
+def start(ckpt: ckpt_lib.Checkpointer, parts, config, train_iter) -> Start:
+    """The state to train from; sets `train_iter`'s position when resuming."""
+    if ckpt.latest_step() is not None:  # falls back past corrupt steps (or raises: strict)
+        restored = ckpt.restore_latest(parts.abstract_state, strict=bool(config.strict_restore))
+        if restored is not None:
+            state, data_state, saved_meta, step = restored
+            if data_state:
+                train_iter.set_state(data_state)
+            logging.info("resumed from %s/%d", ckpt.directory, step)
+            print(f"resumed from step {step}", flush=True)
+            return Start(state, step, BatchBook.from_meta(saved_meta, step), "workdir")
+    state = parts.init_state()
+    source = "fresh"
+    if config.init_from:
+        state = _init_from(state, parts, config)
+        source = "init_from"
+    return Start(state, int(jax.device_get(state.step)), BatchBook.from_meta(None, 0), source)
+
+
+def _init_from(state: TrainState, parts, config) -> TrainState:
+    src_dir, src_step = ckpt_lib.parse_init_from(config.init_from)
+    src = ckpt_lib.Checkpointer(src_dir, read_only=True)
+    params = src.restore_params(src_step, parts.abstract_state.params)
+    state = state.replace(params=params)
+    if config.optim.ema_decay:
+        state = state.replace(ema_params=jax.tree_util.tree_map(lambda x: x.copy(), params))
+    print(f"initialised params from {config.init_from}", flush=True)
+    return state
