@@ -104,7 +104,7 @@ def get_config(arg: str | None = None):
 
 def get_sweep(add, arg):
     """lr: peak learning rate; norm: LayerNorm vs RMSNorm; lr_x_dropout: their product."""
-    from experiments import sweep_lib as s
+    from genjax import sweep_lib as s
     lrs = s.sweep("optim.lr", [3e-4, 1e-3, 3e-3, 1e-2])
     if arg == "lr":
         add(lrs)

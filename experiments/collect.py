@@ -27,7 +27,7 @@ import sys
 import numpy as np
 
 from experiments.sweep import MANIFEST_SUFFIX
-from experiments.sweep_lib import format_value
+from genjax.sweep_lib import format_value
 from genjax.metrics_writer import read_rows
 
 

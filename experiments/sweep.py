@@ -7,7 +7,7 @@ r"""Runs a sweep defined next to its config: expand, then run locally, resume, o
   python -m experiments.collect runs/sweeps          # tables and learning curves
 
 The config file's `get_sweep(add, arg)` receives the --sweep name as `arg` (see
-experiments/sweep_lib.py). Each run is `python -m genjax.train --config=<same file:preset>
+genjax/sweep_lib.py). Each run is `python -m genjax.train --config=<same file:preset>
 <common overrides> --config.<k>=<v>... --config.seed=S --workdir=W` with a readable workdir
 
   W = <root>/<config file stem>.<preset>/<k=v,...>/seed=<S>
@@ -35,7 +35,7 @@ import sys
 import time
 from typing import Any
 
-from experiments import sweep_lib
+from genjax import sweep_lib
 
 EXIT_PREEMPTED = 143
 MANIFEST_SUFFIX = ".sweep.json"

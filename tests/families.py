@@ -1,13 +1,20 @@
-"""The four families as the shared tests build them: tiny configs, and one short run of
-each (tests/conftest.py: `tiny_run`) that several test modules read."""
+"""The families as the shared tests build them: the registry's list (genjax/families),
+their tiny configs, and one short run of each (tests/conftest.py: `tiny_run`) that
+several test modules read. A new family must add its config module here (a test checks
+that the registry and this table agree)."""
 import importlib
+
+from genjax import families
 
 CONFIG_MODULES = {
     "lm": "configs.lm_shakespeare",
     "diffusion": "configs.diffusion_fmnist",
     "vae": "configs.vae_fmnist",
     "gan": "configs.gan_fmnist",
+    "classifier": "configs.fmnist_classifier",
 }
+FAMILIES = tuple(families.registered())  # the one list every parametrised test uses
+IMAGE_FAMILIES = tuple(f for f in FAMILIES if families.has(families.get(f), "sample_images"))
 
 # The short run: 6 steps, a loss every step, EMA that moves, 2 data-parallel devices.
 # The class-conditional variants so that evaluators of conditional samples apply.
@@ -17,7 +24,8 @@ RUN_OVERRIDES = {"total_steps": 6, "log_every_steps": 1, "ckpt_every_steps": 100
 RUN_FAMILY_OVERRIDES = {"lm": {"model.vocab_size": 0},  # the tokenizer decides
                         "diffusion": {"sample.grid_samples": 0},
                         "vae": {"sample.grid_samples": 0, "model.class_conditional": True},
-                        "gan": {"sample.grid_samples": 0, "model.class_conditional": True}}
+                        "gan": {"sample.grid_samples": 0, "model.class_conditional": True},
+                        "classifier": {}}
 
 
 def tiny_config(family: str, mesh: dict | None = None, **overrides):
@@ -26,7 +34,7 @@ def tiny_config(family: str, mesh: dict | None = None, **overrides):
     dotted-key `overrides`; locked."""
     c = importlib.import_module(CONFIG_MODULES[family]).get_config("tiny")
     c.unlock()
-    if family == "lm":
+    if "vocab_size" in c.model:
         c.model.vocab_size = 64
     else:
         c.data.channels = 1

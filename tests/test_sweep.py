@@ -10,7 +10,8 @@ import time
 import numpy as np
 import pytest
 
-from experiments import collect, sweep_lib
+from experiments import collect
+from genjax import sweep_lib
 from tests import subproc
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

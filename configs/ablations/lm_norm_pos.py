@@ -18,6 +18,6 @@ def get_config(arg: str | None = None):
 
 
 def get_sweep(add, arg):
-    from experiments import sweep_lib as s
+    from genjax import sweep_lib as s
     add(s.product(s.sweep("model.norm", ["layernorm", "rmsnorm"]),
                   s.sweep("model.pos", ["learned", "rotary"])))

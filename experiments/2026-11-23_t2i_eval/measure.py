@@ -65,7 +65,7 @@ def classifier_from_workdir(workdir: str, data_cfg):
 
 
 def main(argv=None):
-    from genjax import inference
+    from genjax import inference, train
     from genjax.data.caption_tokenizer import CaptionTokenizer
     from genjax.evaluators.feature_net import load_feature_net
     from genjax.sampling import best_of_n
@@ -89,7 +89,7 @@ def main(argv=None):
     loaded = inference.load(args.workdir)
     tok = CaptionTokenizer.from_json(loaded.meta["data"]["caption_tokenizer"])
     net = classifier_from_workdir(args.classifier_workdir, loaded.config.data) \
-        if args.classifier_workdir else load_feature_net(loaded.config.data)
+        if args.classifier_workdir else load_feature_net(loaded.config.data, train_fn=train.train)
     print(f"classifier {net.name}: test accuracy {net.test_accuracy:.3f}", flush=True)
     result = {"workdir": os.path.abspath(args.workdir), "step": loaded.step,
               "classifier": net.name, "classifier_test_accuracy": net.test_accuracy,
