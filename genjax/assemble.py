@@ -75,7 +75,7 @@ def check_batch_size(config: ConfigDict, mesh: Mesh, rules) -> None:
 
 
 def assemble(config: ConfigDict, mesh: Mesh) -> Parts:
-    family = families.get(config.family)
+    family = families.for_config(config)
     model = family.make_model(config)
     rules = sharding.rules_from_config(config.sharding_rules)
     check_batch_size(config, mesh, rules)
@@ -93,7 +93,8 @@ def assemble(config: ConfigDict, mesh: Mesh) -> Parts:
     var_sh = sharding.param_shardings(boxed, mesh, rules)
     params_sh, model_state_sh = _split_variables(var_sh)
     abstract_params, _ = _split_variables(sharding.unbox(boxed))
-    labels = family.param_labels(abstract_params, config)
+    labels = optim.with_frozen(family.param_labels(abstract_params, config), abstract_params,
+                               tuple(config.optim.freeze))
     tx = optim.make_optimizer(config, labels)
     ema = bool(config.optim.ema_decay)
 
@@ -146,6 +147,14 @@ def assemble(config: ConfigDict, mesh: Mesh) -> Parts:
 
 def _bound(fn, *args, model, config, **kwargs):
     return fn(*args, model=model, config=config, **kwargs)
+
+
+def inference_params(parts: Parts, state, which: str = "ema") -> tuple[Any, Any, str]:
+    """(params, model_state, "ema" | "raw") the model applies at inference: EMA params when
+    asked for and kept, with what the family merges in (LoRA adapters)."""
+    params, which = step_lib.inference_params(state, which)
+    params, model_state = families.inference_params(parts.family, params, state.model_state)
+    return params, model_state, which
 
 
 def unjitted_train_step(parts: Parts):

@@ -283,14 +283,17 @@ class Checkpointer:
         if problems:
             raise UserError("init_from: params do not match this model:\n  " +
                             "\n  ".join(problems[:20]))
-        out = self.manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.PyTreeRestore(
-                item={"params": abstract_params},
-                restore_args=jax.tree_util.tree_map(
-                    lambda a: ocp.ArrayRestoreArgs(sharding=a.sharding, dtype=a.dtype),
-                    {"params": abstract_params}),
-                partial_restore=True)))
-        return out["state"]["params"]
+        # The state item was written by the standard handler; its files are a PyTree
+        # checkpoint, which PyTreeRestore reads partially (params only, not the optimizer).
+        path = os.path.join(self.directory, str(step), "state")
+        args = ocp.args.PyTreeRestore(
+            item={"params": abstract_params},
+            restore_args=jax.tree_util.tree_map(
+                lambda a: ocp.ArrayRestoreArgs(sharding=a.sharding, dtype=a.dtype),
+                {"params": abstract_params}),
+            partial_restore=True)
+        with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as reader:
+            return reader.restore(path, args=args)["params"]
 
 
 def _tree_of(item_metadata, name):
@@ -335,7 +338,9 @@ def check_same_model(saved_meta: dict, config, runtime_keys: tuple[str, ...] = (
     diffs = []
     for key in ARCH_KEYS:
         if isinstance(now.get(key), dict):
-            diffs += [d for d in config_lib.diff(then.get(key, {}), now[key], prefix=f"{key}.")
+            # keys the saved run did not have yet keep their old behaviour by default
+            diffs += [d for d in config_lib.diff(then.get(key, {}), now[key], prefix=f"{key}.",
+                                                 new_keys=False)
                       if d.split(":")[0] not in runtime_keys]
         elif then.get(key) != now.get(key):
             diffs.append(f"{key}: {then.get(key)!r} -> {now.get(key)!r}")

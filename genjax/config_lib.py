@@ -86,9 +86,19 @@ def base_config() -> ConfigDict:
     c.optim.clip_norm = 1.0        # global-norm clipping (0 = off)
     c.optim.accum_steps = 1        # optax.MultiSteps gradient accumulation
     c.optim.ema_decay = 0.0        # EMA of params in the state (0 = off)
+    # Regexes (re.search) over "/"-joined parameter paths, e.g. ("token_embed", "block_0/"):
+    # frozen leaves get no update, no weight decay and no optimizer state (optax.set_to_zero).
+    c.optim.freeze = ()
     # Parameter groups (families with several players): label -> overrides of the keys
     # above plus `every`/`offset` for alternating updates (update when step % every == offset).
     c.optim.groups = ConfigDict()
+
+    # LoRA (genjax/families/lora.py): W + (alpha / rank) * A @ B on the kernels whose
+    # "/"-joined paths match `targets`; the base is frozen in model_state. rank 0 = off.
+    c.lora = ConfigDict()
+    c.lora.rank = 0
+    c.lora.alpha = 8.0
+    c.lora.targets = (r"kernel$",)
 
     c.model = ConfigDict()         # family-specific, set by configs/<name>.py
     c.data = ConfigDict()          # family-specific, set by configs/<name>.py
@@ -123,13 +133,27 @@ def from_dict(d: dict[str, Any]) -> ConfigDict:
     return ml_collections.ConfigDict(d)
 
 
-def diff(a: dict, b: dict, prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two plain dicts."""
+def from_saved(d: dict[str, Any]) -> ConfigDict:
+    """A config saved by a run (checkpoint meta, config.json), with the shared keys added
+    since then (`base_config()`) at their defaults, so older runs still load."""
+    def merge(base: dict, saved: dict) -> dict:
+        out = dict(base)
+        for k, v in saved.items():
+            out[k] = merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+        return out
+    return ConfigDict(merge(to_dict(base_config()), d))
+
+
+def diff(a: dict, b: dict, prefix: str = "", *, new_keys: bool = True) -> list[str]:
+    """Dotted keys whose values differ between two plain dicts (`new_keys` False: keys
+    absent from `a`, e.g. added to genjax after `a` was saved, are not compared)."""
     out = []
     for k in sorted(set(a) | set(b)):
         key = f"{prefix}{k}"
+        if not new_keys and k not in a:
+            continue
         if isinstance(a.get(k), dict) and isinstance(b.get(k), dict):
-            out += diff(a[k], b[k], key + ".")
+            out += diff(a[k], b[k], key + ".", new_keys=new_keys)
         elif a.get(k, "<missing>") != b.get(k, "<missing>"):
             out.append(f"{key}: {a.get(k, '<missing>')!r} -> {b.get(k, '<missing>')!r}")
     return out

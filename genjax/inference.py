@@ -23,6 +23,8 @@ class Loaded:
     step: int
     which: str            # "ema" | "raw": the params actually loaded
     parts: Any            # genjax.assemble.Parts (jitted eval step, mesh): assembled once
+    step_params: Any = None       # params / model_state as parts.eval_step takes them
+    step_model_state: Any = None  # (differ from the above for LoRA: adapters + frozen base)
 
 
 def load(workdir: str, *, which: str = "ema", step: int | None = None) -> Loaded:
@@ -38,7 +40,7 @@ def load(workdir: str, *, which: str = "ema", step: int | None = None) -> Loaded
     if step is None:
         raise UserError(f"no finished checkpoint in {workdir!r}")
     meta = ckpt.read_meta(step)
-    config = config_lib.from_dict(meta["config"])
+    config = config_lib.from_saved(meta["config"])
     families.get(config["family"])  # the contract is checked before anything is built
     config.mesh = config_lib.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
     config.lock()
@@ -46,6 +48,8 @@ def load(workdir: str, *, which: str = "ema", step: int | None = None) -> Loaded
     parts = assemble_lib.assemble(config, mesh)
     state, _, _ = ckpt.restore(step, parts.abstract_state)
     ckpt.close()
-    params, which = step_lib.inference_params(state, which)
-    return Loaded(config=config, family=parts.family, model=parts.model, params=params,
-                  model_state=state.model_state, meta=meta, step=step, which=which, parts=parts)
+    params, model_state, which = assemble_lib.inference_params(parts, state, which)
+    step_params, _ = step_lib.inference_params(state, which)
+    return Loaded(config=config, family=families.for_inference(parts.family), model=parts.model,
+                  params=params, model_state=model_state, meta=meta, step=step, which=which,
+                  parts=parts, step_params=step_params, step_model_state=state.model_state)

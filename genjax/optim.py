@@ -6,6 +6,7 @@ holds only its arrays (`opt_state`), so checkpoints contain arrays only.
 """
 from __future__ import annotations
 
+import re
 from typing import Any, Callable
 
 import jax
@@ -13,7 +14,11 @@ import jax.numpy as jnp
 import optax
 from ml_collections import ConfigDict
 
+from genjax.errors import ConfigError
+
 GROUP_ONLY_KEYS = ("every", "offset")
+FROZEN = "frozen"      # label of frozen leaves: optax.set_to_zero (no update, no state)
+TRAINABLE = "trainable"  # label of the others when the family has no groups
 
 
 def make_schedule(o: ConfigDict, total_steps: int) -> optax.Schedule:
@@ -73,8 +78,30 @@ def group_settings(config: ConfigDict, label: str) -> ConfigDict:
     return o
 
 
+def with_frozen(labels, params, patterns: tuple[str, ...]):
+    """`labels` with FROZEN on every leaf whose "/"-joined path matches a regex of
+    `patterns` (re.search); unchanged without patterns. ConfigError for a pattern that
+    matches nothing (a typo would silently train everything)."""
+    if not patterns:
+        return labels
+    compiled = [re.compile(p) for p in patterns]
+    paths = {jax.tree_util.keystr(p, simple=True, separator="/"): x
+             for p, x in jax.tree_util.tree_flatten_with_path(params)[0]}
+    unused = [p.pattern for p in compiled if not any(p.search(k) for k in paths)]
+    if unused:
+        raise ConfigError(f"config.optim.freeze: {unused} match no parameter; paths: "
+                          f"{sorted(paths)[:12]}")
+    base = labels if labels is not None else jax.tree_util.tree_map(lambda _: TRAINABLE, params)
+
+    def one(path, label):
+        key = jax.tree_util.keystr(path, simple=True, separator="/")
+        return FROZEN if any(p.search(key) for p in compiled) else label
+    return jax.tree_util.tree_map_with_path(one, base)
+
+
 def make_optimizer(config: ConfigDict, labels=None) -> optax.GradientTransformation:
-    """The optimizer for `params`; `labels` (pytree of str) gives one optimizer per group."""
+    """The optimizer for `params`; `labels` (pytree of str) gives one optimizer per group;
+    the FROZEN group gets optax.set_to_zero (no update, no weight decay, no state)."""
     total = int(config.total_steps)
     if labels is None:
         tx = _single(config.optim, total)
@@ -84,8 +111,9 @@ def make_optimizer(config: ConfigDict, labels=None) -> optax.GradientTransformat
         if unknown:
             raise ValueError(f"config.optim.groups has {sorted(unknown)}, but the model's "
                              f"parameter groups are {names}")
-        tx = optax.multi_transform({n: _single(group_settings(config, n), total) for n in names},
-                                   labels)
+        tx = optax.multi_transform(
+            {n: optax.set_to_zero() if n == FROZEN else _single(group_settings(config, n), total)
+             for n in names}, labels)
     if config.optim.accum_steps > 1:
         tx = optax.MultiSteps(tx, every_k_schedule=int(config.optim.accum_steps))
     return tx

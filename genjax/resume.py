@@ -2,7 +2,8 @@
 
   1. the newest readable checkpoint in the workdir: an exact resume (state, RNG, data
      position, the batches on_nan=rollback discarded);
-  2. `config.init_from`: params (and EMA) from another run's checkpoint, step 0;
+  2. `config.init_from`: params from another run's checkpoint, step 0, placed by the
+     family (`families.load_pretrained`: params and EMA; LoRA: the frozen base);
   3. a fresh init.
 `check_workdir` runs first, before anything is compiled: a workdir that holds another
 model is an error, changed schedule keys a warning.
@@ -64,9 +65,9 @@ def start(ckpt: ckpt_lib.Checkpointer, parts, config, train_iter) -> Start:
 def _init_from(state: TrainState, parts, config) -> TrainState:
     src_dir, src_step = ckpt_lib.parse_init_from(config.init_from)
     src = ckpt_lib.Checkpointer(src_dir, read_only=True)
-    params = src.restore_params(src_step, parts.abstract_state.params)
-    state = state.replace(params=params)
-    if config.optim.ema_decay:
-        state = state.replace(ema_params=jax.tree_util.tree_map(lambda x: x.copy(), params))
+    target = families.pretrained_target(parts.family, parts.abstract_state)
+    params = src.restore_params(src_step, target)
+    src.close()
+    state = families.load_pretrained(parts.family, state, params, config)
     print(f"initialised params from {config.init_from}", flush=True)
     return state

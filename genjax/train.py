@@ -25,7 +25,6 @@ from genjax import assemble as assemble_lib
 from genjax import checkpoint as ckpt_lib
 from genjax import (cli, config_lib, eval_sums, evaluators, faults, families, resume, rollback,
                     runtime, sharding)
-from genjax import step as step_lib
 from genjax.errors import EXIT_PREEMPTED, ConfigError, NonFinite, Preempted, UserError
 from genjax.image_grid import save_grid
 from genjax.metrics_writer import MetricsWriter
@@ -62,7 +61,7 @@ def train(config, workdir: str, *, stop_after: int | None = None, data=None) -> 
         runtime.request_deterministic_ops()
     if config.on_nan not in ("halt", "rollback"):
         raise ConfigError(f"config.on_nan={config.on_nan!r}: use halt | rollback")
-    family = families.get(config.family)  # the contract is checked before anything runs
+    family = families.for_config(config)  # the contract is checked before anything runs
     runtime.initialize_distributed(peer_timeout_s=int(config.peer_timeout_s))
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)
@@ -233,17 +232,18 @@ def _periodic_eval(run: _Run, step: int) -> None:
 def _write_grid(run: _Run, step: int) -> None:
     """A sample grid W/samples/step_<step>.png from the EMA params (raw without EMA)."""
     n = int(run.config.sample.grid_samples)
-    if not (jax.process_index() == 0 and n and families.has(run.family, "sample_images")):
+    family = families.for_inference(run.family)
+    if not (jax.process_index() == 0 and n and families.has(family, "sample_images")):
         return
-    params, _ = step_lib.inference_params(run.state, "ema")
-    images = run.family.sample_images(run.parts.model, params, run.config,
+    params, _, _ = assemble_lib.inference_params(run.parts, run.state, "ema")
+    images = family.sample_images(run.parts.model, params, run.config,
                                       jax.random.PRNGKey(run.config.seed), n)
     save_grid(jax.device_get(images), os.path.join(run.workdir, "samples", f"step_{step}.png"))
 
 
 def _run_evaluators(run: _Run, step: int) -> None:
     """config.evals with during_training=True (genjax/evaluators), as eval/<name>/<key>."""
-    names = evaluators.during_training(run.config, run.family)
+    names = evaluators.during_training(run.config, families.for_inference(run.family))
     if not names:
         return
     ctx = evaluators.for_training(run.config, run.parts, run.state, run.meta, step,

@@ -37,7 +37,7 @@ from typing import Any, Iterable, Sequence
 import jax
 import numpy as np
 
-from genjax import eval_sums, families
+from genjax import assemble, eval_sums, families
 from genjax import step as step_lib
 from genjax.errors import UserError
 
@@ -161,6 +161,8 @@ class EvalContext:
     data: Any             # family.make_data(...): eval_batches, train_iterator, text, ...
     parts: Any            # genjax.assemble.Parts of the run (model, jitted eval step, mesh)
     train_fn: Any = None  # genjax.train.train, for evaluators that train a model (cas)
+    step_params: Any = None       # params / model_state as parts.eval_step takes them (LoRA:
+    step_model_state: Any = None  # the adapters and the frozen base); None = params
     _sample_pool: dict = dataclasses.field(default_factory=dict, repr=False)
 
     def __post_init__(self):
@@ -170,8 +172,9 @@ class EvalContext:
     def evaluate(self, batches: Iterable[dict], eval_kwargs: dict | None = None) -> dict:
         """The family's eval metrics of these params over local numpy `batches`, summed and
         finalized exactly as genjax.train's eval (genjax/eval_sums.py)."""
-        return eval_sums.evaluate(self.parts, self.params, self.model_state, batches,
-                                  eval_kwargs)
+        params = self.params if self.step_params is None else self.step_params
+        state = self.model_state if self.step_model_state is None else self.step_model_state
+        return eval_sums.evaluate(self.parts, params, state, batches, eval_kwargs)
 
     # ------------------------------------------------------------------ images
     def sample_images(self, n: int, *, label=None, batch_size: int = 256, seed: int = 0):
@@ -242,15 +245,18 @@ def from_loaded(loaded, workdir: str, *, seed: int = 0, data=None,
         config=config, family=loaded.family, model=loaded.model, params=loaded.params,
         model_state=loaded.model_state, meta=loaded.meta, step=int(loaded.step),
         workdir=workdir, out_dir=os.path.join(workdir, "eval"), which=loaded.which,
-        seed=seed, data=data, parts=loaded.parts, train_fn=train_fn)
+        seed=seed, data=data, parts=loaded.parts, train_fn=train_fn,
+        step_params=loaded.step_params, step_model_state=loaded.step_model_state)
 
 
 def for_training(config, parts, state, meta: dict, step: int, workdir: str, data, *,
                  train_fn=None) -> EvalContext:
     """Context inside genjax.train: the current EMA params (raw without EMA)."""
-    params, which = step_lib.inference_params(state, "ema")
+    params, model_state, which = assemble.inference_params(parts, state, "ema")
+    step_params, _ = step_lib.inference_params(state, which)
     return EvalContext(
-        config=config, family=parts.family, model=parts.model, params=params,
-        model_state=state.model_state, meta=meta, step=int(step), workdir=workdir,
+        config=config, family=families.for_inference(parts.family), model=parts.model,
+        params=params, model_state=model_state, meta=meta, step=int(step), workdir=workdir,
         out_dir=os.path.join(workdir, "eval"), which=which, seed=int(config.seed), data=data,
-        parts=parts, train_fn=train_fn)
+        parts=parts, train_fn=train_fn, step_params=step_params,
+        step_model_state=state.model_state)

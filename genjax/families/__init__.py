@@ -20,7 +20,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from genjax.errors import ConfigError
 
-HELPERS = ("image_seam", "classifier_recipe")  # modules of this package that are no family
+HELPERS = ("image_seam", "classifier_recipe", "lora")  # modules here that are no family
 
 
 @runtime_checkable
@@ -82,6 +82,12 @@ CAPABILITIES = {
                       "float32[N, ...] samples of any other kind (written as .npz)"),
     "runtime_keys": ("runtime_keys: tuple[str, ...]",
                      "config keys that may change across a resume (dropout, kernels)"),
+    "merge_params": ("merge_params(params, model_state)",
+                     "-> (params, model_state) the model applies at inference (LoRA: W + AB)"),
+    "pretrained_target": ("pretrained_target(abstract_state)",
+                          "the abstract params init_from restores (default: state.params)"),
+    "load_pretrained": ("load_pretrained(state, src_params, config)",
+                        "-> state with init_from's params placed (default: params and EMA)"),
 }
 
 # Probe calls: a function export must accept these arguments (checked with
@@ -96,7 +102,8 @@ _PROBES = {
     "sample_text": ((1, 1, 1, 1, 1), {}), "text_tokenizer": ((1,), {}),
     "sample_images": ((1, 1, 1, 1, 1), dict(label=None)),
     "sample_labels": ((1, 1), dict(label=None)), "conditioning": ((1,), {}),
-    "sample_arrays": ((1, 1, 1, 1, 1), {}),
+    "sample_arrays": ((1, 1, 1, 1, 1), {}), "merge_params": ((1, 1), {}),
+    "pretrained_target": ((1,), {}), "load_pretrained": ((1, 1, 1), {}),
 }
 _TUPLES = ("likelihood_metrics", "sample_options", "runtime_keys")
 
@@ -154,6 +161,45 @@ def _required_sig(name: str) -> str:
     sig = inspect.signature(getattr(Family, name))
     params = [p for p in sig.parameters.values() if p.name != "self"]
     return f"{name}({', '.join(str(p) for p in params)})"
+
+
+def for_config(config) -> ModuleType:
+    """The family a config trains: `get(config.family)`, wrapped by LoRA when
+    config.lora.rank > 0 (genjax/families/lora.py)."""
+    from genjax.families import lora  # noqa: PLC0415  (lora imports nothing from here)
+    family = get(config.family)
+    return lora.wrap(family, config) if lora.enabled(config) else family
+
+
+def for_inference(family: ModuleType) -> ModuleType:
+    """The family whose samplers and evaluators apply to `merge_params`' output."""
+    return getattr(family, "inner", family)
+
+
+def inference_params(family: ModuleType, params, model_state) -> tuple[Any, Any]:
+    """(params, model_state) the model applies at inference (LoRA adapters merged)."""
+    if has(family, "merge_params"):
+        return family.merge_params(params, model_state)
+    return params, model_state
+
+
+def pretrained_target(family: ModuleType, abstract_state):
+    """The abstract params `config.init_from` restores into."""
+    if has(family, "pretrained_target"):
+        return family.pretrained_target(abstract_state)
+    return abstract_state.params
+
+
+def load_pretrained(family: ModuleType, state, src_params, config):
+    """`state` with init_from's `src_params` placed: the family's `load_pretrained`, else
+    as params (and EMA params when kept)."""
+    if has(family, "load_pretrained"):
+        return family.load_pretrained(state, src_params, config)
+    import jax  # noqa: PLC0415
+    state = state.replace(params=src_params)
+    if jax.tree_util.tree_leaves(state.ema_params):
+        state = state.replace(ema_params=jax.tree_util.tree_map(lambda x: x.copy(), src_params))
+    return state
 
 
 def has(family: ModuleType, capability: str) -> bool:

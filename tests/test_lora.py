@@ -1,0 +1,173 @@
+"""LoRA in parameter space (genjax/families/lora.py), freezing (optim.freeze) and
+init_from, against answers computed independently of the code under test.
+
+Known answers: with B = 0 the LoRA model is the base model bit for bit; at step 0 the
+gradient of A is exactly 0 and the gradient of B is (alpha / r) A^T G, G the full
+fine-tune gradient of the kernel on the same batch and key; merging equals the LoRA
+forward pass; training moves only the adapters (base checksum unchanged) and the optimizer
+holds 2x the adapter bytes; frozen leaves are bit-identical and have no optimizer state.
+"""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import traverse_util
+
+from genjax import assemble, families, sharding, train
+from genjax.checkpoint import Checkpointer
+from genjax.errors import ConfigError, UserError
+from genjax.families import lora
+from tests.families import run_config, tiny_config
+from tests.test_families import random_batch
+
+RANK, ALPHA = 4, 8.0
+LORA = {"lora.rank": RANK, "lora.alpha": ALPHA, "optim.ema_decay": 0.0}
+
+
+def build(family="lm", **overrides):
+    config = tiny_config(family, **overrides)
+    return assemble.assemble(config, sharding.make_mesh(config.mesh))
+
+
+def nbytes(tree) -> int:
+    return sum(x.size * x.dtype.itemsize for x in jax.tree_util.tree_leaves(tree))
+
+
+@pytest.fixture(scope="module")
+def lm_lora():
+    parts = build(**LORA)
+    state = jax.device_get(parts.init_state())
+    return parts, state, random_batch(parts)
+
+
+def _losses_and_grads(parts, state, batch):
+    """(loss, grads) of the LoRA loss w.r.t. the adapters and of the family's own loss
+    w.r.t. the base params, with the same batch and key."""
+    inner, key = parts.family.inner, jax.random.key(0)
+    base = state.model_state[lora.BASE]
+    rest = {k: v for k, v in state.model_state.items() if k != lora.BASE}
+    kw = dict(model=parts.model, config=parts.config)
+    lora_loss = lambda p: parts.family.loss_fn(p, state.model_state, batch, key, **kw)[0]  # noqa
+    full_loss = lambda p: inner.loss_fn(p, rest, batch, key, **kw)[0]  # noqa
+    return (jax.value_and_grad(lora_loss)(state.params),
+            jax.value_and_grad(full_loss)(base))
+
+
+def test_with_b_zero_the_lora_model_is_the_base_model_bit_for_bit(lm_lora):
+    parts, state, batch = lm_lora
+    base = state.model_state[lora.BASE]
+    tokens = jnp.asarray(batch["tokens"][:, :-1])
+    merged, _ = parts.family.merge_params(state.params, state.model_state)
+    np.testing.assert_array_equal(parts.model.apply({"params": merged}, tokens),
+                                  parts.model.apply({"params": base}, tokens))
+    (l_lora, _), (l_full, _) = _losses_and_grads(parts, state, batch)
+    assert float(l_lora) == float(l_full)
+
+
+def test_first_step_gradients_are_zero_for_a_and_scaled_a_transpose_g_for_b(lm_lora):
+    parts, state, batch = lm_lora
+    (_, g_lora), (_, g_full) = _losses_and_grads(parts, state, batch)
+    flat_g = traverse_util.flatten_dict(g_full)
+    adapters = traverse_util.flatten_dict(state.params["lora"], is_leaf=lambda _, x: "a" in x)
+    grads = traverse_util.flatten_dict(g_lora["lora"], is_leaf=lambda _, x: "a" in x)
+    assert len(adapters) == 12  # q, k, v, out, up, down in 2 layers
+    for path, ab in adapters.items():
+        a, g = np.asarray(ab["a"], np.float64), np.asarray(flat_g[path], np.float64)
+        n_in = a.ndim - 1
+        want_b = (ALPHA / RANK) * np.tensordot(a, g, axes=(list(range(n_in)), list(range(n_in))))
+        assert np.all(np.asarray(grads[path]["a"]) == 0.0), path
+        np.testing.assert_allclose(grads[path]["b"], want_b, rtol=1e-4, atol=1e-7,
+                                   err_msg="/".join(path))
+
+
+def test_merged_params_equal_the_lora_forward_pass_after_b_moves(lm_lora):
+    parts, state, batch = lm_lora
+    rng = np.random.default_rng(0)
+    params = jax.tree_util.tree_map(lambda x: x + 0.05 * rng.standard_normal(x.shape).astype(
+        x.dtype), state.params)
+    tokens = jnp.asarray(batch["tokens"][:, :-1])
+    merged, _ = parts.family.merge_params(params, state.model_state)
+    # the forward pass with W + s A B built here by hand, kernel by kernel
+    flat = traverse_util.flatten_dict(state.model_state[lora.BASE])
+    for path, ab in traverse_util.flatten_dict(params["lora"], is_leaf=lambda _, x: "a" in x).items():
+        a, b = np.asarray(ab["a"], np.float64), np.asarray(ab["b"], np.float64)
+        delta = a.reshape(-1, RANK) @ b.reshape(RANK, -1)
+        flat[path] = (np.asarray(flat[path], np.float64) + ALPHA / RANK * delta.reshape(
+            flat[path].shape)).astype(np.float32)
+    by_hand = traverse_util.unflatten_dict(flat)
+    np.testing.assert_allclose(parts.model.apply({"params": merged}, tokens),
+                               parts.model.apply({"params": by_hand}, tokens), rtol=1e-5, atol=1e-5)
+
+
+def test_lora_training_moves_only_the_adapters(tmp_path, data_dir):
+    config = run_config("lm")
+    config.unlock()
+    config.update_from_flattened_dict(dict(LORA, total_steps=4))
+    config.lock()
+    train.train(config, str(tmp_path))
+    parts = assemble.assemble(config, sharding.make_mesh(config.mesh))
+    final, _, _ = Checkpointer(str(tmp_path), read_only=True).restore(4, parts.abstract_state)
+    start = parts.init_state()
+    base_then, base_now = start.model_state[lora.BASE], final.model_state[lora.BASE]
+    for x, y in zip(jax.tree_util.tree_leaves(base_then), jax.tree_util.tree_leaves(base_now)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    moved = [float(jnp.abs(b).max()) for b in
+             jax.tree_util.tree_leaves(jax.tree_util.tree_map(lambda x: x, final.params))]
+    assert max(moved) > 0
+    adapter_bytes = nbytes(final.params)
+    assert 2 * adapter_bytes <= nbytes(final.opt_state) <= 2 * adapter_bytes + 64  # mu, nu, counts
+    assert adapter_bytes < 0.2 * nbytes(base_now)
+
+
+def test_frozen_leaves_do_not_move_and_have_no_optimizer_state(tmp_path, data_dir):
+    config = run_config("lm")
+    config.unlock()
+    config.optim.freeze = ("token_embed", r"^attn_0/")
+    config.total_steps = 3
+    config.lock()
+    train.train(config, str(tmp_path))
+    parts = assemble.assemble(config, sharding.make_mesh(config.mesh))
+    final, _, _ = Checkpointer(str(tmp_path), read_only=True).restore(3, parts.abstract_state)
+    start = jax.device_get(parts.init_state())
+    frozen = {"token_embed", "attn_0"}
+    flat0 = traverse_util.flatten_dict(start.params)
+    flat1 = traverse_util.flatten_dict(jax.device_get(final.params))
+    for path in flat0:
+        same = np.array_equal(flat0[path], flat1[path])
+        assert same == (path[0] in frozen), path
+    trainable = sum(x.nbytes for p, x in flat0.items() if p[0] not in frozen)
+    assert 2 * trainable <= nbytes(final.opt_state) <= 2 * trainable + 64
+    with pytest.raises(ConfigError, match=r"\['no_such_layer'\] match no parameter"):
+        build(**{"optim.freeze": ("no_such_layer",)})
+
+
+def test_init_from_takes_the_params_and_names_each_mismatched_leaf(tiny_run, tmp_path):
+    src = tiny_run("lm")
+    config = run_config("lm")
+    config.unlock()
+    config.update_from_flattened_dict({"init_from": str(src), "total_steps": 0 + 1,
+                                       "optim.lr": 0.0, "optim.warmup_steps": 0})
+    config.lock()
+    train.train(config, str(tmp_path / "ft"))
+    parts = assemble.assemble(config, sharding.make_mesh(config.mesh))
+    want, _, _ = Checkpointer(str(src), read_only=True).restore(6, parts.abstract_state)
+    got, _, _ = Checkpointer(str(tmp_path / "ft"), read_only=True).restore(1, parts.abstract_state)
+    for x, y in zip(jax.tree_util.tree_leaves(want.params), jax.tree_util.tree_leaves(got.params)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))  # lr 0: the source params
+
+    wide = run_config("lm")
+    wide.unlock()
+    wide.update_from_flattened_dict({"init_from": str(src), "model.embed_dim": 64})
+    wide.lock()
+    with pytest.raises(UserError, match=r"(?s)params do not match.*token_embed: checkpoint "
+                                        r"float32\[\d+, 32\] vs model float32\[\d+, 64\]"):
+        train.train(wide, str(tmp_path / "wide"))
+
+
+def test_lora_with_ema_or_targets_that_match_nothing_is_refused():
+    with pytest.raises(ConfigError, match="ema_decay"):
+        build(**{**LORA, "optim.ema_decay": 0.9})
+    with pytest.raises(ConfigError, match="matches no kernel"):
+        build(**{**LORA, "lora.targets": ("nothing_here",)})
+    with pytest.raises(ConfigError, match="parameter groups"):
+        build("gan", **LORA)
