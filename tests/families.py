@@ -15,6 +15,10 @@ CONFIG_MODULES = {
 }
 FAMILIES = tuple(families.registered())  # the one list every parametrised test uses
 IMAGE_FAMILIES = tuple(f for f in FAMILIES if families.has(families.get(f), "sample_images"))
+# Variants that join the shared spec: name -> (family, overrides of its tiny config).
+LORA = {"lora.rank": 4, "lora.alpha": 8.0, "optim.ema_decay": 0.0}
+VARIANTS = {"lm+lora": ("lm", LORA), "diffusion+lora": ("diffusion", LORA)}
+SPECS = FAMILIES + tuple(VARIANTS)
 
 # The short run: 6 steps, a loss every step, EMA that moves, 2 data-parallel devices.
 # The class-conditional variants so that evaluators of conditional samples apply.
@@ -32,6 +36,8 @@ def tiny_config(family: str, mesh: dict | None = None, **overrides):
     """configs/<family>:tiny with what resolve_config would fill in from the data (LM
     vocabulary 64, one channel, 10 classes), on `mesh` (default one device), plus
     dotted-key `overrides`; locked."""
+    family, variant = VARIANTS.get(family, (family, {}))
+    overrides = {**variant, **overrides}
     c = importlib.import_module(CONFIG_MODULES[family]).get_config("tiny")
     c.unlock()
     if "vocab_size" in c.model:
@@ -51,6 +57,7 @@ def tiny_config(family: str, mesh: dict | None = None, **overrides):
     return c
 
 
-def run_config(family: str):
-    """The config of the short run (see RUN_OVERRIDES)."""
-    return tiny_config(family, **RUN_OVERRIDES, **RUN_FAMILY_OVERRIDES[family])
+def run_config(spec: str):
+    """The config of the short run (see RUN_OVERRIDES) of a family or variant."""
+    family, variant = VARIANTS.get(spec, (spec, {}))
+    return tiny_config(family, **{**RUN_OVERRIDES, **RUN_FAMILY_OVERRIDES[family], **variant})

@@ -171,3 +171,26 @@ def test_lora_with_ema_or_targets_that_match_nothing_is_refused():
         build(**{**LORA, "lora.targets": ("nothing_here",)})
     with pytest.raises(ConfigError, match="parameter groups"):
         build("gan", **LORA)
+
+
+def test_merge_writes_an_ordinary_checkpoint_equal_to_the_lora_run(tiny_run, tmp_path):
+    from genjax import inference
+    from genjax.lora import merge_workdir
+    from tests import subproc
+    src, out = tiny_run("lm+lora"), tmp_path / "merged"
+    assert merge_workdir(str(src), str(out)) == 6
+    lora_run, merged = inference.load(str(src)), inference.load(str(out))
+    assert merged.config.lora.rank == 0 and lora_run.config.lora.rank == RANK
+    assert not jax.tree_util.tree_leaves(merged.model_state)  # no frozen base left
+    for x, y in zip(jax.tree_util.tree_leaves(lora_run.params),
+                    jax.tree_util.tree_leaves(merged.params)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    proc = subproc.run_module("genjax.sample", f"--workdir={out}", "--prompt=ab",
+                              "--num_samples=1", "--max_new_tokens=4")
+    assert proc.returncode == 0 and "sample 1/1 (step 6)" in proc.stdout, proc.stderr[-1500:]
+    with pytest.raises(UserError, match="exists and is not empty"):
+        merge_workdir(str(src), str(out))
+    subproc.assert_one_line_error(
+        subproc.run_module("genjax.lora", "merge", f"--workdir={tiny_run('lm')}",
+                           f"--out={tmp_path / 'x'}"), "not a LoRA run")
+    assert not (tmp_path / "x").exists()
