@@ -58,7 +58,7 @@ def import_config(hf_config: dict, tokenizer, base=None):
     return config
 
 
-def _on_one_device(config):
+def _data_parallel_mesh(config):
     config.unlock()
     config.mesh = config_lib.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
     config.lock()
@@ -77,7 +77,7 @@ def import_gpt2(folder: str, workdir: str, base_config=None) -> dict:
             os.path.join(workdir, "checkpoints")):
         raise UserError(f"--workdir={workdir!r} already holds checkpoints; use a new one")
 
-    parts = assemble_lib.assemble(config, _on_one_device(config))
+    parts = assemble_lib.assemble(config, _data_parallel_mesh(config))
     problems = ckpt_lib.tree_mismatches(params_np, parts.abstract_state.params)
     if problems:  # a mapping bug, not bad input: the model and the mapping disagree
         raise AssertionError("GPT-2 mapping does not fit the model: " + "; ".join(problems))

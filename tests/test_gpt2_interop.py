@@ -1,0 +1,272 @@
+"""Specification of genjax.interop (Hugging Face GPT-2 in and out), against a fixture.
+
+tests/fixtures/gpt2_tiny/ holds a random `transformers` GPT2LMHeadModel (2 layers, 4
+heads, width 64, vocab 97, every tensor perturbed) and the logits/loss HF computed for it,
+made by tests/fixtures/make_gpt2_fixture.py; no torch is needed here. The live test at the
+end compares against `transformers` directly where torch is installed.
+"""
+import json
+import os
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from safetensors.numpy import load_file, save_file
+
+from genjax import inference
+from genjax.config_lib import UserError
+from genjax.interop import gpt2, gpt2_workdir, hf_folder
+from genjax.sampling import lm as lm_sampling
+from tests import subproc
+
+FIXTURE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "gpt2_tiny")
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return dict(np.load(os.path.join(FIXTURE, "reference.npz")))
+
+
+@pytest.fixture(scope="module")
+def imported(tmp_path_factory):
+    """The fixture imported through the importer and loaded back like genjax.sample does."""
+    workdir = str(tmp_path_factory.mktemp("gpt2") / "w")
+    gpt2_workdir.import_gpt2(FIXTURE, workdir)
+    return workdir, inference.load(workdir, which="raw")
+
+
+def fixture_tensors():
+    return load_file(os.path.join(FIXTURE, "model.safetensors"))
+
+
+# ------------------------------------------------------------------------- parity
+def test_imported_logits_match_transformers_within_1e4(imported, reference):
+    _, loaded = imported
+    assert loaded.step == 0 and loaded.model.norm_eps == 1e-5 and loaded.model.use_bias
+    logits = np.asarray(jax.jit(loaded.model.apply)({"params": loaded.params},
+                                                    jnp.asarray(reference["tokens"])))
+    assert logits.dtype == np.float32 and logits.shape == reference["logits"].shape == (2, 32, 97)
+    assert reference["logits"].std() > 0.5, "flat reference logits would prove little"
+    np.testing.assert_allclose(logits, reference["logits"], atol=1e-4, rtol=0)
+
+
+def test_imported_loss_equals_transformers_loss(imported, reference):
+    """HF's loss with labels = tokens is the mean NLL of tokens[1:]; genjax's eval_fn sums
+    the same NLL over tokens[:, 1:] from inputs tokens[:, :-1]."""
+    _, loaded = imported
+    sums = loaded.family.eval_fn(loaded.params, loaded.model_state,
+                                 {"tokens": jnp.asarray(reference["tokens"])},
+                                 model=loaded.model, config=loaded.config)
+    loss = float(sums["loss"]) / float(sums["count"])
+    assert float(sums["count"]) == 2 * 31
+    assert loss == pytest.approx(float(reference["loss"]), abs=1e-5)
+
+
+def test_import_then_export_gives_back_every_tensor_bit_for_bit(imported, tmp_path):
+    workdir, _ = imported
+    written = gpt2_workdir.export_gpt2(workdir, str(tmp_path / "out"))
+    assert sorted(os.path.basename(p) for p in written) == [
+        "config.json", "model.safetensors", "tokenizer.json"]
+    source, back = fixture_tensors(), load_file(str(tmp_path / "out" / "model.safetensors"))
+    assert sorted(back) == sorted(source)
+    for key in source:
+        assert back[key].dtype == source[key].dtype, key
+        np.testing.assert_array_equal(back[key], source[key], err_msg=key)
+    with open(os.path.join(FIXTURE, "config.json")) as f, open(tmp_path / "out" / "config.json") as g:
+        assert json.load(g) == json.load(f)
+    tok = hf_folder.read_tokenizer(str(tmp_path / "out"))
+    assert tok.to_json() == hf_folder.read_tokenizer(FIXTURE).to_json()
+
+
+def test_greedy_kv_cache_decode_equals_teacher_forced_argmax(imported, reference):
+    _, loaded = imported
+    prompt = reference["tokens"][:, :5]
+    new = np.asarray(lm_sampling.generate(
+        loaded.model, loaded.params, jnp.asarray(prompt), jnp.asarray([5, 5], jnp.int32),
+        rng=jax.random.PRNGKey(0), max_new_tokens=27, temperature=0.0))
+    sequence = np.concatenate([prompt, new], axis=1)  # [2, 32]: the whole context
+    logits = np.asarray(jax.jit(loaded.model.apply)({"params": loaded.params},
+                                                    jnp.asarray(sequence)))
+    np.testing.assert_array_equal(new, logits[:, 4:-1].argmax(-1))
+    assert len(np.unique(new)) > 3, "a constant decode proves little"
+
+
+def test_prefix_mask_buffers_and_tied_head_are_optional():
+    """OpenAI's upload: no `transformer.` prefix, attn.bias/masked_bias buffers, no
+    lm_head.weight -> the same params as the state_dict form."""
+    tensors = fixture_tensors()
+    model = gpt2.model_config(hf_folder.read_config(FIXTURE))
+    bare = {k.removeprefix("transformer."): v for k, v in tensors.items() if k != "lm_head.weight"}
+    for i in range(2):
+        bare[f"h.{i}.attn.bias"] = np.tril(np.ones((1, 1, 32, 32), np.float32))
+        bare[f"h.{i}.attn.masked_bias"] = np.float32(-1e4)
+    a, b = gpt2.from_hf(tensors, model), gpt2.from_hf(bare, model)
+    assert jax.tree_util.tree_structure(a) == jax.tree_util.tree_structure(b)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, a, b)
+
+
+def test_untied_head_maps_to_lm_head_and_back():
+    tensors = fixture_tensors()
+    model = dict(gpt2.model_config(hf_folder.read_config(FIXTURE)), tie_embeddings=False)
+    tensors["lm_head.weight"] = np.random.default_rng(0).standard_normal(
+        (97, 64)).astype(np.float32)
+    params = gpt2.from_hf(tensors, model)
+    np.testing.assert_array_equal(params["lm_head"], tensors["lm_head.weight"].T)
+    np.testing.assert_array_equal(gpt2.to_hf(params, model)["lm_head.weight"],
+                                  tensors["lm_head.weight"])
+
+
+def test_sample_cli_on_imported_weights(imported):
+    workdir, _ = imported
+    proc = subproc.run_module("genjax.sample", f"--workdir={workdir}", "--prompt=Hello, cat",
+                              "--num_samples=1", "--max_new_tokens=8", "--temperature=0")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "----- sample 1/1 (step 0) -----" in proc.stdout
+    assert "Hello, cat" in proc.stdout.split("-----\n", 1)[1]
+
+
+# ------------------------------------------------------------------------- bad input
+def bad_folder(tmp_path, *, drop=(), config=None, tensors=None):
+    """A copy of the fixture without the files in `drop`, with config.json updated by
+    `config` and model.safetensors replaced by `tensors` (a function of the fixture's)."""
+    folder = tmp_path / "bad"
+    shutil.copytree(FIXTURE, folder)
+    for name in drop:
+        os.remove(folder / name)
+    if config:
+        path = folder / "config.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), **config}))
+    if tensors:
+        save_file(tensors(fixture_tensors()), str(folder / "model.safetensors"))
+    return str(folder)
+
+
+def without(key):
+    return lambda t: {k: v for k, v in t.items() if k != key}
+
+
+def replaced(key, value):
+    return lambda t: {**t, key: value}
+
+
+BAD = {
+    "no config": (dict(drop=["config.json"]), "config.json: missing"),
+    "no weights": (dict(drop=["model.safetensors"]), "model.safetensors: missing"),
+    "no tokenizer": (dict(drop=["tokenizer.json"]), "no tokenizer"),
+    "another architecture": (dict(config={"model_type": "llama"}), "model_type='llama'"),
+    "relu": (dict(config={"activation_function": "relu"}), "activation_function='relu'"),
+    "layer-scaled attention": (dict(config={"scale_attn_by_inverse_layer_idx": True}),
+                               "scale_attn_by_inverse_layer_idx"),
+    "missing key": (dict(tensors=without("transformer.h.1.mlp.c_fc.bias")),
+                    "missing keys: h.1.mlp.c_fc.bias"),
+    "extra key": (dict(tensors=replaced("transformer.h.2.ln_1.weight",
+                                        np.ones(64, np.float32))),
+                  "unexpected keys: h.2.ln_1.weight"),
+    "wrong shape": (dict(tensors=replaced("transformer.wpe.weight",
+                                          np.zeros((16, 64), np.float32))),
+                    "wrong shapes: wpe.weight [16, 64] (expected [32, 64])"),
+    "untied head in a tied config": (dict(tensors=replaced(
+        "lm_head.weight", np.zeros((97, 64), np.float32))), "lm_head.weight differs"),
+    "tokenizer larger than the vocab": (dict(config={"vocab_size": 50}),
+                                        "more than the model's vocab_size=50"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_folder_is_one_error_naming_it_and_writes_nothing(case, tmp_path):
+    kwargs, needle = BAD[case]
+    folder, workdir = bad_folder(tmp_path, **kwargs), tmp_path / "w"
+    with pytest.raises(UserError) as e:
+        gpt2_workdir.import_gpt2(folder, str(workdir))
+    assert needle in str(e.value) and "\n" not in str(e.value), str(e.value)
+    assert not workdir.exists()
+
+
+def test_cli_bad_folder_is_one_error_line_and_no_workdir(tmp_path):
+    folder, workdir = bad_folder(tmp_path, config={"model_type": "bert"}), tmp_path / "w"
+    proc = subproc.run_module("genjax.interop", "import-gpt2", f"--from={folder}",
+                              f"--workdir={workdir}")
+    subproc.assert_one_line_error(proc, "model_type='bert'", "not 'gpt2'")
+    assert not workdir.exists()
+
+
+def test_import_into_a_workdir_with_checkpoints_fails_and_leaves_it(imported):
+    workdir, _ = imported
+    before = sorted(os.listdir(os.path.join(workdir, "checkpoints")))
+    with pytest.raises(UserError, match="already holds checkpoints"):
+        gpt2_workdir.import_gpt2(FIXTURE, workdir)
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == before
+
+
+def test_export_refuses_a_non_empty_out_and_non_gpt2_options(imported, tmp_path):
+    workdir, _ = imported
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "keep.txt").write_text("mine")
+    with pytest.raises(UserError, match="not empty"):
+        gpt2_workdir.export_gpt2(workdir, str(tmp_path / "out"))
+    assert os.listdir(tmp_path / "out") == ["keep.txt"]
+    model = dict(gpt2.model_config(hf_folder.read_config(FIXTURE)), use_bias=False,
+                 pos="rotary", activation="swiglu")
+    with pytest.raises(UserError, match="model.pos='rotary'.*model.use_bias=False.*swiglu"):
+        gpt2.hf_config(model)
+
+
+# ------------------------------------------------------------------------- live
+@pytest.mark.transformers
+def test_live_transformers_parity_and_strict_load(tmp_path):
+    """Where torch + transformers are installed: a fresh default-width GPT-2 (n_inner =
+    4 x n_embd) matches HF's logits, loss and gradient; the exported folder loads with a
+    strict load_state_dict and from_pretrained gives the same logits; the committed
+    fixture still reproduces its reference with this transformers."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from tests.fixtures import make_gpt2_fixture as fx
+    torch.manual_seed(1)
+    config = transformers.GPT2Config(**{**fx.SHAPE, "n_inner": None}, bos_token_id=0,
+                                     eos_token_id=0)
+    hf_model = transformers.GPT2LMHeadModel(config).eval()
+    fx.perturb(hf_model, seed=1)
+    src = tmp_path / "src"
+    config.save_pretrained(src)
+    save_file({k: v.detach().numpy().copy() for k, v in hf_model.state_dict().items()},
+              str(src / "model.safetensors"))
+    shutil.copy(os.path.join(FIXTURE, "tokenizer.json"), src / "tokenizer.json")
+
+    gpt2_workdir.import_gpt2(str(src), str(tmp_path / "w"))
+    loaded = inference.load(str(tmp_path / "w"), which="raw")
+    tokens = np.random.default_rng(1).integers(0, 97, (2, 32)).astype(np.int32)
+    ids = torch.from_numpy(tokens.astype(np.int64))
+    out = hf_model(ids, labels=ids)
+    out.loss.backward()
+    np.testing.assert_allclose(np.asarray(loaded.model.apply({"params": loaded.params}, tokens)),
+                               out.logits.detach().numpy(), atol=1e-4, rtol=0)
+
+    def loss_fn(params):
+        sums = loaded.family.eval_fn(params, {}, {"tokens": jnp.asarray(tokens)},
+                                     model=loaded.model, config=loaded.config)
+        return sums["loss"] / sums["count"]
+    loss, grads = jax.value_and_grad(loss_fn)(loaded.params)
+    assert float(loss) == pytest.approx(out.loss.item(), abs=1e-5)
+    hf_grads = {k: p.grad.numpy() for k, p in hf_model.named_parameters()}
+    model_cfg = gpt2.model_config(config.to_dict())
+    ours = gpt2.to_hf(jax.device_get(grads), model_cfg)  # the same map carries gradients
+    for key, g in hf_grads.items():
+        np.testing.assert_allclose(ours[key], g, atol=1e-5, rtol=1e-3, err_msg=key)
+
+    gpt2_workdir.export_gpt2(str(tmp_path / "w"), str(tmp_path / "out"))
+    fresh = transformers.GPT2LMHeadModel(config).eval()
+    exported = load_file(str(tmp_path / "out" / "model.safetensors"))
+    fresh.load_state_dict({k: torch.from_numpy(v) for k, v in exported.items()}, strict=True)
+    again = transformers.GPT2LMHeadModel.from_pretrained(str(tmp_path / "out")).eval()
+    with torch.no_grad():
+        for m in (fresh, again):
+            np.testing.assert_array_equal(m(ids).logits.numpy(), out.logits.detach().numpy())
+
+    reference = np.load(os.path.join(FIXTURE, "reference.npz"))
+    committed = transformers.GPT2LMHeadModel.from_pretrained(FIXTURE).eval()
+    with torch.no_grad():
+        ref_ids = torch.from_numpy(reference["tokens"].astype(np.int64))
+        np.testing.assert_allclose(committed(ref_ids).logits.numpy(), reference["logits"],
+                                   atol=1e-5, rtol=0)
