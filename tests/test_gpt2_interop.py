@@ -128,13 +128,16 @@ def test_sample_cli_on_imported_weights(imported):
 
 
 # ------------------------------------------------------------------------- bad input
-def bad_folder(tmp_path, *, drop=(), config=None, tensors=None):
+def bad_folder(tmp_path, *, drop=(), config=None, tensors=None, files=None):
     """A copy of the fixture without the files in `drop`, with config.json updated by
-    `config` and model.safetensors replaced by `tensors` (a function of the fixture's)."""
+    `config`, model.safetensors replaced by `tensors` (a function of the fixture's) and
+    `files` ({name: text}) written over."""
     folder = tmp_path / "bad"
     shutil.copytree(FIXTURE, folder)
     for name in drop:
         os.remove(folder / name)
+    for name, text in (files or {}).items():
+        (folder / name).write_text(text)
     if config:
         path = folder / "config.json"
         path.write_text(json.dumps({**json.loads(path.read_text()), **config}))
@@ -153,8 +156,16 @@ def replaced(key, value):
 
 BAD = {
     "no config": (dict(drop=["config.json"]), "config.json: missing"),
+    "config not JSON": (dict(files={"config.json": "{model_type: gpt2"}),
+                        "config.json: not readable JSON"),
     "no weights": (dict(drop=["model.safetensors"]), "model.safetensors: missing"),
+    "weights not safetensors": (dict(files={"model.safetensors": "not tensors"}),
+                                "model.safetensors: not readable safetensors"),
     "no tokenizer": (dict(drop=["tokenizer.json"]), "no tokenizer"),
+    "tokenizer not readable": (dict(files={"tokenizer.json": "{}"}),
+                               "tokenizer files not readable"),
+    "no n_head": (dict(config={"n_head": None}), "missing integer keys ['n_head']"),
+    "n_inner not a multiple of n_embd": (dict(config={"n_inner": 100}), "n_inner=100"),
     "another architecture": (dict(config={"model_type": "llama"}), "model_type='llama'"),
     "relu": (dict(config={"activation_function": "relu"}), "activation_function='relu'"),
     "layer-scaled attention": (dict(config={"scale_attn_by_inverse_layer_idx": True}),
@@ -167,6 +178,12 @@ BAD = {
     "wrong shape": (dict(tensors=replaced("transformer.wpe.weight",
                                           np.zeros((16, 64), np.float32))),
                     "wrong shapes: wpe.weight [16, 64] (expected [32, 64])"),
+    "prefixed and bare key": (dict(tensors=replaced("wte.weight",
+                                                    np.zeros((97, 64), np.float32))),
+                              "'wte.weight' appears with and without"),
+    "head of the wrong shape": (dict(tensors=replaced("lm_head.weight",
+                                                      np.zeros((96, 64), np.float32))),
+                                "wrong shapes: lm_head.weight [96, 64] (expected [97, 64])"),
     "untied head in a tied config": (dict(tensors=replaced(
         "lm_head.weight", np.zeros((97, 64), np.float32))), "lm_head.weight differs"),
     "tokenizer larger than the vocab": (dict(config={"vocab_size": 50}),
@@ -190,6 +207,18 @@ def test_cli_bad_folder_is_one_error_line_and_no_workdir(tmp_path):
                               f"--workdir={workdir}")
     subproc.assert_one_line_error(proc, "model_type='bert'", "not 'gpt2'")
     assert not workdir.exists()
+
+
+def test_cli_missing_flag_is_one_error_line(tmp_path):
+    proc = subproc.run_module("genjax.interop", "import-gpt2", f"--workdir={tmp_path / 'w'}")
+    subproc.assert_one_line_error(proc, "--from required")
+    assert not (tmp_path / "w").exists()
+
+
+def test_unknown_command_is_a_user_error():
+    from genjax.interop import __main__ as cli
+    with pytest.raises(UserError, match="usage: python -m genjax.interop"):
+        cli.main(["genjax.interop", "import-llama"])
 
 
 def test_import_into_a_workdir_with_checkpoints_fails_and_leaves_it(imported):

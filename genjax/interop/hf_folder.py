@@ -71,10 +71,9 @@ def read_tokenizer(folder: str) -> BPETokenizer:
 
 def write_folder(out: str, config: dict, tensors: dict[str, np.ndarray],
                  tokenizer_json: dict | None) -> list[str]:
-    """Writes config.json, model.safetensors (and tokenizer.json) into a new folder `out`."""
+    """Writes config.json, model.safetensors (and tokenizer.json) into `out`, which the
+    caller has checked is new or empty."""
     from safetensors.numpy import save_file
-    if os.path.exists(out) and os.listdir(out):
-        raise UserError(f"--out={out!r} exists and is not empty; nothing overwritten")
     os.makedirs(out, exist_ok=True)
     written = [os.path.join(out, CONFIG), os.path.join(out, WEIGHTS)]
     with open(written[0], "w", encoding="utf-8") as f:
