@@ -118,6 +118,37 @@ def test_untied_head_maps_to_lm_head_and_back():
                                   tensors["lm_head.weight"])
 
 
+def test_vocab_and_merges_files_give_the_same_tokenizer(tmp_path):
+    """GPT-2's older layout: vocab.json + merges.txt instead of tokenizer.json."""
+    doc = json.loads((open(os.path.join(FIXTURE, "tokenizer.json")).read()))
+    (tmp_path / "vocab.json").write_text(json.dumps(doc["model"]["vocab"]))
+    merges = [m if isinstance(m, str) else " ".join(m) for m in doc["model"]["merges"]]
+    (tmp_path / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    text = "Hello, world. The cat sat on the mat; to be or not."
+    a, b = hf_folder.read_tokenizer(FIXTURE), hf_folder.read_tokenizer(str(tmp_path))
+    assert a.vocab_size == b.vocab_size == 97
+    np.testing.assert_array_equal(a.encode(text), b.encode(text))
+    assert len(a.encode(text)) < len(text) and b.decode(b.encode(text)) == text
+
+
+def test_gpt2_preset_is_the_shape_import_gives_openai_gpt2():
+    """configs/lm_shakespeare.py:gpt2 == what OpenAI's GPT-2 small config.json imports to,
+    and that model has GPT-2 small's 124,439,808 parameters (tied head)."""
+    from configs import lm_shakespeare
+    from genjax.losses import lm
+    from genjax.models import transformer
+    openai = {"model_type": "gpt2", "n_layer": 12, "n_head": 12, "n_embd": 768,
+              "n_positions": 1024, "n_ctx": 1024, "vocab_size": 50257,
+              "activation_function": "gelu_new", "layer_norm_epsilon": 1e-5}
+    preset = lm.model_kwargs(lm_shakespeare.get_config("gpt2"))
+    imported = gpt2.model_config(openai)
+    assert {k: preset[k] for k in imported if k in preset} == {
+        k: v for k, v in imported.items() if k in preset}
+    shapes = jax.eval_shape(lambda: transformer.Transformer(**preset).init(
+        jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32)))
+    assert sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(shapes)) == 124_439_808
+
+
 def test_sample_cli_on_imported_weights(imported):
     workdir, _ = imported
     proc = subproc.run_module("genjax.sample", f"--workdir={workdir}", "--prompt=Hello, cat",
