@@ -76,8 +76,9 @@ def hf_config(model: dict, base: dict | None = None) -> dict[str, Any]:
 
     `base`: the imported config.json, whose other keys (token ids, dropout...) are kept."""
     check_exportable(model)
-    out = dict(base or {"architectures": ["GPT2LMHeadModel"], "bos_token_id": 50256,
-                        "eos_token_id": 50256})
+    out = dict(base or {"architectures": ["GPT2LMHeadModel"]})
+    if base is None and model["vocab_size"] == 50257:  # GPT-2's <|endoftext|>
+        out.update(bos_token_id=50256, eos_token_id=50256)
     D = model["embed_dim"]
     out.update(model_type="gpt2", n_layer=model["num_layers"], n_head=model["num_heads"],
                n_embd=D, n_positions=model["max_len"], vocab_size=model["vocab_size"],
