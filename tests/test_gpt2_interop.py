@@ -158,6 +158,43 @@ def test_sample_cli_on_imported_weights(imported):
     assert "Hello, cat" in proc.stdout.split("-----\n", 1)[1]
 
 
+def test_gelu_choices_and_norm_eps_are_the_formulas():
+    """The options GPT-2 needs, against closed forms: "gelu" = tanh approximation
+    (gelu_new), "gelu_exact" = x Phi(x); norm_eps enters LayerNorm as 1/sqrt(var + eps)
+    (inputs of variance ~1e-6, where 1e-5 vs 1e-6 matters)."""
+    import math
+
+    from flax import linen as nn
+
+    from genjax.models import transformer
+    x = np.linspace(-3, 3, 8, dtype=np.float32)
+    eye = {"up": {"kernel": np.eye(8, dtype=np.float32)},
+           "down": {"kernel": np.eye(8, dtype=np.float32)}}
+    forms = {"gelu": 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3))),
+             "gelu_exact": np.array([0.5 * v * (1 + math.erf(v / math.sqrt(2))) for v in x])}
+    for act, want in forms.items():
+        mlp = transformer.Mlp(8, act, use_bias=False, dtype=jnp.float32, out_std=0.02)
+        np.testing.assert_allclose(mlp.apply({"params": eye}, x[None, None])[0, 0], want,
+                                   atol=1e-6, err_msg=act)
+    assert np.abs(forms["gelu"] - forms["gelu_exact"]).max() > 1e-4
+
+    V, D = 5, 8
+    model = transformer.Transformer(vocab_size=V, num_layers=1, num_heads=2, embed_dim=D,
+                                    max_len=4, use_bias=True, norm_eps=1e-5)
+    params = jax.tree_util.tree_map(np.zeros_like, nn.meta.unbox(model.init(
+        jax.random.PRNGKey(0), jnp.zeros((1, 4), jnp.int32)))["params"])  # blocks add 0
+    rng = np.random.default_rng(0)
+    params["token_embed"] = (1e-3 * rng.standard_normal((V, D))).astype(np.float32)
+    params["ln_final"] = {"scale": np.ones(D, np.float32), "bias": np.zeros(D, np.float32)}
+    tokens = np.array([[0, 1, 2, 3]])
+    h = params["token_embed"][tokens[0]].astype(np.float64)
+    for eps in (1e-5, 1e-6):
+        normed = (h - h.mean(-1, keepdims=True)) / np.sqrt(h.var(-1, keepdims=True) + eps)
+        got = model.clone(norm_eps=eps).apply({"params": params}, tokens)[0]
+        np.testing.assert_allclose(got, normed @ params["token_embed"].T, rtol=1e-4,
+                                   atol=1e-7, err_msg=str(eps))
+
+
 # ------------------------------------------------------------------------- bad input
 def bad_folder(tmp_path, *, drop=(), config=None, tensors=None, files=None):
     """A copy of the fixture without the files in `drop`, with config.json updated by
