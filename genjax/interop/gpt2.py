@@ -190,7 +190,7 @@ def from_hf(tensors: dict[str, np.ndarray], model: dict) -> dict[str, Any]:
 def to_hf(params: dict[str, Any], model: dict) -> dict[str, np.ndarray]:
     """genjax Transformer params -> `GPT2LMHeadModel.state_dict()` form (float32 numpy)."""
     check_exportable(model)
-    p = {k: v for k, v in params.items()}
+    p = params
     a = lambda x: np.ascontiguousarray(np.asarray(x, np.float32))  # noqa: E731
     D = model["embed_dim"]
     out = {"wte.weight": a(p["token_embed"]), "wpe.weight": a(p["pos_embed"])}

@@ -10,6 +10,8 @@ import json
 import os
 
 import numpy as np
+from safetensors.numpy import load_file, save_file
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
 from genjax.config_lib import UserError
 from genjax.data.bpe import BPETokenizer
@@ -37,7 +39,6 @@ def read_config(folder: str) -> dict:
 
 def read_weights(folder: str) -> dict[str, np.ndarray]:
     """{key: numpy array} of model.safetensors (sharded checkpoints are not supported)."""
-    from safetensors.numpy import load_file
     path = os.path.join(folder, WEIGHTS)
     if not os.path.isfile(path):
         other = [f for f in ("pytorch_model.bin", "model.safetensors.index.json", "tf_model.h5",
@@ -53,7 +54,6 @@ def read_weights(folder: str) -> dict[str, np.ndarray]:
 
 def read_tokenizer(folder: str) -> BPETokenizer:
     """tokenizer.json, else vocab.json + merges.txt (byte-level BPE, no prefix space)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     path = os.path.join(folder, TOKENIZER)
     vocab, merges = (os.path.join(folder, f) for f in ("vocab.json", "merges.txt"))
     try:
@@ -73,7 +73,6 @@ def write_folder(out: str, config: dict, tensors: dict[str, np.ndarray],
                  tokenizer_json: dict | None) -> list[str]:
     """Writes config.json, model.safetensors (and tokenizer.json) into `out`, which the
     caller has checked is new or empty."""
-    from safetensors.numpy import save_file
     os.makedirs(out, exist_ok=True)
     written = [os.path.join(out, CONFIG), os.path.join(out, WEIGHTS)]
     with open(written[0], "w", encoding="utf-8") as f:
