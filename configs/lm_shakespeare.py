@@ -9,6 +9,11 @@ Presets (`:arg`):
              --config.total_steps=1300 (~10 min) reaches 1.82 nats/char on held-out plays.
   gpu        nanoGPT's shakespeare-char shape: 6 layers x 384, context 256.
   gpt2_124m  GPT-2 small shape (12 x 768, context 1024, vocab 50304), for throughput.
+  gpt2       OpenAI's GPT-2 small exactly (vocab 50257, biases, LayerNorm eps 1e-5, tanh
+             GELU, tied head), the shape `python -m genjax.interop import-gpt2` writes:
+               python -m genjax.interop import-gpt2 --from=DIR --workdir=W
+             DIR: a Hugging Face GPT-2 folder (config.json, model.safetensors, tokenizer.json
+             or vocab.json + merges.txt), e.g. a local copy of the `gpt2` model repo.
 Own text: --config.data.name=text --config.data.text_file=PATH (90/10 split by position).
 BPE: --config.data.tokenizer=bpe [--config.data.vocab_size=512] (bits/char stay comparable).
 Sweeps: lr, norm, lr_x_dropout (`python -m experiments.sweep --config=...:cpu --sweep=lr`).
@@ -35,6 +40,13 @@ PRESETS = {
                   "batch_size": 12, "total_steps": 1000, "optim.lr": 6e-4,
                   "compute_dtype": "bfloat16", "optim.warmup_steps": 100,
                   "eval_every_steps": 0, "ckpt_every_steps": 1000},
+    "gpt2": {"model.size": "gpt2_124m", "model.max_len": 1024, "model.vocab_size": 50257,
+             "model.use_bias": True, "model.norm_eps": 1e-5, "model.activation": "gelu",
+             "model.tie_embeddings": True, "model.vocab_multiple": 1,
+             "data.tokenizer": "bpe", "data.vocab_size": 50257, "batch_size": 8,
+             "total_steps": 1000, "optim.lr": 1e-4, "optim.warmup_steps": 100,
+             "eval_every_steps": 0, "ckpt_every_steps": 1000, "sample.prompt": "Hello,",
+             "sample.max_new_tokens": 40},
 }
 
 
@@ -55,10 +67,11 @@ def get_config(arg: str | None = None):
     c.model.vocab_multiple = 64
     c.model.norm = "layernorm"     # layernorm | rmsnorm
     c.model.pos = "learned"        # learned | rotary
-    c.model.activation = "gelu"    # gelu | swiglu
+    c.model.activation = "gelu"    # gelu (tanh approximation, GPT-2) | gelu_exact (erf) | swiglu
     c.model.tie_embeddings = True
     c.model.dropout = 0.0
     c.model.use_bias = False
+    c.model.norm_eps = 1e-6        # LayerNorm/RMSNorm epsilon (flax's default; GPT-2 uses 1e-5)
     c.model.attention_impl = ""    # "" (JAX picks) | xla | cudnn
     c.model.z_loss = 0.0           # weight of the log-partition^2 penalty (PaLM)
 

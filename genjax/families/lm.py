@@ -17,7 +17,7 @@ from genjax.models import transformer
 
 MODEL_KEYS = ("vocab_size", "num_layers", "num_heads", "embed_dim", "mlp_ratio", "max_len",
               "norm", "pos", "activation", "tie_embeddings", "dropout", "use_bias",
-              "attention_impl")
+              "attention_impl", "norm_eps")
 
 
 SHAPE_KEYS = ("num_layers", "num_heads", "embed_dim", "mlp_ratio")
@@ -34,7 +34,7 @@ def model_kwargs(config) -> dict:
     if not m.vocab_size:
         raise ValueError("config.model.vocab_size is 0: resolve it from the tokenizer first "
                          "(genjax.train does this)")
-    kwargs = {k: m[k] for k in MODEL_KEYS}
+    kwargs = {k: m[k] for k in MODEL_KEYS if k in m}  # older workdirs lack newer keys
     for k in SHAPE_KEYS:
         kwargs[k] = kwargs[k] or transformer.SIZES[m.size][k]
     kwargs["attention_impl"] = kwargs["attention_impl"] or None

@@ -39,7 +39,7 @@ SIZES = {
 CHOICES = {
     "norm": ("layernorm", "rmsnorm"),
     "pos": ("learned", "rotary"),
-    "activation": ("gelu", "swiglu"),
+    "activation": ("gelu", "gelu_exact", "swiglu"),  # gelu: tanh approximation (GPT-2)
     "attention_impl": (None, "xla", "cudnn"),
 }
 
@@ -145,8 +145,8 @@ class Mlp(nn.Module):
         if self.activation == "swiglu":
             gate_BxTxF = dense(self.hidden, ("embed", "mlp"), _INIT_STD, "gate")(x_BxTxD)
             h_BxTxF = nn.silu(gate_BxTxF) * h_BxTxF
-        else:
-            h_BxTxF = nn.gelu(h_BxTxF)
+        else:  # "gelu": tanh approximation (GPT-2's gelu_new); "gelu_exact": erf form
+            h_BxTxF = nn.gelu(h_BxTxF, approximate=self.activation == "gelu")
         h_BxTxF = constrain(h_BxTxF, ("batch", "length", "mlp"))
         return dense(x_BxTxD.shape[-1], ("mlp", "embed"), self.out_std, "down")(h_BxTxF)
 
@@ -161,10 +161,11 @@ class Transformer(nn.Module):
     max_len: int = 128             # context length (learned positions, cache slots)
     norm: str = "layernorm"        # layernorm | rmsnorm
     pos: str = "learned"           # learned | rotary
-    activation: str = "gelu"       # gelu | swiglu
+    activation: str = "gelu"       # gelu (tanh approx.) | gelu_exact (erf) | swiglu
     tie_embeddings: bool = True    # output head = token embedding^T | separate (embed, vocab)
     dropout: float = 0.0           # on embeddings and each residual branch (train=True)
     use_bias: bool = False         # biases in dense layers and LayerNorm
+    norm_eps: float = 1e-6         # LayerNorm/RMSNorm epsilon (flax's default; GPT-2: 1e-5)
     dtype: Any = jnp.float32       # compute dtype (e.g. bfloat16); params stay float32
     attention_impl: str | None = None  # None (JAX picks) | xla | cudnn
 
@@ -183,10 +184,11 @@ class Transformer(nn.Module):
 
     def _norm(self, name):
         if self.norm == "rmsnorm":
-            return nn.RMSNorm(dtype=self.dtype, param_dtype=jnp.float32, name=name,
-                              scale_init=_ones(("embed",)))
-        return nn.LayerNorm(use_bias=self.use_bias, dtype=self.dtype, param_dtype=jnp.float32,
-                            name=name, scale_init=_ones(("embed",)), bias_init=_zeros(("embed",)))
+            return nn.RMSNorm(epsilon=self.norm_eps, dtype=self.dtype, param_dtype=jnp.float32,
+                              name=name, scale_init=_ones(("embed",)))
+        return nn.LayerNorm(epsilon=self.norm_eps, use_bias=self.use_bias, dtype=self.dtype,
+                            param_dtype=jnp.float32, name=name, scale_init=_ones(("embed",)),
+                            bias_init=_zeros(("embed",)))
 
     @nn.compact
     def __call__(self, tokens_BxT, *, train=False, positions_BxT=None, cache: Cache | None = None):
