@@ -16,7 +16,7 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 from genjax import inference
-from genjax.config_lib import UserError
+from genjax.errors import UserError
 from genjax.interop import gpt2, gpt2_workdir, hf_folder
 from genjax.sampling import lm as lm_sampling
 from tests import subproc
@@ -135,7 +135,7 @@ def test_gpt2_preset_is_the_shape_import_gives_openai_gpt2():
     """configs/lm_shakespeare.py:gpt2 == what OpenAI's GPT-2 small config.json imports to,
     and that model has GPT-2 small's 124,439,808 parameters (tied head)."""
     from configs import lm_shakespeare
-    from genjax.losses import lm
+    from genjax.families import lm
     from genjax.models import transformer
     openai = {"model_type": "gpt2", "n_layer": 12, "n_head": 12, "n_embd": 768,
               "n_positions": 1024, "n_ctx": 1024, "vocab_size": 50257,

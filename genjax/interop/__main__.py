@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from absl import flags
 
-from genjax import config_lib, runtime
-from genjax.config_lib import UserError
+from genjax import cli, config_lib, runtime
+from genjax.errors import UserError
 
 FLAGS = flags.FLAGS
 COMMANDS = ("import-gpt2", "export-gpt2")
@@ -59,4 +59,4 @@ def main(argv) -> None:
 
 if __name__ == "__main__":
     define_flags()
-    config_lib.run_cli(main)
+    cli.run(main)

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from genjax.config_lib import UserError
+from genjax.errors import UserError
 
 PREFIX = "transformer."
 MASK_BUFFERS = re.compile(r"^h\.\d+\.attn\.(bias|masked_bias)$")  # causal-mask buffers

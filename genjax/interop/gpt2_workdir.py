@@ -20,7 +20,7 @@ from genjax import assemble as assemble_lib
 from genjax import checkpoint as ckpt_lib
 from genjax import config_lib, inference, runtime, sharding
 from genjax import step as step_lib
-from genjax.config_lib import UserError
+from genjax.errors import UserError
 from genjax.interop import gpt2, hf_folder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -13,7 +13,7 @@ import numpy as np
 from safetensors.numpy import load_file, save_file
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
-from genjax.config_lib import UserError
+from genjax.errors import UserError
 from genjax.data.bpe import BPETokenizer
 
 CONFIG = "config.json"
