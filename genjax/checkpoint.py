@@ -358,7 +358,8 @@ def warn_changed_schedule(saved_meta: dict, config) -> list[str]:
     diffs = []
     for key in SCHEDULE_KEYS:
         if isinstance(now.get(key), dict):
-            diffs += config_lib.diff(then.get(key, {}), now[key], prefix=f"{key}.")
+            diffs += config_lib.diff(then.get(key, {}), now[key], prefix=f"{key}.",
+                                     new_keys=False)
         elif then.get(key) != now.get(key):
             diffs.append(f"{key}: {then.get(key)!r} -> {now.get(key)!r}")
     if diffs:
