@@ -8,7 +8,7 @@ import optax
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from genjax.checkpoint import (Checkpointer, CheckpointError, CorruptCheckpoint, fingerprint)
+from genjax.checkpoint import (Checkpointer, CheckpointError, fingerprint)
 from genjax.config_lib import UserError
 from genjax.step import init_state
 from genjax.workdir import WorkdirLock
@@ -190,7 +190,3 @@ def test_a_second_live_run_is_refused_and_a_stale_lock_taken_over(tmp_path):
     assert taken.held
     taken.release()
     assert not (tmp_path / ".lock").exists()
-
-
-def test_corrupt_checkpoint_error_is_a_checkpoint_error():
-    assert issubclass(CorruptCheckpoint, CheckpointError)

@@ -78,10 +78,11 @@ def test_near_dedup_only_removes_lines_similar_to_a_kept_line():
         assert jac == pytest.approx(len(sets[i] & sets[j]) / len(sets[i] | sets[j]))
         assert jac >= 0.7
     # Recall: every mutated line at Jaccard >= 0.75 from its original is found.
-    for k in range(100):
-        a, b = sets[k], sets[300 + k]
-        if len(a & b) / len(a | b) >= 0.75:
-            assert 300 + k in found, corpus[300 + k]
+    qualified = [k for k in range(100)
+                 if len(sets[k] & sets[300 + k]) / len(sets[k] | sets[300 + k]) >= 0.75]
+    assert len(qualified) >= 20, len(qualified)  # the recall check below checks something
+    for k in qualified:
+        assert 300 + k in found, corpus[300 + k]
 
 
 def test_decontamination_drops_a_train_line_sharing_a_13_gram_with_validation():
