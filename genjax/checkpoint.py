@@ -167,7 +167,7 @@ class Checkpointer:
         try:
             self.manager.save(int(step), args=args, force=True)
         except Exception as e:  # noqa: BLE001
-            raise CheckpointError(f"saving checkpoint step {step} failed: {e}") from e
+            raise CheckpointError(f"saving checkpoint step {step} failed: {_first_line(e)}") from e
         self._pending = int(step)
         faults.kill_if("kill_mid_save", int(step))  # tests: a crash while orbax writes
 
@@ -178,7 +178,7 @@ class Checkpointer:
             self.manager.check_for_errors()
         except Exception as e:  # noqa: BLE001
             step = self._pending
-            raise CheckpointError(f"saving checkpoint step {step} failed: {e}") from e
+            raise CheckpointError(f"saving checkpoint step {step} failed: {_first_line(e)}") from e
 
     def close(self) -> None:
         self.wait()
@@ -300,6 +300,12 @@ class Checkpointer:
                     {"params": abstract_params}),
                 partial_restore=True)))
         return out["state"]["params"]
+
+
+def _first_line(e: BaseException) -> str:
+    """`e` as one line (orbax's errors can span many)."""
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
 
 
 def _tree_of(item_metadata, name):

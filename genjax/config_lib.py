@@ -9,6 +9,7 @@ A family config (configs/<name>.py) starts from `base_config()`, fills `model` a
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import Any, Sequence
 
@@ -162,7 +163,11 @@ def run_cli(main, argv=None) -> None:
             raise
         print(f"error: {e}", file=sys.stderr)
         logging.shutdown()
-        sys.exit(1)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # Not sys.exit: after a failed save, orbax's writer threads wait minutes for a
+        # signal that never comes (orbax 0.12: its coordination timeout), holding the exit.
+        os._exit(1)
 
 
 class UserError(Exception):

@@ -312,8 +312,10 @@ def _train(config, workdir, family, is_main, stop_after, data=None):
         if pending is not None:
             handle(*pending)
     finally:
-        ckpt.close()
-        writer.close()
+        try:
+            ckpt.close()  # raises if the last save failed
+        finally:
+            writer.close()
 
     # ------------------------------------------------------------------ final eval
     if last_step < total:
