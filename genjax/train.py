@@ -229,7 +229,8 @@ def _train(config, workdir, family, is_main, stop_after, data=None):
             if peak and flops_per_step and rate > 0:
                 mfu = flops_per_step * rate / (peak * jax.device_count())
                 m["mfu"] = mfu
-            m[f"{unit}_per_s"] = units_per_step * rate
+            if rate > 0:  # none for the first step (compilation)
+                m[f"{unit}_per_s"] = units_per_step * rate
             writer.write(step, m)
             progress.show(progress.line(step, m, rate, units_per_step, mfu))
 
@@ -271,6 +272,10 @@ def _train(config, workdir, family, is_main, stop_after, data=None):
             state, metrics = parts.train_step(state, batch)
             last_step = step
             steps_this_call += 1
+            if steps_this_call == 1:  # compile time once; throughput from steady steps only
+                jax.block_until_ready(metrics)
+                progress.show(f"step {step}: compiled and ran in "
+                              f"{progress.first_step_done(step):.1f} s")
             preempted = sigterm.raised  # read once: a signal arriving later waits for the next step
             stopping = preempted or (stop_after is not None and steps_this_call >= stop_after)
             evaluating = (bool(config.eval_every_steps) and step % config.eval_every_steps == 0
