@@ -295,6 +295,10 @@ def _train(config, workdir, family, is_main, stop_after, data=None):
                 continue
             if evaluating:
                 ev = run_eval(step, int(config.eval_batches))
+                if config.keep_best and config.best_metric not in {f"eval/{k}" for k in ev}:
+                    raise ConfigError(f"config.best_metric={config.best_metric!r} (for "
+                                      f"keep_best) is not an eval metric of this run; it has "
+                                      f"{sorted('eval/' + k for k in ev)}")
                 last_eval.clear()
                 last_eval[step] = ev
                 writer.write(step, ev, prefix="eval/")
