@@ -190,3 +190,15 @@ def test_a_second_live_run_is_refused_and_a_stale_lock_taken_over(tmp_path):
     assert taken.held
     taken.release()
     assert not (tmp_path / ".lock").exists()
+
+
+def test_a_read_only_restore_logs_nothing(tmp_path, caplog):
+    """Sampling and evaluation open the workdir read-only: no orbax notice each time."""
+    import logging
+    save_steps(str(tmp_path), [1])
+    with caplog.at_level(logging.INFO):
+        ck = Checkpointer(str(tmp_path), read_only=True)
+        state, data, _ = ck.restore(1, abstract(make_state()))
+        ck.close()
+    assert data == {"pos": 1}
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from configs import lm_shakespeare
-from genjax import assemble, sharding
+from genjax import assemble, config_lib, sharding
 
 
 def tiny_lm(mesh: dict, **overrides):
@@ -93,6 +93,29 @@ def test_indivisible_dims_stay_unsharded():
     assert spec == jax.sharding.PartitionSpec(None, "fsdp")
 
 
-def test_bad_mesh_is_a_clear_error():
-    with pytest.raises(ValueError, match="needs 16 devices"):
-        sharding.make_mesh(dict(data=4, fsdp=4, tensor=1))
+@pytest.mark.parametrize("mesh, needle", [
+    (dict(data=4, fsdp=4, tensor=1), "needs 16 devices, but 8 are available"),
+    (dict(data=-1, fsdp=3, tensor=1), "8 devices are not divisible by 3"),
+    (dict(data=-1, fsdp=-1, tensor=1), "at most one axis may be -1"),
+    (dict(data=0, fsdp=1, tensor=1), "sizes must be positive"),
+])
+def test_bad_mesh_is_a_one_line_config_error(mesh, needle):
+    with pytest.raises(config_lib.ConfigError, match=needle) as e:
+        sharding.make_mesh(mesh)
+    assert "\n" not in str(e.value)
+
+
+def test_a_shape_the_topology_refuses_is_a_config_error_not_a_silent_reshape(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise ValueError("cannot split the physical axes\n(details)")
+    monkeypatch.setattr(jax, "make_mesh", refuse)
+    with pytest.raises(config_lib.ConfigError, match=r"does not fit the 8 cpu devices: "
+                                                      r"cannot split the physical axes$"):
+        sharding.make_mesh(dict(data=2, fsdp=2, tensor=2))
+
+
+def test_mesh_is_jaxs_auto_mesh_on_the_first_devices():
+    mesh = sharding.make_mesh(dict(data=2, fsdp=1, tensor=2))
+    assert dict(mesh.shape) == {"data": 2, "fsdp": 1, "tensor": 2}
+    assert sorted(d.id for d in mesh.devices.flat) == [0, 1, 2, 3]
+    assert set(mesh.axis_types) == {jax.sharding.AxisType.Auto}
