@@ -236,4 +236,4 @@ def define_flags():
 
 if __name__ == "__main__":
     define_flags()
-    config_lib.run_cli(main)
+    config_lib.run_cli(main, tpu_compiler=True)

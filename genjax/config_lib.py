@@ -16,6 +16,8 @@ from typing import Any, Sequence
 import ml_collections
 from ml_collections import ConfigDict
 
+from genjax import runtime
+
 # Logical axis -> mesh axis. Models only name logical axes (see genjax/sharding.py).
 DEFAULT_SHARDING_RULES = (
     ("batch", ("data", "fsdp")),
@@ -142,14 +144,17 @@ def parse_flags(argv: Sequence[str]):
     return rest
 
 
-def run_cli(main, argv=None) -> None:
-    """Runs `main(argv)` after flag parsing.
+def run_cli(main, argv=None, *, tpu_compiler: bool = False) -> None:
+    """Runs `main(argv)` after flag parsing; without `tpu_compiler` (genjax.aot), JAX
+    does not load libtpu on a machine without TPUs (runtime.skip_tpu_without_tpus).
 
     Bad input -> one `error:` line on stderr, exit 2; a run that fails for a reason it
     can name (failed checkpoint save, NaN halt) -> one line, exit 1.
     """
     import logging
     argv = sys.argv if argv is None else argv
+    if not tpu_compiler:
+        runtime.skip_tpu_without_tpus()
     try:
         rest = parse_flags(argv)
         main(rest)
