@@ -65,6 +65,14 @@ def test_dry_run_and_emitted_commands(tmp_path):
     assert manifest["keys"] == ["optim.lr"] and manifest["common"] == {"total_steps": 7}
 
 
+def test_seeds_without_a_sweep_run_the_config_itself(tmp_path):
+    proc = run_quick("--seeds=3", f"--root={tmp_path}", "--emit=commands")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines() == [
+        "python -m genjax.train --config=configs/lm_shakespeare.py:tiny --config.seed="
+        f"{s} --workdir={tmp_path}/lm_shakespeare.tiny/base/seed={s}" for s in range(3)]
+
+
 @pytest.mark.parametrize("args,needle", [
     (["--sweep=nope"], "unknown sweep 'nope'"),
     (["--sweep=lr", "--config.optim.lrr=1"], "lrr"),
