@@ -95,6 +95,15 @@ def _fake_run(workdir, losses, final):
             json.dump({"loss": final, "accuracy": 0.5}, f)
 
 
+def test_collect_flags_are_absl_flags_and_bad_input_is_one_line(tmp_path, capsys):
+    assert collect.main([str(tmp_path), "--metrics=loss", "--noplots"]) == 2  # no manifest
+    assert collect.main([str(tmp_path), "--metrics"]) == 2
+    assert collect.main([]) == 2
+    errors = capsys.readouterr().err.splitlines()
+    assert len(errors) == 3 and all(e.startswith("error: ") for e in errors), errors
+    assert "no *.sweep.json" in errors[0] and "metrics" in errors[1] and "ROOT" in errors[2]
+
+
 def test_collect_tables_from_run_directories(tmp_path, capsys):
     """mean +- std over seeds from final_metrics.json; unfinished runs don't count."""
     base = tmp_path / "lm.tiny"
