@@ -168,11 +168,20 @@ def run_cli(main, argv=None, *, tpu_compiler: bool = False) -> None:
             raise
         print(f"error: {e}", file=sys.stderr)
         logging.shutdown()
+        _exit_now_if_threads_hang(1)
+        sys.exit(1)
+
+
+def _exit_now_if_threads_hang(code: int) -> None:
+    """os._exit(code) if non-daemon threads are still running: after a failed save,
+    orbax's writer threads wait minutes for a signal that never comes (orbax 0.12: its
+    coordination timeout), and sys.exit would wait for them."""
+    import threading
+    if any(t is not threading.main_thread() and not t.daemon and t.is_alive()
+           for t in threading.enumerate()):
         sys.stdout.flush()
         sys.stderr.flush()
-        # Not sys.exit: after a failed save, orbax's writer threads wait minutes for a
-        # signal that never comes (orbax 0.12: its coordination timeout), holding the exit.
-        os._exit(1)
+        os._exit(code)
 
 
 class UserError(Exception):
