@@ -60,8 +60,17 @@ def run(main, argv=None, *, tpu_compiler: bool = False) -> None:
     except (CheckpointError, FloatingPointError) as e:
         print(f"error: {e}", file=sys.stderr)
         logging.shutdown()
+        _exit_now_if_threads_hang(EXIT_FAILED)
+        sys.exit(EXIT_FAILED)
+
+
+def _exit_now_if_threads_hang(code: int) -> None:
+    """os._exit(code) if non-daemon threads are still running: after a failed save,
+    orbax's writer threads wait minutes for a signal that never comes (orbax 0.12: its
+    coordination timeout), and sys.exit would wait for them."""
+    import threading
+    if any(t is not threading.main_thread() and not t.daemon and t.is_alive()
+           for t in threading.enumerate()):
         sys.stdout.flush()
         sys.stderr.flush()
-        # Not sys.exit: after a failed save, orbax's writer threads wait minutes for a
-        # signal that never comes (orbax 0.12: its coordination timeout), holding the exit.
-        os._exit(EXIT_FAILED)
+        os._exit(code)

@@ -238,7 +238,9 @@ def test_trains_jointly_through_the_shared_loop_and_samples_from_a_prompt(traine
     for kw, needle in [(dict(label="sandal", prompt=None), "text-conditional"),
                        (dict(prompt=""), "empty prompt"),
                        (dict(prompt="sandal " * 17), "limit is 16"),
-                       (dict(prompt="a red car", best_of=8), "name exactly one garment"),
                        (dict(best_of=2), "--best_of=2")]:
         with pytest.raises(UserError, match=needle):
             run(**kw)
+    with pytest.warns(UserWarning, match=r"never saw.*\['red', 'car'\]"):  # said, then refused
+        with pytest.raises(UserError, match="name exactly one garment"):
+            run(prompt="a red car", best_of=8)
