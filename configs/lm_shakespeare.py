@@ -50,6 +50,7 @@ def get_config(arg: str | None = None):
     c.model.num_heads = 0
     c.model.embed_dim = 0
     c.model.mlp_ratio = 0
+    c.model.mlp_dim = 0            # MLP hidden width; 0 = from `size` (else mlp_ratio * embed_dim)
     c.model.max_len = 128          # context length = training window
     c.model.vocab_size = 0         # 0 = the tokenizer's vocab, rounded up to vocab_multiple
     c.model.vocab_multiple = 64
@@ -59,7 +60,11 @@ def get_config(arg: str | None = None):
     c.model.tie_embeddings = True
     c.model.dropout = 0.0
     c.model.use_bias = False
-    c.model.attention_impl = ""    # "" (JAX picks) | xla | cudnn
+    c.model.attention_impl = ""    # "" (JAX picks) | xla | cudnn | chunked (query blocks, XLA)
+    c.model.attention_chunk = 512  # query block of attention_impl=chunked
+    c.model.loss_chunk = 0         # >0: cross-entropy in chunks of this many positions
+    c.model.remat = "none"         # none | full | dots_saveable | dots_with_no_batch_dims_saveable
+    c.model.scan_layers = False    # layers under nn.scan (params [L, ...]; compile flat in depth)
     c.model.z_loss = 0.0           # weight of the log-partition^2 penalty (PaLM)
 
     c.data.name = "shakespeare"    # shakespeare | text

@@ -28,13 +28,17 @@ import orbax.checkpoint as ocp
 
 from genjax import config_lib, faults
 from genjax.config_lib import UserError
+from genjax.models import scan_convert
 from genjax.step import TrainState
 
 ITEMS = ("state", "data", "meta")
 # Config sections whose change makes a checkpoint belong to "another model".
 ARCH_KEYS = ("family", "model")
 # ...except these, which change how a model runs, not what it is.
-NOT_ARCH = ("model.dropout", "model.attention_impl", "model.z_loss")
+NOT_ARCH = ("model.dropout", "model.attention_impl", "model.z_loss", "model.attention_chunk",
+            "model.loss_chunk", "model.remat")
+# ...and these change the params' layout: the message says how to convert.
+LAYOUT_KEYS = {"model.scan_layers": "python -m genjax.scan_convert --workdir=OLD --out=NEW"}
 
 
 def _state_to_dict(state: TrainState) -> dict:
@@ -289,6 +293,7 @@ class Checkpointer:
         saved = self.manager.item_metadata(step)
         saved_params = _tree_of(saved, "state")["params"]
         problems = tree_mismatches(saved_params, abstract_params)
+        _check_layout(saved_params, abstract_params, self.directory)
         if problems:
             raise UserError("init_from: params do not match this model:\n  " +
                             "\n  ".join(problems[:20]))
@@ -326,14 +331,30 @@ def tree_mismatches(saved, target) -> list[str]:
     return out
 
 
+def _check_layout(saved, target, directory) -> None:
+    """Scanned checkpoint for an unscanned model (or back) -> one line on how to convert."""
+    was, now = scan_convert.layout(saved), scan_convert.layout(target)
+    if was and now and was != now:
+        raise UserError(f"{directory} holds {was} layer params and this model is {now} "
+                        f"(model.scan_layers); convert the checkpoint first: "
+                        f"{LAYOUT_KEYS['model.scan_layers']}")
+
+
 def _check_against_saved(item_metadata, target, directory, step) -> None:
     saved = _tree_of(item_metadata, "state") if item_metadata is not None else None
     if not saved:
         raise CorruptCheckpoint(f"step {step}: the state's metadata is missing or unreadable")
+    _check_layout(saved, target, directory)
     problems = tree_mismatches(saved, target)
     if problems:
         raise UserError(f"checkpoint {directory}/{step} does not fit this model "
                         f"({len(problems)} leaves differ):\n  " + "\n  ".join(problems[:20]))
+
+
+def _new_key_off(d: str) -> bool:
+    """A key newer than the checkpoint, at its off value (e.g. model.mlp_dim 0): same model."""
+    return d.split(": ", 1)[1] in ("'<missing>' -> 0", "'<missing>' -> False",
+                                   "'<missing>' -> ''", "'<missing>' -> 'none'")
 
 
 def check_same_model(saved_meta: dict, config) -> None:
@@ -344,9 +365,14 @@ def check_same_model(saved_meta: dict, config) -> None:
     for key in ARCH_KEYS:
         if isinstance(now.get(key), dict):
             diffs += [d for d in config_lib.diff(then.get(key, {}), now[key], prefix=f"{key}.")
-                      if d.split(":")[0] not in NOT_ARCH]
+                      if d.split(":")[0] not in NOT_ARCH and not _new_key_off(d)]
         elif then.get(key) != now.get(key):
             diffs.append(f"{key}: {then.get(key)!r} -> {now.get(key)!r}")
+    layout = [d for d in diffs if d.split(":")[0] in LAYOUT_KEYS]
+    if layout and len(layout) == len(diffs):
+        key = layout[0].split(":")[0]
+        raise UserError(f"the workdir's checkpoint has another params layout ({layout[0]}); "
+                        f"convert it first: {LAYOUT_KEYS[key]}, then train in NEW")
     if diffs:
         raise UserError("the workdir holds a checkpoint of a different model; use a new "
                         "--workdir or set --config.init_from. Differences: " + "; ".join(diffs))
