@@ -9,12 +9,22 @@ Presets (`:arg`):
              --config.total_steps=1300 (~10 min) reaches 1.82 nats/char on held-out plays.
   gpu        nanoGPT's shakespeare-char shape: 6 layers x 384, context 256.
   gpt2_124m  GPT-2 small shape (12 x 768, context 1024, vocab 50304), for throughput.
+  gpt2_1b    GPT-3 XL depth/width (24 x 2048, 1.3B params), context 1024.
+  llama_1b, llama_7b  LLaMA-style (RMSNorm, rotary, SwiGLU, untied, no bias), context
+             2048: LLaMA-3.2-1B's shape without grouped-query attention; LLaMA-2-7B's.
+Scale knobs (README "Scale"): --config.model.remat=full, --config.model.scan_layers=True,
+--config.model.attention_impl=chunked|cudnn, --config.model.loss_chunk=256.
 Own text: --config.data.name=text --config.data.text_file=PATH (90/10 split by position).
 BPE: --config.data.tokenizer=bpe [--config.data.vocab_size=512] (bits/char stay comparable).
 Sweeps: lr, norm, lr_x_dropout (`python -m experiments.sweep --config=...:cpu --sweep=lr`).
 """
 from genjax import config_lib
 from genjax.evaluators import likelihood, text
+
+_LLAMA = {"model.norm": "rmsnorm", "model.pos": "rotary", "model.activation": "swiglu",
+          "model.tie_embeddings": False, "model.use_bias": False, "model.max_len": 2048,
+          "batch_size": 8, "total_steps": 1000, "optim.lr": 3e-4, "optim.warmup_steps": 100,
+          "compute_dtype": "bfloat16", "eval_every_steps": 0, "ckpt_every_steps": 1000}
 
 PRESETS = {
     "tiny": {"model.size": "tiny", "model.max_len": 32, "batch_size": 8, "total_steps": 20,
@@ -35,6 +45,15 @@ PRESETS = {
                   "batch_size": 12, "total_steps": 1000, "optim.lr": 6e-4,
                   "compute_dtype": "bfloat16", "optim.warmup_steps": 100,
                   "eval_every_steps": 0, "ckpt_every_steps": 1000},
+    # GPT-3 XL depth/width (SIZES["gpt2_1b"], 1.3B params), for the fit table and throughput.
+    "gpt2_1b": {"model.size": "gpt2_1b", "model.max_len": 1024, "model.vocab_size": 50304,
+                "batch_size": 8, "total_steps": 1000, "optim.lr": 2e-4,
+                "compute_dtype": "bfloat16", "optim.warmup_steps": 100,
+                "eval_every_steps": 0, "ckpt_every_steps": 1000},
+    # LLaMA-style: RMSNorm, rotary, SwiGLU, untied head, no biases (Touvron et al. 2023),
+    # at 2048 tokens; vocab: LLaMA-3's 128256 (1B) and LLaMA-2's 32000 (7B).
+    "llama_1b": {**_LLAMA, "model.size": "llama_1b", "model.vocab_size": 128256},
+    "llama_7b": {**_LLAMA, "model.size": "llama_7b", "model.vocab_size": 32000},
 }
 
 
