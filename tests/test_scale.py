@@ -143,3 +143,19 @@ def test_unknown_remat_policy_on_the_command_line_is_one_error_line():
     proc = run_module("genjax.aot", "--config=configs/lm_shakespeare.py:tiny",
                       "--config.model.remat=everything")
     assert_one_line_error(proc, "config.model.remat='everything'", "dots_saveable")
+
+
+def _preset_params(preset: str) -> int:
+    from configs import lm_shakespeare
+    model = lm_family.make_model(lm_shakespeare.get_config(preset))
+    shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), np.zeros((1, 8), np.int32))
+    return sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(
+        jax.tree_util.tree_map(lambda b: b.value, shapes, is_leaf=lambda b: hasattr(b, "names"))))
+
+
+def test_llama_presets_have_the_published_parameter_counts():
+    # LLaMA-2-7B: 6,738,415,616 (Hugging Face meta-llama/Llama-2-7b-hf).
+    assert _preset_params("llama_7b") == 6_738_415_616
+    # LLaMA-3.2-1B: 1,235,814,400 with a tied head and 8 KV heads; ours adds the untied
+    # head (128256 x 2048) and full K/V projections (16 layers x 2 x 2048 x (2048 - 512)).
+    assert _preset_params("llama_1b") == 1_235_814_400 + 128256 * 2048 + 16 * 2 * 2048 * 1536

@@ -125,3 +125,14 @@ def test_weight_decay_mask_ignores_the_stacked_layer_axis():
     assert {k: v for k, v in got.items() if k != "layers"} == \
         {k: v for k, v in want.items() if not k[-1].isdigit()}
     assert not got["layers"]["ln_attn"]["scale"] and got["layers"]["mlp"]["up"]["kernel"]
+
+
+def test_layers_of_different_shapes_cannot_be_stacked():
+    # A config cannot express per-layer shapes (every layer has the model's one shape);
+    # a hand-made or foreign params tree can: one line, naming the first leaf that differs.
+    plain, _ = models(num_layers=2)
+    p = plain_params(plain)
+    p["mlp_1"]["up"]["kernel"] = p["mlp_1"]["up"]["kernel"][:, :64]
+    with pytest.raises(ValueError, match=r"mlp_1\['up'\]\['kernel'\] has shape \(32, 64\) "
+                                         r"but mlp_0's is \(32, 128\): scan_layers needs"):
+        scan_convert.stack(p)

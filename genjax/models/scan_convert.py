@@ -59,7 +59,22 @@ def _unstack_leaf(x, i):
     return x[i]
 
 
+def _check_same_shapes(d: Mapping, num_layers: int) -> None:
+    """Layers of different shapes cannot share one scanned body: one line naming the first."""
+    shape = lambda x: tuple((x.value if _is_box(x) else x).shape)  # noqa: E731
+    for part in BLOCK_PARTS:
+        first = jax.tree_util.tree_flatten_with_path(d[f"{part}_0"], is_leaf=_is_box)[0]
+        for i in range(1, num_layers):
+            for (path, a), (_, b) in zip(first, jax.tree_util.tree_flatten_with_path(
+                    d[f"{part}_{i}"], is_leaf=_is_box)[0]):
+                if shape(a) != shape(b):
+                    raise ValueError(
+                        f"{part}_{i}{jax.tree_util.keystr(path)} has shape {shape(b)} but "
+                        f"{part}_0's is {shape(a)}: scan_layers needs identical layers")
+
+
 def _stack_dict(d: Mapping, num_layers: int) -> dict:
+    _check_same_shapes(d, num_layers)
     out = {k: v for k, v in d.items()
            if not any(k == f"{p}_{i}" for p in BLOCK_PARTS for i in range(num_layers))}
     out[SCAN_NAME] = {
