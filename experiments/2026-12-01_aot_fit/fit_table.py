@@ -42,12 +42,18 @@ ROWS = [
     ("gpt2_124m", "v6e:2x2", 4, 8, "all", ()),
     ("llama_1b", "v5p:2x2x1", 4, 8, "all", ()),
     ("llama_7b", "v5p:2x2x1", 4, 8, "all", ()),
+    # compile time against depth: unscanned for contrast, and the scanned pair measured
+    # again in the opposite order (seed=1 compiles the same program; load varies here)
+    ("gpt2_124m", "v5e:2x2", 4, 8, "plain", ("model.num_layers=4",)),
+    ("gpt2_124m", "v5e:2x2", 4, 8, "plain", ("model.num_layers=32",)),
+    ("gpt2_124m", "v5e:2x2", 4, 8, "all", ("model.num_layers=32", "seed=1")),
+    ("gpt2_124m", "v5e:2x2", 4, 8, "all", ("model.num_layers=4", "seed=1")),
 ]
 GiB = 2 ** 30
 
 
 def row_name(preset, topo, per_chip, knobs, extra) -> str:
-    tail = "".join(f"-{e.split('.')[-1].replace('=', '')}" for e in extra)
+    tail = "".join(f"-{e.split('.')[-1].replace('=', '')}" for e in extra)  # -num_layers4
     return f"{preset}{tail}-{topo}-b{per_chip}-{knobs}"
 
 
