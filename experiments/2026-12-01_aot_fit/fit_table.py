@@ -78,7 +78,8 @@ def run_row(path, preset, topo, chips, per_chip, knobs, extra) -> None:
 
 def table(rows) -> str:
     lines = ["| model | slice | seq/chip x len | knobs | params | AdamW | activations + temps "
-             "| peak | HBM | fits | compile s |", "|---|---|---|---|---:|---:|---:|---:|---:|---|---:|"]
+             "| peak | HBM | fits | compile s |",
+             "|---|---|---|---|---:|---:|---:|---:|---:|---|---:|"]
     for r in rows:
         at_least = "≥ " if "refused" in r else ""
         fits = f"yes ({100 * r['total'] / r['hbm']:.0f}%)" if r["fits"] else "**no**"

@@ -205,8 +205,9 @@ def layer(mdl: nn.Module, spec: LayerSpec, suffix: str, drop, x_BxTxD, positions
         spec.attention_chunk, spec.out_std, name=f"attn{suffix}", parent=mdl)(
             _norm(spec, f"ln_attn{suffix}", parent=mdl)(x_BxTxD), positions_BxT, cache_layer)
     x_BxTxD = x_BxTxD + drop(h_BxTxD)
+    normed_BxTxD = _norm(spec, f"ln_mlp{suffix}", parent=mdl)(x_BxTxD)
     h_BxTxD = Mlp(spec.hidden, spec.activation, spec.use_bias, spec.dtype, spec.out_std,
-                  name=f"mlp{suffix}", parent=mdl)(_norm(spec, f"ln_mlp{suffix}", parent=mdl)(x_BxTxD))
+                  name=f"mlp{suffix}", parent=mdl)(normed_BxTxD)
     return constrain(x_BxTxD + drop(h_BxTxD), ("batch", "length", "embed")), new_cache
 
 
