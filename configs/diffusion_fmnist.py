@@ -52,6 +52,7 @@ def get_config(arg: str | None = None):
     c.model.attn_resolutions = (8,)  # spatial sizes with self-attention
     c.model.num_heads = 1
     c.model.dropout = 0.1
+    c.model.remat = "none"         # none | full | dots_saveable | dots_with_no_batch_dims_saveable
     c.model.class_conditional = True
     c.model.num_classes = 0        # 0 = from the data's class names
     c.model.label_dropout = 0.1    # p(label -> null class) in training, for guidance

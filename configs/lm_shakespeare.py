@@ -14,12 +14,22 @@ Presets (`:arg`):
                python -m genjax.interop import-gpt2 --from=DIR --workdir=W
              DIR: a Hugging Face GPT-2 folder (config.json, model.safetensors, tokenizer.json
              or vocab.json + merges.txt), e.g. a local copy of the `gpt2` model repo.
+  gpt2_1b    GPT-3 XL depth/width (24 x 2048, 1.3B params), context 1024.
+  llama_1b, llama_7b  LLaMA-style (RMSNorm, rotary, SwiGLU, untied, no bias), context
+             2048: LLaMA-3.2-1B's shape without grouped-query attention; LLaMA-2-7B's.
+Scale knobs (README "Scale"): --config.model.remat=full, --config.model.scan_layers=True,
+--config.model.attention_impl=chunked|cudnn, --config.model.loss_chunk=256.
 Own text: --config.data.name=text --config.data.text_file=PATH (90/10 split by position).
 BPE: --config.data.tokenizer=bpe [--config.data.vocab_size=512] (bits/char stay comparable).
 Sweeps: lr, norm, lr_x_dropout (`python -m experiments.sweep --config=...:cpu --sweep=lr`).
 """
 from genjax import config_lib
 from genjax.evaluators import likelihood, text
+
+_LLAMA = {"model.norm": "rmsnorm", "model.pos": "rotary", "model.activation": "swiglu",
+          "model.tie_embeddings": False, "model.use_bias": False, "model.max_len": 2048,
+          "batch_size": 8, "total_steps": 1000, "optim.lr": 3e-4, "optim.warmup_steps": 100,
+          "compute_dtype": "bfloat16", "eval_every_steps": 0, "ckpt_every_steps": 1000}
 
 PRESETS = {
     "tiny": {"model.size": "tiny", "model.max_len": 32, "batch_size": 8, "total_steps": 20,
@@ -47,6 +57,15 @@ PRESETS = {
              "total_steps": 1000, "optim.lr": 1e-4, "optim.warmup_steps": 100,
              "eval_every_steps": 0, "ckpt_every_steps": 1000, "sample.prompt": "Hello,",
              "sample.max_new_tokens": 40},
+    # GPT-3 XL depth/width (SIZES["gpt2_1b"], 1.3B params), for the fit table and throughput.
+    "gpt2_1b": {"model.size": "gpt2_1b", "model.max_len": 1024, "model.vocab_size": 50304,
+                "batch_size": 8, "total_steps": 1000, "optim.lr": 2e-4,
+                "compute_dtype": "bfloat16", "optim.warmup_steps": 100,
+                "eval_every_steps": 0, "ckpt_every_steps": 1000},
+    # LLaMA-style: RMSNorm, rotary, SwiGLU, untied head, no biases (Touvron et al. 2023),
+    # at 2048 tokens; vocab: LLaMA-3's 128256 (1B) and LLaMA-2's 32000 (7B).
+    "llama_1b": {**_LLAMA, "model.size": "llama_1b", "model.vocab_size": 128256},
+    "llama_7b": {**_LLAMA, "model.size": "llama_7b", "model.vocab_size": 32000},
 }
 
 
@@ -62,6 +81,7 @@ def get_config(arg: str | None = None):
     c.model.num_heads = 0
     c.model.embed_dim = 0
     c.model.mlp_ratio = 0
+    c.model.mlp_dim = 0            # MLP hidden width; 0 = from `size` (else mlp_ratio * embed_dim)
     c.model.max_len = 128          # context length = training window
     c.model.vocab_size = 0         # 0 = the tokenizer's vocab, rounded up to vocab_multiple
     c.model.vocab_multiple = 64
@@ -72,7 +92,11 @@ def get_config(arg: str | None = None):
     c.model.dropout = 0.0
     c.model.use_bias = False
     c.model.norm_eps = 1e-6        # LayerNorm/RMSNorm epsilon (flax's default; GPT-2 uses 1e-5)
-    c.model.attention_impl = ""    # "" (JAX picks) | xla | cudnn
+    c.model.attention_impl = ""    # "" (JAX picks) | xla | cudnn | chunked (query blocks, XLA)
+    c.model.attention_chunk = 512  # query block of attention_impl=chunked
+    c.model.loss_chunk = 0         # >0: cross-entropy in chunks of this many positions
+    c.model.remat = "none"         # none | full | dots_saveable | dots_with_no_batch_dims_saveable
+    c.model.scan_layers = False    # layers under nn.scan (params [L, ...]; compile flat in depth)
     c.model.z_loss = 0.0           # weight of the log-partition^2 penalty (PaLM)
 
     c.data.name = "shakespeare"    # shakespeare | text

@@ -109,7 +109,7 @@ def check(config, devices: list, hbm: int | None = None) -> dict[str, Any]:
     parts = assemble_lib.assemble(config, mesh)
     batch = abstract_batch(parts)
     lowered = parts.train_step.lower(parts.abstract_state, batch)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     try:
         mem, refused = lowered.compile().memory_analysis(), None
     except Exception as e:  # noqa: BLE001 - XLA's TPU compiler refuses what cannot fit
@@ -117,6 +117,7 @@ def check(config, devices: list, hbm: int | None = None) -> dict[str, Any]:
             raise
         mem, refused = None, str(e).strip().splitlines()[0]
     compile_s = time.perf_counter() - t0
+    compile_cpu_s = time.process_time() - c0  # all threads: steadier than wall on a busy host
     state = assemble_lib.state_bytes_per_device(parts)
     out = {
         "devices": len(devices), "device_kind": devices[0].device_kind,
@@ -124,7 +125,8 @@ def check(config, devices: list, hbm: int | None = None) -> dict[str, Any]:
         "params_count": sum(int(np.prod(x.shape)) for x in
                             jax.tree_util.tree_leaves(parts.abstract_state.params)),
         "params": state["params"], "opt_state": state["opt_state"], "ema_params": state["ema_params"],
-        "batch": _shard_bytes(batch), "compile_s": compile_s, "hbm": hbm,
+        "batch": _shard_bytes(batch), "compile_s": compile_s, "compile_cpu_s": compile_cpu_s,
+        "hbm": hbm,
     }
     if refused is not None:
         out["refused"] = refused

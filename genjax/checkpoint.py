@@ -28,12 +28,15 @@ import orbax.checkpoint as ocp
 
 from genjax import config_lib, faults
 from genjax.errors import CheckpointError, CorruptCheckpoint, UserError  # noqa: F401
+from genjax.models import scan_convert
 from genjax.step import TrainState
 
 ITEMS = ("state", "data", "meta")
 # Config sections whose change makes a checkpoint belong to "another model" (except the
 # keys the family names as runtime_keys: how a model runs, not what it is).
 ARCH_KEYS = ("family", "model")
+# ...and these change the params' layout: the message says how to convert.
+LAYOUT_KEYS = {"model.scan_layers": "python -m genjax.scan_convert --workdir=OLD --out=NEW"}
 
 
 def _state_to_dict(state: TrainState) -> dict:
@@ -307,6 +310,7 @@ class Checkpointer:
         saved = self.manager.metadata(step).item_metadata
         saved_params = _tree_of(saved, "state")["params"]
         problems = tree_mismatches(saved_params, abstract_params)
+        _check_layout(saved_params, abstract_params, self.directory)
         if problems:
             raise UserError("init_from: params do not match this model:\n  " +
                             "\n  ".join(problems[:20]))
@@ -353,10 +357,20 @@ def tree_mismatches(saved, target) -> list[str]:
     return out
 
 
+def _check_layout(saved, target, directory) -> None:
+    """Scanned checkpoint for an unscanned model (or back) -> one line on how to convert."""
+    was, now = scan_convert.layout(saved), scan_convert.layout(target)
+    if was and now and was != now:
+        raise UserError(f"{directory} holds {was} layer params and this model is {now} "
+                        f"(model.scan_layers); convert the checkpoint first: "
+                        f"{LAYOUT_KEYS['model.scan_layers']}")
+
+
 def _check_against_saved(item_metadata, target, directory, step) -> None:
     saved = _tree_of(item_metadata, "state") if item_metadata is not None else None
     if not saved:
         raise CorruptCheckpoint(f"step {step}: the state's metadata is missing or unreadable")
+    _check_layout(saved, target, directory)
     problems = tree_mismatches(saved, target)
     if problems:
         raise UserError(f"checkpoint {directory}/{step} does not fit this model "
@@ -377,6 +391,11 @@ def check_same_model(saved_meta: dict, config, runtime_keys: tuple[str, ...] = (
                       if d.split(":")[0] not in runtime_keys]
         elif then.get(key) != now.get(key):
             diffs.append(f"{key}: {then.get(key)!r} -> {now.get(key)!r}")
+    layout = [d for d in diffs if d.split(":")[0] in LAYOUT_KEYS]
+    if layout and len(layout) == len(diffs):
+        key = layout[0].split(":")[0]
+        raise UserError(f"the workdir's checkpoint has another params layout ({layout[0]}); "
+                        f"convert it first: {LAYOUT_KEYS[key]}, then train in NEW")
     if diffs:
         raise UserError("the workdir holds a checkpoint of a different model; use a new "
                         "--workdir or set --config.init_from. Differences: " + "; ".join(diffs))

@@ -31,6 +31,7 @@ DEFAULT_SHARDING_RULES = (
     ("height", None),
     ("width", None),
     ("latent", None),
+    ("layers", None),   # the stacked-layer axis of scanned params (model.scan_layers)
 )
 
 

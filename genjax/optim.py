@@ -39,11 +39,17 @@ def make_schedule(o: ConfigDict, total_steps: int) -> optax.Schedule:
     return optax.join_schedules([optax.linear_schedule(0.0, o.lr, warmup), decay], [warmup])
 
 
+# Params under this key carry a leading stacked-layer axis (genjax.models.transformer
+# scan_layers), which does not count towards "is a kernel".
+STACKED_KEY = "layers"
+
+
 def decay_mask(params, exclude: tuple[str, ...] = ()) -> Any:
     """True where weight decay applies: kernels/embeddings (ndim >= 2) not matching `exclude`."""
     def one(path, x):
         name = jax.tree_util.keystr(path)
-        return x.ndim >= 2 and not any(s in name for s in exclude)
+        stacked = any(getattr(k, "key", None) == STACKED_KEY for k in path)
+        return x.ndim - stacked >= 2 and not any(s in name for s in exclude)
     return jax.tree_util.tree_map_with_path(one, params)
 
 

@@ -32,13 +32,13 @@ from genjax import diffusion, sharding
 from genjax.errors import ConfigError
 from genjax.families import image_seam
 from genjax.families.image_seam import image_shape, num_classes, throughput_unit  # noqa: F401
-from genjax.models import unet
+from genjax.models import remat, unet
 
 CONDITIONINGS = ("class", "text", "none")
 # Capabilities (genjax/families/__init__.py)
 likelihood_metrics = ("vlb_bpd", "decoder_bpd", "prior_bpd")
 sample_options = ("guidance", "steps")
-runtime_keys = ("model.dropout",)
+runtime_keys = ("model.dropout", "model.remat")
 
 
 # ---------------------------------------------------------------- model and batches
@@ -76,7 +76,16 @@ def make_model(config) -> unet.UNet:
         out_channels=image_shape(config)[-1], width=m.width, channel_mult=tuple(m.channel_mult),
         num_res_blocks=m.num_res_blocks, attn_resolutions=tuple(m.attn_resolutions),
         num_heads=m.num_heads, dropout=m.dropout, num_classes=num_classes(config),
-        text_encoder=text, cross_attn_resolutions=cross, dtype=dtype)
+        text_encoder=text, cross_attn_resolutions=cross, dtype=dtype,
+        remat=_remat(m))
+
+
+def _remat(m) -> str:
+    """config.model.remat (configs without the key: none); unknown -> ConfigError."""
+    r = m.get("remat", "none")
+    if r not in remat.CHOICES:
+        raise ConfigError(f"config.model.remat={r!r}: choose one of {list(remat.CHOICES)}")
+    return r
 
 
 def caption_tokenizer(config):

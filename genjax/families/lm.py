@@ -14,18 +14,19 @@ import jax.numpy as jnp
 import numpy as np
 
 from genjax.data.tokenizer import tokenizer_from_json
-from genjax.errors import UserError
-from genjax.models import transformer
+from genjax.errors import ConfigError, UserError
+from genjax.models import chunked_logits, scan_convert, transformer
 
 MODEL_KEYS = ("vocab_size", "num_layers", "num_heads", "embed_dim", "mlp_ratio", "max_len",
               "norm", "pos", "activation", "tie_embeddings", "dropout", "use_bias",
-              "attention_impl", "norm_eps")
+              "attention_impl", "norm_eps", "mlp_dim", "attention_chunk", "remat", "scan_layers")
 
 
-SHAPE_KEYS = ("num_layers", "num_heads", "embed_dim", "mlp_ratio")
+SHAPE_KEYS = ("num_layers", "num_heads", "embed_dim", "mlp_ratio", "mlp_dim")
 # Capabilities (genjax/families/__init__.py)
 likelihood_metrics = ("loss", "perplexity", "bits_per_token", "bits_per_char")
-runtime_keys = ("model.dropout", "model.attention_impl", "model.z_loss")
+runtime_keys = ("model.dropout", "model.attention_impl", "model.z_loss", "model.attention_chunk",
+                "model.loss_chunk", "model.remat")
 
 
 def model_kwargs(config) -> dict:
@@ -38,8 +39,12 @@ def model_kwargs(config) -> dict:
                          "(genjax.train does this)")
     kwargs = {k: m[k] for k in MODEL_KEYS if k in m}  # older workdirs lack newer keys
     for k in SHAPE_KEYS:
-        kwargs[k] = kwargs[k] or transformer.SIZES[m.size][k]
+        kwargs[k] = kwargs[k] or transformer.SIZES[m.size].get(k, 0)
     kwargs["attention_impl"] = kwargs["attention_impl"] or None
+    for k, allowed in transformer.CHOICES.items():
+        if kwargs[k] not in allowed:
+            raise ConfigError(f"config.model.{k}={m[k]!r}: choose one of "
+                              f"{[a or '' for a in allowed]}")
     return kwargs
 
 
@@ -52,7 +57,12 @@ def example_batch(config, batch_size: int) -> dict[str, np.ndarray]:
 
 
 def init_variables(model, rng, batch, config) -> dict:
-    return model.init({"params": rng}, jnp.asarray(batch["tokens"][:, :-1]))
+    """Scanned models start from the unscanned init, stacked: the same run either way."""
+    tokens = jnp.asarray(batch["tokens"][:, :-1])
+    if model.scan_layers:
+        flat = model.clone(scan_layers=False).init({"params": rng}, tokens)
+        return scan_convert.stack(flat, model.num_layers)
+    return model.init({"params": rng}, tokens)
 
 
 def token_nll(logits_BxTxV: jax.Array, targets_BxT: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -65,12 +75,19 @@ def token_nll(logits_BxTxV: jax.Array, targets_BxT: jax.Array) -> tuple[jax.Arra
 
 def loss_fn(params, model_state, batch, rng, *, model, config):
     tokens = batch["tokens"]
-    logits = model.apply({"params": params}, tokens[:, :-1], train=True,
-                         rngs={"dropout": rng})
-    nll_BxT, logz_BxT = token_nll(logits, tokens[:, 1:])
+    loss_chunk = int(config.model.get("loss_chunk", 0))
+    if loss_chunk:  # float32 logits of one chunk of positions at a time
+        x_BxTxD, head_DxV = model.apply({"params": params}, tokens[:, :-1], train=True,
+                                        rngs={"dropout": rng}, return_hidden=True)
+        nll_BxT, logz_BxT, correct_BxT = chunked_logits.token_nll(
+            x_BxTxD, head_DxV, tokens[:, 1:], chunk=loss_chunk)
+    else:
+        logits = model.apply({"params": params}, tokens[:, :-1], train=True,
+                             rngs={"dropout": rng})
+        nll_BxT, logz_BxT = token_nll(logits, tokens[:, 1:])
+        correct_BxT = jnp.argmax(logits, -1) == tokens[:, 1:]
     loss = jnp.mean(nll_BxT)
-    metrics = {"nll": loss,
-               "accuracy": jnp.mean(jnp.argmax(logits, -1) == tokens[:, 1:])}
+    metrics = {"nll": loss, "accuracy": jnp.mean(correct_BxT)}
     z_loss = float(config.model.get("z_loss", 0.0))
     if z_loss:
         zl = z_loss * jnp.mean(logz_BxT ** 2)
@@ -106,7 +123,7 @@ def flops_per_example(config) -> float:
     """Training FLOPs per sequence: 6N per token + attention (PaLM appendix B / nanoGPT)."""
     m = model_kwargs(config)
     d, L, T, V = m["embed_dim"], m["num_layers"], m["max_len"], m["vocab_size"]
-    ff = d * m["mlp_ratio"] * d * (3 if m["activation"] == "swiglu" else 2)
+    ff = d * (m["mlp_dim"] or m["mlp_ratio"] * d) * (3 if m["activation"] == "swiglu" else 2)
     n_params = L * (4 * d * d + ff) + V * d  # the output projection is a matmul even when tied
     return (6 * n_params + 12 * L * d * T) * T
 

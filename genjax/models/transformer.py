@@ -18,10 +18,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from genjax.models import chunked_attention, remat
 from genjax.sharding import constrain
 
 # Shape rows (vocab_size and max_len come from the config). Sources: "tiny"/"cpu" are
@@ -34,16 +37,29 @@ SIZES = {
     "gpu": dict(num_layers=6, num_heads=6, embed_dim=384, mlp_ratio=4),
     "gpt2_124m": dict(num_layers=12, num_heads=12, embed_dim=768, mlp_ratio=4),
     "gpt2_1b": dict(num_layers=24, num_heads=16, embed_dim=2048, mlp_ratio=4),
+    # LLaMA shapes (use with the `llama` preset: RMSNorm, rotary, SwiGLU, untied, no bias).
+    # llama_1b: LLaMA-3.2-1B (Meta 2024 model card: 16 x 2048, 32 heads, SwiGLU 8192) but
+    # with full multi-head K/V (no grouped-query attention here; the card has 8 KV heads).
+    # llama_7b: LLaMA-2-7B (Touvron et al. 2023: 32 x 4096, 32 heads, SwiGLU 11008).
+    "llama_1b": dict(num_layers=16, num_heads=32, embed_dim=2048, mlp_ratio=4, mlp_dim=8192),
+    "llama_7b": dict(num_layers=32, num_heads=32, embed_dim=4096, mlp_ratio=4, mlp_dim=11008),
 }
 
 CHOICES = {
     "norm": ("layernorm", "rmsnorm"),
     "pos": ("learned", "rotary"),
     "activation": ("gelu", "gelu_exact", "swiglu"),  # gelu: tanh approximation (GPT-2)
-    "attention_impl": (None, "xla", "cudnn"),
+    "attention_impl": (None, "xla", "cudnn", "chunked"),
+    "remat": remat.CHOICES,
 }
 
-Cache = tuple[dict[str, jax.Array], ...]  # per layer {"k": [B, S, N, H], "v": [B, S, N, H]}
+# Unscanned: per layer {"k": [B, S, N, H], "v": [B, S, N, H]}; scanned (scan_layers):
+# one {"k": [L, B, S, N, H], "v": [L, B, S, N, H]} (init_cache builds the right one).
+Cache = tuple[dict[str, jax.Array], ...] | dict[str, jax.Array]
+# One layer's submodules. Unscanned they are top-level params "<part>_<i>"; scanned they
+# sit under SCAN_NAME with a leading layer axis (logical name "layers").
+BLOCK_PARTS = ("ln_attn", "attn", "ln_mlp", "mlp")
+SCAN_NAME = "layers"
 
 _INIT_STD = 0.02  # GPT-2 / nanoGPT
 
@@ -78,6 +94,7 @@ class Attention(nn.Module):
     use_bias: bool
     dtype: Any
     attention_impl: str | None
+    attention_chunk: int
     out_std: float
 
     @nn.compact
@@ -97,7 +114,11 @@ class Attention(nn.Module):
             q_BxTxNxH = rotary(q_BxTxNxH, positions_BxT)
             k_BxTxNxH = rotary(k_BxTxNxH, positions_BxT)
 
-        if cache_layer is None:
+        if cache_layer is None and self.attention_impl == "chunked":
+            out_BxTxNxH = chunked_attention.attention(q_BxTxNxH, k_BxTxNxH, v_BxTxNxH,
+                                                      chunk=self.attention_chunk)
+            new_cache = None
+        elif cache_layer is None:
             out_BxTxNxH = jax.nn.dot_product_attention(
                 q_BxTxNxH, k_BxTxNxH, v_BxTxNxH, is_causal=True,
                 implementation=self.attention_impl)
@@ -113,8 +134,9 @@ class Attention(nn.Module):
             new_cache = {"k": k_BxSxNxH, "v": v_BxSxNxH}
             mask_Bx1xTxS = jnp.arange(S)[None, None, None, :] <= positions_BxT[:, None, :, None]
             # cuDNN's fused kernel knows only top-left causal/padding masks, not per-row
-            # positions, so the cached (decode) path always uses XLA's attention.
-            impl = None if self.attention_impl == "cudnn" else self.attention_impl
+            # positions, so the cached (decode) path always uses XLA's attention (and
+            # decode scores are [T, S] with T small: nothing for chunking to save).
+            impl = None if self.attention_impl in ("cudnn", "chunked") else self.attention_impl
             out_BxTxNxH = jax.nn.dot_product_attention(
                 q_BxTxNxH, k_BxSxNxH.astype(q_BxTxNxH.dtype), v_BxSxNxH.astype(q_BxTxNxH.dtype),
                 mask=mask_Bx1xTxS, implementation=impl)
@@ -127,7 +149,7 @@ class Attention(nn.Module):
 
 
 class Mlp(nn.Module):
-    """GELU MLP (GPT-2) or SwiGLU (Shazeer 2020); hidden width F = mlp_ratio * D in both."""
+    """GELU MLP (GPT-2) or SwiGLU (Shazeer 2020); hidden width F (mlp_dim or mlp_ratio * D)."""
     hidden: int
     activation: str
     use_bias: bool
@@ -151,6 +173,57 @@ class Mlp(nn.Module):
         return dense(x_BxTxD.shape[-1], ("mlp", "embed"), self.out_std, "down")(h_BxTxF)
 
 
+@dataclasses.dataclass(frozen=True)
+class LayerSpec:
+    """What one transformer layer needs (hashable: a static argument of remat/scan)."""
+    num_heads: int
+    hidden: int
+    pos: str
+    norm: str
+    activation: str
+    use_bias: bool
+    dtype: Any
+    attention_impl: str | None
+    attention_chunk: int
+    out_std: float
+    norm_eps: float = 1e-6
+
+
+def _norm(spec: LayerSpec, name: str, **parent):
+    if spec.norm == "rmsnorm":
+        return nn.RMSNorm(epsilon=spec.norm_eps, dtype=spec.dtype, param_dtype=jnp.float32,
+                          name=name, scale_init=_ones(("embed",)), **parent)
+    return nn.LayerNorm(epsilon=spec.norm_eps, use_bias=spec.use_bias, dtype=spec.dtype,
+                        param_dtype=jnp.float32, name=name, scale_init=_ones(("embed",)),
+                        bias_init=_zeros(("embed",)), **parent)
+
+
+def layer(mdl: nn.Module, spec: LayerSpec, suffix: str, drop, x_BxTxD, positions_BxT,
+          cache_layer=None):
+    """One pre-norm block; its submodules are mdl's children "<part><suffix>"."""
+    h_BxTxD, new_cache = Attention(
+        spec.num_heads, spec.pos, spec.use_bias, spec.dtype, spec.attention_impl,
+        spec.attention_chunk, spec.out_std, name=f"attn{suffix}", parent=mdl)(
+            _norm(spec, f"ln_attn{suffix}", parent=mdl)(x_BxTxD), positions_BxT, cache_layer)
+    x_BxTxD = x_BxTxD + drop(h_BxTxD)
+    normed_BxTxD = _norm(spec, f"ln_mlp{suffix}", parent=mdl)(x_BxTxD)
+    h_BxTxD = Mlp(spec.hidden, spec.activation, spec.use_bias, spec.dtype, spec.out_std,
+                  name=f"mlp{suffix}", parent=mdl)(normed_BxTxD)
+    return constrain(x_BxTxD + drop(h_BxTxD), ("batch", "length", "embed")), new_cache
+
+
+class ScanBlock(nn.Module):
+    """`layer` as the body of nn.scan: carry x, broadcast positions, scanned cache."""
+    spec: LayerSpec
+    dropout: float
+    deterministic: bool
+
+    @nn.compact
+    def __call__(self, x_BxTxD, positions_BxT, cache_layer):
+        drop = nn.Dropout(self.dropout, deterministic=self.deterministic)
+        return layer(self, self.spec, "", drop, x_BxTxD, positions_BxT, cache_layer)
+
+
 class Transformer(nn.Module):
     """tokens_BxT int32 -> logits_BxTxV float32 (and a new cache when given one)."""
     vocab_size: int = 256
@@ -158,6 +231,7 @@ class Transformer(nn.Module):
     num_heads: int = 2
     embed_dim: int = 32
     mlp_ratio: int = 4
+    mlp_dim: int = 0               # MLP hidden width; 0 = mlp_ratio * embed_dim
     max_len: int = 128             # context length (learned positions, cache slots)
     norm: str = "layernorm"        # layernorm | rmsnorm
     pos: str = "learned"           # learned | rotary
@@ -167,7 +241,10 @@ class Transformer(nn.Module):
     use_bias: bool = False         # biases in dense layers and LayerNorm
     norm_eps: float = 1e-6         # LayerNorm/RMSNorm epsilon (flax's default; GPT-2: 1e-5)
     dtype: Any = jnp.float32       # compute dtype (e.g. bfloat16); params stay float32
-    attention_impl: str | None = None  # None (JAX picks) | xla | cudnn
+    attention_impl: str | None = None  # None (JAX picks) | xla | cudnn | chunked
+    attention_chunk: int = 512     # query block of attention_impl="chunked"
+    remat: str = "none"            # genjax.models.remat.CHOICES, per layer
+    scan_layers: bool = False      # layers under nn.scan: params [L, ...], one compiled body
 
     def __post_init__(self):
         for attr, allowed in CHOICES.items():
@@ -180,27 +257,51 @@ class Transformer(nn.Module):
         if self.pos == "rotary" and (self.embed_dim // self.num_heads) % 2:
             raise ValueError(f"Transformer.pos='rotary' needs an even head dim, got "
                              f"{self.embed_dim // self.num_heads}")
+        if self.attention_chunk <= 0:
+            raise ValueError(f"Transformer.attention_chunk={self.attention_chunk}: must be > 0")
         super().__post_init__()
 
-    def _norm(self, name):
-        if self.norm == "rmsnorm":
-            return nn.RMSNorm(epsilon=self.norm_eps, dtype=self.dtype, param_dtype=jnp.float32,
-                              name=name, scale_init=_ones(("embed",)))
-        return nn.LayerNorm(epsilon=self.norm_eps, use_bias=self.use_bias, dtype=self.dtype,
-                            param_dtype=jnp.float32, name=name, scale_init=_ones(("embed",)),
-                            bias_init=_zeros(("embed",)))
+    def spec(self) -> LayerSpec:
+        return LayerSpec(self.num_heads, self.mlp_dim or self.mlp_ratio * self.embed_dim,
+                         self.pos, self.norm, self.activation, self.use_bias, self.dtype,
+                         self.attention_impl, self.attention_chunk,
+                         _INIT_STD / (2 * self.num_layers) ** 0.5,  # GPT-2: scale residuals
+                         self.norm_eps)
+
+    def _layers(self, x_BxTxD, positions_BxT, cache, drop, deterministic):
+        spec = self.spec()
+        if self.scan_layers:
+            body = remat.wrap(ScanBlock, self.remat, prevent_cse=False)
+            stack = nn.scan(body, variable_axes={"params": 0}, in_axes=(nn.broadcast, 0),
+                            split_rngs={"params": True, "dropout": True},
+                            length=self.num_layers,
+                            metadata_params={nn.PARTITION_NAME: SCAN_NAME})
+            return stack(spec, self.dropout, deterministic, name=SCAN_NAME)(
+                x_BxTxD, positions_BxT, cache)
+        # Unscanned: a Python loop; `drop` is shared so masks match the pre-remat code.
+        step = remat.wrap(lambda mdl, sfx, x, pos, c: layer(mdl, spec, sfx, drop, x, pos, c),
+                          self.remat, static_argnums=(1,))
+        new_cache = []
+        for i in range(self.num_layers):
+            x_BxTxD, layer_cache = step(self, f"_{i}", x_BxTxD, positions_BxT,
+                                        None if cache is None else cache[i])
+            new_cache.append(layer_cache)
+        return x_BxTxD, tuple(new_cache)
 
     @nn.compact
-    def __call__(self, tokens_BxT, *, train=False, positions_BxT=None, cache: Cache | None = None):
+    def __call__(self, tokens_BxT, *, train=False, positions_BxT=None, cache: Cache | None = None,
+                 return_hidden: bool = False):
         """Without cache: logits_BxTxV. With cache: (logits_BxTxV, new cache).
 
         positions_BxT defaults to 0..T-1 in every row; with a cache, pass the slots.
+        return_hidden (no cache): (final normed hidden x_BxTxD, output head_DxV) instead
+        of the logits, for a loss that computes them in chunks (genjax.models.chunked_logits).
         """
         B, T = tokens_BxT.shape
         if positions_BxT is None:
             positions_BxT = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
-        drop = nn.Dropout(self.dropout, deterministic=not train or self.dropout == 0.0)
-        out_std = _INIT_STD / (2 * self.num_layers) ** 0.5  # GPT-2: scale residual outputs
+        deterministic = not train or self.dropout == 0.0
+        drop = nn.Dropout(self.dropout, deterministic=deterministic)
 
         embed_VxD = self.param("token_embed", _init(("vocab", "embed")),
                                (self.vocab_size, self.embed_dim), jnp.float32)
@@ -211,35 +312,33 @@ class Transformer(nn.Module):
             x_BxTxD = x_BxTxD + jnp.take(pos_LxD, positions_BxT, axis=0).astype(self.dtype)
         x_BxTxD = constrain(drop(x_BxTxD), ("batch", "length", "embed"))
 
-        new_cache = []
-        for i in range(self.num_layers):
-            h_BxTxD, layer_cache = Attention(
-                self.num_heads, self.pos, self.use_bias, self.dtype, self.attention_impl,
-                out_std, name=f"attn_{i}")(self._norm(f"ln_attn_{i}")(x_BxTxD), positions_BxT,
-                                           None if cache is None else cache[i])
-            x_BxTxD = x_BxTxD + drop(h_BxTxD)
-            h_BxTxD = Mlp(self.mlp_ratio * self.embed_dim, self.activation, self.use_bias,
-                          self.dtype, out_std, name=f"mlp_{i}")(self._norm(f"ln_mlp_{i}")(x_BxTxD))
-            x_BxTxD = constrain(x_BxTxD + drop(h_BxTxD), ("batch", "length", "embed"))
-            new_cache.append(layer_cache)
-        x_BxTxD = self._norm("ln_final")(x_BxTxD)
+        x_BxTxD, new_cache = self._layers(x_BxTxD, positions_BxT, cache, drop, deterministic)
+        x_BxTxD = _norm(self.spec(), "ln_final")(x_BxTxD)
 
         if self.tie_embeddings:
             head_DxV = embed_VxD.T
         else:
             head_DxV = self.param("lm_head", _init(("embed", "vocab")),
                                   (self.embed_dim, self.vocab_size), jnp.float32)
+        if return_hidden:
+            return x_BxTxD, head_DxV
         logits_BxTxV = jnp.einsum("btd,dv->btv", x_BxTxD, head_DxV.astype(self.dtype),
                                   preferred_element_type=jnp.float32)
         logits_BxTxV = constrain(logits_BxTxV, ("batch", "length", "vocab"))
-        return logits_BxTxV if cache is None else (logits_BxTxV, tuple(new_cache))
+        return logits_BxTxV if cache is None else (logits_BxTxV, new_cache)
 
 
 def init_cache(model: Transformer, batch_size: int, max_len: int | None = None,
                dtype: Any = None) -> Cache:
-    """Zero KV cache: per layer {"k", "v"} of [batch_size, S, N, H], S = max_len or model's."""
+    """Zero KV cache of [batch_size, S, N, H] per layer, S = max_len or the model's.
+
+    Unscanned: a tuple of per-layer {"k", "v"}; scan_layers: one {"k", "v"} stacked [L, ...].
+    """
     S = model.max_len if max_len is None else max_len
     shape = (batch_size, S, model.num_heads, model.embed_dim // model.num_heads)
     dtype = model.dtype if dtype is None else dtype
+    if model.scan_layers:
+        shape = (model.num_layers, *shape)
+        return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
     return tuple({"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
                  for _ in range(model.num_layers))

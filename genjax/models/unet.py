@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from genjax import sharding
+from genjax.models import remat
 
 _CONV = (None, None, "conv_in", "conv_out")
 _DENSE = ("conv_in", "conv_out")
@@ -153,6 +154,11 @@ class UNet(nn.Module):
     text_encoder: nn.Module | None = None   # genjax/models/text_encoder.TextEncoder
     cross_attn_resolutions: Sequence[int] = ()  # spatial sizes (H) attending to the text
     dtype: jnp.dtype = jnp.float32
+    remat: str = "none"       # residual blocks under genjax.models.remat (same math)
+
+    def __post_init__(self):
+        remat.check(self.remat, "UNet")
+        super().__post_init__()
 
     @nn.compact
     def __call__(self, x_BxHxWxC, t_B, labels_B=None, *, train: bool = False):
@@ -177,7 +183,12 @@ class UNet(nn.Module):
                 embedding_init=nn.with_logical_partitioning(
                     nn.initializers.normal(1.0), (None, "conv_out")))(labels_B)
 
-        block = lambda f: ResBlock(f, self.dropout, dt)  # noqa: E731
+        # Named as flax would auto-name ResBlock (remat's wrapper class has another name).
+        res_block, count = remat.wrap(ResBlock, self.remat, static_argnums=(3,)), [0]
+        def block(features):
+            count[0] += 1
+            return res_block(features, self.dropout, dt, name=f"ResBlock_{count[0] - 1}")
+
         def attend(h, middle=False):
             if middle or h.shape[1] in self.attn_resolutions:
                 h = Attention(self.num_heads, dt)(h)

@@ -1,0 +1,105 @@
+"""Memory-efficient causal attention in plain XLA: query blocks, recomputed in backward.
+
+  out_BxTxNxH = attention(q_BxTxNxH, k_BxTxNxH, v_BxTxNxH, chunk=C, valid_BxT=None)
+
+Query t attends to keys s <= t (causal) that are valid (valid_BxT, True = real token;
+None = all). The [T, T] score matrix never exists: the forward walks T/C query blocks,
+each scoring its C queries against all keys ([B, N, C, T] at a time, exact softmax per
+row), and keeps only the output and the per-row log-sum-exp; the backward (custom VJP,
+the FlashAttention-2 recurrences of Dao 2023) recomputes each block's probabilities from
+them. Memory O(B N C T) instead of O(B N T^2); the math equals softmax(q k^T / sqrt(H)) v.
+Masked scores get the same large finite negative as jax.nn.dot_product_attention, so a
+row with no valid key averages all values, as XLA's does.
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+_F32 = jnp.float32
+
+
+def _blocks(x, chunk):
+    """[B, T, ...] -> [T/C, B, C, ...]."""
+    B, T = x.shape[:2]
+    return jnp.moveaxis(x.reshape(B, T // chunk, chunk, *x.shape[2:]), 1, 0)
+
+
+def _unblocks(x):
+    """[T/C, B, C, ...] -> [B, T, ...]."""
+    x = jnp.moveaxis(x, 0, 1)
+    return x.reshape(x.shape[0], -1, *x.shape[3:])
+
+
+def _scores(q_BxCxNxH, k_BxTxNxH, start, valid_BxT):
+    """Scaled, masked scores float32[B, N, C, T] of one query block starting at `start`."""
+    C, T, H = q_BxCxNxH.shape[1], k_BxTxNxH.shape[1], q_BxCxNxH.shape[-1]
+    s = jnp.einsum("bcnh,btnh->bnct", q_BxCxNxH, k_BxTxNxH, preferred_element_type=_F32)
+    s = s * (1.0 / H ** 0.5)
+    keep_CxT = jnp.arange(T)[None, :] <= (start + jnp.arange(C))[:, None]
+    keep = keep_CxT[None, None] & valid_BxT[:, None, None, :]
+    return jnp.where(keep, s, -0.7 * jnp.finfo(_F32).max)
+
+
+def _forward(q, k, v, valid, chunk):
+    def block(args):
+        q_blk, start = args
+        s_BxNxCxT = _scores(q_blk, k, start, valid)
+        lse_BxNxC = jax.nn.logsumexp(s_BxNxCxT, axis=-1)
+        p = jnp.exp(s_BxNxCxT - lse_BxNxC[..., None])
+        o = jnp.einsum("bnct,btnh->bcnh", p.astype(v.dtype), v, preferred_element_type=_F32)
+        return o.astype(q.dtype), lse_BxNxC
+    starts = jnp.arange(q.shape[1] // chunk) * chunk
+    o_blocks, lse_blocks = jax.lax.map(block, (_blocks(q, chunk), starts))
+    return _unblocks(o_blocks), lse_blocks  # lse: [T/C, B, N, C]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _attention(q, k, v, valid, chunk):
+    return _forward(q, k, v, valid, chunk)[0]
+
+
+def _attention_fwd(q, k, v, valid, chunk):
+    o, lse = _forward(q, k, v, valid, chunk)
+    return o, (q, k, v, valid, o, lse)
+
+
+def _attention_bwd(chunk, res, do):
+    q, k, v, valid, o, lse_blocks = res
+    H = q.shape[-1]
+    # D = rowsum(dO * O): the softmax Jacobian's correction term, [T/C, B, N, C].
+    d_blocks = jnp.moveaxis(_blocks(jnp.sum(do.astype(_F32) * o.astype(_F32), -1), chunk),
+                            -1, -2)
+
+    def block(carry, args):
+        dk, dv = carry
+        q_blk, do_blk, lse, d, start = args
+        p = jnp.exp(_scores(q_blk, k, start, valid) - lse[..., None])  # [B, N, C, T]
+        dv = dv + jnp.einsum("bnct,bcnh->btnh", p, do_blk.astype(_F32))
+        dp = jnp.einsum("bcnh,btnh->bnct", do_blk, v, preferred_element_type=_F32)
+        ds = p * (dp - d[..., None]) * (1.0 / H ** 0.5)
+        dq_blk = jnp.einsum("bnct,btnh->bcnh", ds, k.astype(_F32))
+        dk = dk + jnp.einsum("bnct,bcnh->btnh", ds, q_blk.astype(_F32))
+        return (dk, dv), dq_blk
+
+    zeros = jnp.zeros(k.shape, _F32), jnp.zeros(v.shape, _F32)
+    starts = jnp.arange(q.shape[1] // chunk) * chunk
+    (dk, dv), dq_blocks = jax.lax.scan(
+        block, zeros, (_blocks(q, chunk), _blocks(do, chunk), lse_blocks, d_blocks, starts))
+    return (_unblocks(dq_blocks).astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), None)
+
+
+_attention.defvjp(_attention_fwd, _attention_bwd)
+
+
+def attention(q_BxTxNxH, k_BxTxNxH, v_BxTxNxH, *, chunk: int, valid_BxT=None):
+    """Causal self-attention in query blocks of `chunk` (T itself when T <= chunk)."""
+    B, T = q_BxTxNxH.shape[:2]
+    chunk = min(int(chunk), T)
+    if chunk <= 0 or T % chunk:
+        raise ValueError(f"attention_chunk={chunk} must be > 0 and divide the sequence "
+                         f"length {T}")
+    valid = jnp.ones((B, T), bool) if valid_BxT is None else valid_BxT.astype(bool)
+    return _attention(q_BxTxNxH, k_BxTxNxH, v_BxTxNxH, valid, chunk)

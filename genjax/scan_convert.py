@@ -1,0 +1,68 @@
+r"""Convert a checkpoint between unscanned and scanned layer layouts (model.scan_layers).
+
+  python -m genjax.scan_convert --workdir=runs/lm --out=runs/lm_scanned [--step=N]
+
+Restores step N (default: the latest) of --workdir, stacks (or unstacks) the layers of
+its params, optimizer moments and EMA (genjax.models.scan_convert, bit for bit), and
+writes it as step N of --out with model.scan_layers flipped in its saved config; the
+data position is kept, so `python -m genjax.train --workdir=<out> --config...
+--config.model.scan_layers=<new>` resumes exactly where the old run stopped.
+"""
+from __future__ import annotations
+
+import os
+
+from genjax import assemble as assemble_lib
+from genjax import checkpoint as ckpt_lib
+from genjax import config_lib, sharding
+from genjax.errors import UserError
+from genjax.models import scan_convert
+
+
+def convert_checkpoint(workdir: str, out: str, step: int | None = None) -> int:
+    """Writes the converted step to `out`; returns the step."""
+    src = ckpt_lib.Checkpointer(workdir, read_only=True)
+    step = src.latest_step() if step is None else step
+    if step is None:
+        raise UserError(f"no finished checkpoint in {workdir!r}")
+    if os.path.isdir(os.path.join(out, "checkpoints")):
+        raise UserError(f"--out={out!r} already has checkpoints: pick a new directory")
+    meta = src.read_meta(step)
+    config = config_lib.from_saved(meta["config"])
+    if "scan_layers" not in config.model:
+        raise UserError(f"the checkpoint in {workdir!r} has no model.scan_layers setting "
+                        f"(family {meta.get('family')!r}): nothing to convert")
+    local = config_lib.from_saved(meta["config"])  # restored onto this host's devices
+    local.mesh = config_lib.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+    parts = assemble_lib.assemble(local, sharding.make_mesh(local.mesh))
+    state, data_state, _ = src.restore(step, parts.abstract_state)
+    src.close()
+    to = "unscanned" if config.model.scan_layers else "scanned"
+    config.model.scan_layers = not config.model.scan_layers
+    dst = ckpt_lib.Checkpointer(out)
+    dst.save(step, scan_convert.convert(state, to), data_state,
+             {k: v for k, v in meta.items() if k not in ("step", "checksums", "metrics")} |
+             {"config": config_lib.to_dict(config)})
+    dst.wait()
+    dst.close()
+    return step
+
+
+def main(argv) -> None:
+    from absl import flags
+    FLAGS = flags.FLAGS
+    if len(argv) > 1:
+        raise UserError(f"unexpected arguments: {argv[1:]}")
+    if not FLAGS.workdir or not FLAGS.out:
+        raise UserError("--workdir and --out are required")
+    step = convert_checkpoint(FLAGS.workdir, FLAGS.out, FLAGS.step)
+    print(f"converted step {step}: {FLAGS.workdir} -> {FLAGS.out}", flush=True)
+
+
+if __name__ == "__main__":
+    from absl import flags
+    flags.DEFINE_string("workdir", "", "run directory holding checkpoints/")
+    flags.DEFINE_string("out", "", "new run directory for the converted checkpoint")
+    flags.DEFINE_integer("step", None, "step to convert (default: the latest)")
+    from genjax import cli
+    cli.run(main)
