@@ -12,12 +12,14 @@ CONFIG_MODULES = {
     "vae": "configs.vae_fmnist",
     "gan": "configs.gan_fmnist",
     "classifier": "configs.fmnist_classifier",
+    "dpo": "configs.dpo_shakespeare",
 }
 FAMILIES = tuple(families.registered())  # the one list every parametrised test uses
 IMAGE_FAMILIES = tuple(f for f in FAMILIES if families.has(families.get(f), "sample_images"))
 # Variants that join the shared spec: name -> (family, overrides of its tiny config).
 LORA = {"lora.rank": 4, "lora.alpha": 8.0, "optim.ema_decay": 0.0}
-VARIANTS = {"lm+lora": ("lm", LORA), "diffusion+lora": ("diffusion", LORA)}
+VARIANTS = {"lm+lora": ("lm", LORA), "diffusion+lora": ("diffusion", LORA),
+            "dpo+lora": ("dpo", LORA)}
 SPECS = FAMILIES + tuple(VARIANTS)
 
 # The short run: 6 steps, a loss every step, EMA that moves, 2 data-parallel devices.
@@ -29,7 +31,8 @@ RUN_FAMILY_OVERRIDES = {"lm": {"model.vocab_size": 0},  # the tokenizer decides
                         "diffusion": {"sample.grid_samples": 0},
                         "vae": {"sample.grid_samples": 0, "model.class_conditional": True},
                         "gan": {"sample.grid_samples": 0, "model.class_conditional": True},
-                        "classifier": {}}
+                        "classifier": {},
+                        "dpo": {"model.vocab_size": 0}}
 
 
 def tiny_config(family: str, mesh: dict | None = None, **overrides):
