@@ -81,14 +81,17 @@ def test_loss_of_a_moved_policy_equals_the_chain_rule_answer():
     config, model, batch, v = setup()
     policy, ref = moved(v["params"]), v["reference"]
     beta = float(config.dpo.beta)
-    deltas = []
+    deltas, chosen = [], []
     for r in RECORDS:
         lw, ll = (_chain_rule_logp(model, policy, r["prompt"], r[k]) for k in ("chosen", "rejected"))
         rw, rl = (_chain_rule_logp(model, ref, r["prompt"], r[k]) for k in ("chosen", "rejected"))
         deltas.append((lw - rw) - (ll - rl))
+        chosen.append(lw)
     want = np.mean([math.log1p(math.exp(-beta * d)) for d in deltas])
     loss, metrics = loss_of(policy, {"reference": ref}, batch, config, model)
     assert abs(float(loss) - want) < 1e-5 and abs(want - math.log(2)) > 1e-3
+    # the shared prompt cancels in delta; the logged log-probs show it is not counted
+    assert abs(float(metrics["logp_chosen"]) - np.mean(chosen)) < 1e-4
     acc = np.mean([d > 0 for d in deltas])
     assert float(metrics["reward_accuracy"]) == acc
 
@@ -198,3 +201,12 @@ def test_good_pairs_load_and_eval_batches_pad_with_zero_masks(tmp_path):
     batches = list(data.eval_batches("validation", 2))
     assert len(batches) == 2 and batches[1]["mask"][1].sum() == 0
     assert batches[1]["mask"][0].sum() > 0
+
+
+def test_bad_pairs_stop_a_training_run_before_anything_is_trained(tmp_path, data_dir):
+    from genjax import train
+    bad = write_pairs(tmp_path, [RECORDS[0], {**RECORDS[1], "rejected": RECORDS[1]["chosen"]}])
+    config = tiny_config("dpo", **{"model.vocab_size": 0, "data.preferences": bad})
+    with pytest.raises(UserError, match="train.jsonl:2: chosen and rejected are identical"):
+        train.train(config, str(tmp_path / "run"))
+    assert not (tmp_path / "run" / "checkpoints").exists()
