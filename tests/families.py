@@ -13,6 +13,7 @@ CONFIG_MODULES = {
     "gan": "configs.gan_fmnist",
     "classifier": "configs.fmnist_classifier",
     "dpo": "configs.dpo_shakespeare",
+    "reward": "configs.reward_shakespeare",
 }
 FAMILIES = tuple(families.registered())  # the one list every parametrised test uses
 IMAGE_FAMILIES = tuple(f for f in FAMILIES if families.has(families.get(f), "sample_images"))
@@ -32,7 +33,8 @@ RUN_FAMILY_OVERRIDES = {"lm": {"model.vocab_size": 0},  # the tokenizer decides
                         "vae": {"sample.grid_samples": 0, "model.class_conditional": True},
                         "gan": {"sample.grid_samples": 0, "model.class_conditional": True},
                         "classifier": {},
-                        "dpo": {"model.vocab_size": 0}}
+                        "dpo": {"model.vocab_size": 0},
+                        "reward": {"model.vocab_size": 0}}
 
 
 def tiny_config(family: str, mesh: dict | None = None, **overrides):

@@ -20,7 +20,9 @@ from tests.subproc import losses_by_step
 # family -> golden first-step loss of its tiny config
 GOLDEN_LOSS = {"lm": 4.174229, "diffusion": 0.996686, "vae": 6.306058, "gan": 1.919613,
                "classifier": 3.378964,
-               "dpo": 0.693147}  # ln 2: policy = reference at step 0 (an independent answer)
+               # ln 2, independent answers: DPO policy = reference at step 0; a fresh
+               # reward head scores 0
+               "dpo": 0.693147, "reward": 0.693147}
 # A variant's first step computes its family's loss (LoRA: B = 0 is the base model).
 GOLDEN_LOSS.update({name: GOLDEN_LOSS[family] for name, (family, _) in VARIANTS.items()})
 

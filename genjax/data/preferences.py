@@ -3,7 +3,7 @@
 Source (`config.data.preferences`):
   ""      synthetic pairs from the Shakespeare text, offline and deterministic: prompt =
           a speaker line ("ROMEO:\\n"), chosen = the first line of that speech (cut to
-          whole words that fit the context), rejected = the same words shuffled (seed). A
+          whole words that fit T tokens), rejected = the same words shuffled (seed). A
           reader prefers the true line; train pairs from the train plays, eval pairs from
           the held-out plays (`card` says so).
   DIR     DIR/<split>.jsonl, one {"prompt", "chosen", "rejected"} object per line, encoded
@@ -36,7 +36,8 @@ MIN_WORDS = 3
 
 def synthetic_pairs(text: str, max_chars: int, seed: int, limit: int) -> list[dict]:
     """Up to `limit` pairs from the speeches of `text` (module docstring); prompt +
-    completion are at most `max_chars` characters."""
+    completion are at most `max_chars` characters (PreferenceData uses T, so that a reward
+    model sees every token)."""
     rng = np.random.default_rng(seed)
     lines = text.split("\n")
     out = []
@@ -169,7 +170,7 @@ class PreferenceData:
     def records(self, split: str) -> list[dict]:
         if self.source:
             return read_jsonl(os.path.join(self.source, f"{split}.jsonl"))
-        return synthetic_pairs(self._text(split), self.seq_len + 1, self.seed, self.limit)
+        return synthetic_pairs(self._text(split), self.seq_len, self.seed, self.limit)
 
     def arrays(self, split: str):
         if split not in self._arrays:
