@@ -14,6 +14,7 @@ CONFIG_MODULES = {
     "classifier": "configs.fmnist_classifier",
     "dpo": "configs.dpo_shakespeare",
     "reward": "configs.reward_shakespeare",
+    "rl": "configs.rl_shakespeare",
 }
 FAMILIES = tuple(families.registered())  # the one list every parametrised test uses
 IMAGE_FAMILIES = tuple(f for f in FAMILIES if families.has(families.get(f), "sample_images"))
@@ -34,12 +35,13 @@ RUN_FAMILY_OVERRIDES = {"lm": {"model.vocab_size": 0},  # the tokenizer decides
                         "gan": {"sample.grid_samples": 0, "model.class_conditional": True},
                         "classifier": {},
                         "dpo": {"model.vocab_size": 0},
-                        "reward": {"model.vocab_size": 0}}
+                        "reward": {"model.vocab_size": 0},
+                        "rl": {"model.vocab_size": 0}}
 
 
 def tiny_config(family: str, mesh: dict | None = None, **overrides):
     """configs/<family>:tiny with what resolve_config would fill in from the data (LM
-    vocabulary 64, one channel, 10 classes), on `mesh` (default one device), plus
+    vocabulary 64, RL reward tokens 0-31, one channel, 10 classes), on `mesh` (default one device), plus
     dotted-key `overrides`; locked."""
     family, variant = VARIANTS.get(family, (family, {}))
     overrides = {**variant, **overrides}
@@ -47,6 +49,8 @@ def tiny_config(family: str, mesh: dict | None = None, **overrides):
     c.unlock()
     if "vocab_size" in c.model:
         c.model.vocab_size = 64
+    if "rl" in c and not c.rl.reward_ids:  # the gold reward's tokens (half the vocabulary)
+        c.rl.reward_ids = tuple(range(32))
     else:
         c.data.channels = 1
         if "num_classes" in c.model and not c.model.num_classes:
