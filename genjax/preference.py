@@ -78,3 +78,16 @@ def kl_shaped_reward(reward, logp, ref_logp, beta: float):
     """Reward with the KL leash folded in: r - beta (log pi(y) - log ref(y)) (k1 estimate,
     whose mean over y ~ pi is KL(pi || ref))."""
     return reward - beta * (logp - ref_logp)
+
+
+def diffusion_dpo_inner(mse_w, mse_l, ref_mse_w, ref_mse_l, beta: float):
+    """Diffusion-DPO's logit (Wallace et al. 2023): -(beta / 2) [(mse_w - mse_l) -
+    (ref_mse_w - ref_mse_l)], the denoising errors of winner and loser at one shared
+    timestep and noise. Swapping winner and loser negates it."""
+    return -0.5 * beta * ((mse_w - mse_l) - (ref_mse_w - ref_mse_l))
+
+
+def diffusion_dpo_loss(mse_w, mse_l, ref_mse_w, ref_mse_l, beta: float):
+    """Per-pair -log sigma(inner): ln 2 when the model is the reference; the gradient there
+    is (beta / 4) grad(mse_w - mse_l)."""
+    return -jax.nn.log_sigmoid(diffusion_dpo_inner(mse_w, mse_l, ref_mse_w, ref_mse_l, beta))

@@ -15,6 +15,7 @@ CONFIG_MODULES = {
     "dpo": "configs.dpo_shakespeare",
     "reward": "configs.reward_shakespeare",
     "rl": "configs.rl_shakespeare",
+    "diffusion_dpo": "configs.diffusion_dpo_fmnist",
 }
 FAMILIES = tuple(families.registered())  # the one list every parametrised test uses
 IMAGE_FAMILIES = tuple(f for f in FAMILIES if families.has(families.get(f), "sample_images"))
@@ -36,7 +37,8 @@ RUN_FAMILY_OVERRIDES = {"lm": {"model.vocab_size": 0},  # the tokenizer decides
                         "classifier": {},
                         "dpo": {"model.vocab_size": 0},
                         "reward": {"model.vocab_size": 0},
-                        "rl": {"model.vocab_size": 0}}
+                        "rl": {"model.vocab_size": 0},
+                        "diffusion_dpo": {"sample.grid_samples": 0}}
 
 
 def tiny_config(family: str, mesh: dict | None = None, **overrides):
