@@ -4,7 +4,7 @@
                         max_new_tokens=N, temperature=0.8, top_k=40, top_p=0.95)
   out = decode(..., min_p=0.05, repetition_penalty=1.2, stop_token_ids=[0])
   out.tokens_BxN, out.lengths_B, out.stopped_B
-  out, logprobs_BxN = decode_with_logprobs(...)          # RL: each drawn token's log-prob
+  out, logprobs_BxN = decode_with_logprobs(...)  # RL: log-probs of the drawn tokens
   for chunk in decode_stream(..., chunk_size=16): ...   # streaming, same tokens
 
 `params` is the "params" collection (what goes into model.apply({"params": params})).
