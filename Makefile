@@ -7,13 +7,26 @@ STAMP := $(VENV)/.installed
 FMNIST_DIR := /usr/share/datasets/fashion-mnist
 WORKDIR ?= runs/lm_shakespeare_cpu
 
-.PHONY: run test setup data clean
+.PHONY: run test setup data clean constraints
 
-$(STAMP): pyproject.toml
+# constraints.txt pins every package `make test` installs (the versions the goldens and
+# bit-exact tests were made with); pyproject.toml keeps the ranges users install from.
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
 	touch $(STAMP)
+
+# Regenerate constraints.txt after changing dependencies (then regenerate the goldens if
+# a test says so): the newest versions pyproject.toml allows, in a fresh venv.
+constraints:
+	rm -rf .venv-constraints
+	$(PYTHON) -m venv .venv-constraints
+	.venv-constraints/bin/python -m pip install -q --upgrade pip
+	.venv-constraints/bin/python -m pip install -q -e '.[test]'
+	{ echo "# make constraints ($$(.venv-constraints/bin/python --version)); do not edit"; \
+	  .venv-constraints/bin/python -m pip freeze --exclude-editable; } > constraints.txt
+	rm -rf .venv-constraints
 
 setup: $(STAMP) data
 

@@ -80,6 +80,9 @@ def get_config(arg: str | None = None):
     c.data.data_dir = ""           # "" = $GENJAX_DATA_DIR or ~/.cache/genjax/tfds
     c.data.tokenizer = "char"      # char | bpe (byte-level, trained on the train split)
     c.data.vocab_size = 512        # BPE vocab size (tokenizer="bpe"); 256 bytes + merges
+    c.data.tokenizer_from = ""     # a run whose tokenizer to use ("" = init_from's, else the data's)
+    c.data.unknown_char = ""       # char tokenizer of another run: characters it lacks become
+                                   # this one ("" = an error listing them)
     # Cleaning (genjax/data/cleaning.py) after the source's own stages; a change is a new
     # dataset. Map stages run on every split; filters on train only (held-out text as is).
     c.data.cleaning = ("nfc,strip_markup,whitespace,filter_lines,exact_dedup,near_dedup,"

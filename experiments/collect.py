@@ -16,7 +16,6 @@ and prints the Markdown tables (best mean of each column in bold).
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import glob
 import json
@@ -253,21 +252,40 @@ def collect(root: str, metrics: list[str], only: str = "", plots: bool = True) -
     return results
 
 
+def parse(argv: list[str]):
+    """(flags, root) from the command line (absl flags on their own FlagValues, so tests
+    can call main() in-process); bad input raises flags.Error."""
+    from absl import flags
+    fv = flags.FlagValues()
+    flags.DEFINE_string("metrics", "loss", "comma-separated keys of final_metrics.json / "
+                        "eval/ rows", flag_values=fv)
+    flags.DEFINE_string("sweep", "", "only this sweep name", flag_values=fv)
+    flags.DEFINE_bool("plots", True, "learning curves (<sweep>.png); --noplots: none",
+                      flag_values=fv)
+    flags.DEFINE_bool("no_plots", False, "same as --noplots", flag_values=fv)
+    if {"-h", "--help", "--helpfull"} & set(argv):
+        print(__doc__ + "\n" + fv.get_help())
+        raise SystemExit(0)
+    rest = fv(["collect", *argv])[1:]
+    if len(rest) != 1:
+        raise flags.Error(f"expected one ROOT (the --root of experiments.sweep), got {rest}")
+    return fv, rest[0]
+
+
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("root", help="the --root of experiments.sweep")
-    p.add_argument("--metrics", default="loss",
-                   help="comma-separated keys of final_metrics.json / eval/ rows")
-    p.add_argument("--sweep", default="", help="only this sweep name")
-    p.add_argument("--no_plots", action="store_true")
-    args = p.parse_args(argv)
-    if not os.path.isdir(args.root):
-        print(f"error: no directory {args.root!r}", file=sys.stderr)
+    from absl import flags
+    try:
+        args, root = parse(sys.argv[1:] if argv is None else list(argv))
+    except flags.Error as e:
+        print(f"error: {str(e).strip().splitlines()[0]}", file=sys.stderr)
         return 2
-    done = collect(args.root, [m for m in args.metrics.split(",") if m], args.sweep,
-                   plots=not args.no_plots)
+    if not os.path.isdir(root):
+        print(f"error: no directory {root!r}", file=sys.stderr)
+        return 2
+    done = collect(root, [m for m in args.metrics.split(",") if m], args.sweep,
+                   plots=args.plots and not args.no_plots)
     if not done:
-        print(f"error: no *{MANIFEST_SUFFIX} under {args.root!r} (run experiments.sweep first)",
+        print(f"error: no *{MANIFEST_SUFFIX} under {root!r} (run experiments.sweep first)",
               file=sys.stderr)
         return 2
     return 0

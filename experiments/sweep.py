@@ -2,6 +2,8 @@ r"""Runs a sweep defined next to its config: expand, then run locally, resume, o
 
   python -m experiments.sweep --config=configs/lm_shakespeare.py:tiny --sweep=norm \
       --root=runs/sweeps --seeds=2 --parallel=2
+  python -m experiments.sweep --config=configs/lm_shakespeare.py:tiny --seeds=3  # no sweep:
+                                                     # the config itself, over 3 seeds
   python -m experiments.sweep ... --dry_run          # list the runs and their status only
   python -m experiments.sweep ... --emit=commands    # one launch line per unfinished run
   python -m experiments.collect runs/sweeps          # tables and learning curves
@@ -82,11 +84,15 @@ def expand(runs: list[dict], num_seeds: int, base_seed: int) -> list[dict]:
 
 def plan(config_spec: str, sweep_name: str, base_config, common: dict, root: str,
          num_seeds: int) -> dict:
-    """Everything about a sweep but its execution: the runs, their workdirs and flags."""
-    module = load_config_module(config_spec.partition(":")[0])
-    if not hasattr(module, "get_sweep"):
-        raise ValueError(f"{config_spec.partition(':')[0]} defines no get_sweep(add, arg)")
-    runs = sweep_lib.collect(module.get_sweep, sweep_name)
+    """Everything about a sweep but its execution: the runs, their workdirs and flags.
+    Without a sweep name, the one run is the config itself (over `num_seeds` seeds)."""
+    if sweep_name:
+        module = load_config_module(config_spec.partition(":")[0])
+        if not hasattr(module, "get_sweep"):
+            raise ValueError(f"{config_spec.partition(':')[0]} defines no get_sweep(add, arg)")
+        runs = sweep_lib.collect(module.get_sweep, sweep_name)
+    else:
+        runs = [{}]  # run name "base"
     runs = expand(runs, num_seeds, int(base_config.seed))
     base_dir = os.path.join(root, config_dirname(config_spec))
     keys: list[str] = []
@@ -321,7 +327,8 @@ def define_flags():
     from absl import flags
     from ml_collections import config_flags
     config_flags.DEFINE_config_file("config", None, "configs/<name>.py[:preset]", lock_config=True)
-    flags.DEFINE_string("sweep", "", "sweep name, passed to the config's get_sweep(add, arg)")
+    flags.DEFINE_string("sweep", "", "sweep name, passed to the config's get_sweep(add, arg) "
+                        "(empty: the config itself, over --seeds)")
     flags.DEFINE_string("root", "runs/sweeps", "runs go to <root>/<config>/<k=v,...>/seed=<S>")
     flags.DEFINE_integer("seeds", 1, "seeds per run: config.seed, config.seed + 1, ...")
     flags.DEFINE_integer("parallel", 1, "local runs at a time")

@@ -74,6 +74,32 @@ def _checksums(state_dict) -> tuple[dict[str, list[int]], bool]:
     return {k: [int(a), int(b)] for k, (a, b) in sums.items()}, bool(finite)
 
 
+def _handler_registry() -> ocp.handlers.DefaultCheckpointHandlerRegistry:
+    """Which orbax handler reads and writes each item, per kind of save/restore args."""
+    registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
+    state = ocp.StandardCheckpointHandler()
+    registry.add("state", ocp.args.StandardSave, state)
+    registry.add("state", ocp.args.StandardRestore, state)
+    registry.add("state", ocp.args.PyTreeRestore, ocp.PyTreeCheckpointHandler())  # params only
+    for item in ("data", "meta"):
+        handler = ocp.JsonCheckpointHandler()
+        registry.add(item, ocp.args.JsonSave, handler)
+        registry.add(item, ocp.args.JsonRestore, handler)
+    return registry
+
+
+class _DropReadOnlyNotice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Given directory is read only")
+
+
+def _quiet_read_only_notice() -> None:
+    """orbax logs a warning for every read-only CheckpointManager (each sample/eval)."""
+    absl_logger = logging.getLogger("absl")
+    if not any(isinstance(f, _DropReadOnlyNotice) for f in absl_logger.filters):
+        absl_logger.addFilter(_DropReadOnlyNotice())
+
+
 class Checkpointer:
     """Async, atomic checkpoints of (state, data position, meta) in `workdir/checkpoints`.
 
@@ -95,11 +121,12 @@ class Checkpointer:
         self.read_only = read_only
         options = ocp.CheckpointManagerOptions(
             max_to_keep=None, create=not read_only, read_only=read_only,
+            save_interval_steps=0 if read_only else 1,  # read-only: orbax warns unless 0
             enable_async_checkpointing=async_save, cleanup_tmp_directories=not read_only)
-        handlers = {"state": ocp.StandardCheckpointHandler(),
-                    "data": ocp.JsonCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
+        if read_only:
+            _quiet_read_only_notice()
         self.manager = ocp.CheckpointManager(self.directory, options=options,
-                                             item_handlers=handlers)
+                                             handler_registry=_handler_registry())
         self._metric_of: dict[int, float] = {}
         self._pending: int | None = None  # the step of the save in flight
 
@@ -158,7 +185,7 @@ class Checkpointer:
         try:
             self.manager.save(int(step), args=args, force=True)
         except Exception as e:  # noqa: BLE001
-            raise CheckpointError(f"saving checkpoint step {step} failed: {e}") from e
+            raise CheckpointError(f"saving checkpoint step {step} failed: {_first_line(e)}") from e
         self._pending = int(step)
         faults.kill_if("kill_mid_save", int(step))  # tests: a crash while orbax writes
 
@@ -169,7 +196,7 @@ class Checkpointer:
             self.manager.check_for_errors()
         except Exception as e:  # noqa: BLE001
             step = self._pending
-            raise CheckpointError(f"saving checkpoint step {step} failed: {e}") from e
+            raise CheckpointError(f"saving checkpoint step {step} failed: {_first_line(e)}") from e
 
     def close(self) -> None:
         self.wait()
@@ -217,7 +244,7 @@ class Checkpointer:
         """
         target = _state_to_dict(abstract_state)
         try:
-            metadata = self.manager.item_metadata(step)
+            metadata = self.manager.metadata(step).item_metadata
         except Exception as e:  # noqa: BLE001
             raise CorruptCheckpoint(f"step {step}: unreadable metadata ({e})") from e
         _check_against_saved(metadata, target, self.directory, step)
@@ -277,7 +304,7 @@ class Checkpointer:
         step = self.latest_step() if step is None else step
         if step is None:
             raise UserError(f"init_from: no checkpoint in {self.directory}")
-        saved = self.manager.item_metadata(step)
+        saved = self.manager.metadata(step).item_metadata
         saved_params = _tree_of(saved, "state")["params"]
         problems = tree_mismatches(saved_params, abstract_params)
         if problems:
@@ -294,6 +321,12 @@ class Checkpointer:
             partial_restore=True)
         with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as reader:
             return reader.restore(path, args=args)["params"]
+
+
+def _first_line(e: BaseException) -> str:
+    """`e` as one line (orbax's errors can span many)."""
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
 
 
 def _tree_of(item_metadata, name):
@@ -358,7 +391,8 @@ def warn_changed_schedule(saved_meta: dict, config) -> list[str]:
     diffs = []
     for key in SCHEDULE_KEYS:
         if isinstance(now.get(key), dict):
-            diffs += config_lib.diff(then.get(key, {}), now[key], prefix=f"{key}.")
+            diffs += config_lib.diff(then.get(key, {}), now[key], prefix=f"{key}.",
+                                     new_keys=False)
         elif then.get(key) != now.get(key):
             diffs.append(f"{key}: {then.get(key)!r} -> {now.get(key)!r}")
     if diffs:

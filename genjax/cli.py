@@ -6,11 +6,13 @@ errors of genjax/errors.py into one `error:` line and their exit codes.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from typing import Sequence
 
 from ml_collections import ConfigDict
 
+from genjax import runtime
 from genjax.errors import (EXIT_FAILED, EXIT_USER, CheckpointError, ConfigError, UserError)
 
 
@@ -38,23 +40,28 @@ def parse_flags(argv: Sequence[str]):
     return rest
 
 
-def run(main, argv=None) -> None:
-    """Runs `main(argv)` after flag parsing.
+def run(main, argv=None, *, tpu_compiler: bool = False) -> None:
+    """Runs `main(argv)` after flag parsing; without `tpu_compiler` (genjax.aot), JAX
+    does not load libtpu on a machine without TPUs (runtime.skip_tpu_without_tpus).
 
     Bad input -> one `error:` line on stderr, exit 2; a run that fails for a reason it
     can name (failed checkpoint save, NaN halt) -> one line, exit 1.
     """
     argv = sys.argv if argv is None else argv
+    if not tpu_compiler:
+        runtime.skip_tpu_without_tpus()
     try:
         rest = parse_flags(argv)
         main(rest)
     except (ConfigError, UserError) as e:
-        _fail(e, EXIT_USER)
+        print(f"error: {e}", file=sys.stderr)
+        logging.shutdown()
+        sys.exit(EXIT_USER)
     except (CheckpointError, FloatingPointError) as e:
-        _fail(e, EXIT_FAILED)
-
-
-def _fail(e: Exception, code: int) -> None:
-    print(f"error: {e}", file=sys.stderr)
-    logging.shutdown()
-    sys.exit(code)
+        print(f"error: {e}", file=sys.stderr)
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # Not sys.exit: after a failed save, orbax's writer threads wait minutes for a
+        # signal that never comes (orbax 0.12: its coordination timeout), holding the exit.
+        os._exit(EXIT_FAILED)

@@ -7,7 +7,6 @@ GENJAX_FAULTS is a comma-separated list of `<fault>@<n>`:
   nan@K              batch K (0-based count of batches drawn) is poisoned: float leaves NaN,
                      integer leaves out of range (a token id past the vocabulary embeds as NaN)
   drop@K             batch K is discarded as if on_nan=rollback had marked it (reference runs)
-  bad_record@I       reading record I of a dataset fails like a corrupt record would
 """
 from __future__ import annotations
 
@@ -17,7 +16,7 @@ import signal
 import numpy as np
 
 ENV = "GENJAX_FAULTS"
-KINDS = ("kill", "kill_mid_save", "kill_after_save", "nan", "drop", "bad_record")
+KINDS = ("kill", "kill_mid_save", "kill_after_save", "nan", "drop")
 
 
 def parse(spec: str) -> dict[str, set[int]]:
@@ -61,7 +60,3 @@ def poison_if(ordinal: int, batch: dict) -> dict:
 
 def dropped() -> set[int]:
     return set(active().get("drop", ()))
-
-
-class InjectedCorruption(ValueError):
-    """What an injected bad record raises (a real one raises whatever the decoder does)."""

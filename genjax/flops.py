@@ -3,31 +3,44 @@ from __future__ import annotations
 
 import jax
 
-# device_kind substring -> peak dense bf16 FLOP/s. Sources: NVIDIA H100/H200/A100
-# datasheets (SXM, without sparsity); Google Cloud TPU system-architecture pages.
+# Model -> peak dense bf16 FLOP/s (without sparsity). A key is the words a device_kind
+# must contain (lower case; "-" and "_" split words); the most specific match wins, so
+# "NVIDIA H100 PCIe" is the PCIe part and "NVIDIA L40S" is not an L4. Sources: NVIDIA
+# H100/H200/A100/L4/L40S datasheets; Google Cloud TPU system-architecture pages (JAX
+# calls v5e "TPU v5 lite", v6e "TPU v6 lite" and v5p "TPU v5").
 PEAK_BF16 = {
-    "H200": 989e12,
-    "H100": 989e12,
-    "A100": 312e12,
-    "L4": 121e12,
-    "TPU v6": 918e12,
-    "TPU v5p": 459e12,
-    "TPU v5 lite": 197e12,
-    "TPU v5e": 197e12,
-    "TPU v4": 275e12,
-    "TPU v3": 123e12,
+    ("h200",): 989e12,
+    ("gh200",): 989e12,
+    ("h100",): 989e12,          # SXM ("NVIDIA H100 80GB HBM3")
+    ("h100", "pcie"): 756e12,
+    ("h100", "nvl"): 835e12,
+    ("a100",): 312e12,          # SXM and PCIe alike
+    ("l4",): 121e12,
+    ("l40s",): 362e12,
+    ("tpu", "v6", "lite"): 918e12,
+    ("tpu", "v6e"): 918e12,
+    ("tpu", "v5"): 459e12,      # v5p
+    ("tpu", "v5p"): 459e12,
+    ("tpu", "v5", "lite"): 197e12,
+    ("tpu", "v5e"): 197e12,
+    ("tpu", "v4"): 275e12,
+    ("tpu", "v3"): 123e12,
 }
+
+
+def peak_for_kind(device_kind: str) -> float | None:
+    """The peak of the most specific PEAK_BF16 key whose words all occur in `device_kind`
+    as whole words; None for an unknown device."""
+    words = set(device_kind.lower().replace("-", " ").replace("_", " ").split())
+    matches = [key for key in PEAK_BF16 if words.issuperset(key)]
+    return PEAK_BF16[max(matches, key=len)] if matches else None
 
 
 def peak_flops_per_device(override: float = 0.0, device=None) -> float | None:
     """Known peak for this device, `override` if set, else None (MFU not shown)."""
     if override:
         return float(override)
-    kind = (device or jax.devices()[0]).device_kind
-    for key, value in PEAK_BF16.items():
-        if key.lower() in kind.lower():
-            return value
-    return None
+    return peak_for_kind((device or jax.devices()[0]).device_kind)
 
 
 def compiled_flops(compiled) -> float | None:

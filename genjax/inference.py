@@ -31,6 +31,18 @@ def load(workdir: str, *, which: str = "ema", step: int | None = None) -> Loaded
     """Params of the latest (or `step`) checkpoint in `workdir`; `which`: ema | raw."""
     if which not in ("ema", "raw"):
         raise UserError(f"--params={which!r}: use ema or raw")
+    parts, state, _, meta, step = restore(workdir, step)
+    params, model_state, which = assemble_lib.inference_params(parts, state, which)
+    step_params, _ = step_lib.inference_params(state, which)
+    return Loaded(config=parts.config, family=families.for_inference(parts.family),
+                  model=parts.model, params=params, model_state=model_state, meta=meta,
+                  step=step, which=which, parts=parts, step_params=step_params,
+                  step_model_state=state.model_state)
+
+
+def restore(workdir: str, step: int | None = None):
+    """(parts, state, data position, meta, step) of the latest (or `step`) checkpoint of
+    `workdir`, assembled on all local devices (data parallel)."""
     if not os.path.isdir(os.path.join(workdir, "checkpoints")):
         raise UserError(f"no checkpoints in {workdir!r}: train first, e.g. "
                         f"python -m genjax.train --config=configs/lm_shakespeare.py:cpu "
@@ -46,10 +58,6 @@ def load(workdir: str, *, which: str = "ema", step: int | None = None) -> Loaded
     config.lock()
     mesh = sharding.make_mesh(config.mesh)
     parts = assemble_lib.assemble(config, mesh)
-    state, _, _ = ckpt.restore(step, parts.abstract_state)
+    state, data_state, _ = ckpt.restore(step, parts.abstract_state)
     ckpt.close()
-    params, model_state, which = assemble_lib.inference_params(parts, state, which)
-    step_params, _ = step_lib.inference_params(state, which)
-    return Loaded(config=config, family=families.for_inference(parts.family), model=parts.model,
-                  params=params, model_state=model_state, meta=meta, step=step, which=which,
-                  parts=parts, step_params=step_params, step_model_state=state.model_state)
+    return parts, state, data_state, meta, step

@@ -15,7 +15,7 @@ import jax
 
 from genjax import assemble as assemble_lib
 from genjax import checkpoint as ckpt_lib
-from genjax import cli, config_lib, families, runtime, sharding
+from genjax import cli, config_lib, families, inference, runtime
 from genjax.errors import UserError
 from genjax.families import lora as lora_lib
 
@@ -24,29 +24,17 @@ def merge_workdir(workdir: str, out: str) -> int:
     """Writes the merged checkpoint of `workdir`'s latest step into `out`; returns the step."""
     if os.path.exists(out) and os.listdir(out):
         raise UserError(f"--out={out!r} exists and is not empty; choose a new folder")
-    if not os.path.isdir(os.path.join(workdir, "checkpoints")):
-        raise UserError(f"--workdir={workdir!r} holds no checkpoints")
-    src = ckpt_lib.Checkpointer(workdir, read_only=True)
-    step = src.latest_step()
-    if step is None:
-        raise UserError(f"no finished checkpoint in {workdir!r}")
-    meta = src.read_meta(step)
-    config = config_lib.from_saved(meta["config"])
+    parts, state, data_state, meta, step = inference.restore(workdir)
+    config = parts.config
     if not lora_lib.enabled(config):
         raise UserError(f"{workdir!r} is not a LoRA run (config.lora.rank is 0): nothing to merge")
-    config.mesh = config_lib.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
-    config.lock()
-    mesh = sharding.make_mesh(config.mesh)
-    parts = assemble_lib.assemble(config, mesh)
-    state, data_state, _ = src.restore(step, parts.abstract_state)
-    src.close()
     params, model_state = families.inference_params(parts.family, state.params, state.model_state)
 
     merged_config = config.copy_and_resolve_references()
     merged_config.unlock()
     merged_config.lora.rank = 0
     merged_config.lock()
-    merged = assemble_lib.assemble(merged_config, mesh)
+    merged = assemble_lib.assemble(merged_config, parts.mesh)
     new_state = merged.init_state().replace(step=state.step, params=params,
                                             model_state=model_state)
     os.makedirs(out, exist_ok=True)

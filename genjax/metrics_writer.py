@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
 import time
 from typing import Any
 
@@ -74,8 +73,20 @@ class MetricsWriter:
             self._tb.close()
 
 
+def format_eta(seconds: float) -> str:
+    """Seconds -> "HH:MM:SS", with days in front from 24 h on ("3d 04:05:06"); "?" if
+    unknown (inf/nan)."""
+    if not math.isfinite(seconds):
+        return "?"
+    days, rest = divmod(int(round(max(seconds, 0.0))), 86400)
+    hms = f"{rest // 3600:02d}:{rest % 3600 // 60:02d}:{rest % 60:02d}"
+    return f"{days}d {hms}" if days else hms
+
+
 class Progress:
-    """step, loss, throughput, MFU and ETA on one line (a TTY redraws; logs get lines)."""
+    """step, loss, throughput, MFU and ETA: one printed line per logged step. The first
+    step of a run (compilation included) is timed once (`first_step_done`) and left out
+    of the throughput, which covers steady steps only."""
 
     def __init__(self, total_steps: int, start_step: int, unit: str = "examples"):
         self.total = total_steps
@@ -83,12 +94,21 @@ class Progress:
         self.unit = unit
         self.t_last = time.perf_counter()
         self.step_last = start_step
-        self.tty = sys.stdout.isatty()
+
+    def first_step_done(self, step: int) -> float:
+        """Seconds since the start (compile + first step); later rates start here."""
+        now = time.perf_counter()
+        seconds = now - self.t_last
+        self.t_last, self.step_last = now, step
+        return seconds
 
     def rate(self, step: int) -> float:
-        """Steps per second since the last call (first call includes compilation)."""
+        """Steps per second since the last call (0.0 if no step has finished since)."""
+        ds = step - self.step_last
+        if ds <= 0:
+            return 0.0
         now = time.perf_counter()
-        dt, ds = now - self.t_last, step - self.step_last
+        dt = now - self.t_last
         self.t_last, self.step_last = now, step
         return ds / dt if dt > 0 else 0.0
 
@@ -98,15 +118,15 @@ class Progress:
 
     def line(self, step: int, metrics: dict, steps_per_s: float, units_per_step: float,
              mfu: float | None) -> str:
-        left = (self.total - step) / steps_per_s if steps_per_s > 0 else float("inf")
-        eta = "?" if not math.isfinite(left) else time.strftime("%H:%M:%S", time.gmtime(left))
+        """The progress line; without a rate (steps_per_s 0) no throughput and no ETA."""
         parts = [f"step {step}/{self.total}", f"loss {metrics.get('loss', float('nan')):.4f}"]
         if "lr" in metrics:
             parts.append(f"lr {metrics['lr']:.2e}")
-        parts.append(f"{units_per_step * steps_per_s:,.0f} {self.unit}/s")
-        if mfu is not None:
-            parts.append(f"MFU {100 * mfu:.1f}%")
-        parts.append(f"ETA {eta}")
+        if steps_per_s > 0:
+            parts.append(f"{units_per_step * steps_per_s:,.0f} {self.unit}/s")
+            if mfu is not None:
+                parts.append(f"MFU {100 * mfu:.1f}%")
+            parts.append(f"ETA {format_eta((self.total - step) / steps_per_s)}")
         return " | ".join(parts)
 
     def show(self, text: str) -> None:

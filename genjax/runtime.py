@@ -1,6 +1,8 @@
 """Process-level setup: multi-host initialisation, logging, version and provenance."""
 from __future__ import annotations
 
+import glob
+import importlib.util
 import logging
 import os
 
@@ -36,6 +38,25 @@ def initialize_distributed(peer_timeout_s: int = 120) -> None:
     elif env.get("GENJAX_DISTRIBUTED") == "1":
         jax.distributed.initialize(**timeouts)
     _initialized = True
+
+
+def skip_tpu_without_tpus() -> None:
+    """Keeps JAX from loading libtpu on a machine without TPU chips.
+
+    With libtpu installed (the tpu-aot extra) and JAX_PLATFORMS unset, JAX's first device
+    query initialises every platform it knows, libtpu included, which prints
+    `E0000 ... unexpected worker hostname` on a machine without TPUs. Only genjax.aot
+    needs libtpu there (as a compiler; it loads it itself). Without TPU chips (no
+    /dev/accel*, /dev/vfio/N), this sets JAX's platforms to cuda (which JAX skips
+    without a visible GPU) and cpu; a ROCm plugin or a set JAX_PLATFORMS is left alone.
+    Call before the first device query."""
+    if os.environ.get("JAX_PLATFORMS") or importlib.util.find_spec("libtpu") is None:
+        return
+    if glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*"):
+        return  # TPU chips: JAX should find them
+    if any(importlib.util.find_spec(f"jax_rocm{v}_plugin") for v in ("60", "7")):
+        return
+    jax.config.update("jax_platforms", "cuda,cpu")
 
 
 def request_deterministic_ops() -> None:

@@ -26,7 +26,9 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 from flax import linen as nn
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+from genjax.errors import ConfigError
 
 MESH_AXES = ("data", "fsdp", "tensor")
 Rules = Sequence[tuple[str, Any]]
@@ -37,33 +39,33 @@ _ACTIVE: contextvars.ContextVar[tuple[Mesh, Rules] | None] = contextvars.Context
 
 # ----------------------------------------------------------------------------- mesh
 def make_mesh(mesh_cfg, devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """Builds a (data, fsdp, tensor) mesh; one entry may be -1 = "all remaining devices".
-
-    Without -1, a mesh smaller than the machine uses the first devices (e.g. data=1).
-    """
+    """Builds a (data, fsdp, tensor) mesh with `jax.make_mesh` (topology-aware device order
+    on TPU/GPU); one entry may be -1 = "all remaining devices". Without -1, a mesh smaller
+    than the machine uses the first devices (e.g. data=1). Axes are Auto-sharded (XLA
+    propagates shardings; models constrain activations with `constrain`). A shape that
+    does not fit the devices is a ConfigError."""
     devices = list(jax.devices() if devices is None else devices)
     sizes = [int(mesh_cfg[a]) for a in MESH_AXES]
-    n = len(devices)
+    shown, n = dict(zip(MESH_AXES, sizes)), len(devices)
     if sizes.count(-1) > 1:
-        raise ValueError(f"config.mesh: at most one axis may be -1, got {dict(zip(MESH_AXES, sizes))}")
+        raise ConfigError(f"config.mesh: at most one axis may be -1, got {shown}")
+    if any(s == 0 or s < -1 for s in sizes):
+        raise ConfigError(f"config.mesh: sizes must be positive (or one -1), got {shown}")
     known = math.prod(s for s in sizes if s != -1)
     if -1 in sizes:
         if n % known:
-            raise ValueError(f"config.mesh: {n} devices are not divisible by {known} "
-                             f"({dict(zip(MESH_AXES, sizes))})")
+            raise ConfigError(f"config.mesh: {n} devices are not divisible by {known} ({shown})")
         sizes[sizes.index(-1)] = n // known
-    if -1 not in sizes and math.prod(sizes) < n:
-        devices = devices[:math.prod(sizes)]  # an explicit smaller mesh uses the first devices
-        n = len(devices)
-    if math.prod(sizes) != n:
-        raise ValueError(f"config.mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} "
-                         f"devices, but {n} are available")
-    try:  # topology-aware placement on TPU/GPU; plain reshape elsewhere
-        from jax.experimental import mesh_utils
-        arr = mesh_utils.create_device_mesh(sizes, devices=devices)
-    except Exception:  # noqa: BLE001 - CPU / odd topologies
-        arr = np.asarray(devices).reshape(sizes)
-    return Mesh(arr, MESH_AXES)
+    if math.prod(sizes) > n:
+        raise ConfigError(f"config.mesh {shown} needs {math.prod(sizes)} devices, but {n} "
+                          f"are available")
+    try:
+        return jax.make_mesh(tuple(sizes), MESH_AXES, axis_types=(AxisType.Auto,) * 3,
+                             devices=devices[:math.prod(sizes)])
+    except ValueError as e:  # e.g. a shape the TPU topology cannot be split into
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"config.mesh {dict(zip(MESH_AXES, sizes))} does not fit the "
+                          f"{n} {devices[0].device_kind} devices: {first}") from None
 
 
 def rules_from_config(rules_cfg) -> tuple[tuple[str, Any], ...]:

@@ -195,8 +195,8 @@ def train_step(state: TrainState, batch: PyTree, *, loss_fn: LossFn,
         model_state=model_state, skips=(state.skips + bad) * bad,
         total_skips=state.total_skips + skipped,
         guard=update_guard(state.guard, loss, finite & ~spiked, spiked, spike))
-    metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads),
-                   param_norm=optax.global_norm(params), skipped=skipped,
+    metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads),
+                   param_norm=optax.tree.norm(params), skipped=skipped,
                    consecutive_skips=new_state.skips, spike=spiked.astype(jnp.int32),
                    total_spikes=new_state.guard.spikes)
     return new_state, metrics

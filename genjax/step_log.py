@@ -54,7 +54,8 @@ class StepLog:
         if self.peak and self.flops_per_step and rate > 0:
             mfu = self.flops_per_step * rate / (self.peak * jax.device_count())
             m["mfu"] = mfu
-        m[f"{self.unit}_per_s"] = self.units_per_step * rate
+        if rate > 0:  # none for the first step (compilation)
+            m[f"{self.unit}_per_s"] = self.units_per_step * rate
         self.writer.write(step, m)
         self.progress.show(self.progress.line(step, m, rate, self.units_per_step, mfu))
 

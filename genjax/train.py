@@ -119,8 +119,10 @@ def _train(config, workdir, family, stop_after, data=None):
     try:
         last_step = _loop(run, start.step, stop_after, sigterm)
     finally:
-        ckpt.close()
-        writer.close()
+        try:
+            ckpt.close()  # raises if the last save failed
+        finally:
+            writer.close()
     # ------------------------------------------------------------------ final eval
     total = int(config.total_steps)
     if last_step < total:
@@ -148,6 +150,10 @@ def _loop(run: _Run, step: int, stop_after: int | None, sigterm: _SigtermFlag) -
         batch = assemble_lib.shard_batch(run.parts, faults.poison_if(ordinal, local))
         run.state, metrics = run.parts.train_step(run.state, batch)
         last_step, steps_this_call = step, steps_this_call + 1
+        if steps_this_call == 1:  # compile time once; throughput from steady steps only
+            jax.block_until_ready(metrics)
+            run.log.show(f"step {step}: compiled and ran in "
+                         f"{run.log.progress.first_step_done(step):.1f} s")
         preempted = sigterm.raised  # read once: a later signal waits for the next step
         stopping = preempted or (stop_after is not None and steps_this_call >= stop_after)
         evaluating = (bool(config.eval_every_steps) and step % config.eval_every_steps == 0
@@ -221,6 +227,10 @@ def _eval(run: _Run, max_batches: int | None) -> dict:
 
 def _periodic_eval(run: _Run, step: int) -> None:
     ev = _eval(run, int(run.config.eval_batches))
+    config = run.config
+    if config.keep_best and config.best_metric not in {f"eval/{k}" for k in ev}:
+        raise ConfigError(f"config.best_metric={config.best_metric!r} (for keep_best) is not "
+                          f"an eval metric of this run; it has {sorted('eval/' + k for k in ev)}")
     run.last_eval = {step: ev}
     run.writer.write(step, ev, prefix="eval/")
     run.log.show(f"eval @ {step}: " + _fmt(ev))

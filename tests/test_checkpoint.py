@@ -8,7 +8,7 @@ import optax
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from genjax.checkpoint import (Checkpointer, CheckpointError, CorruptCheckpoint, fingerprint)
+from genjax.checkpoint import (Checkpointer, CheckpointError, fingerprint)
 from genjax.errors import UserError
 from genjax.step import init_state
 from genjax.workdir import WorkdirLock
@@ -192,5 +192,13 @@ def test_a_second_live_run_is_refused_and_a_stale_lock_taken_over(tmp_path):
     assert not (tmp_path / ".lock").exists()
 
 
-def test_corrupt_checkpoint_error_is_a_checkpoint_error():
-    assert issubclass(CorruptCheckpoint, CheckpointError)
+def test_a_read_only_restore_logs_nothing(tmp_path, caplog):
+    """Sampling and evaluation open the workdir read-only: no orbax notice each time."""
+    import logging
+    save_steps(str(tmp_path), [1])
+    with caplog.at_level(logging.INFO):
+        ck = Checkpointer(str(tmp_path), read_only=True)
+        state, data, _ = ck.restore(1, abstract(make_state()))
+        ck.close()
+    assert data == {"pos": 1}
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []

@@ -68,3 +68,25 @@ def test_checkpoint_of_another_model_is_refused_and_kept(trained_tiny, data_dir)
     after = _snapshot(trained_tiny)
     assert {k: v for k, v in after.items() if "metrics" not in k} == \
         {k: v for k, v in before.items() if "metrics" not in k}
+
+
+def test_clis_other_than_aot_do_not_load_libtpu_without_tpus():
+    """With the tpu-aot extra installed and JAX_PLATFORMS unset, a CLI on a machine
+    without TPUs must not start libtpu (it prints `E0000 ... unexpected worker hostname`)."""
+    import importlib.util
+    import subprocess
+    import sys
+    from tests import subproc
+    if importlib.util.find_spec("libtpu") is None:
+        pytest.skip("libtpu (the tpu-aot extra) is not installed")
+    if any(os.path.exists(p) for p in ("/dev/accel0", "/dev/vfio/0")):
+        pytest.skip("this machine has TPU chips")
+    env = {k: v for k, v in subproc.env().items() if k != "JAX_PLATFORMS"}
+    code = ("import jax; from genjax import cli; cli.run(lambda rest: "
+            "print(jax.devices()[0].platform, 'libtpu.so' in open('/proc/self/maps').read()), "
+            "argv=['cli'])")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=subproc.ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["cpu", "False"], proc.stdout  # libtpu.so never loaded
+    assert "worker hostname" not in proc.stderr, proc.stderr

@@ -78,10 +78,11 @@ def test_near_dedup_only_removes_lines_similar_to_a_kept_line():
         assert jac == pytest.approx(len(sets[i] & sets[j]) / len(sets[i] | sets[j]))
         assert jac >= 0.7
     # Recall: every mutated line at Jaccard >= 0.75 from its original is found.
-    for k in range(100):
-        a, b = sets[k], sets[300 + k]
-        if len(a & b) / len(a | b) >= 0.75:
-            assert 300 + k in found, corpus[300 + k]
+    qualified = [k for k in range(100)
+                 if len(sets[k] & sets[300 + k]) / len(sets[k] | sets[300 + k]) >= 0.75]
+    assert len(qualified) >= 20, len(qualified)  # the recall check below checks something
+    for k in qualified:
+        assert 300 + k in found, corpus[300 + k]
 
 
 def test_decontamination_drops_a_train_line_sharing_a_13_gram_with_validation():
@@ -261,7 +262,8 @@ def test_data_card_of_a_text_file_matches_the_data(text_file, tmp_path):
     assert card["sources"][0]["sha256"] == hashlib.sha256(text_file.read_bytes()).hexdigest()
     assert card["vocabulary"]["tokenizer"]["size"] == len(set(texts["train"]))
     for name, f in card["files"].items():
-        blob = open(os.path.join(directory, name), "rb").read()
+        with open(os.path.join(directory, name), "rb") as blob_file:
+            blob = blob_file.read()
         assert f == {"bytes": len(blob), "sha256": hashlib.sha256(blob).hexdigest()}
     assert any(n.endswith(".array_record-00000-of-00001") for n in card["files"])
     # A BPE tokenizer trained later is saved with the data and added to the card.
@@ -338,3 +340,16 @@ def test_cli_missing_path_is_one_error_line(tmp_path):
     assert out.returncode == 2
     assert out.stderr.count("\n") == 1 and out.stderr.startswith("error: ")
     assert "nope.txt" in out.stderr
+
+
+def test_cli_flags_are_absl_flags_and_bad_ones_are_one_line():
+    from genjax.data.__main__ import CliError, parse
+    for argv in (["inspect", "x.txt", "--examples", "2"], ["--examples=2", "inspect", "x.txt"]):
+        args = parse(argv)
+        assert (args.command, args.target, args.examples, args.cleaning) == \
+            ("inspect", "x.txt", 2, "default")
+    for argv, needle in [(["inspect", "x.txt", "--examples=two"], "--examples=two"),
+                         (["inspect", "x.txt", "--nope=1"], "'nope'"),
+                         (["frob", "x.txt"], "prepare|inspect")]:
+        with pytest.raises(CliError, match=needle):
+            parse(argv)

@@ -135,7 +135,9 @@ def test_images_in_range_padded_with_background(tiny):
     batch = next(_data(cfg).train_iterator())
     assert batch["image"].shape == (8, 32, 32, 1) and batch["image"].dtype == np.float32
     assert batch["label"].dtype == np.int32 and batch["label"].shape == (8,)
-    assert batch["image"].min() >= -1.0 and batch["image"].max() <= 1.0
+    grey = (batch["image"] + 1.0) * 127.5  # back to 0..255: whole grey levels, both ends
+    np.testing.assert_allclose(grey, np.round(grey), atol=1e-3)
+    assert grey.min() == pytest.approx(0.0) and 0.0 < grey.max() <= 255.0 + 1e-3
     border = np.concatenate([batch["image"][:, :2].ravel(), batch["image"][:, :, -2:].ravel()])
     assert (border == -1.0).all()
     native = next(_data(data_cfg(**{**cfg.to_dict(), "image_size": 0})).train_iterator())
@@ -259,13 +261,16 @@ def test_image_folder_builder(tmp_path):
     assert data.image_shape == (16, 16, 1)
     batch = next(data.train_iterator())
     assert batch["image"].shape == (4, 16, 16, 1)
-    assert -1.0 <= batch["image"].min() and batch["image"].max() <= 1.0
     builder = image_builders.prepare_images(folder, cfg.data_dir, image_size=16, channels=1)
     files = image_builders.read_json(builder, "files.json")
     for batch in data.eval_batches("train", 4):
-        for label, i, m in zip(batch["label"], batch["index"], batch["mask"]):
+        for image, label, i, m in zip(batch["image"], batch["label"], batch["index"],
+                                      batch["mask"]):
             if m:
                 assert files["train"][i].split(os.sep)[0] == data.class_names[label]
+                # cats' pixels are 0..127 (mean 63.5), dogs' 100..227 (mean 163.5)
+                mean_grey = float(np.mean((image + 1.0) * 127.5))
+                assert abs(mean_grey - (63.5, 163.5)[label]) < 10, (label, mean_grey)
     # Another folder (one byte differs) or another size never shares the prepared data.
     other = str(tmp_path / "pets2")
     shutil.copytree(folder, other)

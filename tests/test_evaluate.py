@@ -21,6 +21,12 @@ from genjax.evaluators import likelihood, plots, report
 from tests.subproc import assert_one_line_error, run_module
 
 
+def read(path, mode="r"):
+    """The whole file (closed again: no ResourceWarning)."""
+    with open(path, mode) as f:
+        return f.read()
+
+
 def run_cli(*args):
     return run_module("genjax.evaluate", *args, timeout=600)
 
@@ -45,7 +51,7 @@ def ctx(lm_run):
 
 @pytest.mark.slow
 def test_training_logs_evaluators_as_eval_name_key(lm_run):
-    rows = [json.loads(line) for line in open(os.path.join(lm_run, "metrics.jsonl"))]
+    rows = [json.loads(line) for line in read(os.path.join(lm_run, "metrics.jsonl")).splitlines()]
     at10 = {k: v for r in rows if r["step"] == 10 for k, v in r.items()}
     # Same params (no EMA in tiny), same split, batches and batch size as the loop's eval:
     assert at10["eval/likelihood/validation/loss"] == pytest.approx(at10["eval/loss"], rel=1e-6)
@@ -87,18 +93,18 @@ def test_evaluate_cli_writes_the_report(lm_run):
     proc = run_cli(f"--workdir={lm_run}", "--num_samples=3")
     assert proc.returncode == 0, proc.stderr[-3000:]
     out_dir = os.path.join(lm_run, "eval")
-    md = open(os.path.join(out_dir, "report.md")).read()
+    md = read(os.path.join(out_dir, "report.md"))
     assert "| metric | value | real-vs-real floor |" in md
     for key in ("likelihood/test/perplexity", "text/distinct_2", "text/memorised_share",
                 "text/longest_copied_chars"):
         assert f"| {key} |" in md
-    rep = json.load(open(os.path.join(out_dir, "report.json")))
+    rep = json.loads(read(os.path.join(out_dir, "report.json")))
     assert set(rep["evaluators"]) == {"likelihood", "text"}
     assert len(rep["evaluators"]["text"]["details"]["samples"]) == 3  # --num_samples
     assert rep["evaluators"]["text"]["floors"]["distinct_1"] > 0     # held-out excerpts
     for png in ("loss_curves.png", "metrics_family.png", "metrics_likelihood.png"):
         assert png in rep["plots"]
-        assert open(os.path.join(out_dir, png), "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+        assert read(os.path.join(out_dir, png), "rb")[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"]({png})" in md
 
 
@@ -259,14 +265,14 @@ def test_plots_are_written(metrics_file, tmp_path):
                                         "real vs real": {"precision": 0.9, "recall": 0.8}},
                                        str(out / "pr.png"))
     for p in [str(out / "loss.png"), *written, bars]:
-        assert open(p, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+        assert read(p, "rb")[:8] == b"\x89PNG\r\n\x1a\n"
     assert plots.loss_curves(str(tmp_path / "none.jsonl"), str(out / "x.png")) is None
     samples = tmp_path / "samples"
     samples.mkdir()
     for step in (5, 20):  # numeric order, not lexicographic
         (samples / f"step_{step}.png").write_bytes(f"{step}".encode())
     grid = plots.latest_sample_grid(str(tmp_path), str(out))
-    assert os.path.basename(grid) == "samples_step_20.png" and open(grid).read() == "20"
+    assert os.path.basename(grid) == "samples_step_20.png" and read(grid) == "20"
 
 
 def test_report_table_and_links(tmp_path):
@@ -277,8 +283,8 @@ def test_report_table_and_links(tmp_path):
                                               "floors": {"fid": 1.5}, "figures": [str(fig)],
                                               "markdown": "hello"}), "seconds": 1.0}}
     json_path, md_path = report.write_report(str(tmp_path / "eval"), {"step": 7}, results, [])
-    md = open(md_path).read()
+    md = read(md_path)
     assert "| img/fid | 12.35 | 1.5 |" in md
     assert "| img/n | 12,345 | \u2014 |" in md
     assert "![fig.png](fig.png)" in md and "hello" in md
-    assert json.load(open(json_path))["evaluators"]["img"]["figures"] == ["fig.png"]
+    assert json.loads(read(json_path))["evaluators"]["img"]["figures"] == ["fig.png"]

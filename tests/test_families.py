@@ -17,7 +17,8 @@ from genjax.checkpoint import Checkpointer
 from tests.families import SPECS, VARIANTS, run_config, tiny_config
 from tests.subproc import losses_by_step
 
-# family -> golden first-step loss of its tiny config
+# family -> golden first-step loss of its tiny config, made on CPU with these versions
+# (constraints.txt pins them for `make test`). Regenerate: python -m tests.test_families
 GOLDEN_LOSS = {"lm": 4.174229, "diffusion": 0.996686, "vae": 6.306058, "gan": 1.919613,
                "classifier": 3.378964,
                # ln 2, independent answers: DPO policy = reference at step 0; a fresh
@@ -26,6 +27,25 @@ GOLDEN_LOSS = {"lm": 4.174229, "diffusion": 0.996686, "vae": 6.306058, "gan": 1.
                "diffusion_dpo": 0.693147, "rl": -0.421875}  # -(gold reward of the step-0 rollouts): 27 of 64 tokens
 # A variant's first step computes its family's loss (LoRA: B = 0 is the base model).
 GOLDEN_LOSS.update({name: GOLDEN_LOSS[family] for name, (family, _) in VARIANTS.items()})
+GOLDEN_MADE_WITH = {"jax": "0.10.2", "jaxlib": "0.10.2"}
+REGENERATE = "python -m tests.test_families"
+
+
+def versions() -> dict:
+    import jaxlib
+    return {"jax": jax.__version__, "jaxlib": jaxlib.__version__}
+
+
+def golden_changed_message(family: str) -> str:
+    """What the golden test says when the loss moved: by a change of code, or of versions."""
+    now = versions()
+    how = (f"the versions differ (now {now}): if no model, loss or initialisation "
+           f"changed, regenerate GOLDEN_LOSS and GOLDEN_MADE_WITH with `{REGENERATE}`"
+           if now != GOLDEN_MADE_WITH else "same versions: a code change moved it")
+    return (f"golden first-step loss of {family!r} changed (made with {GOLDEN_MADE_WITH}; "
+            f"{how}; see the module docstring)")
+
+
 
 
 def random_batch(parts, seed: int = 0) -> dict:
@@ -49,6 +69,14 @@ def build(family, mesh=None):
     return assemble.assemble(config, sharding.make_mesh(config.mesh))
 
 
+def eager_first_step(family: str):
+    """(state, metrics) after one un-jitted step of the tiny config on random_batch."""
+    parts = build(family)
+    batch = assemble.shard_batch(parts, random_batch(parts))
+    return assemble.unjitted_train_step(parts)(jax.device_get(parts.init_state()),
+                                               jax.device_get(batch))
+
+
 def leaves_equal(a, b) -> bool:
     la, lb = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
     return len(la) == len(lb) and all(
@@ -67,14 +95,10 @@ def jitted_step_on_one_device(family):
 
 @pytest.mark.parametrize("family", SPECS)
 def test_one_unjitted_step_gives_the_golden_loss_and_equals_the_jitted_step(family):
-    parts = build(family)
-    batch = random_batch(parts)
-    state = parts.init_state()
-    eager_state, eager_metrics = assemble.unjitted_train_step(parts)(
-        jax.device_get(state), jax.device_get(assemble.shard_batch(parts, batch)))
+    eager_state, eager_metrics = eager_first_step(family)
     jit_state, jit_metrics = jitted_step_on_one_device(family)
     np.testing.assert_allclose(float(eager_metrics["loss"]), GOLDEN_LOSS[family], rtol=1e-4,
-                               err_msg="golden first-step loss changed: see module docstring")
+                               err_msg=golden_changed_message(family))
     for k in eager_metrics:
         np.testing.assert_allclose(float(eager_metrics[k]), float(jit_metrics[k]),
                                    rtol=1e-4, atol=1e-5, err_msg=k)
@@ -127,3 +151,10 @@ def _resolved(workdir):
     c = config_lib.from_dict(json.loads((workdir / "config.json").read_text()))
     c.lock()
     return c
+
+
+if __name__ == "__main__":  # prints the goldens for the installed versions (CPU)
+    import tests.conftest  # noqa: F401  (the test session's environment: CPU, 8 devices)
+    losses = {f: round(float(eager_first_step(f)[1]["loss"]), 6) for f in sorted(GOLDEN_LOSS)}
+    print(f"GOLDEN_LOSS = {losses!r}")
+    print(f"GOLDEN_MADE_WITH = {versions()!r}")

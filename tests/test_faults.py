@@ -273,7 +273,11 @@ def test_bad_records_within_the_budget_are_skipped_the_same_way_every_time(
     np.testing.assert_array_equal(next(ia)["tokens"], next(ib)["tokens"])
 
 
-def test_image_loader_replaces_a_bad_record_deterministically(tmp_path, monkeypatch):
+def test_image_loader_replaces_a_real_bad_record_deterministically(tmp_path):
+    """16 bytes flipped inside one record's chunk of the prepared train file: the batched
+    read fails, the loader reads one by one, names the record and counts it against
+    config.data.max_bad_records; within the budget the next row takes its place."""
+    import glob
     from ml_collections import ConfigDict
     from genjax.data.idx import write_idx
     from genjax.data.image_loader import ImageData
@@ -293,11 +297,25 @@ def test_image_loader_replaces_a_bad_record_deterministically(tmp_path, monkeypa
                               max_bad_records=max_bad))
         return ImageData(cfg, global_batch_size=16, seed=0, include_index=True)
 
-    monkeypatch.setenv("GENJAX_FAULTS", "bad_record@5")
-    with pytest.raises(BadRecordError, match="train record 5 in .*array_record"):
+    clean = next(data(0).train_iterator())
+    [train_file] = glob.glob(str(tmp_path / "tfds" / "**" / "*-train.array_record-*"),
+                             recursive=True)
+    with open(train_file, "r+b") as f:  # ~1.1 kB per record chunk: byte 6000 is in record 5
+        f.seek(6000)
+        chunk = f.read(16)
+        f.seek(6000)
+        f.write(bytes(b ^ 0xFF for b in chunk))
+    with pytest.raises(BadRecordError, match=r"train record 5 in .*-train\.array_record-.*"
+                                             r"Corrupted.*max_bad_records=0"):
         next(data(0).train_iterator())
     skipping = data(1)
     first, again = next(skipping.train_iterator()), next(data(1).train_iterator())
     assert list(skipping._bad_records.bad) == [("train", 5)]
     assert len(first["index"]) == 16 and len(set(first["index"])) == 15  # 5 -> record 6
     np.testing.assert_array_equal(first["image"], again["image"])  # resume-safe
+    lost = set(clean["index"]) - set(first["index"])
+    assert len(lost) == 1  # only the damaged example is missing; the others are intact
+    for i, row in enumerate(clean["index"]):
+        if row not in lost:
+            j = list(first["index"]).index(row)
+            np.testing.assert_array_equal(first["image"][j], clean["image"][i])

@@ -194,3 +194,32 @@ def test_merge_writes_an_ordinary_checkpoint_equal_to_the_lora_run(tiny_run, tmp
         subproc.run_module("genjax.lora", "merge", f"--workdir={tiny_run('lm')}",
                            f"--out={tmp_path / 'x'}"), "not a LoRA run")
     assert not (tmp_path / "x").exists()
+
+
+def test_fine_tuning_on_new_text_keeps_the_source_tokenizer(tiny_run, tmp_path, data_dir):
+    """New text is encoded with the source run's tokenizer (not a new vocabulary built from
+    it); characters the source lacks are one error naming them, or mapped by option."""
+    from genjax.data.tokenizer import tokenizer_from_json
+    from genjax.families import lm
+    src = tiny_run("lm")
+    source_vocab = tokenizer_from_json(
+        Checkpointer(str(src), read_only=True).read_meta(6)["data"]["tokenizer"]).vocab
+    text = tmp_path / "new.txt"
+    body = "".join(c for c in "to be or not to be, that is the question\n" if c in source_vocab)
+    text.write_text("naïve ☃\n" + body * 200)
+    config = run_config("lm")
+    config.unlock()
+    config.update_from_flattened_dict({"init_from": str(src), "data.name": "text",
+                                       "data.text_file": str(text), "total_steps": 2})
+    config.lock()
+    data = lm.make_data(config, process_index=0, process_count=1)
+    assert data.tokenizer.vocab == source_vocab
+    with pytest.raises(UserError, match=r"characters not in the vocabulary \(\d\): .*'ï', '☃'.*"
+                                        r"data.unknown_char"):
+        data.tokens("train")
+    config.unlock()
+    config.data.unknown_char = " "
+    config.lock()
+    data = lm.make_data(config, process_index=0, process_count=1)
+    assert data.tokenizer.decode(data.tokens("train")).startswith("na ve  \n")
+    train.train(config, str(tmp_path / "ft"))  # the source's embedding shape: it loads

@@ -1,10 +1,12 @@
 """Sharding specification on 8 fake CPU devices (conftest sets XLA_FLAGS before JAX loads)."""
+import functools
+
 import jax
 import numpy as np
 import pytest
 
 from configs import lm_shakespeare
-from genjax import assemble, sharding
+from genjax import assemble, config_lib, sharding
 
 
 def tiny_lm(mesh: dict, **overrides):
@@ -58,27 +60,30 @@ def test_params_are_really_sharded():
     assert mu and all(m.sharding.spec == big.sharding.spec for m in mu)
 
 
-_FSDP_BYTES: dict = {}  # filled by the parametrised cases below, checked by the last
-
-
-@pytest.mark.parametrize("fsdp", [1, 2, 8])
-def test_per_device_state_bytes_fall_as_fsdp_grows(fsdp):
+@functools.cache
+def fsdp_bytes(fsdp: int) -> dict:
+    """Per-device bytes of the tiny LM's state by its shardings, and the compiled step's
+    argument bytes (None where XLA gives no memory analysis), on a (-1, fsdp, 1) mesh."""
     config = tiny_lm(dict(data=-1, fsdp=fsdp, tensor=1))
     parts = assemble.assemble(config, sharding.make_mesh(config.mesh))
     batch = jax.tree_util.tree_map(
         lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
         batch_for(config), parts.batch_shardings)
-    compiled = parts.train_step.lower(parts.abstract_state, batch).compile()
-    mem = compiled.memory_analysis()
-    by_sharding = assemble.state_bytes_per_device(parts)
-    _FSDP_BYTES[fsdp] = {"argument_bytes": int(mem.argument_size_in_bytes) if mem else None,
-                         "state_bytes": by_sharding["params"] + by_sharding["opt_state"]}
-    if fsdp == 8:
-        sizes = [_FSDP_BYTES[k]["state_bytes"] for k in sorted(_FSDP_BYTES)]
-        assert sizes == sorted(sizes, reverse=True) and sizes[-1] < sizes[0] / 3, _FSDP_BYTES
-        args = [_FSDP_BYTES[k]["argument_bytes"] for k in sorted(_FSDP_BYTES)]
-        if None not in args:
-            assert args[-1] < args[0], _FSDP_BYTES
+    mem = parts.train_step.lower(parts.abstract_state, batch).compile().memory_analysis()
+    return dict(assemble.state_bytes_per_device(parts),
+                argument_bytes=int(mem.argument_size_in_bytes) if mem else None)
+
+
+@pytest.mark.parametrize("fsdp", [2, 8])
+def test_per_device_state_bytes_fall_as_fsdp_grows(fsdp):
+    """Every tiny-LM parameter has a dimension divisible by 8 on its fsdp axis: params and
+    Adam moments split exactly fsdp ways; only the optimizer's scalar count is replicated."""
+    one, many = fsdp_bytes(1), fsdp_bytes(fsdp)
+    assert many["params"] * fsdp == one["params"], (one, many)
+    scalars = 8  # two replicated int32 step counts (adam and the lr schedule)
+    assert (many["opt_state"] - scalars) * fsdp == one["opt_state"] - scalars, (one, many)
+    if one["argument_bytes"] is not None:
+        assert many["argument_bytes"] < one["argument_bytes"], (one, many)
 
 
 def test_indivisible_dims_stay_unsharded():
@@ -88,6 +93,29 @@ def test_indivisible_dims_stay_unsharded():
     assert spec == jax.sharding.PartitionSpec(None, "fsdp")
 
 
-def test_bad_mesh_is_a_clear_error():
-    with pytest.raises(ValueError, match="needs 16 devices"):
-        sharding.make_mesh(dict(data=4, fsdp=4, tensor=1))
+@pytest.mark.parametrize("mesh, needle", [
+    (dict(data=4, fsdp=4, tensor=1), "needs 16 devices, but 8 are available"),
+    (dict(data=-1, fsdp=3, tensor=1), "8 devices are not divisible by 3"),
+    (dict(data=-1, fsdp=-1, tensor=1), "at most one axis may be -1"),
+    (dict(data=0, fsdp=1, tensor=1), "sizes must be positive"),
+])
+def test_bad_mesh_is_a_one_line_config_error(mesh, needle):
+    with pytest.raises(config_lib.ConfigError, match=needle) as e:
+        sharding.make_mesh(mesh)
+    assert "\n" not in str(e.value)
+
+
+def test_a_shape_the_topology_refuses_is_a_config_error_not_a_silent_reshape(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise ValueError("cannot split the physical axes\n(details)")
+    monkeypatch.setattr(jax, "make_mesh", refuse)
+    with pytest.raises(config_lib.ConfigError, match=r"does not fit the 8 cpu devices: "
+                                                      r"cannot split the physical axes$"):
+        sharding.make_mesh(dict(data=2, fsdp=2, tensor=2))
+
+
+def test_mesh_is_jaxs_auto_mesh_on_the_first_devices():
+    mesh = sharding.make_mesh(dict(data=2, fsdp=1, tensor=2))
+    assert dict(mesh.shape) == {"data": 2, "fsdp": 1, "tensor": 2}
+    assert sorted(d.id for d in mesh.devices.flat) == [0, 1, 2, 3]
+    assert set(mesh.axis_types) == {jax.sharding.AxisType.Auto}

@@ -66,6 +66,14 @@ def test_dry_run_and_emitted_commands(tmp_path):
     assert manifest["keys"] == ["optim.lr"] and manifest["common"] == {"total_steps": 7}
 
 
+def test_seeds_without_a_sweep_run_the_config_itself(tmp_path):
+    proc = run_quick("--seeds=3", f"--root={tmp_path}", "--emit=commands")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines() == [
+        "python -m genjax.train --config=configs/lm_shakespeare.py:tiny --config.seed="
+        f"{s} --workdir={tmp_path}/lm_shakespeare.tiny/base/seed={s}" for s in range(3)]
+
+
 @pytest.mark.parametrize("args,needle", [
     (["--sweep=nope"], "unknown sweep 'nope'"),
     (["--sweep=lr", "--config.optim.lrr=1"], "lrr"),
@@ -86,6 +94,15 @@ def _fake_run(workdir, losses, final):
             f.write(json.dumps({"step": 2, "eval/loss": final + 0.5}) + "\n")
         with open(os.path.join(workdir, "final_metrics.json"), "w") as f:
             json.dump({"loss": final, "accuracy": 0.5}, f)
+
+
+def test_collect_flags_are_absl_flags_and_bad_input_is_one_line(tmp_path, capsys):
+    assert collect.main([str(tmp_path), "--metrics=loss", "--noplots"]) == 2  # no manifest
+    assert collect.main([str(tmp_path), "--metrics"]) == 2
+    assert collect.main([]) == 2
+    errors = capsys.readouterr().err.splitlines()
+    assert len(errors) == 3 and all(e.startswith("error: ") for e in errors), errors
+    assert "no *.sweep.json" in errors[0] and "metrics" in errors[1] and "ROOT" in errors[2]
 
 
 def test_collect_tables_from_run_directories(tmp_path, capsys):

@@ -225,7 +225,8 @@ def test_trains_jointly_through_the_shared_loop_and_samples_from_a_prompt(traine
     # best 2 of 4 by p(sandal) under the stand-in classifier, then the filter
     run(num_samples=2, best_of=4, min_confidence=0.099)
     out = capsys.readouterr().out
-    report = json.load(open(flags["out"] + ".json"))
+    with open(flags["out"] + ".json") as f:
+        report = json.load(f)
     assert report["target_class"] == 5 and report["best_of"] == 4
     scores = [s["score"] for s in report["samples"]]
     assert len(scores) == 2 and scores == sorted(scores, reverse=True)

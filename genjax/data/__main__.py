@@ -14,9 +14,9 @@ A missing dataset, file or folder prints one line `error: ...` and exits with st
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
+import types
 
 TEXT_NAMES, IMAGE_NAMES = ("shakespeare",), ("fashion_mnist",)
 
@@ -104,20 +104,33 @@ def _image_grid(builder, n: int, out: str) -> str:
 
 
 # ----------------------------------------------------------------------- main
-def parse(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m genjax.data", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("command", choices=("prepare", "inspect"))
-    p.add_argument("target", help="shakespeare | fashion_mnist | a text file | an image folder")
-    p.add_argument("--data_dir", default="")
-    p.add_argument("--cleaning", default="default")
-    p.add_argument("--source_dir", default="")
-    p.add_argument("--image_size", type=int, default=0)
-    p.add_argument("--channels", type=int, default=0)
-    p.add_argument("--test_percent", type=int, default=10)
-    p.add_argument("--examples", type=int, default=3)
-    p.add_argument("--out", default="")
-    return p.parse_args(argv)
+def parse(argv: list[str]) -> types.SimpleNamespace:
+    """The flags (absl, on their own FlagValues: main() runs in-process too) plus
+    `command` and `target`; bad input raises CliError."""
+    from absl import flags
+    fv = flags.FlagValues()
+    flags.DEFINE_string("data_dir", "", "default $GENJAX_DATA_DIR or ~/.cache/genjax/tfds",
+                        flag_values=fv)
+    flags.DEFINE_string("cleaning", "default", "text: default | none | stage,stage,...",
+                        flag_values=fv)
+    flags.DEFINE_string("source_dir", "", "Fashion-MNIST IDX folder", flag_values=fv)
+    flags.DEFINE_integer("image_size", 0, "image folders: side in pixels (0 = native)",
+                         flag_values=fv)
+    flags.DEFINE_integer("channels", 0, "image folders: 1 | 3 (0 = native)", flag_values=fv)
+    flags.DEFINE_integer("test_percent", 10, "image folders: test split", flag_values=fv)
+    flags.DEFINE_integer("examples", 3, "examples shown by inspect", flag_values=fv)
+    flags.DEFINE_string("out", "", "where inspect writes the image grid", flag_values=fv)
+    if {"-h", "--help", "--helpfull"} & set(argv):
+        print(__doc__ + "\n" + fv.get_help())
+        raise SystemExit(0)
+    try:
+        rest = fv(["python -m genjax.data", *argv])[1:]
+    except flags.Error as e:
+        raise CliError(str(e).strip().splitlines()[0]) from None
+    if len(rest) != 2 or rest[0] not in ("prepare", "inspect"):
+        raise CliError(f"usage: python -m genjax.data prepare|inspect TARGET [--flags]; "
+                       f"got {rest}")
+    return types.SimpleNamespace(**fv.flag_values_dict(), command=rest[0], target=rest[1])
 
 
 def main(argv: list[str]) -> None:

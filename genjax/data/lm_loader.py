@@ -20,6 +20,7 @@ import grain
 import numpy as np
 
 from genjax.data import cleaning, records, text_builders
+from genjax.errors import UserError
 
 READ_THREADS = 2    # threads slicing windows into batches (the tokens are in memory)
 PREFETCH = 4        # batches kept ready per process
@@ -92,7 +93,7 @@ class LMData:
     """
 
     def __init__(self, data_cfg, *, seq_len: int, global_batch_size: int, seed: int,
-                 process_index: int = 0, process_count: int = 1):
+                 process_index: int = 0, process_count: int = 1, tokenizer=None):
         kind = str(data_cfg["tokenizer"])
         if kind not in ("char", "bpe"):
             raise ValueError(f"data.tokenizer={kind!r}: choose 'char' or 'bpe'")
@@ -108,7 +109,10 @@ class LMData:
         self.builder = text_builders.prepare(dataset_source(data_cfg), str(data_cfg["data_dir"]),
                                              cleaning_pipeline(data_cfg))
         vocab_size = int(data_cfg["vocab_size"]) if kind == "bpe" else 0
-        self.tokenizer = text_builders.builder_tokenizer(self.builder, kind, vocab_size)
+        # a given tokenizer (a fine-tuned model's source) wins over the data's own
+        self.tokenizer = tokenizer or text_builders.builder_tokenizer(self.builder, kind,
+                                                                      vocab_size)
+        self.unknown_char = str(data_cfg.get("unknown_char", "") or "")
         self._text: dict[str, str] = {}
         self._tokens: dict[str, np.ndarray] = {}
         max_bad = int(data_cfg["max_bad_records"]) if "max_bad_records" in data_cfg else 0
@@ -136,8 +140,22 @@ class LMData:
         return self.builder.SEPARATOR.join(bytes(ex["text"]).decode("utf-8") for ex in examples)
 
     def tokens(self, split: str) -> np.ndarray:
+        """The split's token ids; UserError naming the characters the tokenizer lacks
+        (unless data.unknown_char names one they become)."""
         if split not in self._tokens:
-            self._tokens[split] = self.tokenizer.encode(self.text(split))
+            text = self.text(split)
+            vocab = getattr(self.tokenizer, "vocab", None)
+            if self.unknown_char and isinstance(vocab, list):
+                if self.unknown_char not in vocab:
+                    raise UserError(f"data.unknown_char={self.unknown_char!r} is not in the "
+                                    f"tokenizer's vocabulary either")
+                known = set(vocab)
+                text = "".join(c if c in known else self.unknown_char for c in text)
+            try:
+                self._tokens[split] = self.tokenizer.encode(text)
+            except ValueError as e:
+                raise UserError(f"{split} text vs the {self.tokenizer.kind} tokenizer: {e}; "
+                                f"set data.unknown_char=<a character it has> to map them") from None
         return self._tokens[split]
 
     def num_tokens(self, split: str) -> int:

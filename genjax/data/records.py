@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import threading
 
-from genjax import faults
 from genjax.errors import UserError
 
 
@@ -43,8 +42,6 @@ class Budget:
     def read(self, source, split: str, index: int):
         """source[index], or None if it cannot be read and the budget allows skipping it."""
         try:
-            if faults.at("bad_record", index):
-                raise faults.InjectedCorruption("injected bad record")
             return source[index]
         except Exception as e:  # noqa: BLE001 - whatever the decoder raises
             where = (f"{split} record {index} in {record_file(source, split, index)}: "

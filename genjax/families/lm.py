@@ -13,6 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from genjax.data.tokenizer import tokenizer_from_json
+from genjax.errors import UserError
 from genjax.models import transformer
 
 MODEL_KEYS = ("vocab_size", "num_layers", "num_heads", "embed_dim", "mlp_ratio", "max_len",
@@ -111,10 +113,29 @@ def flops_per_example(config) -> float:
 
 # ----------------------------------------------------------------------- data seam
 def make_data(config, *, process_index: int, process_count: int):
+    """LM windows of config.data, tokenized with the tokenizer of the checkpoint named by
+    data.tokenizer_from (default: init_from) when there is one: fine-tuning keeps the
+    source model's vocabulary whatever the new text is."""
     from genjax.data.lm_loader import LMData
+    source = str(config.data.get("tokenizer_from", "") or config.get("init_from", "") or "")
     return LMData(config.data, seq_len=int(config.model.max_len),
                   global_batch_size=int(config.batch_size), seed=int(config.seed),
-                  process_index=process_index, process_count=process_count)
+                  process_index=process_index, process_count=process_count,
+                  tokenizer=source_tokenizer(source) if source else None)
+
+
+def source_tokenizer(path: str):
+    """The tokenizer saved in the checkpoint meta of run `path` (W, W/checkpoints[/step])."""
+    from genjax import checkpoint as ckpt_lib
+    workdir, step = ckpt_lib.parse_init_from(path)
+    ckpt = ckpt_lib.Checkpointer(workdir, read_only=True)
+    try:
+        meta = ckpt.read_meta(step)
+    finally:
+        ckpt.close()
+    if "tokenizer" not in meta.get("data", {}):
+        raise UserError(f"{path!r}: its checkpoint has no tokenizer (not a text model)")
+    return tokenizer_from_json(meta["data"]["tokenizer"])
 
 
 def resolve_config(config, data) -> None:
@@ -134,7 +155,6 @@ def throughput_unit(config) -> tuple[str, int]:
 # ----------------------------------------------------------------------- text out
 def text_tokenizer(meta: dict):
     """The tokenizer a checkpoint was trained with (saved in its meta by make_data)."""
-    from genjax.data.tokenizer import tokenizer_from_json
     return tokenizer_from_json(meta["data"]["tokenizer"])
 
 

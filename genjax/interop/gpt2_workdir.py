@@ -72,6 +72,10 @@ def import_gpt2(folder: str, workdir: str, base_config=None) -> dict:
     gpt2.model_config(hf)  # the architecture is checked before the weights are read
     tokenizer = hf_folder.read_tokenizer(folder)
     config = import_config(hf, tokenizer, base_config)
+    if "tokenizer_from" in config.data:  # its own BPE tokenizer, for evaluate and fine-tuning
+        config.unlock()
+        config.data.tokenizer_from = os.path.abspath(workdir)
+        config.lock()
     params_np = gpt2.from_hf(hf_folder.read_weights(folder), gpt2.model_config(hf))
     if os.path.isdir(os.path.join(workdir, "checkpoints")) and os.listdir(
             os.path.join(workdir, "checkpoints")):
