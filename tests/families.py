@@ -43,8 +43,8 @@ RUN_FAMILY_OVERRIDES = {"lm": {"model.vocab_size": 0},  # the tokenizer decides
 
 def tiny_config(family: str, mesh: dict | None = None, **overrides):
     """configs/<family>:tiny with what resolve_config would fill in from the data (LM
-    vocabulary 64, RL reward tokens 0-31, one channel, 10 classes), on `mesh` (default one device), plus
-    dotted-key `overrides`; locked."""
+    vocabulary 64, RL reward tokens 0-31, one channel, 10 classes), on `mesh` (default one
+    device), plus dotted-key `overrides`; locked."""
     family, variant = VARIANTS.get(family, (family, {}))
     overrides = {**variant, **overrides}
     c = importlib.import_module(CONFIG_MODULES[family]).get_config("tiny")

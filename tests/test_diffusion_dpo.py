@@ -25,7 +25,8 @@ def test_pure_loss_ln2_at_the_reference_gradient_and_swap():
         return jnp.mean((p - x) ** 2)
     xw, xl, beta = jnp.array([1.0, 0.0, 1.0]), jnp.array([0.0, 2.0, -1.0]), 7.0
     ref_w, ref_l = mse(w, xw), mse(w, xl)
-    loss = lambda p: preference.diffusion_dpo_loss(mse(p, xw), mse(p, xl), ref_w, ref_l, beta)  # noqa
+    def loss(p):
+        return preference.diffusion_dpo_loss(mse(p, xw), mse(p, xl), ref_w, ref_l, beta)
     assert float(loss(w)) == np.float32(math.log(2))
     want = (beta / 4) * jax.grad(lambda p: mse(p, xw) - mse(p, xl))(w)
     np.testing.assert_allclose(jax.grad(loss)(w), want, rtol=1e-6)

@@ -25,6 +25,7 @@ from genjax.families import dpo, lm, lora
 from tests.families import LORA, tiny_config
 
 TOK = CharTokenizer("\nabcdefghijklmnopqrstuvwxyz :ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+PAIR = ("chosen", "rejected")
 RECORDS = [{"prompt": "ROMEO:\n", "chosen": "good morrow", "rejected": "morrow good"},
            {"prompt": "JULIET:\n", "chosen": "ay me", "rejected": "me ay me"},
            {"prompt": "NURSE:\n", "chosen": "anon", "rejected": "nona"},
@@ -83,8 +84,8 @@ def test_loss_of_a_moved_policy_equals_the_chain_rule_answer():
     beta = float(config.dpo.beta)
     deltas, chosen = [], []
     for r in RECORDS:
-        lw, ll = (_chain_rule_logp(model, policy, r["prompt"], r[k]) for k in ("chosen", "rejected"))
-        rw, rl = (_chain_rule_logp(model, ref, r["prompt"], r[k]) for k in ("chosen", "rejected"))
+        lw, ll = (_chain_rule_logp(model, policy, r["prompt"], r[k]) for k in PAIR)
+        rw, rl = (_chain_rule_logp(model, ref, r["prompt"], r[k]) for k in PAIR)
         deltas.append((lw - rw) - (ll - rl))
         chosen.append(lw)
     want = np.mean([math.log1p(math.exp(-beta * d)) for d in deltas])

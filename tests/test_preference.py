@@ -59,7 +59,8 @@ def test_bradley_terry_value_margin_and_shift_invariance():
     np.testing.assert_allclose(got, want, rtol=1e-6)
     np.testing.assert_allclose(preference.bradley_terry_loss(r_w + 5, r_l + 5),
                                preference.bradley_terry_loss(r_w, r_l), rtol=1e-6)
-    c = preference.bradley_terry_loss(r_w, r_l, center=0.01) - preference.bradley_terry_loss(r_w, r_l)
+    c = (preference.bradley_terry_loss(r_w, r_l, center=0.01)
+         - preference.bradley_terry_loss(r_w, r_l))
     np.testing.assert_allclose(c, 0.01 * np.array([2.5, -1.0]) ** 2, rtol=1e-5)
 
 

@@ -154,8 +154,9 @@ def wrap(family, config):
 
     def loss_fn(params, model_state, batch, rng, *, model, config):
         full, inner_state = merged(params, model_state, config)
-        loss, (metrics, new_state) = family.loss_fn(full, {**inner_state, BASE: model_state[BASE]},
-                                                    batch, rng, model=model, config=config)
+        with_base = {**inner_state, BASE: model_state[BASE]}
+        loss, (metrics, new_state) = family.loss_fn(full, with_base, batch, rng, model=model,
+                                                    config=config)
         return loss, (metrics, {**new_state, BASE: model_state[BASE]})
 
     def eval_fn(params, model_state, batch, *, model, config):

@@ -24,9 +24,10 @@ is >= min_p * the top token's, Nguyen et al. 2024) on the tempered distribution,
 draw. A row that emits one of `stop_token_ids` stops: that token stays in its output,
 every later one is `pad_id`, and `lengths_B` counts the tokens before the stop token;
 the loop ends early once every row stopped. Stop *strings* are a host-side matter
-(genjax/sampling/text.py). `decode_with_logprobs` also gives each drawn token's log-probability under
-the distribution it was drawn from (after the filters; greedy: the penalized logits), so
-at temperature 1 with no filters it is the model's own log-probability (RL rollouts).
+(genjax/sampling/text.py). `decode_with_logprobs` also gives each drawn token's
+log-probability under the distribution it was drawn from (after the filters; greedy: the
+penalized logits), so at temperature 1 with no filters it is the model's own
+log-probability (RL rollouts).
 
 Randomness: the token of row b at step t uses fold_in(fold_in(rng, t), row_ids_B[b]),
 so a row's sample does not depend on the batch it is decoded in, and streaming in
