@@ -12,12 +12,17 @@ CONFIG_MODULES = {
     "vae": "configs.vae_fmnist",
     "gan": "configs.gan_fmnist",
     "classifier": "configs.fmnist_classifier",
+    "dpo": "configs.dpo_shakespeare",
+    "reward": "configs.reward_shakespeare",
+    "rl": "configs.rl_shakespeare",
+    "diffusion_dpo": "configs.diffusion_dpo_fmnist",
 }
 FAMILIES = tuple(families.registered())  # the one list every parametrised test uses
 IMAGE_FAMILIES = tuple(f for f in FAMILIES if families.has(families.get(f), "sample_images"))
 # Variants that join the shared spec: name -> (family, overrides of its tiny config).
 LORA = {"lora.rank": 4, "lora.alpha": 8.0, "optim.ema_decay": 0.0}
-VARIANTS = {"lm+lora": ("lm", LORA), "diffusion+lora": ("diffusion", LORA)}
+VARIANTS = {"lm+lora": ("lm", LORA), "diffusion+lora": ("diffusion", LORA),
+            "dpo+lora": ("dpo", LORA)}
 SPECS = FAMILIES + tuple(VARIANTS)
 
 # The short run: 6 steps, a loss every step, EMA that moves, 2 data-parallel devices.
@@ -29,19 +34,25 @@ RUN_FAMILY_OVERRIDES = {"lm": {"model.vocab_size": 0},  # the tokenizer decides
                         "diffusion": {"sample.grid_samples": 0},
                         "vae": {"sample.grid_samples": 0, "model.class_conditional": True},
                         "gan": {"sample.grid_samples": 0, "model.class_conditional": True},
-                        "classifier": {}}
+                        "classifier": {},
+                        "dpo": {"model.vocab_size": 0},
+                        "reward": {"model.vocab_size": 0},
+                        "rl": {"model.vocab_size": 0},
+                        "diffusion_dpo": {"sample.grid_samples": 0}}
 
 
 def tiny_config(family: str, mesh: dict | None = None, **overrides):
     """configs/<family>:tiny with what resolve_config would fill in from the data (LM
-    vocabulary 64, one channel, 10 classes), on `mesh` (default one device), plus
-    dotted-key `overrides`; locked."""
+    vocabulary 64, RL reward tokens 0-31, one channel, 10 classes), on `mesh` (default one
+    device), plus dotted-key `overrides`; locked."""
     family, variant = VARIANTS.get(family, (family, {}))
     overrides = {**variant, **overrides}
     c = importlib.import_module(CONFIG_MODULES[family]).get_config("tiny")
     c.unlock()
     if "vocab_size" in c.model:
         c.model.vocab_size = 64
+    if "rl" in c and not c.rl.reward_ids:  # the gold reward's tokens (half the vocabulary)
+        c.rl.reward_ids = tuple(range(32))
     else:
         c.data.channels = 1
         if "num_classes" in c.model and not c.model.num_classes:

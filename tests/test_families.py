@@ -20,7 +20,11 @@ from tests.subproc import losses_by_step
 # family -> golden first-step loss of its tiny config, made on CPU with these versions
 # (constraints.txt pins them for `make test`). Regenerate: python -m tests.test_families
 GOLDEN_LOSS = {"lm": 4.174229, "diffusion": 0.996686, "vae": 6.306058, "gan": 1.919613,
-               "classifier": 3.378964}
+               "classifier": 3.378964,
+               # ln 2, independent answers: DPO policy = reference at step 0; a fresh
+               # reward head scores 0
+               "dpo": 0.693147, "reward": 0.693147,
+               "diffusion_dpo": 0.693147, "rl": -0.421875}  # -(gold reward of the step-0 rollouts): 27 of 64 tokens
 # A variant's first step computes its family's loss (LoRA: B = 0 is the base model).
 GOLDEN_LOSS.update({name: GOLDEN_LOSS[family] for name, (family, _) in VARIANTS.items()})
 GOLDEN_MADE_WITH = {"jax": "0.10.2", "jaxlib": "0.10.2"}

@@ -117,7 +117,8 @@ def _sources():
         for f in sorted(files):
             if f.endswith(".py"):
                 path = os.path.join(folder, f)
-                yield os.path.relpath(path, ROOT), open(path, encoding="utf-8").read()
+                with open(path, encoding="utf-8") as f:
+                    yield os.path.relpath(path, ROOT), f.read()
 
 
 def _docstrings(tree):

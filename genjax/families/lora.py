@@ -5,7 +5,8 @@ are only the adapters, {"lora": <the kernels' nesting> -> {"a", "b"}}; the base 
 sit frozen in `model_state["lora_base"]` (checkpointed, sharded by their logical names,
 never differentiated, no optimizer memory). Every kernel whose "/"-joined path matches
 one of `config.lora.targets` (regexes, `re.search`) gets an adapter; the family's model
-code does not change: the wrapper merges the weights and calls the family's own loss.
+code does not change: the wrapper merges the weights and calls the family's own loss,
+whose model_state still holds the frozen base (DPO takes it as its reference).
 
 Shapes: a kernel [*in, *out] gets A [*in, r] (random, std 1/sqrt(prod(in))) and
 B [r, *out] (zeros), so at step 0 the model is the base model bit for bit, and A and B
@@ -153,13 +154,15 @@ def wrap(family, config):
 
     def loss_fn(params, model_state, batch, rng, *, model, config):
         full, inner_state = merged(params, model_state, config)
-        loss, (metrics, new_state) = family.loss_fn(full, inner_state, batch, rng,
-                                                    model=model, config=config)
+        with_base = {**inner_state, BASE: model_state[BASE]}
+        loss, (metrics, new_state) = family.loss_fn(full, with_base, batch, rng, model=model,
+                                                    config=config)
         return loss, (metrics, {**new_state, BASE: model_state[BASE]})
 
     def eval_fn(params, model_state, batch, *, model, config):
         full, inner_state = merged(params, model_state, config)
-        return family.eval_fn(full, inner_state, batch, model=model, config=config)
+        return family.eval_fn(full, {**inner_state, BASE: model_state[BASE]}, batch,
+                              model=model, config=config)
 
     def param_labels(params, config):
         return None

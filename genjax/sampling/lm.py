@@ -4,6 +4,7 @@
                         max_new_tokens=N, temperature=0.8, top_k=40, top_p=0.95)
   out = decode(..., min_p=0.05, repetition_penalty=1.2, stop_token_ids=[0])
   out.tokens_BxN, out.lengths_B, out.stopped_B
+  out, logprobs_BxN = decode_with_logprobs(...)  # RL: log-probs of the drawn tokens
   for chunk in decode_stream(..., chunk_size=16): ...   # streaming, same tokens
 
 `params` is the "params" collection (what goes into model.apply({"params": params})).
@@ -23,7 +24,10 @@ is >= min_p * the top token's, Nguyen et al. 2024) on the tempered distribution,
 draw. A row that emits one of `stop_token_ids` stops: that token stays in its output,
 every later one is `pad_id`, and `lengths_B` counts the tokens before the stop token;
 the loop ends early once every row stopped. Stop *strings* are a host-side matter
-(genjax/sampling/text.py).
+(genjax/sampling/text.py). `decode_with_logprobs` also gives each drawn token's
+log-probability under the distribution it was drawn from (after the filters; greedy: the
+penalized logits), so at temperature 1 with no filters it is the model's own
+log-probability (RL rollouts).
 
 Randomness: the token of row b at step t uses fold_in(fold_in(rng, t), row_ids_B[b]),
 so a row's sample does not depend on the batch it is decoded in, and streaming in
@@ -113,11 +117,19 @@ def filtered_logits(logits_BxV, seen_BxV, s: Sampling, top_k: int):
 
 def sample_token(keys_B, logits_BxV, seen_BxV, s: Sampling, top_k: int) -> jax.Array:
     """One int32 token per row: argmax if temperature == 0, else a draw with key keys_B[b]."""
+    return sample_token_logp(keys_B, logits_BxV, seen_BxV, s, top_k)[0]
+
+
+def sample_token_logp(keys_B, logits_BxV, seen_BxV, s: Sampling, top_k: int):
+    """(token int32[B], its log-probability float32[B] under the distribution drawn from)."""
     penalized_BxV, tempered_BxV = filtered_logits(logits_BxV, seen_BxV, s, top_k)
-    return jax.lax.cond(
+    token_B = jax.lax.cond(
         s.temperature > 0,
         lambda: jax.vmap(jax.random.categorical)(keys_B, tempered_BxV).astype(jnp.int32),
         lambda: jnp.argmax(penalized_BxV, axis=-1).astype(jnp.int32))
+    dist_BxV = jnp.where(s.temperature > 0, tempered_BxV, penalized_BxV)
+    logp_B = jnp.take_along_axis(jax.nn.log_softmax(dist_BxV, axis=-1), token_B[:, None], -1)
+    return token_B, logp_B[:, 0]
 
 
 # ----------------------------------------------------------------------------- state
@@ -201,7 +213,8 @@ def _prefill(model, params, prompts_BxP, lengths_B, rng, row_ids_B, num_slots) -
 
 def _decode_loop(model, params, state: DecodeState, s: Sampling, limit, *, width: int,
                  top_k: int):
-    """Up to min(limit, width) tokens per row -> (tokens_BxW, tokens produced, state)."""
+    """Up to min(limit, width) tokens per row -> ((tokens_BxW, logprobs_BxW), tokens
+    produced, state)."""
     B = state.done_B.shape[0]
     rows_B = jnp.arange(B)
 
@@ -210,11 +223,13 @@ def _decode_loop(model, params, state: DecodeState, s: Sampling, limit, *, width
         return (i < jnp.minimum(limit, width)) & ~jnp.all(st.done_B)
 
     def body(carry):
-        i, st, out_BxW = carry
+        i, st, (out_BxW, logp_BxW) = carry
         step_key = jax.random.fold_in(st.rng, st.step)
         keys_B = jax.vmap(jax.random.fold_in, (None, 0))(step_key, st.row_ids_B)
-        token_B = sample_token(keys_B, st.logits_BxV, st.seen_BxV, s, top_k)
+        token_B, logp_B = sample_token_logp(keys_B, st.logits_BxV, st.seen_BxV, s, top_k)
         token_B = jnp.where(st.done_B, s.pad_id, token_B)
+        logp_BxW = jax.lax.dynamic_update_slice(
+            logp_BxW, jnp.where(st.done_B, 0.0, logp_B)[:, None], (0, i))
         hit_B = (token_B[:, None] == s.stop_ids_K[None, :]).any(-1) & ~st.done_B
         lengths_B = st.lengths_B + (~st.done_B & ~hit_B)
         out_BxW = jax.lax.dynamic_update_slice(out_BxW, token_B[:, None], (0, i))
@@ -223,12 +238,11 @@ def _decode_loop(model, params, state: DecodeState, s: Sampling, limit, *, width
         st = DecodeState(cache, logits_Bx1xV[:, 0].astype(jnp.float32), st.position_B + 1,
                          st.seen_BxV.at[rows_B, token_B].set(True), st.done_B | hit_B,
                          lengths_B, st.step + 1, st.rng, st.row_ids_B)
-        return i + 1, st, out_BxW
+        return i + 1, st, (out_BxW, logp_BxW)
 
-    out_BxW = jnp.full((B, width), s.pad_id, jnp.int32)
-    i, state, out_BxW = jax.lax.while_loop(cond, body, (jnp.zeros((), jnp.int32), state,
-                                                        out_BxW))
-    return out_BxW, i, state
+    outs = (jnp.full((B, width), s.pad_id, jnp.int32), jnp.zeros((B, width), jnp.float32))
+    i, state, outs = jax.lax.while_loop(cond, body, (jnp.zeros((), jnp.int32), state, outs))
+    return outs, i, state
 
 
 def _num_slots(model, prompts_BxP, max_new_tokens: int) -> int:
@@ -253,15 +267,30 @@ def decode(model: Transformer, params, prompts_BxP, prompt_lengths_B, *, rng,
 
     Raises ValueError if the longest prompt + max_new_tokens exceeds model.max_len.
     """
+    return decode_with_logprobs(model, params, prompts_BxP, prompt_lengths_B, rng=rng,
+                                max_new_tokens=max_new_tokens, temperature=temperature,
+                                top_k=top_k, top_p=top_p, min_p=min_p,
+                                repetition_penalty=repetition_penalty,
+                                stop_token_ids=stop_token_ids, pad_id=pad_id,
+                                valid_vocab=valid_vocab, row_ids_B=row_ids_B)[0]
+
+
+def decode_with_logprobs(model: Transformer, params, prompts_BxP, prompt_lengths_B, *, rng,
+                         max_new_tokens: int, temperature=1.0, top_k: int = 0, top_p=1.0,
+                         min_p=0.0, repetition_penalty=1.0, stop_token_ids: Sequence[int] = (),
+                         pad_id: int = 0, valid_vocab: int | None = None,
+                         row_ids_B=None) -> tuple[Decoded, jax.Array]:
+    """(`decode`'s output, logprobs_BxN float32: each drawn token's log-probability under
+    the distribution it was drawn from, 0 after a stop token)."""
     _check(model, prompts_BxP, prompt_lengths_B, max_new_tokens)
     s = _sampling(model, temperature, top_k, top_p, min_p, repetition_penalty,
                   stop_token_ids, pad_id, valid_vocab)
     N = int(max_new_tokens)
     state = prefill(model, params, *_inputs(prompts_BxP, prompt_lengths_B, rng, row_ids_B),
                     num_slots=_num_slots(model, prompts_BxP, N))
-    tokens_BxN, _, state = generate_chunk(model, params, state, s, jnp.asarray(N, jnp.int32),
-                                          chunk_size=N, top_k=int(top_k))
-    return Decoded(tokens_BxN, state.lengths_B, state.done_B)
+    (tokens_BxN, logp_BxN), _, state = generate_chunk(
+        model, params, state, s, jnp.asarray(N, jnp.int32), chunk_size=N, top_k=int(top_k))
+    return Decoded(tokens_BxN, state.lengths_B, state.done_B), logp_BxN
 
 
 def generate(model: Transformer, params, prompts_BxP, prompt_lengths_B, **kwargs) -> jax.Array:
@@ -279,7 +308,8 @@ def prefill(model, params, prompts_BxP, lengths_B, rng, row_ids_B, *, num_slots)
 @functools.partial(jax.jit, static_argnames=("model", "chunk_size", "top_k"))
 def generate_chunk(model, params, state: DecodeState, s: Sampling, limit, *, chunk_size: int,
                    top_k: int):
-    """Continues from `state`: (tokens_BxC (pad-filled past `count`), count, new state).
+    """Continues from `state`: ((tokens_BxC (pad-filled past `count`), their
+    logprobs_BxC), count, new state).
 
     `limit` (traced, so the last, shorter chunk does not recompile) caps the count."""
     return _decode_loop(model, params, state, s, limit, width=chunk_size, top_k=top_k)
@@ -308,7 +338,7 @@ def decode_stream(model: Transformer, params, prompts_BxP, prompt_lengths_B, *, 
     produced = 0
     while produced < max_new_tokens:
         wanted = min(chunk_size, max_new_tokens - produced)
-        tokens_BxC, count, state = generate_chunk(
+        (tokens_BxC, _), count, state = generate_chunk(
             model, params, state, s, jnp.asarray(wanted, jnp.int32),
             chunk_size=int(chunk_size), top_k=int(top_k))
         count = int(count)

@@ -1,0 +1,152 @@
+"""Direct preference optimisation of the LM transformer against a frozen reference.
+
+Batch (genjax/data/preferences.py): {"tokens": int32[B, 2, T + 1], "mask": float32[B, 2, T]},
+row 0 the chosen completion, row 1 the rejected one, both after the same prompt; a pair
+stays on one device (the batch axis is B). A completion's log-probability is the sum of
+its tokens' log-probs where mask = 1 (IPO: their mean), nats.
+
+The reference is the policy at step 0, frozen in model_state["reference"] (checkpointed,
+sharded like params, never differentiated). `config.init_from` places the pretrained
+params in both. With LoRA (config.lora.rank > 0) the frozen base *is* the reference: no
+second copy is kept, and the LoRA wrapper hands the base to this loss as
+model_state["lora_base"] (genjax/families/lora.py). Losses (config.dpo.loss_type):
+sigmoid (with label smoothing), ipo, hinge (genjax/preference.py); at step 0 the sigmoid
+loss is ln 2 exactly.
+
+Logged: the implicit rewards beta (log pi - log ref) of chosen and rejected, their
+margin, the implicit reward accuracy (chosen reward > rejected), the policy log-probs.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from genjax import checkpoint as ckpt_lib
+from genjax import preference
+from genjax.data.tokenizer import tokenizer_from_json
+from genjax.families import lm, lora
+
+REFERENCE = "reference"
+
+# Capabilities (genjax/families/__init__.py): the policy is an LM
+make_model = lm.make_model
+resolve_config = lm.resolve_config
+flops_per_example = lm.flops_per_example
+text_tokenizer = lm.text_tokenizer
+sample_text = lm.sample_text
+runtime_keys = ("model.dropout", "model.attention_impl")
+
+
+def example_batch(config, batch_size: int) -> dict[str, np.ndarray]:
+    T = int(config.model.max_len)
+    return {"tokens": np.zeros((batch_size, 2, T + 1), np.int32),
+            "mask": np.zeros((batch_size, 2, T), np.float32)}
+
+
+def init_variables(model, rng, batch, config) -> dict:
+    variables = dict(model.init({"params": rng}, jnp.asarray(batch["tokens"][:, 0, :-1])))
+    if not lora.enabled(config):  # with LoRA the frozen base is the reference
+        variables[REFERENCE] = jax.tree_util.tree_map(jnp.copy, variables["params"])
+    return variables
+
+
+def reference_params(model_state, like):
+    """The frozen reference params, cast to the dtype of the policy's params `like`."""
+    ref = model_state[REFERENCE] if REFERENCE in model_state else model_state[lora.BASE]
+    return jax.tree_util.tree_map(lambda r, p: jax.lax.stop_gradient(r).astype(p.dtype),
+                                  ref, like)
+
+
+def completion_logps(model, params, batch, *, train: bool, rng=None, average: bool = False):
+    """Summed (average=True: mean) completion log-probs float32[B, 2] and token counts."""
+    tokens, mask = batch["tokens"], batch["mask"].astype(jnp.float32)
+    B, _, T1 = tokens.shape
+    flat = tokens.reshape(B * 2, T1)
+    rngs = {"dropout": rng} if rng is not None else None
+    logits = model.apply({"params": params}, flat[:, :-1], train=train, rngs=rngs)
+    nll, _ = lm.token_nll(logits, flat[:, 1:])
+    m = mask.reshape(B * 2, T1 - 1)
+    logp, count = -jnp.sum(nll * m, -1), jnp.sum(m, -1)
+    if average:
+        logp = logp / jnp.maximum(count, 1.0)
+    return logp.reshape(B, 2), count.reshape(B, 2)
+
+
+def pair_terms(params, model_state, batch, rng, *, model, config, train: bool):
+    """(per-pair loss [B], metrics of the pair [B] each) of the config's DPO loss."""
+    d = config.dpo
+    loss_type = preference.check_loss_type(str(d.loss_type))
+    average = loss_type == "ipo"
+    logp, _ = completion_logps(model, params, batch, train=train, rng=rng, average=average)
+    ref, _ = completion_logps(model, reference_params(model_state, params), batch,
+                              train=False, average=average)
+    delta = preference.log_ratio_margin(logp[:, 0], logp[:, 1], ref[:, 0], ref[:, 1])
+    loss = preference.dpo_loss(delta, float(d.beta), loss_type, float(d.label_smoothing))
+    rewards = preference.implicit_rewards(logp, ref, float(d.beta))
+    return loss, {"reward_chosen": rewards[:, 0], "reward_rejected": rewards[:, 1],
+                  "reward_margin": rewards[:, 0] - rewards[:, 1],
+                  "reward_accuracy": (rewards[:, 0] > rewards[:, 1]).astype(jnp.float32),
+                  "logp_chosen": logp[:, 0], "logp_rejected": logp[:, 1]}
+
+
+def loss_fn(params, model_state, batch, rng, *, model, config):
+    loss, per_pair = pair_terms(params, model_state, batch, rng, model=model, config=config,
+                                train=True)
+    metrics = {k: jnp.mean(v) for k, v in per_pair.items()}
+    return jnp.mean(loss), (metrics, model_state)
+
+
+def eval_fn(params, model_state, batch, *, model, config):
+    """Sums over real pairs (a padded row has an all-zero mask) plus "count"."""
+    loss, per_pair = pair_terms(params, model_state, batch, None, model=model, config=config,
+                                train=False)
+    real = (jnp.sum(batch["mask"], axis=(1, 2)) > 0).astype(jnp.float32)
+    out = {k: jnp.sum(v * real) for k, v in per_pair.items()}
+    return {"loss": jnp.sum(loss * real), **out, "count": jnp.sum(real)}
+
+
+def finalize_eval(sums: dict) -> dict:
+    count = max(float(sums["count"]), 1.0)
+    return {**{k: float(v) / count for k, v in sums.items() if k != "count"}, "pairs": count}
+
+
+def param_labels(params, config):
+    return None
+
+
+def load_pretrained(state, src_params, config):
+    """init_from: the pretrained params are the policy's start and the reference."""
+    copy = lambda t: jax.tree_util.tree_map(lambda x: x.copy(), t)  # noqa: E731
+    state = state.replace(params=src_params,
+                          model_state={**state.model_state, REFERENCE: copy(src_params)})
+    if jax.tree_util.tree_leaves(state.ema_params):
+        state = state.replace(ema_params=copy(src_params))
+    return state
+
+
+# ----------------------------------------------------------------------- data seam
+def make_data(config, *, process_index: int, process_count: int):
+    """Preference pairs (genjax/data/preferences.py) encoded with the policy's tokenizer:
+    init_from's (saved in its checkpoint meta) when set, else the text dataset's."""
+    from genjax.data.lm_loader import LMData
+    from genjax.data.preferences import PreferenceData
+    text = LMData(config.data, seq_len=int(config.model.max_len),
+                  global_batch_size=int(config.batch_size), seed=int(config.seed))
+    return PreferenceData(config.data, policy_tokenizer(config, text.tokenizer), text.text,
+                          seq_len=int(config.model.max_len),
+                          global_batch_size=int(config.batch_size), seed=int(config.seed),
+                          process_index=process_index, process_count=process_count)
+
+
+def policy_tokenizer(config, default):
+    """The tokenizer saved with config.init_from's checkpoint, else `default`."""
+    if not config.init_from:
+        return default
+    src_dir, step = ckpt_lib.parse_init_from(config.init_from)
+    src = ckpt_lib.Checkpointer(src_dir, read_only=True)
+    try:
+        meta = src.read_meta(step)
+    finally:
+        src.close()
+    return tokenizer_from_json(meta["data"]["tokenizer"])

@@ -1,0 +1,104 @@
+"""Reward model: the transformer with a scalar head on the last real token, trained with
+the Bradley-Terry loss on preference pairs (genjax/data/preferences.py, the DPO batch).
+
+Batch: {"tokens": int32[B, 2, T + 1], "mask": float32[B, 2, T]} (row 0 chosen, 1 rejected).
+Each row is scored on its first T tokens at the position of its last completion token
+(from the mask; a row that fills all T + 1 slots is read at T - 1, its final token
+unseen: keep prompt + completion <= T for reward data). Loss per pair
+-log sigma(r_w - r_l - margin) + center (r_w + r_l)^2 (config.reward; genjax/preference.py).
+A fresh head scores 0, so the step-0 loss is ln 2 (margin 0). Eval: held-out pairwise
+accuracy (chosen scored above rejected), loss, mean margin.
+
+`config.init_from` an LM checkpoint: its params become the body (the head stays 0).
+LoRA is refused: it would freeze the head (a vector, not a kernel).
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from genjax import preference
+from genjax.errors import ConfigError
+from genjax.families import dpo, lm, lora
+from genjax.models import reward_model
+
+# Capabilities (genjax/families/__init__.py)
+resolve_config = lm.resolve_config
+flops_per_example = lm.flops_per_example
+text_tokenizer = lm.text_tokenizer
+runtime_keys = ("model.dropout", "model.attention_impl")
+example_batch = dpo.example_batch
+make_data = dpo.make_data
+
+
+def make_model(config) -> reward_model.RewardModel:
+    return reward_model.RewardModel(lm.make_model(config))
+
+
+def init_variables(model, rng, batch, config) -> dict:
+    if lora.enabled(config):
+        raise ConfigError("family=reward with lora.rank > 0: LoRA would freeze the scalar "
+                          "head; train the reward model in full (lora.rank=0)")
+    tokens = jnp.asarray(batch["tokens"][:, 0, :-1])
+    return model.init({"params": rng}, tokens, jnp.zeros(tokens.shape[0], jnp.int32))
+
+
+def last_positions(mask_NxT):
+    """Index of each row's last completion token in its first T tokens, int32[N]."""
+    T = mask_NxT.shape[-1]
+    last_target = T - 1 - jnp.argmax(mask_NxT[:, ::-1] > 0, axis=-1)
+    return jnp.minimum(last_target + 1, T - 1).astype(jnp.int32)
+
+
+def pair_rewards(params, model, batch, *, train: bool, rng=None):
+    """Rewards float32[B, 2] of (chosen, rejected)."""
+    tokens, mask = batch["tokens"], batch["mask"]
+    B, _, T1 = tokens.shape
+    flat = tokens.reshape(B * 2, T1)[:, :-1]
+    last = last_positions(mask.reshape(B * 2, T1 - 1))
+    rngs = {"dropout": rng} if rng is not None else None
+    r = model.apply({"params": params}, flat, last, train=train, rngs=rngs)
+    return r.reshape(B, 2)
+
+
+def pair_terms(params, batch, rng, *, model, config, train: bool):
+    r = pair_rewards(params, model, batch, train=train, rng=rng)
+    c = config.reward
+    loss = preference.bradley_terry_loss(r[:, 0], r[:, 1], float(c.margin), float(c.center))
+    return loss, {"accuracy": (r[:, 0] > r[:, 1]).astype(jnp.float32),
+                  "reward_chosen": r[:, 0], "reward_rejected": r[:, 1],
+                  "reward_margin": r[:, 0] - r[:, 1]}
+
+
+def loss_fn(params, model_state, batch, rng, *, model, config):
+    loss, per_pair = pair_terms(params, batch, rng, model=model, config=config, train=True)
+    return jnp.mean(loss), ({k: jnp.mean(v) for k, v in per_pair.items()}, model_state)
+
+
+def eval_fn(params, model_state, batch, *, model, config):
+    """Sums over real pairs (padded rows have all-zero masks) plus "count"."""
+    loss, per_pair = pair_terms(params, batch, None, model=model, config=config, train=False)
+    real = (jnp.sum(batch["mask"], axis=(1, 2)) > 0).astype(jnp.float32)
+    return {"loss": jnp.sum(loss * real), **{k: jnp.sum(v * real) for k, v in per_pair.items()},
+            "count": jnp.sum(real)}
+
+
+finalize_eval = dpo.finalize_eval
+
+
+def param_labels(params, config):
+    return None
+
+
+def pretrained_target(abstract_state):
+    """init_from restores an LM checkpoint's params into the body."""
+    return abstract_state.params["body"]
+
+
+def load_pretrained(state, src_params, config):
+    params = {**state.params, "body": src_params}
+    state = state.replace(params=params)
+    if jax.tree_util.tree_leaves(state.ema_params):
+        state = state.replace(ema_params=jax.tree_util.tree_map(lambda x: x.copy(), params))
+    return state
+

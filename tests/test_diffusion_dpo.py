@@ -1,0 +1,78 @@
+"""Diffusion-DPO (genjax/families/diffusion_dpo.py, genjax/preference.py) and its pairs.
+
+Known answers: ln 2 when the model is the reference; the gradient there is
+(beta / 4) grad(mse_w - mse_l); swapping winner and loser negates the inner term; the
+pair shares t and noise, so identical images give identical errors (ln 2 for any model).
+"""
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import linen as nn
+
+from genjax import preference
+from genjax.data import image_pairs
+from genjax.families import diffusion_dpo
+from tests.families import tiny_config
+from tests.test_dpo import moved
+
+
+def test_pure_loss_ln2_at_the_reference_gradient_and_swap():
+    w = jnp.array([0.3, -1.2, 2.0])
+    def mse(p, x):
+        return jnp.mean((p - x) ** 2)
+    xw, xl, beta = jnp.array([1.0, 0.0, 1.0]), jnp.array([0.0, 2.0, -1.0]), 7.0
+    ref_w, ref_l = mse(w, xw), mse(w, xl)
+    def loss(p):
+        return preference.diffusion_dpo_loss(mse(p, xw), mse(p, xl), ref_w, ref_l, beta)
+    assert float(loss(w)) == np.float32(math.log(2))
+    want = (beta / 4) * jax.grad(lambda p: mse(p, xw) - mse(p, xl))(w)
+    np.testing.assert_allclose(jax.grad(loss)(w), want, rtol=1e-6)
+    p = w + 0.1
+    a = preference.diffusion_dpo_inner(mse(p, xw), mse(p, xl), ref_w, ref_l, beta)
+    b = preference.diffusion_dpo_inner(mse(p, xl), mse(p, xw), ref_l, ref_w, beta)
+    assert float(a) == -float(b) and float(a) != 0
+
+
+def setup():
+    config = tiny_config("diffusion_dpo")
+    model = diffusion_dpo.make_model(config)
+    rng = np.random.default_rng(0)
+    batch = {"image": jnp.asarray(rng.uniform(-1, 1, (3, 2, 32, 32, 1)), jnp.float32),
+             "label": jnp.array([0, 3, 7], jnp.int32)}
+    v = nn.meta.unbox(diffusion_dpo.init_variables(model, jax.random.key(0), batch, config))
+    return config, model, batch, v
+
+
+def loss_of(params, v, batch, config, model):
+    loss, (m, _) = diffusion_dpo.loss_fn(params, {"reference": v["reference"]}, batch,
+                                         jax.random.key(1), model=model, config=config)
+    return float(loss), m
+
+
+def test_family_step_zero_is_ln2_and_a_pair_shares_timestep_and_noise():
+    config, model, batch, v = setup()
+    assert loss_of(v["params"], v, batch, config, model)[0] == np.float32(math.log(2))
+    policy = moved(v["params"], scale=0.02)
+    same = {**batch, "image": jnp.repeat(batch["image"][:, :1], 2, axis=1)}
+    loss, m = loss_of(policy, v, same, config, model)
+    assert loss == np.float32(math.log(2)) and float(m["inner"]) == 0.0
+    loss, m = loss_of(policy, v, batch, config, model)
+    swapped = {**batch, "image": batch["image"][:, ::-1]}
+    _, m2 = loss_of(policy, v, swapped, config, model)
+    assert float(m["inner"]) != 0
+    np.testing.assert_allclose(float(m2["inner"]), -float(m["inner"]), rtol=1e-5)
+
+
+def test_scrambled_loser_moves_every_patch_and_keeps_every_pixel():
+    perm = image_pairs.patch_permutation(32, 4, seed=0)
+    x = np.random.default_rng(1).normal(size=(2, 32, 32, 1)).astype(np.float32)
+    y = image_pairs.scramble(x, perm, 4)
+    assert not np.any(np.all((x == y).reshape(2, 8, 4, 8, 4).transpose(0, 1, 3, 2, 4)
+                             .reshape(2, 64, 16), axis=-1))
+    np.testing.assert_array_equal(image_pairs.scramble(y, np.argsort(perm), 4), x)
+    with pytest.raises(ValueError, match="not divisible"):
+        image_pairs.ImagePairs(type("D", (), {"image_shape": (30, 30, 1), "class_names": [],
+                                             "splits": []})(), patch=4, seed=0)

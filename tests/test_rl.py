@@ -1,0 +1,83 @@
+"""Online RL (genjax/families/rl.py) and the decoder's log-probs it relies on.
+
+Known answers: the decoder's drawn-token log-probs equal the teacher-forced ones (1e-5),
+so the first importance ratio is 1; at temperature tau they are log softmax(logits / tau);
+at step 0 the KL to the reference is 0 exactly; a constant reward with beta = 0 gives a
+zero gradient; the gold reward of a completion is its share of reward tokens; the loss's
+value is -(mean shaped reward).
+"""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import linen as nn
+
+from genjax.data.preferences import encode_pairs
+from genjax.families import lm, rl
+from genjax.sampling import lm as decoder
+from tests.families import tiny_config
+from tests.test_dpo import RECORDS, TOK
+
+
+def setup(**overrides):
+    config = tiny_config("rl", **overrides)
+    model = rl.make_model(config)
+    tokens, mask = encode_pairs(RECORDS, TOK, int(config.model.max_len))
+    batch = {"tokens": jnp.asarray(tokens), "mask": jnp.asarray(mask)}
+    variables = nn.meta.unbox(rl.init_variables(model, jax.random.key(0), batch, config))
+    return config, model, batch, variables
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_decoder_logprobs_are_the_teacher_forced_ones(temperature):
+    config, model, batch, v = setup()
+    prompts, lengths = rl.prompts_of(batch, 20)
+    out, drawn = decoder.decode_with_logprobs(model, v["params"], prompts, lengths,
+                                              rng=jax.random.PRNGKey(3), max_new_tokens=8,
+                                              temperature=temperature)
+    seq, mask = rl.join(prompts, lengths, out.tokens_BxN)
+    logits = model.apply({"params": v["params"]}, seq[:, :-1]) / temperature
+    want = jnp.take_along_axis(jax.nn.log_softmax(logits, -1), seq[:, 1:, None], -1)[..., 0]
+    got = rl._scatter(drawn, lengths, want.shape)
+    np.testing.assert_allclose(np.asarray(got * mask), np.asarray(want * mask), atol=1e-5)
+    assert float(mask.sum()) == 8 * len(RECORDS)
+    for i, r in enumerate(RECORDS):  # the prompt is row 0's text before the completion
+        assert TOK.decode(np.asarray(seq[i, :len(r["prompt"])])) == r["prompt"]
+
+
+def test_step_zero_ratio_is_one_kl_is_zero_and_loss_is_minus_the_reward():
+    config, model, batch, v = setup()
+    state = {"reference": v["reference"]}
+    loss, (m, _) = rl.loss_fn(v["params"], state, batch, jax.random.key(1), model=model,
+                              config=config)
+    assert float(m["ratio_error"]) < 1e-5
+    assert float(m["kl"]) == 0.0
+    assert float(loss) == pytest.approx(-float(m["reward"]), abs=1e-7)
+
+
+def test_gold_reward_is_the_share_of_reward_tokens():
+    got = rl.gold_reward(jnp.array([[1, 2, 40, 3], [40, 41, 42, 43]]), (1, 2, 3, 4))
+    np.testing.assert_allclose(np.asarray(got), [0.75, 0.0])
+
+
+def test_constant_reward_without_kl_gives_zero_gradient_and_a_real_reward_does_not():
+    config, model, batch, v = setup(**{"rl.beta": 0.0, "rl.reward_ids": (1000,)})
+    state = {"reference": v["reference"]}
+
+    def grads(cfg):
+        f = lambda p: rl.loss_fn(p, state, batch, jax.random.key(1), model=model,  # noqa
+                                 config=cfg)[0]
+        return jax.tree_util.tree_leaves(jax.grad(f)(v["params"]))
+    assert all(np.all(np.asarray(g) == 0) for g in grads(config))
+    config2 = tiny_config("rl", **{"rl.beta": 0.0})
+    assert max(float(jnp.abs(g).max()) for g in grads(config2)) > 1e-4
+
+
+def test_rollouts_depend_on_the_step_key_only():
+    config, model, batch, v = setup()
+    state = {"reference": v["reference"]}
+
+    def drawn(key):
+        _, (m, _) = rl.loss_fn(v["params"], state, batch, key, model=model, config=config)
+        return float(m["logp_drawn"])
+    assert drawn(jax.random.key(1)) == drawn(jax.random.key(1)) != drawn(jax.random.key(2))
