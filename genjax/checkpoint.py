@@ -29,14 +29,10 @@ import orbax.checkpoint as ocp
 from genjax import config_lib, faults
 from genjax.errors import CheckpointError, CorruptCheckpoint, UserError  # noqa: F401
 from genjax.models import scan_convert
+from genjax.same_model import LAYOUT_KEYS
 from genjax.step import TrainState
 
 ITEMS = ("state", "data", "meta")
-# Config sections whose change makes a checkpoint belong to "another model" (except the
-# keys the family names as runtime_keys: how a model runs, not what it is).
-ARCH_KEYS = ("family", "model")
-# ...and these change the params' layout: the message says how to convert.
-LAYOUT_KEYS = {"model.scan_layers": "python -m genjax.scan_convert --workdir=OLD --out=NEW"}
 
 
 def _state_to_dict(state: TrainState) -> dict:
@@ -375,50 +371,6 @@ def _check_against_saved(item_metadata, target, directory, step) -> None:
     if problems:
         raise UserError(f"checkpoint {directory}/{step} does not fit this model "
                         f"({len(problems)} leaves differ):\n  " + "\n  ".join(problems[:20]))
-
-
-def check_same_model(saved_meta: dict, config, runtime_keys: tuple[str, ...] = ()) -> None:
-    """A checkpoint of another model (family or model config differ, except in
-    `runtime_keys`) -> UserError."""
-    now = config_lib.to_dict(config)
-    then = saved_meta.get("config", {})
-    diffs = []
-    for key in ARCH_KEYS:
-        if isinstance(now.get(key), dict):
-            # keys the saved run did not have yet keep their old behaviour by default
-            diffs += [d for d in config_lib.diff(then.get(key, {}), now[key], prefix=f"{key}.",
-                                                 new_keys=False)
-                      if d.split(":")[0] not in runtime_keys]
-        elif then.get(key) != now.get(key):
-            diffs.append(f"{key}: {then.get(key)!r} -> {now.get(key)!r}")
-    layout = [d for d in diffs if d.split(":")[0] in LAYOUT_KEYS]
-    if layout and len(layout) == len(diffs):
-        key = layout[0].split(":")[0]
-        raise UserError(f"the workdir's checkpoint has another params layout ({layout[0]}); "
-                        f"convert it first: {LAYOUT_KEYS[key]}, then train in NEW")
-    if diffs:
-        raise UserError("the workdir holds a checkpoint of a different model; use a new "
-                        "--workdir or set --config.init_from. Differences: " + "; ".join(diffs))
-
-
-SCHEDULE_KEYS = ("total_steps", "batch_size", "optim")
-
-
-def warn_changed_schedule(saved_meta: dict, config) -> list[str]:
-    """Resuming with changed schedule/optimizer keys is allowed, but said out loud."""
-    now, then = config_lib.to_dict(config), saved_meta.get("config", {})
-    diffs = []
-    for key in SCHEDULE_KEYS:
-        if isinstance(now.get(key), dict):
-            diffs += config_lib.diff(then.get(key, {}), now[key], prefix=f"{key}.",
-                                     new_keys=False)
-        elif then.get(key) != now.get(key):
-            diffs.append(f"{key}: {then.get(key)!r} -> {now.get(key)!r}")
-    if diffs:
-        msg = "resuming with changed schedule keys: " + "; ".join(diffs)
-        logging.warning(msg)
-        print(f"warning: {msg}", flush=True)
-    return diffs
 
 
 def parse_init_from(path: str) -> tuple[str, int | None]:

@@ -16,7 +16,7 @@ import logging
 import jax
 
 from genjax import checkpoint as ckpt_lib
-from genjax import families
+from genjax import families, same_model
 from genjax.rollback import BatchBook
 from genjax.step import TrainState
 
@@ -39,8 +39,8 @@ def check_workdir(ckpt: ckpt_lib.Checkpointer, config, family) -> None:
         saved_meta = ckpt.read_meta(latest)
     except Exception:  # noqa: BLE001 - a corrupt step; restore_latest deals with it
         return
-    ckpt_lib.check_same_model(saved_meta, config, families.runtime_keys(family))
-    ckpt_lib.warn_changed_schedule(saved_meta, config)
+    same_model.check_same_model(saved_meta, config, families.runtime_keys(family))
+    same_model.warn_changed_schedule(saved_meta, config)
 
 
 def start(ckpt: ckpt_lib.Checkpointer, parts, config, train_iter) -> Start:
