@@ -12,6 +12,7 @@ CONFIG_MODULES = {
     "vae": "configs.vae_fmnist",
     "gan": "configs.gan_fmnist",
     "classifier": "configs.fmnist_classifier",
+    "distill": "configs.distill_shakespeare",
 }
 FAMILIES = tuple(families.registered())  # the one list every parametrised test uses
 IMAGE_FAMILIES = tuple(f for f in FAMILIES if families.has(families.get(f), "sample_images"))
@@ -29,7 +30,8 @@ RUN_FAMILY_OVERRIDES = {"lm": {"model.vocab_size": 0},  # the tokenizer decides
                         "diffusion": {"sample.grid_samples": 0},
                         "vae": {"sample.grid_samples": 0, "model.class_conditional": True},
                         "gan": {"sample.grid_samples": 0, "model.class_conditional": True},
-                        "classifier": {}}
+                        "classifier": {},
+                        "distill": {"model.vocab_size": 0}}
 
 
 def tiny_config(family: str, mesh: dict | None = None, **overrides):
