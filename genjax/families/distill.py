@@ -71,8 +71,12 @@ def divergence(zs, zt, beta):
 
 
 def _mixture_logp(ls, lt, beta):
-    """log(beta p_T + (1 - beta) p_S), mixed in probability space."""
-    return jnp.logaddexp(jnp.log(beta) + lt, jnp.log1p(-beta) + ls)
+    """log(beta p_T + (1 - beta) p_S), mixed in probability space, relative to the larger
+    of the two log-probs (stable; exactly log p_S where log p_T == log p_S)."""
+    d = lt - ls
+    below = ls + jnp.log1p(beta * jnp.expm1(jnp.minimum(d, 0.0)))         # p_T <= p_S
+    above = lt + jnp.log1p((1 - beta) * jnp.expm1(jnp.minimum(-d, 0.0)))  # p_T > p_S
+    return jnp.where(d <= 0, below, above)
 
 
 def _divergence_fwd(zs, zt, beta):
