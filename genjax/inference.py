@@ -7,7 +7,7 @@ from typing import Any
 
 from genjax import assemble as assemble_lib
 from genjax import checkpoint as ckpt_lib
-from genjax import config_lib, families, sharding
+from genjax import config_lib, families, quantize, sharding
 from genjax import step as step_lib
 from genjax.errors import UserError
 
@@ -46,6 +46,8 @@ def load(workdir: str, *, which: str = "ema", step: int | None = None) -> Loaded
     config.lock()
     mesh = sharding.make_mesh(config.mesh)
     parts = assemble_lib.assemble(config, mesh)
+    if quantize.is_quantized_meta(meta):
+        return _load_quantized(ckpt, step, meta, config, parts)
     state, _, _ = ckpt.restore(step, parts.abstract_state)
     ckpt.close()
     params, model_state, which = assemble_lib.inference_params(parts, state, which)
@@ -53,3 +55,15 @@ def load(workdir: str, *, which: str = "ema", step: int | None = None) -> Loaded
     return Loaded(config=config, family=families.for_inference(parts.family), model=parts.model,
                   params=params, model_state=model_state, meta=meta, step=step, which=which,
                   parts=parts, step_params=step_params, step_model_state=state.model_state)
+
+
+def _load_quantized(ckpt, step: int, meta: dict, config, parts) -> Loaded:
+    """An int8 workdir (genjax/quantize.py): int8 params, a model that dequantizes them
+    inside the jitted sampler / eval step."""
+    state, _, _ = ckpt.restore(step, quantize.quantized_abstract_state(parts, meta))
+    ckpt.close()
+    qparts = dataclasses.replace(parts, eval_step=quantize.quantized_eval_step(parts))
+    return Loaded(config=config, family=families.for_inference(parts.family),
+                  model=quantize.QuantizedModel(parts.model), params=state.params,
+                  model_state=state.model_state, meta=meta, step=step,
+                  which=meta["quantized"]["which"], parts=qparts)
