@@ -15,6 +15,7 @@ from genjax.errors import UserError
 from genjax.sampling import lm as lm_sampling
 from genjax.sampling.text import TextRequest
 from tests.families import tiny_config
+from tests.subproc import assert_one_line_error, run_module
 from tests.test_families import random_batch
 
 
@@ -122,3 +123,6 @@ def test_quantizing_a_quantized_workdir_is_one_error_line_and_writes_nothing(tin
     with pytest.raises(UserError, match="already int8-quantized") as e:
         quantize.quantize_workdir(str(w8), str(again))
     assert "\n" not in str(e.value) and not again.exists()
+    proc = run_module("genjax.quantize", f"--workdir={w8}", f"--out={again}")  # the CLI
+    assert_one_line_error(proc, "already int8-quantized")
+    assert not again.exists()
