@@ -126,3 +126,21 @@ def test_quantizing_a_quantized_workdir_is_one_error_line_and_writes_nothing(tin
     proc = run_module("genjax.quantize", f"--workdir={w8}", f"--out={again}")  # the CLI
     assert_one_line_error(proc, "already int8-quantized")
     assert not again.exists()
+
+
+def test_a_diffusion_unet_quantizes_and_samples_like_its_dequantized_float_weights():
+    config = tiny_config("diffusion", **{"sample.grid_samples": 0})
+    parts = assemble.assemble(config, sharding.make_mesh(config.mesh))
+    params = jax.device_get(parts.init_state().params)
+    qparams = quantize.quantize_params(
+        params, quantize.logical_names(parts.family, parts.model, config))
+    flat = quantize._flat(qparams)
+    convs = [p for p, x in flat.items() if quantize.is_quantized_leaf(x) and x["int8"].ndim == 4
+             and p[-2].startswith("Conv")]  # [kh, kw, in, out]
+    assert convs and all(flat[p]["scale"].shape[:3] == (1, 1, 1) for p in convs)  # per out
+    key, kw = jax.random.PRNGKey(0), dict(steps=4)
+    got = parts.family.sample_images(quantize.QuantizedModel(parts.model), qparams, config, key,
+                                     2, **kw)
+    want = parts.family.sample_images(parts.model, quantize.dequantize_params(qparams), config,
+                                      key, 2, **kw)
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
