@@ -36,6 +36,7 @@ samples scored by the teacher), sequence-level KD.
 """
 from __future__ import annotations
 
+import functools
 import types
 
 import jax
@@ -63,10 +64,11 @@ runtime_keys = lm.runtime_keys
 
 
 # ----------------------------------------------------------------------- divergences
-@jax.custom_vjp
-def divergence(zs, zt, beta):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def divergence(zs, zt, beta: float):
     """D(p_T || p_S) per position for logits zs, zt [..., V] (already divided by tau);
-    `beta` < 0: forward KL, > 1: reverse KL, in [0, 1]: normalised JSD (module docstring)."""
+    `beta` (a Python float, see `beta_of`) < 0: forward KL, > 1: reverse KL, in [0, 1]:
+    the normalised generalized JSD (module docstring). Only the chosen one is computed."""
     return _divergence_fwd(zs, zt, beta)[0]
 
 
@@ -79,30 +81,33 @@ def _mixture_logp(ls, lt, beta):
     return jnp.where(d <= 0, below, above)
 
 
-def _divergence_fwd(zs, zt, beta):
+def _divergence_fwd(zs, zt, beta: float):
     ls, lt = jax.nn.log_softmax(zs, -1), jax.nn.log_softmax(zt, -1)
     ps, pt = jnp.exp(ls), jnp.exp(lt)
-    kl_ts = jnp.sum(pt * (lt - ls), -1)
-    kl_st = jnp.sum(ps * (ls - lt), -1)
-    b = jnp.clip(beta, 1e-12, 1 - 1e-7)  # in (0, 1); endpoints are selected below
-    lm_ = _mixture_logp(ls, lt, b)
-    r_m = ls - lm_
+    if beta <= 0:  # forward KL(T || S)
+        return jnp.sum(pt * (lt - ls), -1), (ps, pt)
+    if beta >= 1:  # reverse KL(S || T)
+        r = ls - lt
+        kl = jnp.sum(ps * r, -1)
+        return kl, (ps, r - kl[..., None])
+    r_m = ls - _mixture_logp(ls, lt, beta)
     kl_sm = jnp.sum(ps * r_m, -1)
-    jsd = (b * jnp.sum(pt * (lt - lm_), -1) + (1 - b) * kl_sm) / (b * (1 - b))
-    value = jnp.where(beta <= 0, kl_ts, jnp.where(beta >= 1, kl_st, jsd))
-    return value, (ps, pt, ls - lt, r_m, kl_st, kl_sm, beta, b)
+    jsd = beta * jnp.sum(pt * (r_m - (ls - lt)), -1) + (1 - beta) * kl_sm
+    return jsd / (beta * (1 - beta)), (ps, r_m - kl_sm[..., None])
 
 
-def _divergence_bwd(res, g):
-    """Closed forms: d KL(T||S)/dzs = p_S - p_T; d KL(S||T)/dzs = p_S (r - E_S r),
-    r = log p_S - log p_T; d JSD_beta/dzs = (1 - beta) p_S (r_M - E_S r_M), r_M =
-    log p_S - log M (the terms through M cancel)."""
-    ps, pt, r, r_m, kl_st, kl_sm, beta, b = res
-    d_fwd = ps - pt
-    d_rev = ps * (r - kl_st[..., None])
-    d_jsd = ps * (r_m - kl_sm[..., None]) / b
-    d = jnp.where(beta <= 0, d_fwd, jnp.where(beta >= 1, d_rev, d_jsd))
-    return g[..., None] * d, jnp.zeros_like(pt), jnp.zeros_like(beta)
+def _divergence_bwd(beta: float, res, g):
+    """Closed forms w.r.t. the student logits: d KL(T||S) = p_S - p_T; d KL(S||T) =
+    p_S (r - E_S r), r = log p_S - log p_T; d JSD_beta = (1 - beta) p_S (r_M - E_S r_M),
+    r_M = log p_S - log M (the terms through M cancel). The teacher gets none."""
+    ps, other = res
+    if beta <= 0:
+        d = ps - other
+    elif beta >= 1:
+        d = ps * other
+    else:
+        d = ps * other / beta
+    return g[..., None] * d, jnp.zeros_like(ps)
 
 
 divergence.defvjp(_divergence_fwd, _divergence_bwd)
@@ -125,7 +130,7 @@ def distill_loss(student_logits, teacher_logits, targets, *, alpha: float, tau: 
     b = beta_of(divergence_name, beta)
     zs = student_logits.astype(jnp.float32)
     zt = jax.lax.stop_gradient(teacher_logits.astype(jnp.float32))
-    kd = jnp.mean(divergence(zs / tau, zt / tau, jnp.float32(b)))
+    kd = jnp.mean(divergence(zs / tau, zt / tau, b))
     nll_BxT, _ = lm.token_nll(zs, targets)
     nll = jnp.mean(nll_BxT)
     loss = alpha * tau ** 2 * kd + (1.0 - alpha) * nll
