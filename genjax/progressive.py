@@ -12,9 +12,9 @@ swap of diffusers PR #1010). The loss is the truncated-SNR weighted x-error,
 max(1, alpha_t^2 / sigma_t^2) |x^ - x~|^2 = max(x_mse, eps_mse) (the paper's choice for
 v-prediction students, which start as copies of the teacher).
 
-Grids: N steps over T training timesteps are the levels i T / N - 1, i = N .. 0 (-1 =
-clean data), so the N-step grid is every other level of the 2N-step grid; a round N -> N/2
-needs N even and T divisible by N (else one error line: pick T = 1024 for 64 -> ... -> 4).
+Grids: N steps over T training timesteps are the levels round(i T / N) - 1, i = N .. 0
+(-1 = clean data), so the N-step grid is exactly every other level of the 2N-step grid on
+any T; a round N -> N/2 needs N even and N <= T (else one error line).
 Not built yet (stated): the distillation family that trains rounds with this target and a
 sampler on these grids; guidance distillation for class-conditional teachers.
 """
@@ -30,20 +30,21 @@ from genjax.errors import ConfigError
 
 
 def levels(num_train_steps: int, num_steps: int) -> np.ndarray:
-    """int32[num_steps + 1], descending: the timesteps of an N-step grid, ending at -1."""
+    """int32[num_steps + 1], descending: round(i T / N) - 1 for i = N .. 0 (-1 = clean)."""
     T, N = int(num_train_steps), int(num_steps)
-    if N < 1 or T % N:
-        raise ConfigError(f"{N} sampling steps do not divide the schedule's {T} timesteps: "
-                          f"choose a step count that divides {T}")
-    return (np.arange(N, -1, -1) * (T // N) - 1).astype(np.int32)
+    if not 1 <= N <= T:
+        raise ConfigError(f"{N} sampling steps on a schedule of {T} timesteps: use 1..{T}")
+    i = np.arange(N, -1, -1, dtype=np.int64)
+    return ((2 * i * T + N) // (2 * N) - 1).astype(np.int32)  # exact round-half-up
 
 
 def halving_levels(num_train_steps: int, num_steps: int) -> tuple[np.ndarray, np.ndarray]:
-    """(student grid of N/2 steps, teacher grid of N steps): one round N -> N/2."""
+    """(student grid of N/2 steps, teacher grid of N steps): one round N -> N/2. The
+    N/2 grid is exactly every other level of the N grid (same i T / N, rounded alike)."""
     T, N = int(num_train_steps), int(num_steps)
-    if N < 2 or N % 2 or T % N:
+    if N < 2 or N % 2 or N > T:
         raise ConfigError(f"progressive distillation cannot halve {N} steps on a schedule of "
-                          f"{T} timesteps: the step count must be even and divide {T}")
+                          f"{T} timesteps: the step count must be even and at most {T}")
     return levels(T, N // 2), levels(T, N)
 
 

@@ -54,16 +54,19 @@ def test_an_oracle_teacher_gives_the_true_x0_and_the_swapped_formula_does_not(se
 
 
 def test_grids_halve_exactly_and_end_at_clean_data():
-    student, teacher_grid = progressive.halving_levels(1024, 64)
-    np.testing.assert_array_equal(student, teacher_grid[::2])
-    assert teacher_grid[0] == 1023 and teacher_grid[-1] == -1 and len(teacher_grid) == 65
-    n = 64
-    while n > 4:  # 64 -> 32 -> ... -> 4 on T = 1024
-        progressive.halving_levels(1024, n)
-        n //= 2
+    for T in (1000, 1024, 100):
+        n = 64
+        while n > 2:  # 64 -> 32 -> ... -> 2
+            student, teacher_grid = progressive.halving_levels(T, n)
+            np.testing.assert_array_equal(student, teacher_grid[::2])
+            want = np.round(np.arange(n, -1, -1) * T / n + 1e-9) - 1  # round half up
+            np.testing.assert_array_equal(teacher_grid, want)
+            assert teacher_grid[0] == T - 1 and teacher_grid[-1] == -1
+            assert np.all(np.diff(teacher_grid) < 0)
+            n //= 2
 
 
-@pytest.mark.parametrize("steps,timesteps", [(6, 64) , (3, 64), (64, 1000), (1, 64)])
+@pytest.mark.parametrize("steps,timesteps", [(3, 64), (1, 64), (5, 1000), (128, 64)])
 def test_a_step_count_the_schedule_cannot_halve_is_one_error_line(steps, timesteps):
     with pytest.raises(ConfigError, match="cannot halve") as e:
         progressive.halving_levels(timesteps, steps)
