@@ -15,13 +15,13 @@ v-prediction students, which start as copies of the teacher).
 Grids: N steps over T training timesteps are the levels round(i T / N) - 1, i = N .. 0
 (-1 = clean data), so the N-step grid is exactly every other level of the 2N-step grid on
 any T; a round N -> N/2 needs N even and N <= T (else one error line).
-Not built yet (stated): the distillation family that trains rounds with this target and a
-sampler on these grids; guidance distillation for class-conditional teachers.
+The family that trains a round: genjax/families/diffusion_distill.py.
 """
 from __future__ import annotations
 
 from typing import Callable
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -93,3 +93,19 @@ def distill_loss(x0_student, x_target, a_t, s_t):
     w = jnp.maximum(1.0, (a_t / s_t) ** 2)
     err = jnp.mean((x0_student - x_target) ** 2, axis=tuple(range(1, x0_student.ndim)))
     return w.reshape(-1) * err
+
+
+def ddim_on_levels(x0_fn: Callable, schedule: Schedule, grid: np.ndarray, x_T, clip_x0=True):
+    """Deterministic DDIM along `grid` (descending levels ending at -1) from noise x_T;
+    `x0_fn(z, t_B)` is the model's x0 estimate. Returns the clean sample."""
+    def body(z, pair):
+        t, s = pair
+        t_B = jnp.full((z.shape[0],), t, jnp.int32)
+        x0 = x0_fn(z, t_B)
+        x0 = jnp.clip(x0, -1.0, 1.0) if clip_x0 else x0
+        (a_t, s_t), (a_s, s_s) = alpha_sigma(schedule, t), alpha_sigma(schedule, s)
+        return ddim_step(x0, z, a_t, s_t, a_s, s_s), None
+
+    grid = jnp.asarray(grid, jnp.int32)
+    z, _ = jax.lax.scan(body, x_T, (grid[:-1], grid[1:]))
+    return z

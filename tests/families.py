@@ -13,6 +13,7 @@ CONFIG_MODULES = {
     "gan": "configs.gan_fmnist",
     "classifier": "configs.fmnist_classifier",
     "distill": "configs.distill_shakespeare",
+    "diffusion_distill": "configs.diffusion_distill_fmnist",
 }
 FAMILIES = tuple(families.registered())  # the one list every parametrised test uses
 IMAGE_FAMILIES = tuple(f for f in FAMILIES if families.has(families.get(f), "sample_images"))
@@ -31,7 +32,8 @@ RUN_FAMILY_OVERRIDES = {"lm": {"model.vocab_size": 0},  # the tokenizer decides
                         "vae": {"sample.grid_samples": 0, "model.class_conditional": True},
                         "gan": {"sample.grid_samples": 0, "model.class_conditional": True},
                         "classifier": {},
-                        "distill": {"model.vocab_size": 0}}
+                        "distill": {"model.vocab_size": 0},
+                        "diffusion_distill": {"sample.grid_samples": 0}}
 
 
 def tiny_config(family: str, mesh: dict | None = None, **overrides):

@@ -19,7 +19,8 @@ from tests.subproc import losses_by_step
 
 # family -> golden first-step loss of its tiny config
 GOLDEN_LOSS = {"lm": 4.174229, "diffusion": 0.996686, "vae": 6.306058, "gan": 1.919613,
-               "classifier": 3.378964, "distill": 2.091914}
+               "classifier": 3.378964, "distill": 2.091914,
+               "diffusion_distill": 0.028792}
 # A variant's first step computes its family's loss (LoRA: B = 0 is the base model).
 GOLDEN_LOSS.update({name: GOLDEN_LOSS[family] for name, (family, _) in VARIANTS.items()})
 
