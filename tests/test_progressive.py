@@ -78,3 +78,54 @@ def test_loss_weight_is_truncated_snr():
     a = jnp.asarray([0.6, 0.99]); s = jnp.sqrt(1 - a ** 2)  # noqa: E702
     want = np.maximum(1.0, np.asarray(a) ** 2 / np.asarray(s) ** 2)
     np.testing.assert_allclose(progressive.distill_loss(x, y, a, s), want, rtol=1e-5)
+
+
+# ---------------------------------------------------------------- the family (one round)
+def _distill_config(teacher_dir, **overrides):
+    from tests.families import run_config
+    config = run_config("diffusion_distill")
+    config.unlock()
+    config.update_from_flattened_dict({"init_from": str(teacher_dir), "total_steps": 2,
+                                       "distill.random_teacher": False, **overrides})
+    config.lock()
+    return config
+
+
+def test_a_round_starts_the_student_as_the_frozen_teacher_and_samples_on_its_grid(tiny_run,
+                                                                                   tmp_path):
+    from genjax import assemble, config_lib, sharding, train
+    from genjax.checkpoint import Checkpointer
+    from genjax.families import diffusion_distill
+    teacher_dir = tiny_run("diffusion")  # an eps-prediction teacher
+    config = _distill_config(teacher_dir, **{"optim.lr": 0.0})  # lr 0: the student stays put
+    train.train(config, str(tmp_path))
+    src = Checkpointer(str(teacher_dir), read_only=True)
+    meta = src.read_meta(src.latest_step())
+    saved = config_lib.from_saved(Checkpointer(str(tmp_path), read_only=True).read_meta(2)["config"])
+    assert saved.distill.teacher_parameterization == meta["config"]["model"]["parameterization"]
+    assert saved.model.parameterization == "v"
+    t_parts, s_parts = (assemble.assemble(c, sharding.make_mesh(c.mesh)) for c in
+                        (config_lib.from_saved(meta["config"]), saved))
+    want, _, _ = src.restore(src.latest_step(), t_parts.abstract_state)
+    got, _, _ = Checkpointer(str(tmp_path), read_only=True).restore(2, s_parts.abstract_state)
+    for a, b, c in zip(jax.tree_util.tree_leaves(want.params), jax.tree_util.tree_leaves(
+            got.model_state["teacher"]), jax.tree_util.tree_leaves(got.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(c))
+    images = diffusion_distill.sample_images(s_parts.model, got.params, saved,
+                                             jax.random.PRNGKey(0), 2)
+    size = int(saved.data.image_size)
+    assert images.shape == (2, size, size, int(saved.data.channels))
+    assert np.all(np.abs(np.asarray(images)) <= 1)
+
+
+@pytest.mark.parametrize("overrides,needle", [
+    ({"distill.steps": 3}, "cannot halve 3 steps"),
+    ({"data.image_size": 48}, "makes images of shape")])  # padded to 48, teacher 32
+def test_bad_rounds_are_one_error_line_and_write_nothing(tiny_run, tmp_path, overrides, needle):
+    from genjax import train
+    from genjax.errors import UserError
+    work = tmp_path / "w"
+    with pytest.raises((ConfigError, UserError), match=needle) as e:
+        train.train(_distill_config(tiny_run("diffusion"), **overrides), str(work))
+    assert "\n" not in str(e.value) and not (work / "checkpoints").exists()
