@@ -130,7 +130,8 @@ def test_student_equal_to_teacher_gives_zero_kl_loss_and_exactly_zero_gradient(n
     assert jax.tree_util.tree_structure(teacher) == jax.tree_util.tree_structure(state.params)
     batch = jax.tree_util.tree_map(jnp.asarray, random_batch(parts))
     kw = dict(model=parts.model, config=config)
-    loss_of = lambda p: parts.family.loss_fn(p, state.model_state, batch, jax.random.key(0), **kw)  # noqa
+    loss_of = lambda p: parts.family.loss_fn(  # noqa: E731
+        p, state.model_state, batch, jax.random.key(0), **kw)
     (loss, (metrics, _)), grads = jax.value_and_grad(loss_of, has_aux=True)(teacher)
     assert float(loss) == 0.0 and float(metrics["kd"]) == 0.0
     assert all(np.all(np.asarray(g) == 0.0) for g in jax.tree_util.tree_leaves(grads))

@@ -34,12 +34,14 @@ def test_one_ddim_step_with_the_target_lands_on_the_teachers_two_step_result(set
     schedule, _, z_t, t, t_mid, t_end = setup
     x_tilde, z_end = progressive.teacher_target(teacher, schedule, z_t, t, t_mid, t_end)
     b = lambda v: v[:, None, None, None]  # noqa: E731
-    (a_t, s_t), (a_e, s_e) = progressive.alpha_sigma(schedule, t), progressive.alpha_sigma(schedule, t_end)
+    a_t, s_t = progressive.alpha_sigma(schedule, t)
+    a_e, s_e = progressive.alpha_sigma(schedule, t_end)
     # the student's step, written out here: eps from z_t and x~, then DDIM to t''
     eps = (z_t - b(a_t) * x_tilde) / b(s_t)
     np.testing.assert_allclose(b(a_e) * x_tilde + b(s_e) * eps, z_end, atol=1e-5)
     # and the teacher's two steps landed on the grid's t'' after passing its t'
-    assert np.all(np.asarray(t) > np.asarray(t_mid)) and np.all(np.asarray(t_mid) > np.asarray(t_end))
+    t, t_mid, t_end = (np.asarray(x) for x in (t, t_mid, t_end))
+    assert np.all(t > t_mid) and np.all(t_mid > t_end)
 
 
 def test_an_oracle_teacher_gives_the_true_x0_and_the_swapped_formula_does_not(setup):
@@ -48,7 +50,8 @@ def test_an_oracle_teacher_gives_the_true_x0_and_the_swapped_formula_does_not(se
     np.testing.assert_allclose(x_tilde, x0, atol=1e-5)
     # the t'/t'' swap (diffusers PR #1010): sigma/alpha of the midpoint with z of the end
     b = lambda v: v[:, None, None, None]  # noqa: E731
-    (a_t, s_t), (a_m, s_m) = progressive.alpha_sigma(schedule, t), progressive.alpha_sigma(schedule, t_mid)
+    a_t, s_t = progressive.alpha_sigma(schedule, t)
+    a_m, s_m = progressive.alpha_sigma(schedule, t_mid)
     swapped = progressive.target_x0(z_t, z_end, b(a_t), b(s_t), b(a_m), b(s_m))
     assert float(jnp.max(jnp.abs(swapped - x0))) > 0.05
 
@@ -101,7 +104,8 @@ def test_a_round_starts_the_student_as_the_frozen_teacher_and_samples_on_its_gri
     train.train(config, str(tmp_path))
     src = Checkpointer(str(teacher_dir), read_only=True)
     meta = src.read_meta(src.latest_step())
-    saved = config_lib.from_saved(Checkpointer(str(tmp_path), read_only=True).read_meta(2)["config"])
+    saved = config_lib.from_saved(
+        Checkpointer(str(tmp_path), read_only=True).read_meta(2)["config"])
     assert saved.distill.teacher_parameterization == meta["config"]["model"]["parameterization"]
     assert saved.model.parameterization == "v"
     t_parts, s_parts = (assemble.assemble(c, sharding.make_mesh(c.mesh)) for c in

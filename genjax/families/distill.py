@@ -30,9 +30,9 @@ may be any size) and checks that its tokenizer is the tokenizer of this run's da
 one error line); `load_pretrained` then places its params (raw, not EMA) as the teacher.
 Without init_from a run is an error unless `config.distill.random_teacher` (the `tiny`
 preset, for tests): the teacher is then initialised from the run's seed with
-`config.distill.teacher_model` (0 / "" keys = the student's). Sampling and evaluation use
-the student alone (`merge_params` drops the teacher). Not built: on-policy (student
-samples scored by the teacher), sequence-level KD.
+`config.distill.teacher_model` (a full model config; vocab_size 0 = the student's).
+Sampling and evaluation use the student alone (`merge_params` drops the teacher).
+Not built: on-policy (student samples scored by the teacher), sequence-level KD.
 """
 from __future__ import annotations
 
