@@ -7,7 +7,7 @@ from typing import Any
 
 from genjax import assemble as assemble_lib
 from genjax import checkpoint as ckpt_lib
-from genjax import config_lib, families, sharding
+from genjax import config_lib, families, quantize, sharding
 from genjax import step as step_lib
 from genjax.errors import UserError
 
@@ -32,6 +32,8 @@ def load(workdir: str, *, which: str = "ema", step: int | None = None) -> Loaded
     if which not in ("ema", "raw"):
         raise UserError(f"--params={which!r}: use ema or raw")
     parts, state, _, meta, step = restore(workdir, step)
+    if quantize.is_quantized_meta(meta):
+        return _quantized(parts, state, meta, step)
     params, model_state, which = assemble_lib.inference_params(parts, state, which)
     step_params, _ = step_lib.inference_params(state, which)
     return Loaded(config=parts.config, family=families.for_inference(parts.family),
@@ -58,6 +60,18 @@ def restore(workdir: str, step: int | None = None):
     config.lock()
     mesh = sharding.make_mesh(config.mesh)
     parts = assemble_lib.assemble(config, mesh)
-    state, data_state, _ = ckpt.restore(step, parts.abstract_state)
+    abstract = (quantize.quantized_abstract_state(parts, meta) if quantize.is_quantized_meta(meta)
+                else parts.abstract_state)
+    state, data_state, _ = ckpt.restore(step, abstract)
     ckpt.close()
     return parts, state, data_state, meta, step
+
+
+def _quantized(parts, state, meta: dict, step: int) -> Loaded:
+    """An int8 workdir (genjax/quantize.py): int8 params, a model that dequantizes them
+    inside the jitted sampler / eval step."""
+    qparts = dataclasses.replace(parts, eval_step=quantize.quantized_eval_step(parts))
+    return Loaded(config=parts.config, family=families.for_inference(parts.family),
+                  model=quantize.QuantizedModel(parts.model), params=state.params,
+                  model_state=state.model_state, meta=meta, step=step,
+                  which=meta["quantized"]["which"], parts=qparts)

@@ -16,6 +16,8 @@ CONFIG_MODULES = {
     "reward": "configs.reward_shakespeare",
     "rl": "configs.rl_shakespeare",
     "diffusion_dpo": "configs.diffusion_dpo_fmnist",
+    "distill": "configs.distill_shakespeare",
+    "diffusion_distill": "configs.diffusion_distill_fmnist",
 }
 FAMILIES = tuple(families.registered())  # the one list every parametrised test uses
 IMAGE_FAMILIES = tuple(f for f in FAMILIES if families.has(families.get(f), "sample_images"))
@@ -38,7 +40,9 @@ RUN_FAMILY_OVERRIDES = {"lm": {"model.vocab_size": 0},  # the tokenizer decides
                         "dpo": {"model.vocab_size": 0},
                         "reward": {"model.vocab_size": 0},
                         "rl": {"model.vocab_size": 0},
-                        "diffusion_dpo": {"sample.grid_samples": 0}}
+                        "diffusion_dpo": {"sample.grid_samples": 0},
+                        "distill": {"model.vocab_size": 0},
+                        "diffusion_distill": {"sample.grid_samples": 0}}
 
 
 def tiny_config(family: str, mesh: dict | None = None, **overrides):

@@ -7,6 +7,7 @@ end compares against `transformers` directly where torch is installed.
 """
 import json
 import os
+import pathlib
 import shutil
 
 import jax
@@ -74,7 +75,7 @@ def test_import_then_export_gives_back_every_tensor_bit_for_bit(imported, tmp_pa
     for key in source:
         assert back[key].dtype == source[key].dtype, key
         np.testing.assert_array_equal(back[key], source[key], err_msg=key)
-    source_config = json.loads(open(os.path.join(FIXTURE, "config.json")).read())
+    source_config = json.loads(pathlib.Path(FIXTURE, "config.json").read_text())
     assert json.loads((tmp_path / "out" / "config.json").read_text()) == source_config
     tok = hf_folder.read_tokenizer(str(tmp_path / "out"))
     assert tok.to_json() == hf_folder.read_tokenizer(FIXTURE).to_json()
@@ -120,7 +121,7 @@ def test_untied_head_maps_to_lm_head_and_back():
 
 def test_vocab_and_merges_files_give_the_same_tokenizer(tmp_path):
     """GPT-2's older layout: vocab.json + merges.txt instead of tokenizer.json."""
-    doc = json.loads((open(os.path.join(FIXTURE, "tokenizer.json")).read()))
+    doc = json.loads(pathlib.Path(FIXTURE, "tokenizer.json").read_text())
     (tmp_path / "vocab.json").write_text(json.dumps(doc["model"]["vocab"]))
     merges = [m if isinstance(m, str) else " ".join(m) for m in doc["model"]["merges"]]
     (tmp_path / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")

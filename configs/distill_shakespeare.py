@@ -1,0 +1,36 @@
+r"""Distil a character LM on Shakespeare into a half-size student (genjax/families/distill.py).
+
+  python -m genjax.train --config=configs/lm_shakespeare.py:cpu --workdir=runs/lm_cpu
+  python -m genjax.train --config=configs/distill_shakespeare.py:cpu --workdir=runs/student \
+      --config.init_from=runs/lm_cpu
+  python -m genjax.sample --workdir=runs/student --prompt="ROMEO:"
+
+The teacher's architecture is read from its checkpoint (config.init_from); the student is
+configs/lm_shakespeare.py's model with half the layers (cpu: 2 x 128 instead of 4 x 128).
+Presets: those of lm_shakespeare; `tiny` (tests) has no teacher run: its teacher is a
+freshly initialised tiny LM (distill.random_teacher) and the student has 1 layer.
+Ablations: --config.distill.divergence=forward|reverse|jsd, .beta, .temperature, .alpha.
+"""
+from configs import lm_shakespeare
+from genjax import config_lib
+
+STUDENT = {"tiny": {"model.num_layers": 1, "distill.random_teacher": True},
+           "cpu": {"model.num_layers": 2}, "gpu": {"model.num_layers": 3},
+           "gpt2_124m": {"model.num_layers": 6}, "gpt2": {"model.num_layers": 6}}
+
+
+def get_config(arg: str | None = None):
+    c = lm_shakespeare.get_config(arg)  # its preset (shapes, steps); the teacher's model keys
+    c.unlock()
+    c.family = "distill"
+    c.distill = config_lib.ConfigDict()
+    c.distill.divergence = "forward"   # forward KL(T||S) | reverse KL(S||T) | jsd (GKD)
+    c.distill.beta = 0.5               # jsd: mixture weight of the teacher (0: forward, 1: reverse)
+    c.distill.temperature = 2.0        # tau: both distributions softened; the KL term is x tau^2
+    c.distill.alpha = 0.5              # weight of the KL term; 1 - alpha on the next-token CE
+    c.distill.random_teacher = False   # no init_from: a freshly initialised teacher (tests only)
+    # The teacher's model keys (filled from its checkpoint when init_from is set).
+    c.distill.teacher_model = config_lib.ConfigDict(config_lib.to_dict(c.model))
+    config_lib.apply_preset(c, STUDENT, arg)
+    c.lock()
+    return c
