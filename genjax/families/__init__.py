@@ -18,7 +18,10 @@ import pkgutil
 from types import ModuleType
 from typing import Any, Protocol, runtime_checkable
 
+import jax
+
 from genjax.errors import ConfigError
+from genjax.families import lora
 
 HELPERS = ("image_seam", "classifier_recipe", "lora")  # modules here that are no family
 
@@ -166,7 +169,6 @@ def _required_sig(name: str) -> str:
 def for_config(config) -> ModuleType:
     """The family a config trains: `get(config.family)`, wrapped by LoRA when
     config.lora.rank > 0 (genjax/families/lora.py)."""
-    from genjax.families import lora  # noqa: PLC0415  (lora imports nothing from here)
     family = get(config.family)
     return lora.wrap(family, config) if lora.enabled(config) else family
 
@@ -195,7 +197,6 @@ def load_pretrained(family: ModuleType, state, src_params, config):
     as params (and EMA params when kept)."""
     if has(family, "load_pretrained"):
         return family.load_pretrained(state, src_params, config)
-    import jax  # noqa: PLC0415
     state = state.replace(params=src_params)
     if jax.tree_util.tree_leaves(state.ema_params):
         state = state.replace(ema_params=jax.tree_util.tree_map(lambda x: x.copy(), src_params))
