@@ -37,12 +37,12 @@ def model_kwargs(config) -> dict:
     if not m.vocab_size:
         raise ValueError("config.model.vocab_size is 0: resolve it from the tokenizer first "
                          "(genjax.train does this)")
-    kwargs = {k: m[k] for k in MODEL_KEYS if k in m}  # older workdirs lack newer keys
-    for k in SHAPE_KEYS:
-        kwargs[k] = kwargs[k] or transformer.SIZES[m.size].get(k, 0)
-    kwargs["attention_impl"] = kwargs["attention_impl"] or None
+    kwargs = {k: m[k] for k in MODEL_KEYS if k in m}  # older workdirs lack newer keys:
+    for k in SHAPE_KEYS:                               # the Transformer's defaults apply
+        kwargs[k] = kwargs.get(k) or transformer.SIZES[m.size].get(k, 0)
+    kwargs["attention_impl"] = kwargs.get("attention_impl") or None
     for k, allowed in transformer.CHOICES.items():
-        if kwargs[k] not in allowed:
+        if k in kwargs and kwargs[k] not in allowed:
             raise ConfigError(f"config.model.{k}={m[k]!r}: choose one of "
                               f"{[a or '' for a in allowed]}")
     return kwargs
