@@ -7,8 +7,12 @@ vanishes at both ends; its first-order terms are JSD_b ~ b KL(T || S) (b -> 0) a
 JSD_b ~ (1 - b) KL(S || T) (b -> 1). The family's `jsd` is JSD_b / (b (1 - b)), which is
 therefore exactly forward KL at b = 0 and reverse KL at b = 1.
 """
+import os
+
 import jax
 import jax.numpy as jnp
+import os
+
 import numpy as np
 import pytest
 
@@ -181,10 +185,16 @@ def test_a_teacher_with_another_tokenizer_is_one_error_and_nothing_is_written(ti
     text = tmp_path / "other.txt"
     rng = np.random.default_rng(0)
     text.write_text("\n".join("".join(rng.choice(list("xyz "), 40)) for _ in range(400)))
+    # The student's text is tokenized with the teacher's tokenizer by default
+    # (data.tokenizer_from = init_from); another run's (a byte-level BPE) must be refused.
+    from genjax.interop.gpt2_workdir import import_gpt2
+    other = tmp_path / "bpe_run"
+    import_gpt2(os.path.join(os.path.dirname(__file__), "fixtures", "gpt2_tiny"), str(other))
     config = run_config("distill")
     config.unlock()
     config.update_from_flattened_dict({"init_from": str(tiny_run("lm")), "data.name": "text",
                                        "data.text_file": str(text), "data.cleaning": "none",
+                                       "data.tokenizer_from": str(other),
                                        "distill.random_teacher": False})
     config.lock()
     work = tmp_path / "w"

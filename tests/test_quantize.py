@@ -46,7 +46,7 @@ def test_scales_are_numpy_absmax_per_output_channel_and_error_is_at_most_half_a_
         s = np.max(np.abs(w), axis=axes, keepdims=True) / 127
         assert leaf["int8"].dtype == np.int8 and leaf["scale"].dtype == np.float32
         np.testing.assert_allclose(leaf["scale"], s, rtol=1e-6, err_msg=str(path))
-        err = np.abs(w - leaf["int8"].astype(np.float64) * leaf["scale"])
+        err = np.abs(w - np.asarray(leaf["int8"], np.float64) * np.asarray(leaf["scale"]))
         assert np.all(err <= leaf["scale"] / 2 * (1 + 1e-5)), path
         assert np.abs(leaf["int8"]).max() == 127, path  # the absmax maps to +-127
         checked += 1
