@@ -11,8 +11,6 @@ import os
 
 import jax
 import jax.numpy as jnp
-import os
-
 import numpy as np
 import pytest
 
