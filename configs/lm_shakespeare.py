@@ -64,7 +64,8 @@ PRESETS = {
                 "eval_every_steps": 0, "ckpt_every_steps": 1000},
     # LLaMA-style: RMSNorm, rotary, SwiGLU, untied head, no biases (Touvron et al. 2023),
     # at 2048 tokens; vocab: LLaMA-3's 128256 (1B) and LLaMA-2's 32000 (7B).
-    "llama_1b": {**_LLAMA, "model.size": "llama_1b", "model.vocab_size": 128256},
+    "llama_1b": {**_LLAMA, "model.size": "llama_1b", "model.vocab_size": 128256,
+                 "model.tie_embeddings": True},  # as LLaMA-3.2-1B: 1,235,814,400 params
     "llama_7b": {**_LLAMA, "model.size": "llama_7b", "model.vocab_size": 32000},
 }
 
@@ -79,6 +80,7 @@ def get_config(arg: str | None = None):
     c.model.size = "cpu"           # row of genjax.models.transformer.SIZES (shape keys below)
     c.model.num_layers = 0         # 0 = from `size` (any shape key set here wins)
     c.model.num_heads = 0
+    c.model.num_kv_heads = 0       # grouped-query attention: key/value heads (0 = num_heads)
     c.model.embed_dim = 0
     c.model.mlp_ratio = 0
     c.model.mlp_dim = 0            # MLP hidden width; 0 = from `size` (else mlp_ratio * embed_dim)

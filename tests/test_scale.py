@@ -7,6 +7,7 @@ import functools
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -156,6 +157,43 @@ def _preset_params(preset: str) -> int:
 def test_llama_presets_have_the_published_parameter_counts():
     # LLaMA-2-7B: 6,738,415,616 (Hugging Face meta-llama/Llama-2-7b-hf).
     assert _preset_params("llama_7b") == 6_738_415_616
-    # LLaMA-3.2-1B: 1,235,814,400 with a tied head and 8 KV heads; ours adds the untied
-    # head (128256 x 2048) and full K/V projections (16 layers x 2 x 2048 x (2048 - 512)).
-    assert _preset_params("llama_1b") == 1_235_814_400 + 128256 * 2048 + 16 * 2 * 2048 * 1536
+    # LLaMA-3.2-1B: 1,235,814,400 (meta-llama/Llama-3.2-1B: 8 KV heads, tied embeddings).
+    assert _preset_params("llama_1b") == 1_235_814_400
+
+
+def test_grouped_query_attention_equals_multi_head_attention_with_repeated_key_values():
+    """K key/value heads shared by N / K query heads == an N-head model whose key/value
+    kernels are the GQA ones repeated per group (built here by hand), including through
+    the KV cache; the cache holds K heads."""
+    from genjax.models import transformer as tr
+    kw = dict(vocab_size=61, num_layers=2, num_heads=4, embed_dim=32, max_len=16,
+              pos="rotary", use_bias=True)
+    gqa, mha = tr.Transformer(num_kv_heads=2, **kw), tr.Transformer(**kw)
+    tokens = jax.random.randint(jax.random.PRNGKey(1), (2, 12), 0, 61)
+    params = jax.tree_util.tree_map(
+        lambda b: b.value, gqa.init(jax.random.PRNGKey(0), tokens)["params"],
+        is_leaf=lambda b: hasattr(b, "names"))
+    rng = np.random.default_rng(0)
+    params = jax.tree_util.tree_map(lambda x: x + 0.1 * rng.standard_normal(x.shape), params)
+    repeated = jax.tree_util.tree_map(lambda x: x, params)
+    for i in range(2):
+        for name in ("key", "value"):
+            p = params[f"attn_{i}"][name]  # kernel [D, K, H], bias [K, H]
+            repeated[f"attn_{i}"][name] = {"kernel": np.repeat(p["kernel"], 2, axis=1),
+                                           "bias": np.repeat(p["bias"], 2, axis=0)}
+    want = mha.apply({"params": repeated}, tokens)
+    np.testing.assert_allclose(gqa.apply({"params": params}, tokens), want, rtol=1e-5, atol=1e-5)
+    chunked = tr.Transformer(num_kv_heads=2, attention_impl="chunked", attention_chunk=4, **kw)
+    np.testing.assert_allclose(chunked.apply({"params": params}, tokens), want, rtol=1e-5,
+                               atol=1e-5)
+    cache = tr.init_cache(gqa, batch_size=2)
+    assert cache[0]["k"].shape == (2, 16, 2, 8)
+    positions = jnp.broadcast_to(jnp.arange(12), (2, 12))
+    stepwise = []
+    for t in range(12):
+        logits, cache = gqa.apply({"params": params}, tokens[:, t:t + 1],
+                                  positions_BxT=positions[:, t:t + 1], cache=cache)
+        stepwise.append(logits)
+    np.testing.assert_allclose(jnp.concatenate(stepwise, 1), want, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="num_kv_heads=3 must divide num_heads=4"):
+        tr.Transformer(num_kv_heads=3, **kw)

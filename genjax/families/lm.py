@@ -19,10 +19,11 @@ from genjax.models import chunked_logits, scan_convert, transformer
 
 MODEL_KEYS = ("vocab_size", "num_layers", "num_heads", "embed_dim", "mlp_ratio", "max_len",
               "norm", "pos", "activation", "tie_embeddings", "dropout", "use_bias",
-              "attention_impl", "norm_eps", "mlp_dim", "attention_chunk", "remat", "scan_layers")
+              "attention_impl", "norm_eps", "mlp_dim", "attention_chunk", "remat", "scan_layers",
+              "num_kv_heads")
 
 
-SHAPE_KEYS = ("num_layers", "num_heads", "embed_dim", "mlp_ratio", "mlp_dim")
+SHAPE_KEYS = ("num_layers", "num_heads", "embed_dim", "mlp_ratio", "mlp_dim", "num_kv_heads")
 # Capabilities (genjax/families/__init__.py)
 likelihood_metrics = ("loss", "perplexity", "bits_per_token", "bits_per_char")
 runtime_keys = ("model.dropout", "model.attention_impl", "model.z_loss", "model.attention_chunk",
@@ -124,7 +125,9 @@ def flops_per_example(config) -> float:
     m = model_kwargs(config)
     d, L, T, V = m["embed_dim"], m["num_layers"], m["max_len"], m["vocab_size"]
     ff = d * (m["mlp_dim"] or m["mlp_ratio"] * d) * (3 if m["activation"] == "swiglu" else 2)
-    n_params = L * (4 * d * d + ff) + V * d  # the output projection is a matmul even when tied
+    kv = d * (m.get("num_kv_heads") or m["num_heads"]) // m["num_heads"]  # key/value width
+    attn = 2 * d * d + 2 * d * kv  # query and output, key and value projections
+    n_params = L * (attn + ff) + V * d  # the output projection is a matmul even when tied
     return (6 * n_params + 12 * L * d * T) * T
 
 

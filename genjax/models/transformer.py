@@ -38,10 +38,11 @@ SIZES = {
     "gpt2_124m": dict(num_layers=12, num_heads=12, embed_dim=768, mlp_ratio=4),
     "gpt2_1b": dict(num_layers=24, num_heads=16, embed_dim=2048, mlp_ratio=4),
     # LLaMA shapes (use with the `llama` preset: RMSNorm, rotary, SwiGLU, untied, no bias).
-    # llama_1b: LLaMA-3.2-1B (Meta 2024 model card: 16 x 2048, 32 heads, SwiGLU 8192) but
-    # with full multi-head K/V (no grouped-query attention here; the card has 8 KV heads).
+    # llama_1b: LLaMA-3.2-1B (Meta 2024 model card: 16 x 2048, 32 heads sharing 8 key/value
+    # heads (grouped-query attention), SwiGLU 8192, tied embeddings).
     # llama_7b: LLaMA-2-7B (Touvron et al. 2023: 32 x 4096, 32 heads, SwiGLU 11008).
-    "llama_1b": dict(num_layers=16, num_heads=32, embed_dim=2048, mlp_ratio=4, mlp_dim=8192),
+    "llama_1b": dict(num_layers=16, num_heads=32, embed_dim=2048, mlp_ratio=4, mlp_dim=8192,
+                     num_kv_heads=8),
     "llama_7b": dict(num_layers=32, num_heads=32, embed_dim=4096, mlp_ratio=4, mlp_dim=11008),
 }
 
@@ -96,27 +97,31 @@ class Attention(nn.Module):
     attention_impl: str | None
     attention_chunk: int
     out_std: float
+    num_kv_heads: int = 0          # K key/value heads shared by N / K query heads (0 = N)
 
     @nn.compact
     def __call__(self, x_BxTxD, positions_BxT, cache_layer=None):
         D = x_BxTxD.shape[-1]
         N, H = self.num_heads, D // self.num_heads
+        K = self.num_kv_heads or N
 
-        def proj(name):
-            y = nn.DenseGeneral((N, H), use_bias=self.use_bias, dtype=self.dtype,
+        def proj(name, heads):
+            y = nn.DenseGeneral((heads, H), use_bias=self.use_bias, dtype=self.dtype,
                                 param_dtype=jnp.float32, name=name,
                                 kernel_init=_init(("embed", "heads", "kv")),
                                 bias_init=_zeros(("heads", "kv")))(x_BxTxD)
             return constrain(y, ("batch", "length", "heads", "kv"))
 
-        q_BxTxNxH, k_BxTxNxH, v_BxTxNxH = proj("query"), proj("key"), proj("value")
+        # k, v: [B, T, K, H]; query head n attends with key/value head n // (N / K)
+        q_BxTxNxH, k_BxTxNxH, v_BxTxNxH = proj("query", N), proj("key", K), proj("value", K)
         if self.pos == "rotary":
             q_BxTxNxH = rotary(q_BxTxNxH, positions_BxT)
             k_BxTxNxH = rotary(k_BxTxNxH, positions_BxT)
 
         if cache_layer is None and self.attention_impl == "chunked":
-            out_BxTxNxH = chunked_attention.attention(q_BxTxNxH, k_BxTxNxH, v_BxTxNxH,
-                                                      chunk=self.attention_chunk)
+            out_BxTxNxH = chunked_attention.attention(
+                q_BxTxNxH, jnp.repeat(k_BxTxNxH, N // K, axis=2),
+                jnp.repeat(v_BxTxNxH, N // K, axis=2), chunk=self.attention_chunk)
             new_cache = None
         elif cache_layer is None:
             out_BxTxNxH = jax.nn.dot_product_attention(
@@ -187,6 +192,7 @@ class LayerSpec:
     attention_chunk: int
     out_std: float
     norm_eps: float = 1e-6
+    num_kv_heads: int = 0
 
 
 def _norm(spec: LayerSpec, name: str, **parent):
@@ -203,7 +209,8 @@ def layer(mdl: nn.Module, spec: LayerSpec, suffix: str, drop, x_BxTxD, positions
     """One pre-norm block; its submodules are mdl's children "<part><suffix>"."""
     h_BxTxD, new_cache = Attention(
         spec.num_heads, spec.pos, spec.use_bias, spec.dtype, spec.attention_impl,
-        spec.attention_chunk, spec.out_std, name=f"attn{suffix}", parent=mdl)(
+        spec.attention_chunk, spec.out_std, spec.num_kv_heads, name=f"attn{suffix}",
+        parent=mdl)(
             _norm(spec, f"ln_attn{suffix}", parent=mdl)(x_BxTxD), positions_BxT, cache_layer)
     x_BxTxD = x_BxTxD + drop(h_BxTxD)
     normed_BxTxD = _norm(spec, f"ln_mlp{suffix}", parent=mdl)(x_BxTxD)
@@ -229,6 +236,7 @@ class Transformer(nn.Module):
     vocab_size: int = 256
     num_layers: int = 2
     num_heads: int = 2
+    num_kv_heads: int = 0          # grouped-query attention: K key/value heads (0 = num_heads)
     embed_dim: int = 32
     mlp_ratio: int = 4
     mlp_dim: int = 0               # MLP hidden width; 0 = mlp_ratio * embed_dim
@@ -259,6 +267,9 @@ class Transformer(nn.Module):
                              f"{self.embed_dim // self.num_heads}")
         if self.attention_chunk <= 0:
             raise ValueError(f"Transformer.attention_chunk={self.attention_chunk}: must be > 0")
+        if self.num_kv_heads < 0 or self.num_heads % (self.num_kv_heads or self.num_heads):
+            raise ValueError(f"Transformer.num_kv_heads={self.num_kv_heads} must divide "
+                             f"num_heads={self.num_heads} (0 = num_heads)")
         super().__post_init__()
 
     def spec(self) -> LayerSpec:
@@ -266,7 +277,7 @@ class Transformer(nn.Module):
                          self.pos, self.norm, self.activation, self.use_bias, self.dtype,
                          self.attention_impl, self.attention_chunk,
                          _INIT_STD / (2 * self.num_layers) ** 0.5,  # GPT-2: scale residuals
-                         self.norm_eps)
+                         self.norm_eps, self.num_kv_heads)
 
     def _layers(self, x_BxTxD, positions_BxT, cache, drop, deterministic):
         spec = self.spec()
@@ -335,7 +346,8 @@ def init_cache(model: Transformer, batch_size: int, max_len: int | None = None,
     Unscanned: a tuple of per-layer {"k", "v"}; scan_layers: one {"k", "v"} stacked [L, ...].
     """
     S = model.max_len if max_len is None else max_len
-    shape = (batch_size, S, model.num_heads, model.embed_dim // model.num_heads)
+    shape = (batch_size, S, model.num_kv_heads or model.num_heads,
+             model.embed_dim // model.num_heads)
     dtype = model.dtype if dtype is None else dtype
     if model.scan_layers:
         shape = (model.num_layers, *shape)
