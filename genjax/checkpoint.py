@@ -386,5 +386,12 @@ def parse_init_from(path: str) -> tuple[str, int | None]:
     return path, step
 
 
-def log_restore(step: int, directory: str) -> None:
-    logging.info("restored step %d from %s", step, directory)
+def run_meta(path: str) -> dict:
+    """The checkpoint meta (config, family, data: tokenizer, classes) of the run at `path`
+    (as parse_init_from reads it; its latest step unless one is named)."""
+    workdir, step = parse_init_from(path)
+    ckpt = Checkpointer(workdir, read_only=True)
+    try:
+        return ckpt.read_meta(step)
+    finally:
+        ckpt.close()

@@ -8,22 +8,20 @@ as its params and lora.rank = 0 in its config: `genjax.sample`, `genjax.evaluate
 """
 from __future__ import annotations
 
-import json
 import os
 
 import jax
 
 from genjax import assemble as assemble_lib
-from genjax import checkpoint as ckpt_lib
 from genjax import cli, config_lib, families, inference, runtime
+from genjax import workdir as workdir_lib
 from genjax.errors import UserError
 from genjax.families import lora as lora_lib
 
 
 def merge_workdir(workdir: str, out: str) -> int:
     """Writes the merged checkpoint of `workdir`'s latest step into `out`; returns the step."""
-    if os.path.exists(out) and os.listdir(out):
-        raise UserError(f"--out={out!r} exists and is not empty; choose a new folder")
+    workdir_lib.refuse_nonempty(out)
     parts, state, data_state, meta, step = inference.restore(workdir)
     config = parts.config
     if not lora_lib.enabled(config):
@@ -37,13 +35,9 @@ def merge_workdir(workdir: str, out: str) -> int:
     merged = assemble_lib.assemble(merged_config, parts.mesh)
     new_state = merged.init_state().replace(step=state.step, params=params,
                                             model_state=model_state)
-    os.makedirs(out, exist_ok=True)
-    dst = ckpt_lib.Checkpointer(out, async_save=False)
-    dst.save(step, new_state, data_state, dict(meta, config=config_lib.to_dict(merged_config),
-                                               merged_from=os.path.abspath(workdir)))
-    dst.close()
-    with open(os.path.join(out, "config.json"), "w") as f:
-        json.dump(config_lib.to_dict(merged_config), f, indent=2)
+    workdir_lib.write_run(out, step, new_state, data_state,
+                          dict(meta, merged_from=os.path.abspath(workdir)),
+                          config_lib.to_dict(merged_config))
     return step
 
 

@@ -30,7 +30,6 @@ matmul kernels on TPU/GPU (here XLA dequantizes, usually fused into the matmul o
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from typing import Any
 
@@ -44,6 +43,7 @@ from genjax import assemble as assemble_lib
 from genjax import checkpoint as ckpt_lib
 from genjax import cli, config_lib, families, runtime, sharding
 from genjax import step as step_lib
+from genjax import workdir as workdir_lib
 from genjax.errors import UserError
 from genjax.families import lora as lora_lib
 
@@ -171,8 +171,7 @@ def quantized_abstract_state(parts, meta: dict):
 
 def quantize_workdir(workdir: str, out: str) -> int:
     """Writes the int8 checkpoint of `workdir`'s latest step into `out`; returns the step."""
-    if os.path.exists(out) and os.listdir(out):
-        raise UserError(f"--out={out!r} exists and is not empty; choose a new folder")
+    workdir_lib.refuse_nonempty(out)
     if not os.path.isdir(os.path.join(workdir, "checkpoints")):
         raise UserError(f"--workdir={workdir!r} holds no checkpoints")
     src = ckpt_lib.Checkpointer(workdir, read_only=True)
@@ -196,14 +195,9 @@ def quantize_workdir(workdir: str, out: str) -> int:
     new_config = inference_config(config)
     new_state = state.replace(params=qparams, model_state=model_state, opt_state={},
                               ema_params={})
-    os.makedirs(out, exist_ok=True)
-    dst = ckpt_lib.Checkpointer(out, async_save=False)
-    dst.save(step, new_state, data_state, dict(
-        meta, config=config_lib.to_dict(new_config),
-        quantized={"format": FORMAT, "which": which, "from": os.path.abspath(workdir)}))
-    dst.close()
-    with open(os.path.join(out, "config.json"), "w") as f:
-        json.dump(config_lib.to_dict(new_config), f, indent=2)
+    workdir_lib.write_run(out, step, new_state, data_state, dict(
+        meta, quantized={"format": FORMAT, "which": which, "from": os.path.abspath(workdir)}),
+        config_lib.to_dict(new_config))
     return step
 
 

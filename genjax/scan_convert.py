@@ -12,39 +12,26 @@ from __future__ import annotations
 
 import os
 
-from genjax import assemble as assemble_lib
-from genjax import checkpoint as ckpt_lib
-from genjax import config_lib, sharding
+from genjax import config_lib, inference
+from genjax import workdir as workdir_lib
 from genjax.errors import UserError
 from genjax.models import scan_convert
 
 
 def convert_checkpoint(workdir: str, out: str, step: int | None = None) -> int:
     """Writes the converted step to `out`; returns the step."""
-    src = ckpt_lib.Checkpointer(workdir, read_only=True)
-    step = src.latest_step() if step is None else step
-    if step is None:
-        raise UserError(f"no finished checkpoint in {workdir!r}")
     if os.path.isdir(os.path.join(out, "checkpoints")):
         raise UserError(f"--out={out!r} already has checkpoints: pick a new directory")
-    meta = src.read_meta(step)
-    config = config_lib.from_saved(meta["config"])
+    parts, state, data_state, meta, step = inference.restore(workdir, step)
+    config = config_lib.from_saved(meta["config"])  # as saved (its mesh), not as restored
     if "scan_layers" not in config.model:
         raise UserError(f"the checkpoint in {workdir!r} has no model.scan_layers setting "
                         f"(family {meta.get('family')!r}): nothing to convert")
-    local = config_lib.from_saved(meta["config"])  # restored onto this host's devices
-    local.mesh = config_lib.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
-    parts = assemble_lib.assemble(local, sharding.make_mesh(local.mesh))
-    state, data_state, _ = src.restore(step, parts.abstract_state)
-    src.close()
     to = "unscanned" if config.model.scan_layers else "scanned"
     config.model.scan_layers = not config.model.scan_layers
-    dst = ckpt_lib.Checkpointer(out)
-    dst.save(step, scan_convert.convert(state, to), data_state,
-             {k: v for k, v in meta.items() if k not in ("step", "checksums", "metrics")} |
-             {"config": config_lib.to_dict(config)})
-    dst.wait()
-    dst.close()
+    # save() writes the new step's checksums and metrics over the source's
+    workdir_lib.write_run(out, step, scan_convert.convert(state, to), data_state, meta,
+                          config_lib.to_dict(config))
     return step
 
 

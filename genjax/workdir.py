@@ -12,6 +12,7 @@ from importlib import metadata
 
 import jax
 
+from genjax import checkpoint as ckpt_lib
 from genjax.errors import UserError
 
 LOCK_NAME = ".lock"
@@ -117,3 +118,21 @@ def write_run_meta(workdir: str, config_dict: dict, mesh) -> dict:
         with open(os.path.join(workdir, "run_meta.json"), "w") as f:
             json.dump(meta, f, indent=2)
     return meta
+
+
+def refuse_nonempty(out: str) -> None:
+    """A tool's --out must be a new folder (or an empty one): UserError otherwise."""
+    if os.path.exists(out) and os.listdir(out):
+        raise UserError(f"--out={out!r} exists and is not empty; choose a new folder")
+
+
+def write_run(out: str, step: int, state, data_state, meta: dict, config: dict) -> None:
+    """A run folder `out` holding one finished checkpoint `step` and its config.json: what
+    the workdir -> workdir tools write (genjax.lora merge, genjax.quantize,
+    genjax.scan_convert), so genjax.sample / evaluate / train read it like any run."""
+    os.makedirs(out, exist_ok=True)
+    dst = ckpt_lib.Checkpointer(out, async_save=False)
+    dst.save(step, state, data_state, dict(meta, config=config))
+    dst.close()
+    with open(os.path.join(out, "config.json"), "w") as f:
+        json.dump(config, f, indent=2)

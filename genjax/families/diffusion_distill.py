@@ -137,13 +137,7 @@ def load_pretrained(state, src_params, config):
 def resolve_config(config, data) -> None:
     """The teacher's model keys from its checkpoint; same image shape; N halvable."""
     if config.init_from:
-        directory, step = ckpt_lib.parse_init_from(config.init_from)
-        src = ckpt_lib.Checkpointer(directory, read_only=True)
-        step = src.latest_step() if step is None else step
-        if step is None:
-            raise UserError(f"config.init_from={config.init_from!r}: no checkpoint (the teacher)")
-        saved = config_lib.from_saved(src.read_meta(step)["config"])
-        src.close()
+        saved = config_lib.from_saved(ckpt_lib.run_meta(config.init_from)["config"])
         if saved.family not in ("diffusion", "diffusion_distill") or saved.lora.rank:
             raise UserError(f"teacher {config.init_from!r} is a {saved.family!r} run: "
                             "progressive distillation needs a diffusion run (LoRA merged)")

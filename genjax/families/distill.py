@@ -226,13 +226,7 @@ def resolve_config(config, data) -> None:
 
 def teacher_meta(init_from: str) -> dict:
     """The checkpoint meta of the teacher run (UserError if none or not an LM run)."""
-    directory, step = ckpt_lib.parse_init_from(init_from)
-    src = ckpt_lib.Checkpointer(directory, read_only=True)
-    step = src.latest_step() if step is None else step
-    if step is None:
-        raise UserError(f"config.init_from={init_from!r}: no checkpoint there (the teacher)")
-    meta = src.read_meta(step)
-    src.close()
+    meta = ckpt_lib.run_meta(init_from)
     family = meta.get("family", meta["config"].get("family"))
     if family != "lm" or int(meta["config"].get("lora", {}).get("rank", 0)):
         raise UserError(f"teacher {init_from!r} is a {family!r} run: distillation needs a "

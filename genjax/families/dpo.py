@@ -22,9 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from genjax import checkpoint as ckpt_lib
 from genjax import preference
-from genjax.data.tokenizer import tokenizer_from_json
 from genjax.families import lm, lora
 
 REFERENCE = "reference"
@@ -128,25 +126,12 @@ def load_pretrained(state, src_params, config):
 # ----------------------------------------------------------------------- data seam
 def make_data(config, *, process_index: int, process_count: int):
     """Preference pairs (genjax/data/preferences.py) encoded with the policy's tokenizer:
-    init_from's (saved in its checkpoint meta) when set, else the text dataset's."""
-    from genjax.data.lm_loader import LMData
+    init_from's (saved in its checkpoint meta) when set, else the text dataset's
+    (lm.make_data picks it)."""
     from genjax.data.preferences import PreferenceData
-    text = LMData(config.data, seq_len=int(config.model.max_len),
-                  global_batch_size=int(config.batch_size), seed=int(config.seed))
-    return PreferenceData(config.data, policy_tokenizer(config, text.tokenizer), text.text,
+    text = lm.make_data(config, process_index=0, process_count=1)
+    return PreferenceData(config.data, text.tokenizer, text.text,
                           seq_len=int(config.model.max_len),
                           global_batch_size=int(config.batch_size), seed=int(config.seed),
                           process_index=process_index, process_count=process_count)
 
-
-def policy_tokenizer(config, default):
-    """The tokenizer saved with config.init_from's checkpoint, else `default`."""
-    if not config.init_from:
-        return default
-    src_dir, step = ckpt_lib.parse_init_from(config.init_from)
-    src = ckpt_lib.Checkpointer(src_dir, read_only=True)
-    try:
-        meta = src.read_meta(step)
-    finally:
-        src.close()
-    return tokenizer_from_json(meta["data"]["tokenizer"])

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from genjax import checkpoint as ckpt_lib
 from genjax.data.tokenizer import tokenizer_from_json
 from genjax.errors import ConfigError, UserError
 from genjax.models import chunked_logits, scan_convert, transformer
@@ -146,13 +147,7 @@ def make_data(config, *, process_index: int, process_count: int):
 
 def source_tokenizer(path: str):
     """The tokenizer saved in the checkpoint meta of run `path` (W, W/checkpoints[/step])."""
-    from genjax import checkpoint as ckpt_lib
-    workdir, step = ckpt_lib.parse_init_from(path)
-    ckpt = ckpt_lib.Checkpointer(workdir, read_only=True)
-    try:
-        meta = ckpt.read_meta(step)
-    finally:
-        ckpt.close()
+    meta = ckpt_lib.run_meta(path)
     if "tokenizer" not in meta.get("data", {}):
         raise UserError(f"{path!r}: its checkpoint has no tokenizer (not a text model)")
     return tokenizer_from_json(meta["data"]["tokenizer"])
