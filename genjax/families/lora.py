@@ -32,6 +32,7 @@ import numpy as np
 from flax import linen as nn
 from flax import traverse_util
 
+from genjax import sharding
 from genjax.errors import ConfigError
 
 BASE = "lora_base"  # model_state key of the frozen base params
@@ -56,17 +57,13 @@ def path_str(path: tuple) -> str:
 def targets(base_params, config) -> list[tuple]:
     """Paths (tuples) of the kernels (ndim >= 2) that get an adapter; ConfigError if none."""
     patterns = [re.compile(p) for p in config.lora.targets]
-    flat = traverse_util.flatten_dict(_plain(base_params))
+    flat = traverse_util.flatten_dict(sharding.unbox(base_params))
     paths = [p for p, x in flat.items()
              if np.ndim(x) >= 2 and any(r.search(path_str(p)) for r in patterns)]
     if not paths:
         raise ConfigError(f"config.lora.targets={tuple(config.lora.targets)} matches no kernel; "
                           f"kernels: {[path_str(p) for p, x in flat.items() if np.ndim(x) >= 2][:12]}")
     return sorted(paths)
-
-
-def _plain(tree):
-    return nn.meta.unbox(tree)
 
 
 def split_axes(names: tuple | None, ndim: int) -> tuple[int, int]:
@@ -93,7 +90,7 @@ def init_adapters(base_boxed, config, rng) -> dict:
     for i, path in enumerate(targets(base_boxed, config)):
         leaf = flat[path]
         names = tuple(leaf.names) if isinstance(leaf, nn.Partitioned) else None
-        shape = np.shape(nn.meta.unbox(leaf))
+        shape = np.shape(sharding.unbox(leaf))
         nb, ni = split_axes(names, len(shape))
         bshape, ishape, oshape = shape[:nb], shape[nb:nb + ni], shape[nb + ni:]
         std = 1.0 / math.sqrt(max(1, math.prod(ishape)))
