@@ -9,7 +9,7 @@ import random
 import numpy as np
 import pytest
 
-from genjax.evaluators import text, text_match
+from genjax.evaluators import text, text_match, words
 
 
 def random_text(n: int, seed: int, alphabet: str = "abcdefghijklmnopqrstuvwxyz \n") -> str:
@@ -128,3 +128,14 @@ def test_multibyte_characters_are_whole_characters():
     idx = text_match.SpanIndex(train)
     m = idx.longest(["xx" + train[5:70] + "yy"], 50)
     assert (m.length, m.query_start) == (65, 2)
+
+
+def test_word_share_counts_real_words_pooled_over_samples():
+    vocab = words.vocabulary("Thou art a villain, O'er the hill.\nROMEO: 'Tis so.")
+    assert vocab == {"thou", "art", "a", "villain", "o'er", "the", "hill", "romeo", "tis",
+                     "so"}
+    assert words.word_share(["Thou ART a villain"], vocab) == 1.0    # case does not matter
+    assert words.word_share(["thou sas thars"], vocab) == 1 / 3       # 1 of 3 words is real
+    assert words.word_share(["thou", "zz qq yy"], vocab) == 1 / 4     # pooled: 1 of 4 words
+    assert words.word_share(["o'er the hill9villain"], vocab) == 1.0  # digits split words
+    assert words.word_share(["", "...!"], vocab) == 0.0               # no words at all

@@ -11,6 +11,8 @@ settings' temperature / top_k / top_p, sliding the context window past max_len.
                     repeats itself; -> 1 for a sample stuck in a loop.
   memorised_share   share of the samples' span_chars-character windows (every offset)
                     found verbatim in the training text (genjax/evaluators/text_match.py).
+  word_share        share of the samples' words found in the training text's vocabulary
+                    (genjax/evaluators/words.py): real words vs plausible-looking nonsense.
   longest_copied_chars  the longest substring of any sample found verbatim in the
                     training text; its play, character offset and line are in the report.
 Floors: the same numbers for excerpts of `reference_split` (held-out text the model never
@@ -24,7 +26,7 @@ from collections import Counter
 import numpy as np
 from ml_collections import ConfigDict
 
-from genjax.evaluators import text_match
+from genjax.evaluators import text_match, words
 
 NEEDS = ("sample_text", "text_tokenizer")
 
@@ -77,10 +79,12 @@ def memorised_share(index: text_match.SpanIndex, texts: list[str], k: int) -> fl
     return float(sum(int((f >= 0).sum()) for f in found)) / total if total else 0.0
 
 
-def text_metrics(index: text_match.SpanIndex, texts: list[str], s) -> tuple[dict, object]:
+def text_metrics(index: text_match.SpanIndex, texts: list[str], s,
+                 vocab: frozenset[str]) -> tuple[dict, object]:
     """The module docstring's metrics of `texts`, and the longest copy (a Match or None)."""
     m = {f"distinct_{n}": distinct_n(texts, n) for n in range(1, int(s.max_n) + 1)}
     m["repetition_rate"] = repetition_rate(texts, int(s.repetition_n))
+    m["word_share"] = words.word_share(texts, vocab)
     m["memorised_share"] = memorised_share(index, texts, int(s.span_chars))
     longest = index.longest(texts, int(s.span_chars))
     m["longest_copied_chars"] = float(longest.length if longest else 0)
@@ -120,14 +124,15 @@ def evaluate(ctx, settings) -> dict:
     samples = generate(ctx, s)
     train_text = data.text("train")
     index = text_match.index_for(train_text)
-    metrics, longest = text_metrics(index, samples, s)
+    vocab = words.vocabulary(train_text)
+    metrics, longest = text_metrics(index, samples, s, vocab)
     metrics["mean_chars"] = float(np.mean([len(t) for t in samples])) if samples else 0.0
 
     floors, ref_longest = {}, None
     ref_split = str(s.reference_split)
     if ref_split and ref_split in getattr(data, "splits", []):
         reference = excerpts(data.text(ref_split), [len(t) for t in samples])
-        floors, ref_longest = text_metrics(index, reference, s)
+        floors, ref_longest = text_metrics(index, reference, s, vocab)
 
     location = None
     if longest is not None:
