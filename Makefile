@@ -47,6 +47,8 @@ run: setup
 	$(PY) -m genjax.train --config=configs/lm_shakespeare.py:cpu --workdir=$(WORKDIR)
 	$(PY) -m genjax.sample --workdir=$(WORKDIR) --prompt="ROMEO:" --num_samples=3 \
 	    --max_new_tokens=300 --temperature=0.8 --top_k=40 --top_p=0.95 --seed=0
+	$(PY) -m genjax.evaluate --workdir=$(WORKDIR) --only=text --set=text.temperature=0.8 \
+	    --set=text.top_k=40 --set=text.top_p=0.95
 
 test: setup
 	$(PY) -m pytest -q

@@ -5,8 +5,8 @@ r"""GPT-style character LM on the complete Shakespeare plays (held-out plays for
 
 Presets (`:arg`):
   tiny       tests: seconds on one CPU core.
-  cpu        the main job (`make run`): ~5 minutes on 2 CPU cores (~4.2k tokens/s);
-             --config.total_steps=1300 (~10 min) reaches 1.82 nats/char on held-out plays.
+  cpu        the main job (`make run`): 4 x 128, context 64, batch 12, 2000 steps: ~2
+             minutes of training on 2 CPU cores, 1.79 nats/char on the held-out plays.
   gpu        nanoGPT's shakespeare-char shape: 6 layers x 384, context 256.
   gpt2_124m  GPT-2 small shape (12 x 768, context 1024, vocab 50304), for throughput.
   gpt2       OpenAI's GPT-2 small exactly (vocab 50257, biases, LayerNorm eps 1e-5, tanh
@@ -39,9 +39,13 @@ PRESETS = {
              "sample.num_samples": 2, "evals.likelihood.max_batches": 2,
              "evals.text.num_samples": 2, "evals.text.max_new_tokens": 31,
              "evals.text.span_chars": 20},  # one decode window: 2 compiles, not 5
-    "cpu": {"model.size": "cpu", "model.max_len": 128, "batch_size": 16, "total_steps": 600,
-            "optim.lr": 2e-3, "optim.warmup_steps": 50, "log_every_steps": 50,
-            "eval_every_steps": 300, "eval_batches": 10, "ckpt_every_steps": 300},
+    # The main job. At a fixed budget of ~1.5M training tokens (~2 minutes here), many short
+    # windows beat few long ones: a character model needs little context for spelling and
+    # words, and 2000 updates of 12 x 64 learn more than 750 of 16 x 128 (same tokens).
+    # Sweep `cpu_budget` (experiments/2026-12-01_lm_cpu_preset/) measures it.
+    "cpu": {"model.size": "cpu", "model.max_len": 64, "batch_size": 12, "total_steps": 2000,
+            "optim.lr": 2e-3, "optim.warmup_steps": 50, "log_every_steps": 250,
+            "eval_every_steps": 1000, "eval_batches": 10, "ckpt_every_steps": 1000},
     "gpu": {"model.size": "gpu", "model.max_len": 256, "batch_size": 64, "total_steps": 5000,
             "optim.lr": 1e-3, "optim.warmup_steps": 100, "model.dropout": 0.2,
             "compute_dtype": "bfloat16", "optim.b2": 0.99, "eval_every_steps": 500,
@@ -145,14 +149,25 @@ def get_config(arg: str | None = None):
 
 
 def get_sweep(add, arg):
-    """lr: peak learning rate; norm: LayerNorm vs RMSNorm; lr_x_dropout: their product."""
+    """lr: peak learning rate; norm: LayerNorm vs RMSNorm; lr_x_dropout: their product;
+    cpu_budget: context x batch x steps x lr of the `cpu` preset at about its wall time
+    (experiments/2026-12-01_lm_cpu_preset/)."""
     from genjax import sweep_lib as s
     lrs = s.sweep("optim.lr", [3e-4, 1e-3, 3e-3, 1e-2])
-    if arg == "lr":
+    if arg == "cpu_budget":
+        # ~1.5M training tokens each: context x batch x steps at equal tokens, then lr.
+        shapes = s.zipit(s.sweep("model.max_len", [128, 64, 64, 32]),
+                         s.sweep("batch_size", [16, 12, 24, 24]),
+                         s.sweep("total_steps", [750, 2000, 1000, 2000]))
+        add(s.product(shapes, s.sweep("optim.lr", [2e-3])))
+        add(s.product(s.zipit(s.sweep("model.max_len", [64]), s.sweep("batch_size", [12]),
+                              s.sweep("total_steps", [2000])),
+                      s.sweep("optim.lr", [1e-3, 4e-3])))
+    elif arg == "lr":
         add(lrs)
     elif arg == "norm":
         add(s.sweep("model.norm", ["layernorm", "rmsnorm"]))
     elif arg == "lr_x_dropout":
         add(s.product(lrs, s.sweep("model.dropout", [0.0, 0.1, 0.2])))
     else:
-        raise ValueError(f"unknown sweep {arg!r}: choose lr, norm or lr_x_dropout")
+        raise ValueError(f"unknown sweep {arg!r}: choose lr, norm, lr_x_dropout or cpu_budget")

@@ -465,3 +465,33 @@ def test_vae_reconstructions_and_interpolations():
     # the path starts and ends at the reconstructions of its end points
     np.testing.assert_allclose(path[:, 0], mod.reconstruct(model, params, c, b["image"][:2],
                                                            b["label"][:2]), atol=1e-5)
+
+
+# ----------------------------------------------------------------------- minibatch std
+def test_minibatch_std_channel_is_the_group_std_and_keeps_groups_apart():
+    from genjax.models.dcgan import minibatch_std
+    h = np.zeros((4, 2, 2, 3), np.float32)
+    h[1] = 2.0                       # group 0 = examples {0, 1}: values 0 and 2 -> std 1
+    h[2], h[3] = 5.0, 5.0            # group 1 = {2, 3}: identical -> std sqrt(1e-8)
+    out = np.asarray(minibatch_std(jnp.asarray(h), 2))
+    assert out.shape == (4, 2, 2, 4)
+    np.testing.assert_allclose(out[..., :3], h)                      # features untouched
+    np.testing.assert_allclose(out[:2, ..., 3], 1.0, rtol=1e-6)
+    np.testing.assert_allclose(out[2:, ..., 3], 1e-4, rtol=1e-3)
+    with pytest.raises(ValueError, match="not a multiple of group"):
+        minibatch_std(jnp.asarray(h[:3]), 2)
+
+
+def test_gan_with_minibatch_std_scores_real_images_independently_of_fakes():
+    """D runs on [real; fake] at once: with group | batch, a real image's logit must not
+    depend on the fake half (else D could read the fakes while judging the reals)."""
+    from genjax.models import dcgan
+    model = dcgan.DCGAN(image_shape=(8, 8, 1), latent_dim=4, g_width=4, d_width=4,
+                        channel_mult=(2, 1), mbstd_group=2)
+    x = jax.random.normal(jax.random.PRNGKey(0), (8, 8, 8, 1))
+    variables = model.init(jax.random.PRNGKey(1), jnp.zeros((8, 4)))
+    d = model.apply(variables, x, method="discriminate")
+    x2 = x.at[4:].set(-x[4:])        # change only the fake half
+    d2 = model.apply(variables, x2, method="discriminate")
+    np.testing.assert_array_equal(np.asarray(d[:4]), np.asarray(d2[:4]))
+    assert not np.allclose(np.asarray(d[4:]), np.asarray(d2[4:]))

@@ -144,11 +144,28 @@ class Generator(nn.Module):
         return jnp.tanh(h.astype(jnp.float32))
 
 
+def minibatch_std(h_BxHxWxC, group: int):
+    """Appends one channel: for each group of `group` consecutive examples, the standard
+    deviation over the group of every feature, averaged over features (Karras et al. 2018).
+    A discriminator that sees it can tell a collapsed batch (std ~ 0) from a real one.
+    Consecutive groups keep real and fake apart when both halves of a [real; fake] batch
+    are multiples of `group`. -> [B, H, W, C + 1]."""
+    b = h_BxHxWxC.shape[0]
+    if b % group:
+        raise ValueError(f"minibatch std: batch {b} is not a multiple of group {group}")
+    y = h_BxHxWxC.astype(jnp.float32).reshape(b // group, group, *h_BxHxWxC.shape[1:])
+    std_G = jnp.sqrt(jnp.var(y, axis=1) + 1e-8).mean(axis=(1, 2, 3))
+    std = jnp.broadcast_to(jnp.repeat(std_G, group)[:, None, None, None],
+                           (*h_BxHxWxC.shape[:-1], 1))
+    return jnp.concatenate([h_BxHxWxC, std.astype(h_BxHxWxC.dtype)], axis=-1)
+
+
 class Discriminator(nn.Module):
     width: int = 64
     channel_mult: Sequence[int] = (1, 2, 4)   # per stride-2 level, fine to coarse
     num_classes: int = 0                      # > 0: projection discriminator
     spectral_norm: bool = False
+    mbstd_group: int = 0                      # > 0: minibatch-std channel before the head
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
@@ -158,6 +175,8 @@ class Discriminator(nn.Module):
             h = SNConv(self.width * mult, spectral_norm=self.spectral_norm, dtype=self.dtype)(
                 h, update_stats)
             h = sharding.constrain(nn.leaky_relu(h, 0.2), _ACT)
+        if self.mbstd_group:
+            h = minibatch_std(h, min(self.mbstd_group, h.shape[0]))
         phi_BxF = h.reshape(h.shape[0], -1)
         out = SNDense(1, spectral_norm=self.spectral_norm, dtype=self.dtype)(
             phi_BxF, update_stats)[:, 0]
@@ -177,6 +196,7 @@ class DCGAN(nn.Module):
     num_classes: int = 0
     spectral_norm: bool = False
     g_norm: str = "batch"
+    mbstd_group: int = 0
     dtype: jnp.dtype = jnp.float32
 
     def setup(self):
@@ -184,7 +204,8 @@ class DCGAN(nn.Module):
                                    tuple(self.channel_mult), self.num_classes, self.g_norm,
                                    self.dtype)
         self.discriminator = Discriminator(self.d_width, tuple(reversed(self.channel_mult)),
-                                           self.num_classes, self.spectral_norm, self.dtype)
+                                           self.num_classes, self.spectral_norm,
+                                           self.mbstd_group, self.dtype)
 
     def generate(self, z_BxZ, labels_B=None):
         """-> float32[B, H, W, C] in [-1, 1]."""
