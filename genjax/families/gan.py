@@ -42,7 +42,7 @@ def make_model(config) -> dcgan.DCGAN:
     return dcgan.DCGAN(image_shape=image_shape(config), latent_dim=m.latent_dim,
                        g_width=m.g_width, d_width=m.d_width, channel_mult=tuple(m.channel_mult),
                        num_classes=num_classes(config), spectral_norm=m.spectral_norm,
-                       g_norm=m.g_norm, mbstd_group=m.mbstd_group,
+                       g_norm=m.g_norm, mbstd_group=m.get("mbstd_group", 0),  # runs before it: 0
                        dtype=jnp.dtype(config.compute_dtype))
 
 
