@@ -29,6 +29,8 @@ def get_config(arg: str | None = None):
     c.rl.max_new_tokens = 32       # completion length N (no stop tokens)
     c.rl.reward_chars = "abcdefghijklmnopqrstuvwxyz "  # gold reward: share of these
     c.rl.reward_ids = ()           # () = from reward_chars with the tokenizer (resolve_config)
+    # c.evals.alignment (dpo_shakespeare's, with its presets): policy vs the frozen
+    # reference under the gold preference (not rl.reward_chars'), win rate, KL, distinct-2
     if (arg or "cpu") in PRESETS:
         config_lib.apply_preset(c, PRESETS, arg)
     c.lock()

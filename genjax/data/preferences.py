@@ -57,6 +57,27 @@ def synthetic_pairs(text: str, max_chars: int, seed: int, limit: int) -> list[di
     return out
 
 
+def speaker_prompts(text: str, limit: int | None = None,
+                    max_chars: int = 2000) -> list[tuple[str, str]]:
+    """(prompt, continuation) at the speaker lines of `text` ("ROMEO:" alone on a line),
+    up to `limit` of them evenly spaced over the text (None: all): prompt = the speaker
+    line + "\\n", as the synthetic pairs' prompts; continuation = the next `max_chars`
+    characters of the text (the true speech, for real-text floors)."""
+    starts, at = [], 0
+    for line in text.split("\n"):
+        if SPEAKER.match(line):
+            starts.append((at, line))
+        at += len(line) + 1
+    if limit is not None and len(starts) > int(limit):
+        keep = np.unique(np.linspace(0, len(starts) - 1, int(limit)).round().astype(int))
+        starts = [starts[i] for i in keep]
+    out = []
+    for at, line in starts:
+        end = at + len(line) + 1
+        out.append((line + "\n", text[end:end + max_chars]))
+    return out
+
+
 def _fit(words: list[str], max_chars: int) -> list[str]:
     out, n = [], 0
     for w in words:
@@ -166,6 +187,11 @@ class PreferenceData:
         if not self.source:
             return ["train", "validation", "test"]
         return sorted(f[:-6] for f in os.listdir(self.source) if f.endswith(".jsonl"))
+
+    def text(self, split: str) -> str:
+        """The raw text of `split` of the policy's text dataset (evaluators: vocabulary,
+        memorisation, held-out prompts), whatever the pairs' source."""
+        return self._text(split)
 
     def records(self, split: str) -> list[dict]:
         if self.source:

@@ -41,7 +41,8 @@ from genjax import assemble, eval_sums, families
 from genjax import step as step_lib
 from genjax.errors import UserError
 
-NOT_PLUGINS = ("report", "plots", "feature_net", "text_match")  # helpers, not plug-ins
+NOT_PLUGINS = ("report", "plots", "feature_net", "text_match", "words",
+               "gold_reward")  # helpers, not plug-ins
 
 
 # ----------------------------------------------------------------------- lookup

@@ -91,6 +91,9 @@ CAPABILITIES = {
                           "the abstract params init_from restores (default: state.params)"),
     "load_pretrained": ("load_pretrained(state, src_params, config)",
                         "-> state with init_from's params placed (default: params and EMA)"),
+    "reference_params": ("reference_params(model_state, params)",
+                         "the frozen reference policy's params kept in the checkpointed "
+                         "model_state, cast like `params` (the alignment evaluator)"),
 }
 
 # Probe calls: a function export must accept these arguments (checked with
@@ -107,6 +110,7 @@ _PROBES = {
     "sample_labels": ((1, 1), dict(label=None)), "conditioning": ((1,), {}),
     "sample_arrays": ((1, 1, 1, 1, 1), {}), "merge_params": ((1, 1), {}),
     "pretrained_target": ((1,), {}), "load_pretrained": ((1, 1, 1), {}),
+    "reference_params": ((1, 1), {}),
 }
 _TUPLES = ("likelihood_metrics", "sample_options", "runtime_keys")
 
@@ -201,6 +205,14 @@ def load_pretrained(family: ModuleType, state, src_params, config):
     if jax.tree_util.tree_leaves(state.ema_params):
         state = state.replace(ema_params=jax.tree_util.tree_map(lambda x: x.copy(), src_params))
     return state
+
+
+def reference_params(family: ModuleType, model_state, params):
+    """The frozen reference policy of a run (its `reference_params`), or None when the
+    family keeps none. `model_state` as checkpointed (under LoRA: with the frozen base)."""
+    if has(family, "reference_params"):
+        return family.reference_params(model_state, params)
+    return None
 
 
 def has(family: ModuleType, capability: str) -> bool:

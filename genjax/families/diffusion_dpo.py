@@ -34,6 +34,7 @@ sample_options = diffusion.sample_options
 runtime_keys = ("model.dropout",)
 load_pretrained = dpo.load_pretrained
 finalize_eval = dpo.finalize_eval
+reference_params = dpo.reference_params
 
 
 def example_batch(config, batch_size: int) -> dict[str, np.ndarray]:

@@ -50,7 +50,8 @@ def init_variables(model, rng, batch, config) -> dict:
 
 
 def reference_params(model_state, like):
-    """The frozen reference params, cast to the dtype of the policy's params `like`."""
+    """The frozen reference params, cast to the dtype of the policy's params `like`
+    (a capability too: the alignment evaluator's reference policy)."""
     ref = model_state[REFERENCE] if REFERENCE in model_state else model_state[lora.BASE]
     return jax.tree_util.tree_map(lambda r, p: jax.lax.stop_gradient(r).astype(p.dtype),
                                   ref, like)

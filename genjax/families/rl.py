@@ -42,6 +42,7 @@ init_variables = dpo.init_variables
 load_pretrained = dpo.load_pretrained
 make_data = dpo.make_data
 finalize_eval = dpo.finalize_eval
+reference_params = dpo.reference_params
 
 
 def resolve_config(config, data) -> None:
