@@ -22,7 +22,7 @@ from genjax.evaluators import cas, feature_net, sample_files, ship_feature_net
 from tests.subproc import assert_one_line_error, run_module
 
 IMAGE_SETTINGS = [  # the tiny feature net; sizes that take seconds
-    "image_quality.feature_preset='tiny'", "image_quality.num_real=1000",
+    "image_quality.feature_preset='tiny'", "image_quality.num_real=2000",
     "image_quality.kid_subset_size=200", "image_quality.kid_subsets=20",
     "novelty.feature_preset='tiny'", "novelty.num_train=4000", "novelty.num_test=1000"]
 
@@ -166,20 +166,22 @@ def test_28x28_files_are_padded_as_the_loader_pads_real_images(test_images, tmp_
 
 @pytest.mark.slow
 def test_real_test_images_score_at_the_floor(test_images, shipped, tmp_path, monkeypatch):
-    """Test images 5000..5999 (not in the 1000-image reference) are real images the
-    model-free pipeline must score like the floor's real training images."""
+    """Test images 4000..5999 (not in the 2000-image reference) are real images the
+    model-free pipeline must score like the floor's real training images. Between draws of
+    2,000 real images the tiny net's fid_fmnist varies by about +-0.3 (0.13..0.54 measured
+    against a floor of 0.48): hence the margins."""
     monkeypatch.setenv(feature_net.WEIGHTS_ENV, shipped)
     u8, y, _ = test_images
     path = str(tmp_path / "peer.npz")
-    np.savez(path, images=u8[5000:6000], labels=y[5000:6000])
+    np.savez(path, images=u8[4000:6000], labels=y[4000:6000])
     out = evaluate_samples(path, settings=IMAGE_SETTINGS)
     assert set(out["results"]) == {"image_quality", "novelty"}
     assert "cas" in out["skipped"] and "--only" in out["skipped"]["cas"]
     q = out["results"]["image_quality"]
     m, f = q["metrics"], q["floors"]
-    assert q["details"]["num_samples"] == 1000
+    assert q["details"]["num_samples"] == 2000
     assert q["details"]["feature_net_origin"]["source"] == "shipped"
-    assert m["fid_fmnist"] < 2 * f["fid_fmnist"] + 0.05, (m, f)
+    assert m["fid_fmnist"] < 2 * f["fid_fmnist"] + 0.1, (m, f)
     for key in ("precision", "recall"):
         assert abs(m[key] - f[key]) < 0.08, (key, m, f)
     acc = load_json(feature_net.shipped_paths("tiny", shipped)[1])["test_accuracy"]
@@ -197,12 +199,14 @@ def test_real_test_images_score_at_the_floor(test_images, shipped, tmp_path, mon
 # ------------------------------------------------------------------ text
 @pytest.mark.slow
 def test_held_out_shakespeare_scores_at_the_text_floors(data_dir, tmp_path):
+    """Held-out plays (the validation split) at other offsets than the floor's excerpts."""
     from genjax import config_lib, families
     from genjax.evaluate import DEFAULT_CONFIGS, ROOT
     config = config_lib.load_file(os.path.join(ROOT, DEFAULT_CONFIGS["text"]))
     data = families.get(config.family).make_data(config, process_index=0, process_count=1)
-    held_out = data.text("test")
-    pieces = [held_out[i * 5000:i * 5000 + 400] for i in range(8)]
+    held_out = data.text("validation")  # the floor's excerpts start at 0, len/15, ...
+    step = len(held_out) // 16
+    pieces = [held_out[i * step + step // 2:][:400] for i in range(16)]  # ... these between
     path = tmp_path / "peer.txt"
     path.write_text("\n---\n".join(pieces))
     out = evaluate_samples(str(path), out_dir=str(tmp_path / "report"))
@@ -256,8 +260,19 @@ BAD = ["float", "flat", "channels5", "size", "zero", "labels_len", "labels_range
        "empty", "utf8", "json"]
 
 
-@pytest.mark.parametrize("case", BAD)
-def test_a_bad_file_is_one_error_line_and_writes_nothing(case, tmp_path, data_dir):
+def test_every_bad_file_is_one_user_error_and_writes_nothing(tmp_path, data_dir):
+    bad = _bad_files(str(tmp_path))
+    assert sorted(bad) == sorted(BAD)
+    before = sorted(os.listdir(tmp_path))
+    for case, (fname, needle) in bad.items():
+        with pytest.raises(UserError) as e:
+            evaluate_samples(str(tmp_path / fname))
+        assert needle in str(e.value) and "\n" not in str(e.value), (case, str(e.value))
+        assert sorted(os.listdir(tmp_path)) == before, case
+
+
+@pytest.mark.parametrize("case", ["float", "size", "json"])  # a subprocess each: ~10 s
+def test_a_bad_file_on_the_command_line_is_one_line_and_exit_code_2(case, tmp_path, data_dir):
     fname, needle = _bad_files(str(tmp_path))[case]
     before = sorted(os.listdir(tmp_path))
     proc = run_module("genjax.evaluate", f"--samples={tmp_path / fname}",

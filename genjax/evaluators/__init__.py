@@ -241,7 +241,13 @@ class EvalContext:
 
         Samples are kept: a later call with the same (label, batch_size, seed) gets the
         same first n images, and only the batches not drawn yet are sampled (batch i uses
-        fold_in(PRNGKey(seed), i)), so image_quality, novelty and cas share one pool."""
+        fold_in(PRNGKey(seed), i)), so image_quality, novelty and cas share one pool.
+        In samples mode (`given`): the file's first n images and labels (label,
+        batch_size and seed do not apply)."""
+        if self.given is not None:
+            n = self._given(n, "images")
+            labels = self.given.labels
+            return self.given.images[:n], None if labels is None else labels[:n]
         if not families.has(self.family, "sample_images"):
             raise ValueError(f"family {self.config.family!r} does not sample images")
         n, b = int(n), max(1, min(int(batch_size), int(n)))

@@ -72,8 +72,9 @@ def read(path: str) -> Samples:
 # ------------------------------------------------------------------ images
 def _read_npz(path: str) -> Samples:
     try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
+        with open(path, "rb") as f:  # ours to close, also when np.load fails
+            with np.load(f, allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise UserError(f"{path}: not a readable .npz file ({type(e).__name__}: "
                         f"{str(e).splitlines()[0] if str(e) else ''})") from None
