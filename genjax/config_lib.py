@@ -130,6 +130,19 @@ def to_dict(cfg: ConfigDict) -> dict[str, Any]:
     return json.loads(cfg.to_json_best_effort())
 
 
+def load_file(spec: str) -> ConfigDict:
+    """'path/to/config.py[:preset]' -> its get_config(preset) (a locked ConfigDict)."""
+    import importlib.util
+    import os
+    path, _, preset = spec.partition(":")
+    if not os.path.isfile(path):
+        raise UserError(f"--config={spec!r}: no such file")
+    module_spec = importlib.util.spec_from_file_location("genjax_loaded_config", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(preset or None)
+
+
 def from_dict(d: dict[str, Any]) -> ConfigDict:
     return ml_collections.ConfigDict(d)
 

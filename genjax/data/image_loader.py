@@ -166,6 +166,7 @@ class ImageData:
         # Opened (and built if needed) now: missing data fails before anything is compiled.
         (self._splits, self.class_names, native, self.dataset,
          self._duplicates) = _open(data_cfg, self.data_dir)
+        self.native_shape = tuple(native)  # as stored (Fashion-MNIST: 28x28x1)
         self.image_shape = _target_shape(native, int(data_cfg.image_size),
                                          int(data_cfg.channels))
         max_bad = int(data_cfg.max_bad_records) if "max_bad_records" in data_cfg else 0

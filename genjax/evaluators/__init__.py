@@ -6,6 +6,11 @@ A plug-in is `genjax/evaluators/<name>.py` (imported with importlib; no registry
   NEEDS = ("sample_images", ...)   optional: family capabilities it needs
                                    (genjax/families/__init__.py CAPABILITIES)
   skip_reason(family, config) -> str | None   optional: why it does not apply to this run
+  SAMPLES = ("images", ...)        optional: it can score samples given in a file instead
+                                   (`genjax.evaluate --samples=FILE`: "images", "labels",
+                                   "text"; genjax/evaluators/sample_files.py); without it,
+                                   it needs the model (likelihood)
+  ON_REQUEST = "why"               optional: in samples mode it runs only when --only names it
 
 configured per run as `config.evals.<name>` (its settings: `during_training` plus its
 own keys). `evaluate` returns
@@ -19,7 +24,9 @@ own keys). `evaluate` returns
 Who runs them: `python -m genjax.evaluate --workdir=W` (every configured evaluator that
 applies, then W/eval/report.md; the ones that do not apply are listed with the reason),
 and genjax.train at each periodic eval (those with `during_training=True`, logged to
-metrics.jsonl as eval/<name>/<key>). An evaluator that trains a model (cas, the feature
+metrics.jsonl as eval/<name>/<key>); `python -m genjax.evaluate --samples=FILE` runs the
+ones that can score the file's samples (`SAMPLES`), which they get from the same
+`ctx.sample_images` / `ctx.sample_texts` as a model's. An evaluator that trains a model (cas, the feature
 net) reaches the loop through `ctx.train_fn`, given by the command that built the context.
 """
 from __future__ import annotations
@@ -41,8 +48,8 @@ from genjax import assemble, eval_sums, families
 from genjax import step as step_lib
 from genjax.errors import UserError
 
-NOT_PLUGINS = ("report", "plots", "feature_net", "text_match", "words",
-               "gold_reward")  # helpers, not plug-ins
+NOT_PLUGINS = ("report", "plots", "feature_net", "text_match", "sample_files", "words",
+               "gold_reward", "ship_feature_net")  # helpers, not plug-ins
 
 
 # ----------------------------------------------------------------------- lookup
@@ -106,6 +113,38 @@ def resolve(config, family, names: Sequence[str] | None = None) -> list[str]:
     return list(names)
 
 
+def given_skip_reason(module: ModuleType, has: Sequence[str], requested: bool) -> str | None:
+    """Why evaluator `module` does not score a samples file that offers `has` (None: it
+    does); `requested`: --only names it."""
+    if not hasattr(module, "SAMPLES"):
+        return "it needs the model; a samples file has none"
+    missing = [k for k in module.SAMPLES if k not in has]
+    if missing:
+        return f"the file has no {' / '.join(missing)}"
+    if getattr(module, "ON_REQUEST", None) and not requested:
+        return f"{module.ON_REQUEST}; name it in --only to run it"
+    return None
+
+
+def resolve_given(config, has: Sequence[str],
+                  only: Sequence[str] | None = None) -> tuple[list[str], dict[str, str]]:
+    """(evaluators that score a samples file offering `has`, {name: why not} of the other
+    configured ones). `only`: exactly those, each configured and able to score the file,
+    else UserError naming the problem."""
+    have = configured(config)
+    for name in only or []:
+        if name not in have:
+            raise UserError(f"evaluator {name!r} is not configured in this config's "
+                            f"config.evals (configured: {have})")
+        why = given_skip_reason(get(name), has, requested=True)
+        if why:
+            raise UserError(f"evaluator {name!r} cannot score this file: {why}")
+    if only:
+        return list(only), {}
+    reasons = {n: given_skip_reason(get(n), has, requested=False) for n in have}
+    return [n for n, r in reasons.items() if not r], {n: r for n, r in reasons.items() if r}
+
+
 def during_training(config, family) -> list[str]:
     """Configured evaluators that apply and have during_training=True."""
     return [n for n in resolve(config, family) if bool(config.evals[n].during_training)]
@@ -164,6 +203,7 @@ class EvalContext:
     train_fn: Any = None  # genjax.train.train, for evaluators that train a model (cas)
     step_params: Any = None       # params / model_state as parts.eval_step takes them (LoRA:
     step_model_state: Any = None  # the adapters and the frozen base); None = params
+    given: Any = None     # sample_files.Samples (samples mode, no model): what is scored
     _sample_pool: dict = dataclasses.field(default_factory=dict, repr=False)
 
     def __post_init__(self):
@@ -177,6 +217,21 @@ class EvalContext:
         state = self.model_state if self.step_model_state is None else self.step_model_state
         return eval_sums.evaluate(self.parts, params, state, batches, eval_kwargs)
 
+    @property
+    def source(self) -> str:
+        """What the samples are, for reports: "ema params, step 600" or "samples of FILE"."""
+        if self.given is not None:
+            return f"samples of {self.given.path}"
+        return f"{self.which} params, step {self.step}"
+
+    def _given(self, n: int, kind: str):
+        if self.given.kind != kind:
+            raise ValueError(f"{self.given.path} holds {self.given.kind}, not {kind}")
+        if int(n) > len(self.given):
+            raise UserError(f"{int(n)} samples asked for; {self.given.path} has "
+                            f"{len(self.given)}")
+        return int(n)
+
     # ------------------------------------------------------------------ images
     def sample_images(self, n: int, *, label=None, batch_size: int = 256, seed: int = 0):
         """(images float32[n, H, W, C] in [-1, 1], labels int32[n] or None) from the
@@ -186,7 +241,13 @@ class EvalContext:
 
         Samples are kept: a later call with the same (label, batch_size, seed) gets the
         same first n images, and only the batches not drawn yet are sampled (batch i uses
-        fold_in(PRNGKey(seed), i)), so image_quality, novelty and cas share one pool."""
+        fold_in(PRNGKey(seed), i)), so image_quality, novelty and cas share one pool.
+        In samples mode (`given`): the file's first n images and labels (label,
+        batch_size and seed do not apply)."""
+        if self.given is not None:
+            n = self._given(n, "images")
+            labels = self.given.labels
+            return self.given.images[:n], None if labels is None else labels[:n]
         if not families.has(self.family, "sample_images"):
             raise ValueError(f"family {self.config.family!r} does not sample images")
         n, b = int(n), max(1, min(int(batch_size), int(n)))
@@ -214,12 +275,35 @@ class EvalContext:
         labels_N = None if labels is None else np.asarray(labels, np.int32)[:n]
         return images_NxHxWxC, labels_N
 
+    # ------------------------------------------------------------------ text
+    def sample_texts(self, n: int, *, prompt: str, max_new_tokens: int,
+                     temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+                     seed: int = 0) -> list[str]:
+        """n continuations of `prompt` (prompt excluded) from the family's `sample_text`,
+        sliding the context window past max_len; in samples mode the file's first n texts."""
+        if self.given is not None:
+            return list(self.given.texts[:self._given(n, "text")])
+        import warnings
+        from genjax.sampling.text import TextRequest
+        tokenizer = self.family.text_tokenizer(self.meta)
+        req = TextRequest(num_samples=int(n), max_new_tokens=int(max_new_tokens),
+                          temperature=float(temperature), top_k=int(top_k),
+                          top_p=float(top_p), seed=int(seed), window=True)
+        with warnings.catch_warnings():  # sliding past the context is intended here
+            warnings.simplefilter("ignore")
+            completions = self.family.sample_text(self.model, self.params, tokenizer,
+                                                  [str(prompt)], req)
+        return [c.text for c in completions[0]]
+
     # ------------------------------------------------------------------ plug-ins
     def run(self, names: Sequence[str] | None = None) -> dict[str, dict]:
-        """{name: normalized result + "seconds"} for `names` (None: all that apply)."""
+        """{name: normalized result + "seconds"} for `names` (None: all that apply; in
+        samples mode `names` come from `resolve_given`)."""
         results = {}
-        for name in resolve(self.config, self.family, names):
-            _progress(f"evaluator {name} (step {self.step}, {self.which} params)...")
+        if self.given is None:
+            names = resolve(self.config, self.family, names)
+        for name in names:
+            _progress(f"evaluator {name} ({self.source})...")
             t0 = time.perf_counter()
             result = normalize(name, get(name).evaluate(self, self.config.evals[name]))
             result["seconds"] = time.perf_counter() - t0
@@ -261,3 +345,13 @@ def for_training(config, parts, state, meta: dict, step: int, workdir: str, data
         out_dir=os.path.join(workdir, "eval"), which=which, seed=int(config.seed), data=data,
         parts=parts, train_fn=train_fn, step_params=step_params,
         step_model_state=state.model_state)
+
+
+def for_samples(config, samples, data, out_dir: str, *, seed: int = 0,
+                train_fn=None) -> EvalContext:
+    """Context without a model: the evaluators score `samples` (sample_files.Samples, its
+    images already converted for `data`) against `data` (the config family's)."""
+    return EvalContext(
+        config=config, family=families.get(config.family), model=None, params=None,
+        model_state=None, meta={"data": data.meta()}, step=0, workdir="", out_dir=out_dir,
+        which="given", seed=seed, data=data, parts=None, train_fn=train_fn, given=samples)

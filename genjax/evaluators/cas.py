@@ -19,6 +19,8 @@ from ml_collections import ConfigDict
 from genjax import families
 
 NEEDS = ("sample_images", "sample_labels")
+SAMPLES = ("images", "labels")  # or labelled images given in a file (genjax.evaluate --samples)
+ON_REQUEST = "it trains two classifiers (slow)"  # samples mode: only when --only names it
 
 
 def real_split(data, split: str, n: int | None = None, batch_size: int = 1000):
@@ -85,9 +87,10 @@ def settings(**overrides) -> ConfigDict:
 
 
 def evaluate(ctx, settings) -> dict:
-    n = int(settings.num_samples)
-    images, labels = ctx.sample_images(n, batch_size=int(settings.batch_size),
+    images, labels = ctx.sample_images(int(settings.num_samples),
+                                       batch_size=int(settings.batch_size),
                                        seed=ctx.seed)  # image_quality's pool
+    n = len(images)
     if labels is None:
         return {"metrics": {}, "markdown": "CAS skipped: the model is not class-conditional "
                                            "(its samples have no labels)."}

@@ -1,7 +1,14 @@
-"""The image evaluators' feature network: a classifier trained here, cached by checksum.
+"""The image evaluators' feature network: shipped weights, else a classifier trained here.
 
-Inception weights cannot be downloaded here, so FID-style metrics use our own network,
-trained on first use through the ordinary loop (`train_fn`: genjax.train.train, passed in
+Inception weights cannot be downloaded here, so FID-style metrics use our own network.
+Shipped: `genjax/evaluators/weights/fmnist_classifier_<preset>.msgpack` (the params,
+flax.serialization) with its `.json` (sha256 of the msgpack, the recipe+dataset checksum
+below, test accuracy, the command that made it; written by
+`python -m genjax.evaluators.ship_feature_net`), so the same samples score the same on
+every machine. They are used when the json's checksum is this recipe's and dataset's (a
+msgpack whose sha256 differs from the json's is an error); folder: the `weights_dir`
+argument, else $GENJAX_FEATURE_NET_WEIGHTS, else the package's. Otherwise (other
+datasets or presets) the network is trained on first use through the ordinary loop (`train_fn`: genjax.train.train, passed in
 by the command that needs the net) from
 configs/fmnist_classifier.py:<preset>, and named after it ("fid_fmnist", never "FID").
 
@@ -9,6 +16,8 @@ configs/fmnist_classifier.py:<preset>, and named after it ("fid_fmnist", never "
   f_NxD = net.features(images_NxHxWxC)      # penultimate layer, float32
   p_NxK = net.probs(images_NxHxWxC)         # softmax, float32
   net.name, net.class_names, net.test_accuracy
+  net.origin                                # {"source": "shipped", "sha256": ...} or
+                                            # {"source": "trained here", "directory": ...}
 
 Cache: `<cache_dir>/<config stem>-<hash8>/`, the hash over the classifier config (paths
 removed) and the dataset's identity (its content fingerprint, shape, classes, split
@@ -21,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import types
 import importlib
 import json
 import logging
@@ -44,6 +54,7 @@ DATA_KEYS = ("name", "source_dir", "image_folder", "image_size", "channels", "da
 PATH_KEYS = ("source_dir", "image_folder", "data_dir")  # where, not what: not hashed
 BATCH = 256                    # images per forward pass (one compiled shape)
 _LOADED: dict[str, "FeatureNet"] = {}  # folder -> net: loaded (and compiled) once per process
+WEIGHTS_ENV = "GENJAX_FEATURE_NET_WEIGHTS"  # a folder of shipped weights (tests, other copies)
 
 
 def default_cache_dir() -> str:
@@ -89,6 +100,13 @@ class FeatureNet:
     class_names: list
     test_accuracy: float
     image_shape: tuple
+    origin: dict = dataclasses.field(default_factory=dict)  # shipped (sha256) or trained here
+
+    def describe_origin(self) -> str:
+        """"shipped weights sha256 1a2b3c4d..." or "trained here (<folder>)"."""
+        if self.origin.get("source") == "shipped":
+            return f"shipped weights sha256 {self.origin['sha256'][:16]}..."
+        return f"trained here ({self.directory})"
 
     def __post_init__(self):
         # One device: on a multi-device mesh, replicated params would make every device
@@ -218,11 +236,79 @@ def cached_info(data_cfg, preset: str = "cpu", cache_dir: str = "") -> dict | No
     return info
 
 
+# ------------------------------------------------------------------ shipped weights
+def shipped_paths(preset: str, weights_dir: str = "") -> tuple[str, str]:
+    """(msgpack, json) paths of the shipped weights of `preset` (they may not exist)."""
+    folder = weights_dir or os.environ.get(WEIGHTS_ENV) or os.path.join(
+        os.path.dirname(os.path.abspath(__file__)), "weights")
+    stem = os.path.join(os.path.expanduser(folder), f"{CACHE_STEM}_{preset}")
+    return f"{stem}.msgpack", f"{stem}.json"
+
+
+def file_sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def shipped_info(preset: str, digest: str, weights_dir: str = "") -> dict | None:
+    """The shipped json of `preset` when its recipe+dataset checksum is `digest` and its
+    msgpack is there (None: nothing shipped for this recipe and dataset); UserError when
+    the msgpack's sha256 is not the json's (a damaged or replaced file)."""
+    weights, meta = shipped_paths(preset, weights_dir)
+    if not os.path.isfile(meta):
+        return None
+    with open(meta) as f:
+        info = json.load(f)
+    if info.get("checksum") != digest:
+        return None
+    if not os.path.isfile(weights):
+        raise UserError(f"{meta} names {os.path.basename(weights)}, which is missing")
+    sha = file_sha256(weights)
+    if sha != info.get("sha256"):
+        raise UserError(f"{weights}: sha256 {sha[:16]}... is not the {str(info.get('sha256'))[:16]}"
+                        f"... recorded in {os.path.basename(meta)} (damaged or replaced file)")
+    return {**info, "path": weights}
+
+
+def _shipped_net(info: dict, name: str, config, identity: dict, cache_dir: str) -> FeatureNet:
+    """The network of verified shipped weights; its real-image features are cached in
+    <cache_dir>/<name>-shipped-<sha8>."""
+    from flax import serialization
+    from genjax import families
+    config = config_lib.from_dict(config_lib.to_dict(config))  # an unlocked copy
+    family = families.get(config.family)
+    # resolution reads the data's shape and classes: the dataset identity has both
+    family.resolve_config(config, types.SimpleNamespace(
+        image_shape=tuple(identity["image_shape"]), class_names=identity["class_names"]))
+    with open(info["path"], "rb") as f:
+        params = serialization.msgpack_restore(f.read())
+    directory = os.path.join(cache_dir, f"{name}-shipped-{info['sha256'][:8]}")
+    os.makedirs(directory, exist_ok=True)
+    return FeatureNet(name=name, directory=directory, config=config,
+                      model=family.make_model(config), params=params,
+                      class_names=list(identity["class_names"]),
+                      test_accuracy=float(info["test_accuracy"]),
+                      image_shape=tuple(identity["image_shape"]),
+                      origin={"source": "shipped", "sha256": info["sha256"],
+                              "file": os.path.basename(info["path"])})
+
+
 def load_feature_net(data_cfg, *, preset: str = "cpu", cache_dir: str = "",
-                     train_fn=None) -> FeatureNet:
-    """The classifier for `data_cfg`'s dataset, trained on first use with `train_fn`
-    (genjax.train.train; see module docstring)."""
+                     train_fn=None, weights_dir: str = "") -> FeatureNet:
+    """The classifier for `data_cfg`'s dataset: the shipped weights when they are this
+    recipe's and dataset's, else trained on first use with `train_fn` (genjax.train.train;
+    see module docstring)."""
     directory, digest, config, identity = locate(data_cfg, preset, cache_dir)
+    info = shipped_info(preset, digest, weights_dir)
+    if info is not None:
+        key = f"{info['path']}:{info['sha256']}"
+        if key not in _LOADED:
+            _LOADED[key] = _shipped_net(info, os.path.basename(directory), config, identity,
+                                        os.path.dirname(directory))
+        return _LOADED[key]
     if directory in _LOADED and os.path.exists(os.path.join(directory, DONE)):
         return _LOADED[directory]
     info = cached_info(data_cfg, preset, cache_dir)
@@ -237,6 +323,7 @@ def load_feature_net(data_cfg, *, preset: str = "cpu", cache_dir: str = "",
                      config=loaded.config, model=loaded.model, params=loaded.params,
                      class_names=list(loaded.meta["data"]["class_names"]),
                      test_accuracy=float(info["test_accuracy"]),
-                     image_shape=tuple(identity["image_shape"]))
+                     image_shape=tuple(identity["image_shape"]),
+                     origin={"source": "trained here", "directory": directory})
     _LOADED[directory] = net
     return net

@@ -24,6 +24,7 @@ import numpy as np
 from ml_collections import ConfigDict
 
 NEEDS = ("sample_images",)
+SAMPLES = ("images",)  # or images given in a file (genjax.evaluate --samples); labels optional
 ROWS = 512  # query rows per distance block (and ref rows are padded to a multiple)
 
 
@@ -193,10 +194,11 @@ def evaluate(ctx, settings) -> dict:
     from genjax.evaluators.feature_net import load_feature_net
     net = load_feature_net(ctx.config.data, preset=str(settings.feature_preset),
                            train_fn=ctx.train_fn)
-    n = int(settings.num_samples)
     num_real = int(settings.num_real) or None
     real_f, _ = net.real_features(ctx.data, "test", num_real)
-    images, labels = ctx.sample_images(n, batch_size=int(settings.batch_size), seed=ctx.seed)
+    images, labels = ctx.sample_images(int(settings.num_samples),
+                                       batch_size=int(settings.batch_size), seed=ctx.seed)
+    n = len(images)
     fake_f = net.features(images)
     train_f, train_y = net.real_features(ctx.data, "train", n)
     kw = dict(k=int(settings.pr_k), kid_subset_size=int(settings.kid_subset_size),
@@ -214,13 +216,15 @@ def evaluate(ctx, settings) -> dict:
     path = plots.precision_recall_bars(
         rows,
         os.path.join(ctx.out_dir, "precision_recall.png"),
-        title=f"step {ctx.step}: {n} samples vs {len(real_f)} test images")
-    details.update(feature_net=net.name, feature_net_test_accuracy=net.test_accuracy,
+        title=f"{ctx.source}: {n} vs {len(real_f)} test images")
+    details.update(feature_net=net.name, feature_net_origin=net.origin,
+                   feature_net_test_accuracy=net.test_accuracy,
                    num_samples=n, num_real=len(real_f), pr_k=int(settings.pr_k),
                    floor_kid_fmnist_std=floor_details["kid_fmnist_std"])
     markdown = (f"Features: `{net.name}` (configs/fmnist_classifier.py:{settings.feature_preset}"
-                f", test accuracy {net.test_accuracy:.4f}); fid_fmnist/kid_fmnist are NOT "
-                f"Inception FID/KID. {n} samples ({ctx.which} params) vs {len(real_f)} test "
+                f", test accuracy {net.test_accuracy:.4f}, {net.describe_origin()}); "
+                f"fid_fmnist/kid_fmnist are NOT Inception FID/KID. {n} samples "
+                f"({ctx.source}) vs {len(real_f)} test "
                 f"images; floors: the first {len(train_f)} train images vs the same test "
                 f"images.")
     return {"metrics": metrics, "floors": floors, "figures": [path], "markdown": markdown,

@@ -18,6 +18,7 @@ from ml_collections import ConfigDict
 from genjax.evaluators.image_quality import nearest
 
 NEEDS = ("sample_images",)
+SAMPLES = ("images",)  # or images given in a file (genjax.evaluate --samples)
 PERCENTILE = 1.0
 
 
@@ -100,9 +101,9 @@ def evaluate(ctx, settings) -> dict:
     from genjax.evaluators.feature_net import load_feature_net
     net = load_feature_net(ctx.config.data, preset=str(settings.feature_preset),
                            train_fn=ctx.train_fn)
-    n = int(settings.num_samples)
-    images, _ = ctx.sample_images(n, batch_size=int(settings.batch_size),
+    images, _ = ctx.sample_images(int(settings.num_samples), batch_size=int(settings.batch_size),
                                   seed=ctx.seed)  # image_quality's pool
+    n = len(images)
     train_f, _ = net.real_features(ctx.data, "train", int(settings.num_train) or None)
     test_f, _ = net.real_features(ctx.data, "test", int(settings.num_test) or None)
     s = novelty_stats(net.features(images), train_f, test_f)
@@ -113,7 +114,7 @@ def evaluate(ctx, settings) -> dict:
     metrics = {"near_copies": s["near_copies"], "median_nn_distance": s["median_nn_distance"]}
     floors = {"near_copies": s["test_near_copies"],
               "median_nn_distance": s["test_median_nn_distance"]}
-    details = {"feature_net": net.name, "num_samples": n, "num_train": len(train_f),
+    details = {"feature_net": net.name, "feature_net_origin": net.origin, "num_samples": n, "num_train": len(train_f),
                "num_test": len(test_f), "threshold": s["threshold"],
                "closest_train_rows": [int(i) for i in s["index_N"][order]],
                "closest_distances": [float(d) for d in s["distance_N"][order]]}

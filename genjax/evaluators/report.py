@@ -32,17 +32,28 @@ def _rel(path: str, out_dir: str) -> str:
     return os.path.relpath(path, out_dir)
 
 
+def _header(run: dict) -> list[str]:
+    if "samples" in run:  # genjax.evaluate --samples
+        what = f"{run['num_samples']} {run['kind']}" + (" with labels" if run.get("labels")
+                                                         else "")
+        return [f"# Evaluation: {run['samples']}", "",
+                f"{what} from the file, scored with the evaluators and floors of "
+                f"`{run.get('config')}` (family `{run.get('family')}`'s data), seed "
+                f"{run.get('seed')}", ""]
+    return [f"# Evaluation: {run.get('workdir', '')}", "",
+            f"family `{run.get('family')}`, step {run.get('step')}, params `{run.get('which')}`"
+            f", seed {run.get('seed')}", ""]
+
+
 def markdown(run: dict, results: dict[str, dict], plots: list[str], out_dir: str) -> str:
-    lines = [f"# Evaluation: {run.get('workdir', '')}", "",
-             f"family `{run.get('family')}`, step {run.get('step')}, params `{run.get('which')}`"
-             f", seed {run.get('seed')}", ""]
+    lines = _header(run)
     rows = metric_rows(results)
     if rows:
         lines += ["| metric | value | real-vs-real floor |", "|---|---:|---:|"]
         lines += [f"| {k} | {fmt(v)} | {fmt(f)} |" for k, v, f in rows]
         lines.append("")
     if run.get("skipped"):
-        lines += ["Not applicable to this run: " + "; ".join(
+        lines += ["Not applicable: " + "; ".join(
             f"{n} ({why})" for n, why in run["skipped"].items()), ""]
     for name, r in results.items():
         lines += [f"## {name}", "", f"_{r.get('seconds', 0.0):.1f} s_", ""]

@@ -20,7 +20,6 @@ saw) with the samples' lengths: what real unseen text scores.
 """
 from __future__ import annotations
 
-import warnings
 from collections import Counter
 
 import numpy as np
@@ -29,6 +28,7 @@ from ml_collections import ConfigDict
 from genjax.evaluators import text_match, words
 
 NEEDS = ("sample_text", "text_tokenizer")
+SAMPLES = ("text",)  # or texts given in a file (genjax.evaluate --samples)
 
 
 def settings(**overrides) -> ConfigDict:
@@ -99,21 +99,6 @@ def excerpts(text: str, lengths: list[int]) -> list[str]:
     return [text[s:s + n] for s, n in zip(starts, lengths)]
 
 
-# ----------------------------------------------------------------------- samples
-def generate(ctx, s) -> list[str]:
-    """`s.num_samples` continuations of `s.prompt` (prompt excluded)."""
-    from genjax.sampling.text import TextRequest
-    tokenizer = ctx.family.text_tokenizer(ctx.meta)
-    req = TextRequest(num_samples=int(s.num_samples), max_new_tokens=int(s.max_new_tokens),
-                      temperature=float(s.temperature), top_k=int(s.top_k),
-                      top_p=float(s.top_p), seed=int(s.seed) + int(ctx.seed), window=True)
-    with warnings.catch_warnings():  # sliding past the context is intended here
-        warnings.simplefilter("ignore")
-        completions = ctx.family.sample_text(ctx.model, ctx.params, tokenizer, [str(s.prompt)],
-                                             req)
-    return [c.text for c in completions[0]]
-
-
 def _quote(text: str, limit: int = 500) -> list[str]:
     body = text[:limit] + (" [...]" if len(text) > limit else "")
     return ["```text", body.replace("```", "'''"), "```"]
@@ -121,7 +106,10 @@ def _quote(text: str, limit: int = 500) -> list[str]:
 
 def evaluate(ctx, settings) -> dict:
     data, s = ctx.data, settings
-    samples = generate(ctx, s)
+    samples = ctx.sample_texts(int(s.num_samples), prompt=str(s.prompt),
+                               max_new_tokens=int(s.max_new_tokens),
+                               temperature=float(s.temperature), top_k=int(s.top_k),
+                               top_p=float(s.top_p), seed=int(s.seed) + int(ctx.seed))
     train_text = data.text("train")
     index = text_match.index_for(train_text)
     vocab = words.vocabulary(train_text)
@@ -143,10 +131,13 @@ def evaluate(ctx, settings) -> dict:
                         chars=longest.length,
                         text=train_text[longest.text_start:longest.text_start + longest.length])
 
-    md = [f"{len(samples)} samples of up to {s.max_new_tokens} tokens after prompt "
-          f"{str(s.prompt)!r} (temperature {s.temperature}, top_k {s.top_k}, top_p {s.top_p}),"
-          f" {ctx.which} params, step {ctx.step}. Floors: {ref_split or 'none'} excerpts of "
-          f"the same lengths.", ""]
+    if ctx.given is None:
+        made = (f"{len(samples)} samples of up to {s.max_new_tokens} tokens after prompt "
+                f"{str(s.prompt)!r} (temperature {s.temperature}, top_k {s.top_k}, top_p "
+                f"{s.top_p}), {ctx.source}.")
+    else:
+        made = f"{len(samples)} {ctx.source}."
+    md = [f"{made} Floors: {ref_split or 'none'} excerpts of the same lengths.", ""]
     if location:
         md += [f"Longest copied span: {location['chars']} characters of sample "
                f"{location['sample'] + 1}, from `{location['document']}` offset "
@@ -154,7 +145,8 @@ def evaluate(ctx, settings) -> dict:
     else:
         md += ["No character of the samples is found in the training text."]
     for i, t in enumerate(samples[:int(s.show_samples)]):
-        md += ["", f"Sample {i + 1}:", ""] + _quote(str(s.prompt) + t)
+        md += ["", f"Sample {i + 1}:", ""] + _quote((str(s.prompt) if ctx.given is None
+                                                     else "") + t)
     details = {"samples": samples, "longest": location,
                "reference_longest_chars": ref_longest.length if ref_longest else 0,
                "settings": s.to_dict()}

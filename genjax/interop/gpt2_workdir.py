@@ -10,7 +10,6 @@ Everything that can be wrong with the input is checked before anything is writte
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 
 import jax
@@ -29,13 +28,7 @@ DEFAULT_CONFIG = os.path.join(ROOT, "configs", "lm_shakespeare.py") + ":gpt2"
 
 def load_config_file(spec: str):
     """'path/to/config.py[:preset]' -> its get_config(preset) (a locked ConfigDict)."""
-    path, _, preset = spec.partition(":")
-    if not os.path.isfile(path):
-        raise UserError(f"--config={spec!r}: no such file")
-    module_spec = importlib.util.spec_from_file_location("genjax_interop_config", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module.get_config(preset or None)
+    return config_lib.load_file(spec)
 
 
 def import_config(hf_config: dict, tokenizer, base=None):
