@@ -59,6 +59,7 @@ def get_config(arg: str | None = None):
     config_lib.set_image_data(c)
 
     c.sample.num_samples = 16      # decoder means of prior draws
+    c.sample.temperature = 1.0     # z ~ N(0, temperature^2 I); < 1 trades diversity for fidelity
 
     # python -m genjax.evaluate (keys commented in each evaluator's settings()):
     c.evals.image_quality = image_quality.settings()  # fid_fmnist, kid, precision/recall...

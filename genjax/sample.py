@@ -324,7 +324,7 @@ TEXT_FLAGS = ("prompt", "max_new_tokens", "temperature", "top_k", "top_p", "min_
               "best_of", "blocklist", "blocklist_regex", "redact")
 IMAGE_FLAGS = ("prompt", "label", "out", "best_of", "min_confidence")
 ARRAY_FLAGS = ("out",)
-OPTION_FLAGS = ("guidance", "steps")  # image sampler options some families take
+OPTION_FLAGS = ("guidance", "steps", "temperature")  # image sampler options some families take
 _OFF = {"truncate": "error", "best_of": 1}  # flag values that mean "not used"
 
 

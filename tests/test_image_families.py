@@ -467,6 +467,22 @@ def test_vae_reconstructions_and_interpolations():
                                                            b["label"][:2]), atol=1e-5)
 
 
+def test_vae_prior_temperature_scales_z():
+    """Samples at temperature t decode t * z for the same draw z ~ N(0, I); t = 0 decodes
+    the prior's mean for every sample."""
+    c = tiny("vae")
+    b = fake_batch(c, 3)
+    mod, model, params, _ = init("vae", c, b)
+    z = jax.random.normal(key(3), (4, model.latent_dim))
+    half = mod.sample_images(model, params, c, key(3), 4, temperature=0.5)
+    np.testing.assert_allclose(half, mod._decode_mean(model, params, 0.5 * z, None), atol=1e-6)
+    assert not np.allclose(half, mod.sample_images(model, params, c, key(3), 4))  # t = 1
+    zero = np.asarray(mod.sample_images(model, params, c, key(3), 4, temperature=0.0))
+    np.testing.assert_array_equal(zero, np.broadcast_to(zero[:1], zero.shape))
+    with pytest.raises(ValueError, match="temperature"):
+        mod.sample_images(model, params, c, key(3), 4, temperature=-1.0)
+
+
 # ----------------------------------------------------------------------- minibatch std
 def test_minibatch_std_channel_is_the_group_std_and_keeps_groups_apart():
     from genjax.models.dcgan import minibatch_std
