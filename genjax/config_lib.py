@@ -121,6 +121,8 @@ def set_image_data(c: ConfigDict, image_size: int = 32) -> ConfigDict:
     c.data.image_size = image_size  # 0 = native; 28x28 images are padded (background -1) to 32
     c.data.channels = 0            # 0 = the data's
     c.data.data_dir = ""           # "" = $GENJAX_DATA_DIR or ~/.cache/genjax/tfds
+    c.data.classes = ()            # class names or indices kept in every split, e.g.
+                                   # --config.data.classes=(Sneaker,); () = every class
     return c
 
 

@@ -12,12 +12,8 @@ the parameters and the optimizer-state bytes. Each setting is an ordinary run
 import argparse
 import json
 import os
-import subprocess
-import sys
-import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, ROOT)
+from finetune_common import state_sizes, train  # this folder (the script's sys.path[0])
 
 SETTINGS = {
     "before": ["--config.total_steps=1", "--config.optim.lr=0.0", "--config.optim.warmup_steps=0"],
@@ -41,35 +37,15 @@ def play_file(play: str, path: str) -> str:
 
 def run(name: str, source: str, text: str, steps: int, root: str) -> dict:
     workdir = os.path.join(root, name)
-    cmd = [sys.executable, "-m", "genjax.train", "--config=configs/lm_shakespeare.py:cpu",
-           f"--workdir={workdir}", f"--config.init_from={source}", "--config.data.name=text",
-           f"--config.data.text_file={text}", f"--config.total_steps={steps}",
-           "--config.eval_every_steps=0", "--config.optim.warmup_steps=30",
-           "--config.optim.lr=3e-4", "--config.log_every_steps=50", *SETTINGS[name]]
-    t0 = time.time()
-    subprocess.run(cmd, cwd=ROOT, check=True)
+    seconds = train("configs/lm_shakespeare.py:cpu", workdir, source, [
+        "--config.data.name=text", f"--config.data.text_file={text}",
+        f"--config.total_steps={steps}", "--config.eval_every_steps=0",
+        "--config.optim.warmup_steps=30", "--config.optim.lr=3e-4",
+        "--config.log_every_steps=50", *SETTINGS[name]])
     with open(os.path.join(workdir, "final_metrics.json")) as f:
         final = json.load(f)
     return {"val_nats_per_char": final["loss"], "bits_per_char": final["bits_per_char"],
-            "seconds": time.time() - t0, **state_sizes(workdir)}
-
-
-def state_sizes(workdir: str) -> dict:
-    import jax
-    from genjax import assemble, config_lib, sharding
-    from genjax.checkpoint import Checkpointer
-    with open(os.path.join(workdir, "config.json")) as f:
-        config = config_lib.from_saved(json.load(f))
-    config.lock()
-    parts = assemble.assemble(config, sharding.make_mesh(config.mesh))
-    count = lambda t: sum(x.size for x in jax.tree_util.tree_leaves(t))  # noqa: E731
-    nbytes = lambda t: sum(x.size * x.dtype.itemsize for x in jax.tree_util.tree_leaves(t))  # noqa
-    ckpt = Checkpointer(workdir, read_only=True)
-    del ckpt
-    a = parts.abstract_state
-    total = count(a.params) + count(a.model_state)
-    return {"trainable_params": count(a.params), "total_params": total,
-            "trainable_share": count(a.params) / total, "optimizer_bytes": nbytes(a.opt_state)}
+            "seconds": seconds, **state_sizes(workdir)}
 
 
 def main():

@@ -50,8 +50,13 @@ from genjax.inference import load
 RECIPE = "genjax.families.classifier_recipe"  # get_config(preset); found by module name
 CACHE_STEM = "fmnist_classifier"  # cache folder names: <stem>-<hash8>
 DONE = "feature_net.json"      # written last: its presence marks a finished build
+# The run's data keys the net copies: never `classes`, the net learns every class even
+# when a run fine-tunes or is evaluated on a subset (tests/test_image_subset.py).
 DATA_KEYS = ("name", "source_dir", "image_folder", "image_size", "channels", "data_dir")
 PATH_KEYS = ("source_dir", "image_folder", "data_dir")  # where, not what: not hashed
+# Always () for the net (see DATA_KEYS) and not hashed, so that nets built before the key
+# existed keep their checksum.
+UNHASHED_KEYS = PATH_KEYS + ("classes",)
 BATCH = 256                    # images per forward pass (one compiled shape)
 _LOADED: dict[str, "FeatureNet"] = {}  # folder -> net: loaded (and compiled) once per process
 WEIGHTS_ENV = "GENJAX_FEATURE_NET_WEIGHTS"  # a folder of shipped weights (tests, other copies)
@@ -84,7 +89,7 @@ def dataset_identity(data) -> dict[str, Any]:
 def checksum(config, identity: dict) -> str:
     """sha256 hex over the config (without path keys) and the dataset identity."""
     d = config_lib.to_dict(config)
-    d["data"] = {k: v for k, v in d["data"].items() if k not in PATH_KEYS}
+    d["data"] = {k: v for k, v in d["data"].items() if k not in UNHASHED_KEYS}
     blob = json.dumps({"config": d, "data": identity}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
@@ -151,13 +156,14 @@ class FeatureNet:
                       batch_size: int = BATCH) -> tuple[np.ndarray, np.ndarray]:
         """(features float32[N, D], labels int32[N]) of the first N images of `split` of
         `data` (an ImageData-like object); cached in this network's folder when the data
-        names its dataset."""
+        names its dataset (and its class subset, `data.classes`, if it has one)."""
         n = data.num_examples(split)
         n = n if max_examples is None else min(n, int(max_examples))
         path = None
         if getattr(data, "dataset", None):
-            key = hashlib.sha256(json.dumps([data.dataset, list(data.image_shape), split, n])
-                                 .encode()).hexdigest()[:12]
+            subset = [list(data.classes)] if getattr(data, "classes", ()) else []
+            key = hashlib.sha256(json.dumps([data.dataset, list(data.image_shape), split, n,
+                                             *subset]).encode()).hexdigest()[:12]
             path = os.path.join(self.directory, f"features_{split}_{n}_{key}.npz")
             if os.path.exists(path):
                 with np.load(path) as z:
