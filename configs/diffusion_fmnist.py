@@ -15,7 +15,7 @@ Ablations: --config.model.parameterization=eps|x0|v, --config.model.schedule=lin
 --config.model.class_conditional=False, --config.sample.guidance=0|1|3.
 """
 from genjax import config_lib
-from genjax.evaluators import cas, image_quality, novelty
+from genjax.evaluators import cas, image_quality, likelihood, novelty
 
 PRESETS = {
     "tiny": {"model.width": 8, "model.channel_mult": (1,), "model.num_res_blocks": 1,
@@ -23,7 +23,8 @@ PRESETS = {
              "model.eval_timesteps": 2, "batch_size": 8, "total_steps": 20,
              "log_every_steps": 5, "eval_every_steps": 10, "eval_batches": 2,
              "ckpt_every_steps": 10, "optim.warmup_steps": 5, "sample.steps": 5,
-             "sample.num_samples": 4, **image_quality.TINY, **novelty.TINY, **cas.TINY},
+             "sample.num_samples": 4, "evals.likelihood.max_batches": 2,
+             **image_quality.TINY, **novelty.TINY, **cas.TINY},
     "cpu": {"model.width": 16, "model.channel_mult": (1, 2, 2), "model.num_res_blocks": 1,
             "model.attn_resolutions": (8,), "model.num_heads": 1, "model.dropout": 0.0,
             "model.eval_timesteps": 1, "batch_size": 32, "total_steps": 1700, "optim.lr": 2e-3,
@@ -73,6 +74,7 @@ def get_config(arg: str | None = None):
     c.sample.guidance = 2.0        # 1 conditional, 0 unconditional, > 1 classifier-free guidance
 
     # python -m genjax.evaluate (keys commented in each evaluator's settings()):
+    c.evals.likelihood = likelihood.settings()  # test vlb_bpd (bits/dim) over the whole split
     c.evals.image_quality = image_quality.settings()  # fid_fmnist, kid, precision/recall...
     c.evals.novelty = novelty.settings()  # nearest training images: share of near-copies
     c.evals.cas = cas.settings()   # a classifier trained on samples, tested on real images

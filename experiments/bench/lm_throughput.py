@@ -20,34 +20,26 @@ import jax
 import numpy as np
 
 
-def run(preset: str, batch_size: int | None, steps: int, warmup: int, overrides: list[str]):
-    from configs import lm_shakespeare
-    from genjax import assemble, flops, sharding
-    from genjax.families import lm
-
-    config = lm_shakespeare.get_config(preset)
-    config.unlock()
-    if batch_size:
-        config.batch_size = batch_size
-    if not config.model.vocab_size:
-        config.model.vocab_size = 128
-    config.total_steps = max(config.total_steps, steps + warmup)
+def apply_overrides(config, overrides: list[str]) -> None:
+    """`key.path=value` strings into an unlocked config, each cast to the key's type."""
     for item in overrides:
         key, value = item.split("=", 1)
         node = config
         *parents, leaf = key.split(".")
         for p in parents:
             node = node[p]
-        node[leaf] = type(node[leaf])(value) if not isinstance(node[leaf], bool) else value == "true"
-    config.lock()
+        old = node[leaf]
+        node[leaf] = value == "true" if isinstance(old, bool) else type(old)(value)
 
+
+def time_train_step(config, local_batch, steps: int, warmup: int):
+    """The sharded train_step of `config` (as genjax.train assembles it) compiled ahead on
+    `local_batch`, then `steps` timed steps after `warmup`: a dict of figures."""
+    from genjax import assemble, flops, sharding
     mesh = sharding.make_mesh(config.mesh)
     parts = assemble.assemble(config, mesh)
     state = parts.init_state()
-    rng = np.random.default_rng(0)
-    tokens = rng.integers(0, config.model.vocab_size,
-                          (config.batch_size, config.model.max_len + 1), dtype=np.int32)
-    batch = assemble.shard_batch(parts, {"tokens": tokens})
+    batch = assemble.shard_batch(parts, local_batch)
 
     t0 = time.perf_counter()
     compiled = parts.train_step.lower(state, batch).compile()
@@ -60,22 +52,44 @@ def run(preset: str, batch_size: int | None, steps: int, warmup: int, overrides:
         state, metrics = compiled(state, batch)
     jax.block_until_ready(metrics)
     dt = (time.perf_counter() - t0) / steps
+    n_params = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(state.params))
+    xla_flops = flops.compiled_flops(compiled)
+    return {"params": n_params, "batch_size": config.batch_size,
+            "compute_dtype": config.compute_dtype, "devices": jax.device_count(),
+            "device_kind": jax.devices()[0].device_kind, "step_ms": 1000 * dt,
+            "xla_flops_per_step": xla_flops,
+            "xla_tflops_per_s": xla_flops / dt / 1e12 if xla_flops else None,
+            "compile_s": compile_s, "final_loss": float(metrics["loss"]),
+            "jax": jax.__version__, "python": platform.python_version()}
 
+
+def run(preset: str, batch_size: int | None, steps: int, warmup: int, overrides: list[str]):
+    from configs import lm_shakespeare
+    from genjax import flops
+    from genjax.families import lm
+
+    config = lm_shakespeare.get_config(preset)
+    config.unlock()
+    if batch_size:
+        config.batch_size = batch_size
+    if not config.model.vocab_size:
+        config.model.vocab_size = 128
+    config.total_steps = max(config.total_steps, steps + warmup)
+    apply_overrides(config, overrides)
+    config.lock()
+
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(0, config.model.vocab_size,
+                          (config.batch_size, config.model.max_len + 1), dtype=np.int32)
+    r = time_train_step(config, {"tokens": tokens}, steps, warmup)
+    dt = r["step_ms"] / 1000
     tokens_per_step = config.batch_size * config.model.max_len
     flops_per_step = lm.flops_per_example(config) * config.batch_size
     peak = flops.peak_flops_per_device(config.peak_flops_per_device)
-    n_params = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(state.params))
-    return {
-        "preset": preset, "params": n_params, "batch_size": config.batch_size,
-        "seq_len": config.model.max_len, "compute_dtype": config.compute_dtype,
-        "devices": jax.device_count(), "device_kind": jax.devices()[0].device_kind,
-        "step_ms": 1000 * dt, "tokens_per_s": tokens_per_step / dt,
-        "model_tflops_per_s": flops_per_step / dt / 1e12,
-        "mfu": (flops_per_step / dt / (peak * jax.device_count())) if peak else None,
-        "xla_flops_per_step": flops.compiled_flops(compiled),
-        "compile_s": compile_s, "final_loss": float(metrics["loss"]),
-        "jax": jax.__version__, "python": platform.python_version(),
-    }
+    return {"preset": preset, **r, "seq_len": config.model.max_len,
+            "tokens_per_s": tokens_per_step / dt,
+            "model_tflops_per_s": flops_per_step / dt / 1e12,
+            "mfu": (flops_per_step / dt / (peak * r["devices"])) if peak else None}
 
 
 def main(argv=None):
