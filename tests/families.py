@@ -24,7 +24,11 @@ IMAGE_FAMILIES = tuple(f for f in FAMILIES if families.has(families.get(f), "sam
 # Variants that join the shared spec: name -> (family, overrides of its tiny config).
 LORA = {"lora.rank": 4, "lora.alpha": 8.0, "optim.ema_decay": 0.0}
 VARIANTS = {"lm+lora": ("lm", LORA), "diffusion+lora": ("diffusion", LORA),
-            "dpo+lora": ("dpo", LORA)}
+            "dpo+lora": ("dpo", LORA),
+            # guidance distillation first (Meng et al. 2023 stage 1): the student takes g;
+            # no dropout, so that its step-0 loss is the derived one (test_guidance_distill)
+            "diffusion_distill+guidance": ("diffusion_distill", {"distill.stage": "guidance",
+                                                                 "model.dropout": 0.0})}
 SPECS = FAMILIES + tuple(VARIANTS)
 
 # The short run: 6 steps, a loss every step, EMA that moves, 2 data-parallel devices.

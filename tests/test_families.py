@@ -28,6 +28,10 @@ GOLDEN_LOSS = {"lm": 4.174229, "diffusion": 0.996686, "vae": 6.306058, "gan": 1.
                "distill": 2.091914, "diffusion_distill": 0.028792}
 # A variant's first step computes its family's loss (LoRA: B = 0 is the base model).
 GOLDEN_LOSS.update({name: GOLDEN_LOSS[family] for name, (family, _) in VARIANTS.items()})
+# Guidance distillation's step 0: the student is the teacher's x_c (zero-init embedding of
+# g), so the loss is mean max(1, SNR_t) (g - 1)^2 |x_c - x_u|^2, derived independently from
+# two teacher calls in tests/test_guidance_distill.py (same key and batch as here).
+GOLDEN_LOSS["diffusion_distill+guidance"] = 0.515012
 GOLDEN_MADE_WITH = {"jax": "0.10.2", "jaxlib": "0.10.2"}
 REGENERATE = "python -m tests.test_families"
 

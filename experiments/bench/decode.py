@@ -6,6 +6,12 @@ diffusion sampling throughput (images/s, DDIM).
   python -m experiments.bench.decode --preset=gpt2_124m --batch_sizes=1,64   # accelerator
   python -m experiments.bench.decode --batch_sizes= --bon_prompts=0 \
       --diffusion=configs/t2i_fmnist.py:cpu          # diffusion only
+  python -m experiments.bench.decode --workdir=runs/lm_int8 --batch_sizes=1,8  # a run's LM
+
+`--workdir`: a trained LM run instead of the preset's random params, plain or int8
+(written by `python -m genjax.quantize`: its params stay int8 and every jitted decode
+call dequantizes them, as genjax.sample does); the JSON records which, and the params'
+bytes. With a workdir the diffusion part is skipped unless `--diffusion` names a config.
 
 Random params of the preset's model (configs/lm_shakespeare.py; vocab 128 for the char
 presets, 50304 for gpt2_124m), context = the preset's max_len: prompts of `prompt_len`
@@ -47,6 +53,20 @@ def build(preset: str):
     model = lm_loss.make_model(config)
     variables = jax.jit(model.init)(jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32))
     return model, nn.meta.unbox(variables)["params"]
+
+
+def load_workdir(workdir: str):
+    """(model, params, info) of a trained LM run, plain or int8 (genjax.quantize)."""
+    from genjax import families, inference, quantize
+    from genjax.errors import UserError
+    loaded = inference.load(workdir)
+    if not families.has(loaded.family, "sample_text"):
+        raise UserError(f"--workdir={workdir!r} is a {loaded.config.family!r} run: the decode "
+                        "bench times language models (a family with sample_text)")
+    info = {"workdir": workdir, "step": loaded.step, "family": loaded.config.family,
+            "quantized": quantize.is_quantized_meta(loaded.meta),
+            "param_bytes": quantize.nbytes(loaded.params)}
+    return loaded.model, loaded.params, info
 
 
 def _timed(fn, *args):
@@ -149,19 +169,27 @@ def bench_diffusion(spec: str, batch: int, steps: int) -> dict:
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--preset", default="tiny", help="tiny | cpu | gpu | gpt2_124m | ...")
+    p.add_argument("--workdir", default="", help="a trained LM run (plain or int8) instead "
+                   "of the preset's random params")
     p.add_argument("--batch_sizes", default="1,64")
     p.add_argument("--prompt_len", type=int, default=0, help="0: max_len // 4")
     p.add_argument("--new_tokens", type=int, default=0, help="0: to the end of the context")
     p.add_argument("--no_reference", action="store_true", help="skip the no-cache runs")
     p.add_argument("--bon_prompts", type=int, default=4, help="best-of-n prompts (0 = skip)")
-    p.add_argument("--diffusion", default="configs/diffusion_fmnist.py:cpu",
-                   help="diffusion config path:preset to time DDIM sampling ('' = skip)")
+    p.add_argument("--diffusion", default=None,
+                   help="diffusion config path:preset to time DDIM sampling ('' = skip; "
+                   "default configs/diffusion_fmnist.py:cpu, skipped with --workdir)")
     p.add_argument("--diffusion_batch", type=int, default=256)
     p.add_argument("--diffusion_steps", type=int, default=50)
     p.add_argument("--out", default="decode_bench.json")
     args = p.parse_args(argv)
 
-    model, params = build(args.preset)
+    if args.diffusion is None:
+        args.diffusion = "" if args.workdir else "configs/diffusion_fmnist.py:cpu"
+    if args.workdir:
+        model, params, source = load_workdir(args.workdir)
+    else:
+        (model, params), source = build(args.preset), {"preset": args.preset}
     P = args.prompt_len or model.max_len // 4
     N = args.new_tokens or model.max_len - P
     rows = []
@@ -177,12 +205,14 @@ def main(argv=None):
     diff = bench_diffusion(args.diffusion, args.diffusion_batch, args.diffusion_steps) \
         if args.diffusion else None
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(params))
-    result = {"preset": args.preset, "params": n_params, "vocab": model.vocab_size,
+    name = args.workdir or args.preset
+    result = {"preset": name, **source, "params": n_params, "vocab": model.vocab_size,
               "max_len": model.max_len, "dtype": str(jnp.dtype(model.dtype)),
               "device": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
               "rows": rows, "best_of_n_loglik": bon, "diffusion": diff,
               "jax": jax.__version__, "python": platform.python_version()}
-    print(f"\n{args.preset}: {n_params:,} params, vocab {model.vocab_size}, context "
+    kind = " (int8 weights)" if source.get("quantized") else ""
+    print(f"\n{name}{kind}: {n_params:,} params, vocab {model.vocab_size}, context "
           f"{model.max_len}, prompt {P} + {N} new tokens, {result['dtype']}, {result['device']}")
     print(f"{'batch':>5} | {'cache':<5} | {'new tok/s':>12} | {'ms/step':>8} | {'speedup':>7}")
     for r in rows:

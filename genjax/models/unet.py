@@ -55,6 +55,24 @@ def timestep_embedding(t_B: jax.Array, dim: int, max_period: float = 10_000.0) -
     return jnp.pad(emb, ((0, 0), (0, dim - 2 * half)))
 
 
+class GuidanceEmbed(nn.Module):
+    """The guidance scale g as conditioning (guidance distillation, Meng et al. 2023): a
+    sinusoidal embedding of 100 g (so that scales 0.01 apart differ in the fastest
+    component) through a 2-layer MLP whose output layer is zero-initialised: a new
+    embedding adds exactly 0, the net starts as the model without it."""
+    features: int
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, guidance_B):
+        h = timestep_embedding(100.0 * jnp.asarray(guidance_B, jnp.float32), self.features // 4)
+        h = nn.swish(dense(self.features, dtype=self.dtype)(h))
+        return nn.Dense(self.features, dtype=self.dtype,
+                        kernel_init=nn.with_logical_partitioning(_init(zero=True), _DENSE),
+                        bias_init=nn.with_logical_partitioning(nn.initializers.zeros,
+                                                               ("conv_out",)))(h)
+
+
 class ResBlock(nn.Module):
     features: int
     dropout: float = 0.0
@@ -142,6 +160,9 @@ class UNet(nn.Module):
     cost of one dense layer), and cross-attention to its token embeddings at
     `cross_attn_resolutions` (per-word detail; only at low resolution, where H*W queries
     are few). Alternatives an ablation can pick: cross_attn_resolutions=() (pooled only).
+    guidance_input: the classifier-free guidance scale is an input too (`guidance_B`,
+    float32[B], genjax's convention: 1 conditional), added to the time embedding by a
+    zero-initialised GuidanceEmbed (a guidance-distilled student, genjax/guidance_distill.py).
     """
     out_channels: int = 1
     width: int = 128
@@ -155,19 +176,25 @@ class UNet(nn.Module):
     cross_attn_resolutions: Sequence[int] = ()  # spatial sizes (H) attending to the text
     dtype: jnp.dtype = jnp.float32
     remat: str = "none"       # residual blocks under genjax.models.remat (same math)
+    guidance_input: bool = False  # True: __call__ takes guidance_B (see above)
 
     def __post_init__(self):
         remat.check(self.remat, "UNet")
         super().__post_init__()
 
     @nn.compact
-    def __call__(self, x_BxHxWxC, t_B, labels_B=None, *, train: bool = False):
+    def __call__(self, x_BxHxWxC, t_B, labels_B=None, *, guidance_B=None, train: bool = False):
         dt, w = self.dtype, self.width
         if self.num_classes and self.text_encoder is not None:
             raise ValueError("UNet: num_classes and text_encoder are exclusive")
+        if self.guidance_input != (guidance_B is not None):
+            raise ValueError(f"UNet(guidance_input={self.guidance_input}) called with "
+                             f"guidance_B={'None' if guidance_B is None else 'an array'}")
         temb = timestep_embedding(t_B, w)
         temb = dense(4 * w, dtype=dt)(temb)
         temb = dense(4 * w, dtype=dt)(nn.swish(temb))
+        if self.guidance_input:
+            temb = temb + GuidanceEmbed(4 * w, dt, name="guidance_embed")(guidance_B)
         ctx = None
         if self.text_encoder is not None:
             if labels_B is None:  # unconditional call: the null caption
