@@ -39,7 +39,7 @@ def settings(**overrides) -> ConfigDict:
     s = ConfigDict()
     s.during_training = False      # True: also at each periodic eval (sampling is slow)
     s.num_prompts = 64             # held-out speaker-line prompts, one sample each per model
-    s.max_new_tokens = 96          # completion length (prompt + this must fit the context)
+    s.max_new_tokens = 48          # completion length (prompt + this must fit the context)
     s.seed = 0                     # sampling seed (plus EvalContext.seed: --seed)
     s.reference = ""               # "" = the run's frozen reference; else a run's workdir
     s.prompt_split = "validation"  # prompts (and floors) from this held-out split
