@@ -44,13 +44,15 @@ def time_train_step(config, local_batch, steps: int, warmup: int):
     t0 = time.perf_counter()
     compiled = parts.train_step.lower(state, batch).compile()
     compile_s = time.perf_counter() - t0
+    # One step in flight, as genjax.train keeps it: hundreds of queued steps of a
+    # multi-device XLA:CPU program can deadlock its collectives' rendezvous.
     for _ in range(warmup):
         state, metrics = compiled(state, batch)
-    jax.block_until_ready(metrics)
+        jax.block_until_ready(metrics)
     t0 = time.perf_counter()
     for _ in range(steps):
         state, metrics = compiled(state, batch)
-    jax.block_until_ready(metrics)
+        jax.block_until_ready(metrics)
     dt = (time.perf_counter() - t0) / steps
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(state.params))
     xla_flops = flops.compiled_flops(compiled)
