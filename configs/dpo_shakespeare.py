@@ -40,3 +40,12 @@ def get_config(arg: str | None = None):
         config_lib.apply_preset(c, PRESETS, arg)
     c.lock()
     return c
+
+
+def get_sweep(add, arg):
+    """beta: the KL leash, for the reward-vs-KL curve (experiments/2026-12-01_align/)."""
+    from genjax import sweep_lib as s
+    if arg == "beta":
+        add(s.sweep("dpo.beta", [0.03, 0.1, 0.3, 1.0]))
+    else:
+        raise ValueError(f"unknown sweep {arg!r}: choose beta")
