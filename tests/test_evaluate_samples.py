@@ -16,6 +16,7 @@ import pytest
 
 from configs import fmnist_classifier
 from genjax import train
+from genjax.data import data_card
 from genjax.errors import UserError
 from genjax.evaluate import evaluate_samples
 from genjax.evaluators import cas, feature_net, sample_files, ship_feature_net
@@ -76,7 +77,7 @@ def test_shipped_weights_reproduce_the_trained_net_and_their_check(trained, ship
                                                                    data_cfg, cache_dir):
     weights, meta = feature_net.shipped_paths("tiny", shipped)
     info = load_json(meta)
-    assert info["sha256"] == feature_net.file_sha256(weights) and info["preset"] == "tiny"
+    assert info["sha256"] == data_card.sha256_file(weights) and info["preset"] == "tiny"
     assert info["checksum"] == feature_net.locate(data_cfg, "tiny", cache_dir)[1]
     assert info["test_accuracy"] == trained.test_accuracy
     net = feature_net.load_feature_net(data_cfg, preset="tiny", cache_dir=cache_dir,

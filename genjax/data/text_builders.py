@@ -24,7 +24,6 @@ fingerprint), so two settings never share a folder.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import re
@@ -140,20 +139,12 @@ class TextFileConfig(tfds.core.BuilderConfig):
     cleaning: str = ""  # CleaningPipeline JSON; "" = the text as it is
 
 
-def file_sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def text_file_config(path: str, pipeline: cleaning.CleaningPipeline | None = None
                      ) -> TextFileConfig:
     """Config named after the file, its content hash and the cleaning fingerprint: different
     files or cleanings never collide, and an edited file is a new dataset."""
     stem = re.sub(r"[^a-z0-9]+", "_", os.path.basename(path).lower()).strip("_") or "text"
-    name = f"{stem[:40]}_{file_sha256(path)[:16]}"
+    name = f"{stem[:40]}_{data_card.sha256_file(path)[:16]}"
     if pipeline is not None:
         name += f"_c{pipeline.fingerprint}"
     return TextFileConfig(name=name, text_file=path, version="1.0.0",
@@ -174,7 +165,7 @@ class GenjaxTextFile(tfds.core.GeneratorBasedBuilder):
     def _split_generators(self, dl_manager):
         del dl_manager
         path = self.builder_config.text_file
-        sha = file_sha256(path)
+        sha = data_card.sha256_file(path)
         if sha[:16] not in self.builder_config.name:
             raise RuntimeError(f"{path} changed while it was being prepared")
         with open(path, "rb") as f:

@@ -44,6 +44,7 @@ import jax
 import numpy as np
 
 from genjax import config_lib
+from genjax.data import data_card
 from genjax.errors import UserError
 from genjax.inference import load
 
@@ -251,14 +252,6 @@ def shipped_paths(preset: str, weights_dir: str = "") -> tuple[str, str]:
     return f"{stem}.msgpack", f"{stem}.json"
 
 
-def file_sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def shipped_info(preset: str, digest: str, weights_dir: str = "") -> dict | None:
     """The shipped json of `preset` when its recipe+dataset checksum is `digest` and its
     msgpack is there (None: nothing shipped for this recipe and dataset); UserError when
@@ -272,7 +265,7 @@ def shipped_info(preset: str, digest: str, weights_dir: str = "") -> dict | None
         return None
     if not os.path.isfile(weights):
         raise UserError(f"{meta} names {os.path.basename(weights)}, which is missing")
-    sha = file_sha256(weights)
+    sha = data_card.sha256_file(weights)
     if sha != info.get("sha256"):
         raise UserError(f"{weights}: sha256 {sha[:16]}... is not the {str(info.get('sha256'))[:16]}"
                         f"... recorded in {os.path.basename(meta)} (damaged or replaced file)")

@@ -27,6 +27,7 @@ import numpy as np
 
 from genjax import cli, config_lib, inference, runtime
 from genjax.errors import UserError
+from genjax.data import data_card
 from genjax.evaluators import feature_net as fn
 
 CHECK_IMAGES = 64   # features_check: the first CHECK_IMAGES test images
@@ -102,7 +103,7 @@ def export(workdir: str, preset: str = "cpu", out_dir: str = "", *,
     os.makedirs(os.path.dirname(weights), exist_ok=True)
     blob = serialization.to_bytes(loaded.params)
     _write(weights, blob)
-    info = {"file": os.path.basename(weights), "sha256": fn.file_sha256(weights),
+    info = {"file": os.path.basename(weights), "sha256": data_card.sha256_file(weights),
             "bytes": len(blob), "preset": preset, "recipe": fn.RECIPE, "checksum": digest,
             "dataset": identity, "test_accuracy": accuracy, "step": int(loaded.step),
             "trained_by": f"python -m genjax.train --config=configs/fmnist_classifier.py:"
