@@ -13,7 +13,7 @@ import argparse
 import jax
 import numpy as np
 
-from genjax import inference
+from genjax import image_grid, inference
 
 
 def main():
@@ -34,7 +34,7 @@ def main():
         xs.append(np.asarray(x))
         ys.append(labels)
         print(f"{i + a.batch}/{a.num_samples}", flush=True)
-    u8 = np.clip(np.round((np.concatenate(xs) + 1) * 127.5), 0, 255).astype(np.uint8)
+    u8 = image_grid.to_uint8(np.concatenate(xs))
     np.savez(a.out, images=u8, labels=np.concatenate(ys).astype(np.int32))
 
 
