@@ -58,7 +58,9 @@ def run(main, argv=None, *, tpu_compiler: bool = False) -> None:
         logging.shutdown()
         sys.exit(EXIT_USER)
     except (CheckpointError, FloatingPointError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        # One write, starting a fresh line: orbax's dying writer threads may be printing
+        # tracebacks piecewise, and print() would let them split or prefix the error line.
+        sys.stderr.write(f"\nerror: {e}\n")
         logging.shutdown()
         _exit_now_if_threads_hang(EXIT_FAILED)
         sys.exit(EXIT_FAILED)
