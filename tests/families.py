@@ -28,7 +28,10 @@ VARIANTS = {"lm+lora": ("lm", LORA), "diffusion+lora": ("diffusion", LORA),
             # guidance distillation first (Meng et al. 2023 stage 1): the student takes g;
             # no dropout, so that its step-0 loss is the derived one (test_guidance_distill)
             "diffusion_distill+guidance": ("diffusion_distill", {"distill.stage": "guidance",
-                                                                 "model.dropout": 0.0})}
+                                                                 "model.dropout": 0.0}),
+            # half of each batch continued by the student's own samples (GKD), decoded in
+            # the step with its key: the resume test checks that they come back bit for bit
+            "distill+on_policy": ("distill", {"distill.on_policy": 0.5})}
 SPECS = FAMILIES + tuple(VARIANTS)
 
 # The short run: 6 steps, a loss every step, EMA that moves, 2 data-parallel devices.

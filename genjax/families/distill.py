@@ -32,21 +32,42 @@ Without init_from a run is an error unless `config.distill.random_teacher` (the 
 preset, for tests): the teacher is then initialised from the run's seed with
 `config.distill.teacher_model` (a full model config; vocab_size 0 = the student's).
 Sampling and evaluation use the student alone (`merge_params` drops the teacher).
-Not built: on-policy (student samples scored by the teacher), sequence-level KD.
+
+On-policy rows (GKD, Agarwal et al. 2024; trl's GKDTrainer `lmbda`): with
+`config.distill.on_policy` = lambda > 0, the first K = round(lambda B) rows of every batch
+[B, T + 1] keep their first P = T - N tokens (N = `config.distill.on_policy_tokens`) as a
+prompt and get N tokens sampled by the STUDENT (stop_gradient(params), the jitted KV-cache
+decoder genjax/sampling/lm.py, `config.distill.on_policy_temperature`, no filters) with
+the second half of split(step key) (the first is dropout's), so a resumed run samples the
+same tokens. Such a row (T + 1 tokens) = prompt, N samples, one pad token (the decoder
+fits P + N <= max_len = T; the pad is the N-th sample's target). Both models are then
+teacher-forced on the whole new batch (one forward each); on an on-policy row D counts only
+at the N positions whose targets are the samples (the prompt and the final pad position
+are masked) and it takes no CE (not even on its prompt: a row is of one kind); the
+off-policy rows as before:
+  alpha tau^2 mean_{D positions}(D) + (1 - alpha) mean_{off-policy positions}(CE)
+(lambda = 1: no CE at all). A fixed row count rather than trl's per-step coin (the whole
+batch on-policy with probability lambda) keeps shapes static, costs the same decode every
+step and mixes both kinds in each gradient; the batches are shuffled, so the first K rows
+are a random subset. lambda = 0 runs exactly the off-policy step. Logged: kd_sampled (D on
+the sampled positions). Not built: sequence-level KD.
 """
 from __future__ import annotations
 
 import functools
 import types
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from genjax import checkpoint as ckpt_lib
 from genjax import config_lib
 from genjax.errors import ConfigError, UserError
-from genjax.families import lm
+from genjax.families import lm, rl
 from genjax.models import transformer
+from genjax.sampling import lm as decoder
 
 TEACHER = "teacher"  # model_state key of the frozen teacher params
 DIVERGENCES = ("forward", "reverse", "jsd")
@@ -123,18 +144,95 @@ def beta_of(divergence_name: str, beta: float) -> float:
     return {"forward": -1.0, "reverse": 2.0, "jsd": float(beta)}[divergence_name]
 
 
+class OnPolicyMasks(NamedTuple):
+    """Where a batch with on-policy rows is scored (`on_policy_batch`)."""
+    sampled_BxT: jax.Array  # f32: 1 where the target is a student sample (on-policy rows)
+    data_B: jax.Array       # f32: 1 on the off-policy rows (data targets everywhere)
+
+
+def _masked_mean(x, mask):
+    return jnp.sum(x * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
 def distill_loss(student_logits, teacher_logits, targets, *, alpha: float, tau: float,
-                 divergence_name: str, beta: float = 0.5):
+                 divergence_name: str, beta: float = 0.5, masks: OnPolicyMasks | None = None):
     """(loss, metrics) for logits [B, T, V] and next tokens targets int[B, T]: the
-    module docstring's alpha tau^2 D + (1 - alpha) CE, means over tokens, nats/token."""
+    module docstring's alpha tau^2 D + (1 - alpha) CE, means over tokens, nats/token.
+    `masks` (on-policy rows): D over the sampled positions and the off-policy rows, CE and
+    accuracy over the off-policy rows; None: every position (exactly the plain means)."""
     b = beta_of(divergence_name, beta)
     zs = student_logits.astype(jnp.float32)
     zt = jax.lax.stop_gradient(teacher_logits.astype(jnp.float32))
-    kd = jnp.mean(divergence(zs / tau, zt / tau, b))
+    kd_BxT = divergence(zs / tau, zt / tau, b)
     nll_BxT, _ = lm.token_nll(zs, targets)
-    nll = jnp.mean(nll_BxT)
-    loss = alpha * tau ** 2 * kd + (1.0 - alpha) * nll
-    return loss, {"nll": nll, "kd": kd, "accuracy": jnp.mean(jnp.argmax(zs, -1) == targets)}
+    correct_BxT = jnp.argmax(zs, -1) == targets
+    if masks is None:
+        metrics = {"nll": jnp.mean(nll_BxT), "kd": jnp.mean(kd_BxT),
+                   "accuracy": jnp.mean(correct_BxT)}
+    else:
+        data_BxT = jnp.broadcast_to(masks.data_B[:, None], nll_BxT.shape)
+        metrics = {"nll": _masked_mean(nll_BxT, data_BxT),
+                   "kd": _masked_mean(kd_BxT, jnp.maximum(masks.sampled_BxT, data_BxT)),
+                   "accuracy": _masked_mean(correct_BxT, data_BxT),
+                   "kd_sampled": _masked_mean(kd_BxT, masks.sampled_BxT)}
+    loss = alpha * tau ** 2 * metrics["kd"] + (1.0 - alpha) * metrics["nll"]
+    return loss, metrics
+
+
+# ----------------------------------------------------------------------- on-policy rows
+def on_policy_rows(fraction: float, batch_rows: int) -> int:
+    """K = round(fraction * batch_rows) (half to even) rows sampled by the student;
+    ConfigError outside [0, 1]."""
+    if not 0.0 <= fraction <= 1.0:
+        raise ConfigError(f"config.distill.on_policy={fraction}: the on-policy fraction of "
+                          "each batch is in [0, 1]")
+    return int(round(fraction * batch_rows))
+
+
+def on_policy_settings(config) -> tuple[float, int, float]:
+    """(lambda, N, sampling temperature); runs saved before on-policy existed: lambda 0."""
+    d = config.distill
+    return (float(d.get("on_policy", 0.0)), int(d.get("on_policy_tokens", 1)),
+            float(d.get("on_policy_temperature", 1.0)))
+
+
+def check_on_policy(config) -> None:
+    """One ConfigError line for a fraction outside [0, 1], one that rounds to no row, or
+    N / temperature that the context cannot hold."""
+    fraction, n, temperature = on_policy_settings(config)
+    B, T = int(config.batch_size), int(config.model.max_len)
+    rows = on_policy_rows(fraction, B)  # first: the range
+    if fraction == 0.0:
+        return
+    if rows == 0:
+        raise ConfigError(f"config.distill.on_policy={fraction} of batch_size {B} rounds to "
+                          "no row: raise it (or 0 to turn on-policy rows off)")
+    if not 1 <= n <= T - 1:
+        raise ConfigError(f"config.distill.on_policy_tokens={n}: must be in [1, {T - 1}] "
+                          f"(model.max_len {T} holds a prompt of >= 1 token and N samples)")
+    if temperature < 0:
+        raise ConfigError(f"config.distill.on_policy_temperature={temperature}: must be >= 0 "
+                          "(0 = greedy)")
+
+
+def on_policy_batch(model, params, tokens_BxL, rng, *, rows: int, new_tokens: int,
+                    temperature: float):
+    """(tokens int32[B, L], OnPolicyMasks) with L = T + 1: the first `rows` rows become
+    their first P = T - N tokens, N = `new_tokens` student samples (decoder key
+    key_data(rng)) and one pad token (0); the other rows are unchanged."""
+    B, L = tokens_BxL.shape
+    P, T = L - 1 - new_tokens, L - 1
+    prompts_KxP = tokens_BxL[:rows, :P]
+    lengths_K = np.full((rows,), P, np.int32)
+    out = decoder.decode(model, jax.lax.stop_gradient(params), prompts_KxP, lengths_K,
+                         rng=jax.random.key_data(rng), max_new_tokens=new_tokens,
+                         temperature=temperature)
+    seq_KxT, sampled_KxTm1 = rl.join(prompts_KxP, lengths_K, out.tokens_BxN)
+    tokens = jnp.concatenate([jnp.pad(seq_KxT, ((0, 0), (0, 1))), tokens_BxL[rows:]], 0)
+    sampled = jnp.concatenate([jnp.pad(sampled_KxTm1, ((0, 0), (0, 1))),
+                               jnp.zeros((B - rows, T), jnp.float32)], 0)
+    data = (jnp.arange(B) >= rows).astype(jnp.float32)
+    return tokens.astype(tokens_BxL.dtype), OnPolicyMasks(sampled, data)
 
 
 # ----------------------------------------------------------------------- the teacher
@@ -166,11 +264,17 @@ def _teacher_logits(model_state, tokens, config):
 def loss_fn(params, model_state, batch, rng, *, model, config):
     tokens = batch["tokens"]
     d = config.distill
+    fraction, n, temperature = on_policy_settings(config)
+    rows, masks = on_policy_rows(fraction, tokens.shape[0]), None
+    if rows:  # the module docstring's on-policy rows
+        rng, sample_rng = jax.random.split(rng)
+        tokens, masks = on_policy_batch(model, params, tokens, sample_rng, rows=rows,
+                                        new_tokens=n, temperature=temperature)
     logits = model.apply({"params": params}, tokens[:, :-1], train=True, rngs={"dropout": rng})
     teacher = _teacher_logits(model_state, tokens[:, :-1], config)
     loss, metrics = distill_loss(logits, teacher, tokens[:, 1:], alpha=float(d.alpha),
                                  tau=float(d.temperature), divergence_name=d.divergence,
-                                 beta=float(d.beta))
+                                 beta=float(d.beta), masks=masks)
     return loss, (metrics, model_state)
 
 
@@ -184,8 +288,11 @@ def param_labels(params, config):
 
 
 def flops_per_example(config) -> float:
-    """Student training (6N per token) + teacher forward (2N per token)."""
-    return lm.flops_per_example(config) + lm.flops_per_example(teacher_view(config)) / 3
+    """Student training (6N per token) + teacher forward (2N per token) + on-policy
+    decoding (lambda x about one student forward: prefill P + N cached steps)."""
+    student = lm.flops_per_example(config)
+    fraction = on_policy_settings(config)[0]
+    return student * (1 + fraction / 3) + lm.flops_per_example(teacher_view(config)) / 3
 
 
 def merge_params(params, model_state):
@@ -204,9 +311,11 @@ def load_pretrained(state, src_params, config):
 
 # ----------------------------------------------------------------------- config from data
 def resolve_config(config, data) -> None:
-    """The teacher's architecture from its checkpoint (config.init_from), its tokenizer
-    checked against the data's; the student's vocab = the teacher's; then the LM's keys."""
+    """The on-policy keys checked; the teacher's architecture from its checkpoint
+    (config.init_from), its tokenizer checked against the data's; the student's vocab =
+    the teacher's; then the LM's keys."""
     beta_of(config.distill.divergence, float(config.distill.beta))
+    check_on_policy(config)
     if config.init_from:
         meta = teacher_meta(config.init_from)
         check_same_tokenizer(meta, data.meta(), config.init_from)
