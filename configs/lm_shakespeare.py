@@ -162,7 +162,7 @@ def get_sweep(add, arg):
         add(s.product(shapes, s.sweep("optim.lr", [2e-3])))
         add(s.product(s.zipit(s.sweep("model.max_len", [64]), s.sweep("batch_size", [12]),
                               s.sweep("total_steps", [2000])),
-                      s.sweep("optim.lr", [1e-3, 4e-3])))
+                      s.sweep("optim.lr", [1e-3, 4e-3, 8e-3])))
     elif arg == "lr":
         add(lrs)
     elif arg == "norm":
