@@ -81,12 +81,13 @@ def independent_rewards(reward_dir, images_u8, labels) -> np.ndarray:
 def test_rank_takes_best_and_worst_first_on_ties_and_keeps_gaps_at_the_margin():
     r = np.array([[0.2, 0.9, 0.9, 0.1],    # best 1 (first of the tie), worst 3, gap 0.8
                   [0.5, 0.5, 0.5, 0.5],    # all tied: best == worst, never a pair
-                  [0.3, 0.4, 0.35, 0.3]])  # gap 0.1: kept at margin 0.1 (>=)
-    best, worst, kept, gap = sip.rank(r, margin=0.1)
-    assert best.tolist() == [1, 0, 1] and worst.tolist() == [3, 0, 0]
-    np.testing.assert_allclose(gap, [0.8, 0.0, 0.1])
-    assert kept.tolist() == [True, False, True]
-    assert sip.rank(r, margin=0.0)[2].tolist() == [True, False, True]  # identical: dropped
+                  [0.25, 0.5, 0.375, 0.25],  # gap 0.25 (exact in binary): kept at 0.25 (>=)
+                  [0.3, 0.34, 0.32, 0.31]])  # gap 0.04: below the margin
+    best, worst, kept, gap = sip.rank(r, margin=0.25)
+    assert best.tolist() == [1, 0, 1, 1] and worst.tolist() == [3, 0, 0, 0]
+    np.testing.assert_allclose(gap, [0.8, 0.0, 0.25, 0.04])
+    assert kept.tolist() == [True, False, True, False]
+    assert sip.rank(r, margin=0.0)[2].tolist() == [True, False, True, True]  # ties: dropped
     assert sip.prompt_labels(3, 2).tolist() == [0, 1, 2, 0, 1, 2]
 
 
