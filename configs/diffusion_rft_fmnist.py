@@ -5,8 +5,8 @@ classifier (genjax.data.sample_image_preferences' winners.npz), starting from th
   python -m genjax.train --config=configs/diffusion_rft_fmnist.py:cpu --workdir=runs/diff_rft \
       --config.init_from=runs/diff_cpu --config.data.train_images=data/img_prefs/winners.npz
 
-config.data.train_images replaces only the train split (genjax/data/image_loader.py): eval
-loss, bits/dim and the evaluators' real reference sets stay Fashion-MNIST's. The `cpu`
+config.data.train_images changes only what training reads (genjax/data/image_loader.py):
+eval loss, bits/dim and the evaluators' real train/test sets stay Fashion-MNIST's. The `cpu`
 preset is Diffusion-DPO's (configs/diffusion_dpo_fmnist.py:cpu: 300 steps, lr 1e-4, no EMA,
 no dropout) so the two compare at equal steps; label dropout stays (guidance still works).
 """

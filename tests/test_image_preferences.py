@@ -8,7 +8,7 @@ checksums are the files'; a reward run that is the evaluators' feature net (reci
 shipped weights), one with other class names, and a non-diffusion source are each one
 line, nothing written; the DPO reader puts the winner in slot 0 and the loser in slot 1
 with the prompt's label and resumes where it stopped; Diffusion-DPO's step-0 loss on its
-batches is ln 2; winners.npz replaces the train split of the image path and nothing else.
+batches is ln 2; winners.npz is what the image path's training reads, and only that.
 
 Fashion-MNIST: GENJAX_TEST_DATA_DIR=~/.cache/genjax/tfds reuses a prepared copy.
 """
@@ -28,10 +28,11 @@ from configs import fmnist_reward_classifier
 from genjax import config_lib, inference, train
 from genjax.data import data_card, image_npz
 from genjax.data import sample_image_preferences as sip
+from genjax.data.captioned_images import CaptionedImageData
 from genjax.data.image_builders import FASHION_MNIST_CLASSES
 from genjax.data.image_loader import ImageData
 from genjax.errors import ConfigError, UserError
-from genjax.evaluators import feature_net
+from genjax.evaluators import feature_net, sample_files
 from genjax.families import diffusion_dpo
 from tests.families import tiny_config
 
@@ -137,6 +138,8 @@ def test_card_counts_and_checksums_are_the_files(sampled, tiny_run, reward_run):
     winners = image_npz.read(str(med / "winners.npz"), per_example=1)
     assert winners["labels"].tolist() == list(range(10)) and card["winners"]["examples"] == 10
     assert card["winners"]["mean_reward"] == pytest.approx(float(winners["rewards"].mean()))
+    given = sample_files.read(str(med / "winners.npz"))  # genjax.evaluate --samples reads it
+    assert given.has == ("images", "labels") and len(given) == 10
     train_pairs = image_npz.read(str(med / "pairs_train.npz"), per_example=2)
     for img, label in zip(train_pairs["images"][:, 0], train_pairs["labels"]):  # a pair's
         assert (winners["images"][label] == img).all()  # winner is its prompt's winner
@@ -263,7 +266,7 @@ def _data_cfg(train_images: str) -> ConfigDict:
     return c.data
 
 
-def test_winners_replace_the_train_split_and_nothing_else(tmp_path, data_dir):
+def test_winners_are_what_training_reads_and_nothing_else(tmp_path, data_dir):
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (12, 32, 32, 1), dtype=np.uint8)
     labels = np.arange(12) % 10
@@ -271,9 +274,10 @@ def test_winners_replace_the_train_split_and_nothing_else(tmp_path, data_dir):
     image_npz.write(path, images, labels, NAMES)
     real = ImageData(_data_cfg(""), global_batch_size=4, seed=0)
     data = ImageData(_data_cfg(path), global_batch_size=4, seed=0, include_index=True)
-    assert data.num_examples("train") == 12 and data.num_examples("test") == real.num_examples(
-        "test") == 10000
-    assert data.dataset.startswith(real.dataset + "+train_images:")
+    assert data.num_examples("train_images") == 12 and data.dataset == real.dataset
+    for split in ("train", "test"):  # eval and the evaluators' real sets: the dataset's
+        assert data.num_examples(split) == real.num_examples(split) == {"train": 60000,
+                                                                        "test": 10000}[split]
     assert data.meta()["train_images"]["sha256"] == data_card.sha256_file(path)
     it, rows = data.train_iterator(), []
     for _ in range(3):  # one epoch: every winner once, as the loader converts it
@@ -282,6 +286,9 @@ def test_winners_replace_the_train_split_and_nothing_else(tmp_path, data_dir):
         np.testing.assert_allclose(batch["image"], images[batch["index"]] / 127.5 - 1, atol=1e-6)
         assert batch["label"].tolist() == labels[batch["index"]].tolist()
     assert sorted(rows) == list(range(12))
+    assert it.get_state()["train_images"] == data_card.sha256_file(path)  # resumes need it
+    with pytest.raises(ConfigError, match="not supported with text conditioning"):
+        CaptionedImageData(_data_cfg(path), global_batch_size=4, seed=0, max_words=8)
     image_npz.write(str(tmp_path / "renamed.npz"), images, labels, NAMES[::-1])
     with pytest.raises(ConfigError, match="has classes"):
         ImageData(_data_cfg(str(tmp_path / "renamed.npz")), global_batch_size=4, seed=0)

@@ -19,11 +19,11 @@ b = global_batch_size // process_count. config.data (see configs/diffusion_fmnis
                 meta()/card name it. Row labels are read once per split (~1 min for 60k
                 rows on 2 cores) and cached as labels_<split>.npy in the dataset's folder.
   train_images  "" or an .npz of labelled uint8 images (genjax/data/image_npz.py; e.g. the
-                winners.npz of genjax.data.sample_image_preferences) that REPLACES the
-                train split; the other splits stay the dataset's (evaluation on real
-                images). Its class_names must be the dataset's; its images the native or
-                the model size. The dataset name gains "+train_images:<sha12>" (cached
-                real features and resumed positions follow the file).
+                winners.npz of genjax.data.sample_image_preferences): the split
+                "train_images", which train_iterator() then reads instead of "train".
+                Everything else (eval, the evaluators' real train/test sets) stays the
+                dataset's. Its class_names must be the dataset's; its images the native or
+                the model size; a resumed position must come from the same file (sha256).
 Training order: one seeded permutation of the split per epoch (seed + epoch). Global batch k
 holds positions [k*G, (k+1)*G) of that stream; process p takes every process_count-th, so
 the global batches do not depend on the number of processes.
@@ -226,17 +226,19 @@ class ImageData:
         # label ids kept in every split (() = all); older configs have no such key
         self.classes = class_ids(data_cfg.classes if "classes" in data_cfg else (),
                                  self.class_names)
-        self.train_images: dict[str, Any] = {}  # path, sha256, examples (replaced train split)
-        self._array_labels: dict[str, np.ndarray] = {}
+        self.train_split = "train"  # what train_iterator() reads
+        self.train_images: dict[str, Any] = {}  # path, sha256, examples of the file
+        self._array_labels: dict[str, np.ndarray] = {}  # labels of splits read from arrays
         if "train_images" in data_cfg and data_cfg.train_images:
-            self._replace_train(os.path.expanduser(str(data_cfg.train_images)))
+            self._add_train_images(os.path.expanduser(str(data_cfg.train_images)))
         if self.classes:
             self._splits = {s: _Rows(src, np.flatnonzero(np.isin(self._labels(s),
                                                                  self.classes)))
                             for s, src in self._splits.items()}
 
-    def _replace_train(self, path: str) -> None:
-        """config.data.train_images: the train split read from `path` (module docstring)."""
+    def _add_train_images(self, path: str) -> None:
+        """config.data.train_images: split "train_images" from `path`, the one train_iterator()
+        reads (module docstring)."""
         arrays = image_npz.read(path, per_example=1)
         if arrays["class_names"] != list(self.class_names):
             raise ConfigError(f"config.data.train_images={path!r} has classes "
@@ -248,9 +250,9 @@ class ImageData:
                               f"the dataset's are {'x'.join(map(str, self.native_shape))} "
                               f"(model size {'x'.join(map(str, self.image_shape))})")
         sha = data_card.sha256_file(path)
-        self._splits["train"] = image_npz.Records(arrays["images"], arrays["labels"])
-        self._array_labels["train"] = arrays["labels"].astype(np.int64)
-        self.dataset = f"{self.dataset}+train_images:{sha[:12]}"
+        self._splits["train_images"] = image_npz.Records(arrays["images"], arrays["labels"])
+        self._array_labels["train_images"] = arrays["labels"].astype(np.int64)
+        self.train_split = "train_images"
         self.train_images = {"path": os.path.abspath(path), "sha256": sha, "examples": int(n)}
 
     # ------------------------------------------------------------------ reading
@@ -270,7 +272,7 @@ class ImageData:
     def _labels(self, split: str, chunk: int = 4096) -> np.ndarray:
         """int64[N]: the label of every row of the whole `split`, cached in the dataset's
         folder (decoding every record is the slow part: ~1 ms each)."""
-        if split in self._array_labels:  # a replaced split: its file's labels
+        if split in self._array_labels:  # a split read from a file: its labels
             return self._array_labels[split]
         n = len(self._split(split))
         path = os.path.join(self._folder, f"labels_{split}.npy")
@@ -323,8 +325,10 @@ class ImageData:
         return self.global_batch_size // self.process_count
 
     # ------------------------------------------------------------------ training
-    def train_iterator(self, split: str = "train") -> TrainIterator:
-        """Infinite, shuffled every epoch, this process's slice of each global batch."""
+    def train_iterator(self, split: str | None = None) -> TrainIterator:
+        """Infinite, shuffled every epoch, this process's slice of each global batch, of
+        `split` (default: self.train_split)."""
+        split = split or self.train_split
         n = self.num_examples(split)
         if n < self.global_batch_size:
             raise ConfigError(f"{split} has {n} examples, fewer than one batch "
