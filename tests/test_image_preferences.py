@@ -125,7 +125,8 @@ def test_card_counts_and_checksums_are_the_files(sampled, tiny_run, reward_run):
     card = data_card.read_card(str(med))
     assert card["pairing"]["margin"] == margin and card["sampling"]["k"] == 3
     assert card["source"]["workdir"] == str(tiny_run("diffusion"))
-    assert card["reward"]["workdir"] == str(reward_run) and len(card["reward"]["state_sha256"]) == 64
+    assert card["reward"]["workdir"] == str(reward_run)
+    assert len(card["reward"]["state_sha256"]) == 64
     for split in ("train", "test"):
         c, z = card["splits"][split], image_npz.read(str(med / f"pairs_{split}.npz"),
                                                      per_example=2)

@@ -8,9 +8,9 @@ samples), without writing them to disk:
   genjax.train.train(config, workdir, data=data)
 
 Images float32 in [-1, 1], labels int32; an example may hold several images (preference
-pairs: float32[N, 2, H, W, C], genjax/data/sampled_image_pairs.py). Same batch semantics as ImageData: a seeded
-permutation per epoch for training (seed + epoch), each example once with a "mask" for
-evaluation; process p takes its slice of every global batch.
+pairs: float32[N, 2, H, W, C], genjax/data/sampled_image_pairs.py). Same batch semantics
+as ImageData: a seeded permutation per epoch for training (seed + epoch), each example
+once with a "mask" for evaluation; process p takes its slice of every global batch.
 """
 from __future__ import annotations
 

@@ -5,8 +5,9 @@ Batch: {"image": float32[B, 2, H, W, C] in [-1, 1] (0 winner, 1 loser), "label":
 from config.data.pairs: "" = synthetic pairs of the image dataset (genjax/data/image_pairs.py:
 a real image vs its patches permuted), or a folder of pairs sampled from a diffusion run and
 ranked by a reward classifier (genjax.data.sample_image_preferences;
-genjax/data/sampled_image_pairs.py, eval on its held-out prompts). Winner and loser share the timestep t and the noise eps
-(one draw per pair); each image's denoising error is the mean over pixels of
+genjax/data/sampled_image_pairs.py, eval on its held-out prompts). Winner and loser share
+the timestep t and the noise eps (one draw per pair); each image's denoising error is the
+mean over pixels of
 (prediction - target)^2, for the model and the reference, and the loss per pair is
 
     -log sigma(-(beta / 2) [(mse_w - mse_l) - (ref_w - ref_l)])     (genjax/preference.py)
