@@ -62,9 +62,8 @@ def sampled(tmp_path_factory, tiny_run, reward_run):
     source = str(tiny_run("diffusion"))
     sip.sample_image_preferences(source, str(reward_run), str(root / "m0"), margin=0.0,
                                  **SAMPLING)
-    gaps = np.diff(image_npz.read(str(root / "m0" / "pairs_train.npz"),
-                                  per_example=2)["rewards"][:, ::-1], axis=1)[:, 0]
-    margin = float(np.median(gaps))
+    r = image_npz.read(str(root / "m0" / "pairs_train.npz"), per_example=2)["rewards"]
+    margin = float(np.median(r[:, 0].astype(np.float64) - r[:, 1]))  # as the tool subtracts
     sip.sample_image_preferences(source, str(reward_run), str(root / "med"), margin=margin,
                                  **SAMPLING)
     return root / "m0", root / "med", margin
@@ -107,7 +106,7 @@ def test_kept_pairs_clear_the_margin_under_an_independent_reward(sampled, reward
         every = image_npz.read(str(m0 / f"pairs_{split}.npz"), per_example=2)
         kept = image_npz.read(str(med / f"pairs_{split}.npz"), per_example=2)
         assert every["class_names"] == kept["class_names"] == NAMES
-        gap0 = every["rewards"][:, 0] - every["rewards"][:, 1]
+        gap0 = every["rewards"][:, 0].astype(np.float64) - every["rewards"][:, 1]
         want = gap0 >= margin  # same seed, same samples: the margin only filters
         if split == "train":  # margin = the median gap of train: some kept, some dropped
             assert 0 < want.sum() < len(want)
