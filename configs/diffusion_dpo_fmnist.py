@@ -4,7 +4,19 @@ r"""Diffusion-DPO of the class-conditional Fashion-MNIST U-Net (genjax/families/
   python -m genjax.train --config=configs/diffusion_dpo_fmnist.py:cpu \
       --workdir=runs/diff_dpo_cpu --config.init_from=runs/diff_cpu
 
-Pairs: a real image (winner) vs its 4x4 patches permuted (loser), genjax/data/image_pairs.py.
+Pairs (config.data.pairs): "" = a real image (winner) vs its 4x4 patches permuted (loser),
+genjax/data/image_pairs.py; or a folder of pairs sampled from the source run and ranked by a
+separately trained reward classifier (best vs worst of K; eval on its held-out prompts):
+
+  python -m genjax.train --config=configs/fmnist_reward_classifier.py:cpu \
+      --workdir=runs/reward_clf_cpu
+  python -m genjax.data.sample_image_preferences --workdir=runs/diff_cpu \
+      --reward=runs/reward_clf_cpu --out=data/img_prefs --k=4 --prompts_per_class=100 \
+      --guidance=1 --steps=20 --margin=0.1 --seed=0
+  python -m genjax.train --config=configs/diffusion_dpo_fmnist.py:cpu \
+      --workdir=runs/diff_dpo_sampled --config.init_from=runs/diff_cpu \
+      --config.data.pairs=data/img_prefs
+
 beta is per-pixel-mean scale (the paper sums over dimensions): sweep it.
 """
 from configs import diffusion_fmnist
@@ -22,6 +34,8 @@ def get_config(arg: str | None = None):
     c.model.dropout = 0.0          # as TRL's disable_dropout: policy = reference at step 0
     c.diffusion_dpo = config_lib.ConfigDict()
     c.diffusion_dpo.beta = 500.0   # logit = -(beta / 2) [(mse_w - mse_l) - (ref_w - ref_l)]
+    c.data.pairs = ""              # "" = synthetic pairs (below); a folder of
+                                   # genjax.data.sample_image_preferences (pairs_{train,test}.npz)
     c.data.pair_patch = 4          # loser: the winner with its patch x patch tiles permuted
     if (arg or "cpu") in PRESETS:
         config_lib.apply_preset(c, PRESETS, arg)

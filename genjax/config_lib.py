@@ -123,6 +123,8 @@ def set_image_data(c: ConfigDict, image_size: int = 32) -> ConfigDict:
     c.data.data_dir = ""           # "" = $GENJAX_DATA_DIR or ~/.cache/genjax/tfds
     c.data.classes = ()            # class names or indices kept in every split, e.g.
                                    # --config.data.classes=(Sneaker,); () = every class
+    c.data.train_images = ""       # an .npz of labelled uint8 images training reads instead
+                                   # of the train split (sample_image_preferences' winners)
     return c
 
 

@@ -7,9 +7,10 @@ samples), without writing them to disk:
                    global_batch_size=128, seed=0)
   genjax.train.train(config, workdir, data=data)
 
-Images float32 in [-1, 1], labels int32. Same batch semantics as ImageData: a seeded
-permutation per epoch for training (seed + epoch), each example once with a "mask" for
-evaluation; process p takes its slice of every global batch.
+Images float32 in [-1, 1], labels int32; an example may hold several images (preference
+pairs: float32[N, 2, H, W, C], genjax/data/sampled_image_pairs.py). Same batch semantics
+as ImageData: a seeded permutation per epoch for training (seed + epoch), each example
+once with a "mask" for evaluation; process p takes its slice of every global batch.
 """
 from __future__ import annotations
 
@@ -67,13 +68,16 @@ class ArrayTrainIterator:
 
 
 class ArrayData:
-    """In-memory labelled images: {split: (images float32[N, H, W, C], labels int32[N])}."""
+    """In-memory labelled images: {split: (images float32[N, ..., H, W, C], labels int32[N])}.
+    `identity`: extra entries of the train iterator's state that a resume must match (e.g.
+    the checksum of the file the arrays came from)."""
 
     dataset = None  # no stable identity: nothing derived from it is cached
 
     def __init__(self, splits: dict[str, tuple[np.ndarray, np.ndarray]],
                  class_names: Sequence[str], *, global_batch_size: int, seed: int = 0,
-                 process_index: int = 0, process_count: int = 1):
+                 process_index: int = 0, process_count: int = 1,
+                 identity: dict[str, Any] | None = None):
         if global_batch_size % process_count:
             raise ConfigError(f"batch size {global_batch_size} is not divisible by the "
                               f"process count {process_count}")
@@ -81,16 +85,18 @@ class ArrayData:
         shapes = set()
         for name, (x, y) in splits.items():
             x, y = np.asarray(x, np.float32), np.asarray(y, np.int32)
-            if x.ndim != 4 or len(x) != len(y):
-                raise ValueError(f"split {name!r}: need images [N, H, W, C] and N labels, got "
-                                 f"{x.shape} and {y.shape}")
+            if x.ndim < 4 or len(x) != len(y):
+                raise ValueError(f"split {name!r}: need images [N, (...,) H, W, C] and N "
+                                 f"labels, got {x.shape} and {y.shape}")
             if len(y) and (y.min() < 0 or y.max() >= len(class_names)):
                 raise ValueError(f"split {name!r}: labels outside 0..{len(class_names) - 1}")
             self._splits[name] = (x, y)
             shapes.add(x.shape[1:])
         if len(shapes) != 1:
             raise ValueError(f"splits have different image shapes: {sorted(shapes)}")
-        self.image_shape = tuple(int(d) for d in shapes.pop())
+        self.example_shape = tuple(int(d) for d in shapes.pop())  # one example's images
+        self.image_shape = self.example_shape[-3:]
+        self._identity = dict(identity or {})
         self.class_names = list(class_names)
         self.global_batch_size, self.seed = int(global_batch_size), int(seed)
         self.process_index, self.process_count = int(process_index), int(process_count)
@@ -113,7 +119,7 @@ class ArrayData:
             raise ConfigError(f"{split} has {len(y)} examples, fewer than one batch "
                               f"({self.global_batch_size})")
         identity = {"split": split, "seed": self.seed, "global_batch_size": self.global_batch_size,
-                    "num_examples": len(y)}
+                    "num_examples": len(y), **self._identity}
         return ArrayTrainIterator(x, y, global_batch_size=self.global_batch_size, seed=self.seed,
                                   process_index=self.process_index,
                                   process_count=self.process_count, identity=identity)
@@ -132,7 +138,7 @@ class ArrayData:
         for k in range(num):
             rows = k * batch_size + self.process_index * b + np.arange(b)
             real = rows[rows < n]
-            batch = {"image": np.full((b, *self.image_shape), -1.0, np.float32),
+            batch = {"image": np.full((b, *self.example_shape), -1.0, np.float32),
                      "label": np.zeros((b,), np.int32),
                      "mask": (np.arange(b) < len(real)).astype(np.float32)}
             batch["image"][:len(real)] = x[real]

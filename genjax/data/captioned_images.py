@@ -61,6 +61,9 @@ class CaptionedImageData:
         if eval_captions not in captions.SPLITS:
             raise ConfigError(f"config.data.eval_captions={eval_captions!r}: choose one of "
                               f"{captions.SPLITS}")
+        if "train_images" in data_cfg and data_cfg.train_images:
+            raise ConfigError("config.data.train_images is not supported with text "
+                              "conditioning (captions are drawn per real image)")
         self.images = ImageData(data_cfg, global_batch_size=global_batch_size, seed=seed,
                                 process_index=process_index, process_count=process_count,
                                 include_index=True)

@@ -18,6 +18,12 @@ b = global_batch_size // process_count. config.data (see configs/diffusion_fmnis
                 Labels keep their ids (Sneaker stays 7), num_examples counts the subset,
                 meta()/card name it. Row labels are read once per split (~1 min for 60k
                 rows on 2 cores) and cached as labels_<split>.npy in the dataset's folder.
+  train_images  "" or an .npz of labelled uint8 images (genjax/data/image_npz.py; e.g. the
+                winners.npz of genjax.data.sample_image_preferences): the split
+                "train_images", which train_iterator() then reads instead of "train".
+                Everything else (eval, the evaluators' real train/test sets) stays the
+                dataset's. Its class_names must be the dataset's; its images the native or
+                the model size; a resumed position must come from the same file (sha256).
 Training order: one seeded permutation of the split per epoch (seed + epoch). Global batch k
 holds positions [k*G, (k+1)*G) of that stream; process p takes every process_count-th, so
 the global batches do not depend on the number of processes.
@@ -33,7 +39,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from genjax.errors import ConfigError
-from genjax.data import records
+from genjax.data import data_card, image_npz, records
 from genjax.data.image_builders import (DataNotFoundError, default_data_dir, prepare_images)
 
 READ_THREADS = 2    # threads reading and converting batches
@@ -220,10 +226,34 @@ class ImageData:
         # label ids kept in every split (() = all); older configs have no such key
         self.classes = class_ids(data_cfg.classes if "classes" in data_cfg else (),
                                  self.class_names)
+        self.train_split = "train"  # what train_iterator() reads
+        self.train_images: dict[str, Any] = {}  # path, sha256, examples of the file
+        self._array_labels: dict[str, np.ndarray] = {}  # labels of splits read from arrays
+        if "train_images" in data_cfg and data_cfg.train_images:
+            self._add_train_images(os.path.expanduser(str(data_cfg.train_images)))
         if self.classes:
             self._splits = {s: _Rows(src, np.flatnonzero(np.isin(self._labels(s),
                                                                  self.classes)))
                             for s, src in self._splits.items()}
+
+    def _add_train_images(self, path: str) -> None:
+        """config.data.train_images: split "train_images" from `path`, the one train_iterator()
+        reads (module docstring)."""
+        arrays = image_npz.read(path, per_example=1)
+        if arrays["class_names"] != list(self.class_names):
+            raise ConfigError(f"config.data.train_images={path!r} has classes "
+                              f"{arrays['class_names']}; the dataset's are {self.class_names}")
+        n, h, w, c = arrays["images"].shape
+        sizes = {self.native_shape[:2], self.image_shape[:2]}
+        if (h, w) not in sizes or c != self.native_shape[2]:
+            raise ConfigError(f"config.data.train_images={path!r}: images are {h}x{w}x{c}; "
+                              f"the dataset's are {'x'.join(map(str, self.native_shape))} "
+                              f"(model size {'x'.join(map(str, self.image_shape))})")
+        sha = data_card.sha256_file(path)
+        self._splits["train_images"] = image_npz.Records(arrays["images"], arrays["labels"])
+        self._array_labels["train_images"] = arrays["labels"].astype(np.int64)
+        self.train_split = "train_images"
+        self.train_images = {"path": os.path.abspath(path), "sha256": sha, "examples": int(n)}
 
     # ------------------------------------------------------------------ reading
     def _split(self, split: str):
@@ -242,6 +272,8 @@ class ImageData:
     def _labels(self, split: str, chunk: int = 4096) -> np.ndarray:
         """int64[N]: the label of every row of the whole `split`, cached in the dataset's
         folder (decoding every record is the slow part: ~1 ms each)."""
+        if split in self._array_labels:  # a split read from a file: its labels
+            return self._array_labels[split]
         n = len(self._split(split))
         path = os.path.join(self._folder, f"labels_{split}.npy")
         if os.path.exists(path):
@@ -293,8 +325,10 @@ class ImageData:
         return self.global_batch_size // self.process_count
 
     # ------------------------------------------------------------------ training
-    def train_iterator(self, split: str = "train") -> TrainIterator:
-        """Infinite, shuffled every epoch, this process's slice of each global batch."""
+    def train_iterator(self, split: str | None = None) -> TrainIterator:
+        """Infinite, shuffled every epoch, this process's slice of each global batch, of
+        `split` (default: self.train_split)."""
+        split = split or self.train_split
         n = self.num_examples(split)
         if n < self.global_batch_size:
             raise ConfigError(f"{split} has {n} examples, fewer than one batch "
@@ -307,6 +341,8 @@ class ImageData:
                     "num_examples": n}
         if self.classes:  # (only then: the positions saved by runs before the key stay valid)
             identity["classes"] = list(self.classes)
+        if split in self._array_labels:  # a position in one file means nothing in another
+            identity["train_images"] = self.train_images["sha256"]
         return TrainIterator(ds, self._read_options, identity)
 
     # ------------------------------------------------------------------ evaluation
@@ -344,9 +380,12 @@ class ImageData:
     # ------------------------------------------------------------------ description
     def meta(self) -> dict[str, Any]:
         """JSON saved with every checkpoint: enough to label samples without the data."""
-        return {"dataset": self.dataset, "class_names": self.class_names,
-                "image_shape": list(self.image_shape), "data_dir": self.data_dir,
-                "classes": [self.class_names[i] for i in self.classes]}  # [] = every class
+        out = {"dataset": self.dataset, "class_names": self.class_names,
+               "image_shape": list(self.image_shape), "data_dir": self.data_dir,
+               "classes": [self.class_names[i] for i in self.classes]}  # [] = every class
+        if self.train_images:
+            out["train_images"] = self.train_images
+        return out
 
     @property
     def card(self) -> dict[str, Any]:

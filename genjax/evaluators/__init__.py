@@ -49,7 +49,7 @@ from genjax import step as step_lib
 from genjax.errors import UserError
 
 NOT_PLUGINS = ("report", "plots", "feature_net", "text_match", "sample_files", "words",
-               "gold_reward", "ship_feature_net")  # helpers, not plug-ins
+               "gold_reward", "ship_feature_net", "reward_classifier")  # helpers, not plug-ins
 
 
 # ----------------------------------------------------------------------- lookup

@@ -55,9 +55,9 @@ DONE = "feature_net.json"      # written last: its presence marks a finished bui
 # when a run fine-tunes or is evaluated on a subset (tests/test_image_subset.py).
 DATA_KEYS = ("name", "source_dir", "image_folder", "image_size", "channels", "data_dir")
 PATH_KEYS = ("source_dir", "image_folder", "data_dir")  # where, not what: not hashed
-# Always () for the net (see DATA_KEYS) and not hashed, so that nets built before the key
-# existed keep their checksum.
-UNHASHED_KEYS = PATH_KEYS + ("classes",)
+# Always ()/"" for the net (see DATA_KEYS) and not hashed, so that nets built before the
+# keys existed keep their checksum.
+UNHASHED_KEYS = PATH_KEYS + ("classes", "train_images")
 BATCH = 256                    # images per forward pass (one compiled shape)
 _LOADED: dict[str, "FeatureNet"] = {}  # folder -> net: loaded (and compiled) once per process
 WEIGHTS_ENV = "GENJAX_FEATURE_NET_WEIGHTS"  # a folder of shipped weights (tests, other copies)
@@ -241,6 +241,40 @@ def cached_info(data_cfg, preset: str = "cpu", cache_dir: str = "") -> dict | No
         raise RuntimeError(f"{directory} holds another feature net (hash prefix collision); "
                            f"delete it")
     return info
+
+
+# ------------------------------------------------------------------ identity
+def recipe_preset(config) -> str | None:
+    """The RECIPE preset whose network `config` trains (same model keys, num_classes aside,
+    and same seed: same init and data order), else None. The schedule (steps, lr, batch)
+    is not compared: the same network trained longer is still the evaluators' network."""
+    recipe = importlib.import_module(RECIPE)
+    mine = config_lib.to_dict(config)
+    for preset in recipe.PRESETS:
+        theirs = config_lib.to_dict(recipe.get_config(preset))
+        keys = (set(theirs["model"]) & set(mine.get("model", {}))) - {"num_classes"}
+        if mine.get("seed") == theirs["seed"] and keys and all(
+                mine["model"][k] == theirs["model"][k] for k in keys):
+            return preset
+    return None
+
+
+def shipped_preset_with(params, weights_dir: str = "") -> str | None:
+    """The preset whose shipped weights (shipped_paths) are `params`, array for array
+    (same paths, shapes and values), else None."""
+    from flax import serialization, traverse_util
+    mine = traverse_util.flatten_dict(jax.device_get(dict(params)))
+    for preset in importlib.import_module(RECIPE).PRESETS:
+        weights, _ = shipped_paths(preset, weights_dir)
+        if not os.path.isfile(weights):
+            continue
+        with open(weights, "rb") as f:
+            theirs = traverse_util.flatten_dict(serialization.msgpack_restore(f.read()))
+        if mine.keys() == theirs.keys() and all(
+                np.shape(mine[k]) == np.shape(theirs[k]) and np.array_equal(mine[k], theirs[k])
+                for k in mine):
+            return preset
+    return None
 
 
 # ------------------------------------------------------------------ shipped weights

@@ -1,9 +1,13 @@
 """Diffusion-DPO (Wallace et al. 2023) of the class-conditional U-Net against a frozen
 reference (model_state["reference"]; with LoRA the frozen base, as in genjax/families/dpo.py).
 
-Batch (genjax/data/image_pairs.py): {"image": float32[B, 2, H, W, C] in [-1, 1] (0 winner,
-1 loser), "label": int32[B]}. Winner and loser share the timestep t and the noise eps
-(one draw per pair); each image's denoising error is the mean over pixels of
+Batch: {"image": float32[B, 2, H, W, C] in [-1, 1] (0 winner, 1 loser), "label": int32[B]}
+from config.data.pairs: "" = synthetic pairs of the image dataset (genjax/data/image_pairs.py:
+a real image vs its patches permuted), or a folder of pairs sampled from a diffusion run and
+ranked by a reward classifier (genjax.data.sample_image_preferences;
+genjax/data/sampled_image_pairs.py, eval on its held-out prompts). Winner and loser share
+the timestep t and the noise eps (one draw per pair); each image's denoising error is the
+mean over pixels of
 (prediction - target)^2, for the model and the reference, and the loss per pair is
 
     -log sigma(-(beta / 2) [(mse_w - mse_l) - (ref_w - ref_l)])     (genjax/preference.py)
@@ -108,7 +112,13 @@ def param_labels(params, config):
 
 
 def make_data(config, *, process_index: int, process_count: int):
-    """The image dataset as winner/loser pairs (genjax/data/image_pairs.py)."""
+    """Winner/loser pairs: sampled ones from config.data.pairs, else the image dataset's
+    synthetic pairs (module docstring). Configs saved before the key: synthetic."""
+    if "pairs" in config.data and config.data.pairs:
+        from genjax.data.sampled_image_pairs import SampledImagePairs
+        return SampledImagePairs(config.data.pairs, global_batch_size=int(config.batch_size),
+                                 seed=int(config.seed), process_index=process_index,
+                                 process_count=process_count)
     from genjax.data.image_pairs import ImagePairs
     images = diffusion.make_data(config, process_index=process_index,
                                  process_count=process_count)
