@@ -298,13 +298,21 @@ class Checkpointer:
             os.rename(src, dst)
         self.manager.reload()
 
-    def restore_params(self, step: int | None, abstract_params) -> Any:
-        """Params only (for init_from), onto `abstract_params`' shardings."""
+    def restore_params(self, step: int | None, abstract_params, which: str = "raw") -> Any:
+        """Params only (for init_from), onto `abstract_params`' shardings. which: "raw" (the
+        trained params) | "ema" (their EMA, what the source's samples use; an error if the
+        source kept none)."""
         step = self.latest_step() if step is None else step
         if step is None:
             raise UserError(f"init_from: no checkpoint in {self.directory}")
+        if which not in ("raw", "ema"):
+            raise UserError(f"init_from_params={which!r}: use raw or ema")
+        key = {"raw": "params", "ema": "ema_params"}[which]
         saved = self.manager.metadata(step).item_metadata
-        saved_params = _tree_of(saved, "state")["params"]
+        saved_params = _tree_of(saved, "state")[key]
+        if which == "ema" and not jax.tree_util.tree_leaves(saved_params):
+            raise UserError(f"init_from_params=ema: {self.directory} step {step} kept no EMA "
+                            "params (its optim.ema_decay was 0); use init_from_params=raw")
         problems = tree_mismatches(saved_params, abstract_params)
         _check_layout(saved_params, abstract_params, self.directory)
         if problems:
@@ -314,13 +322,13 @@ class Checkpointer:
         # checkpoint, which PyTreeRestore reads partially (params only, not the optimizer).
         path = os.path.join(self.directory, str(step), "state")
         args = ocp.args.PyTreeRestore(
-            item={"params": abstract_params},
+            item={key: abstract_params},
             restore_args=jax.tree_util.tree_map(
                 lambda a: ocp.ArrayRestoreArgs(sharding=a.sharding, dtype=a.dtype),
-                {"params": abstract_params}),
+                {key: abstract_params}),
             partial_restore=True)
         with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as reader:
-            return reader.restore(path, args=args)["params"]
+            return reader.restore(path, args=args)[key]
 
 
 def _first_line(e: BaseException) -> str:

@@ -66,8 +66,10 @@ def _init_from(state: TrainState, parts, config) -> TrainState:
     src_dir, src_step = ckpt_lib.parse_init_from(config.init_from)
     src = ckpt_lib.Checkpointer(src_dir, read_only=True)
     target = families.pretrained_target(parts.family, parts.abstract_state)
-    params = src.restore_params(src_step, target)
+    which = str(config.get("init_from_params", "raw"))
+    params = src.restore_params(src_step, target, which)
     src.close()
     state = families.load_pretrained(parts.family, state, params, config)
-    print(f"initialised params from {config.init_from}", flush=True)
+    print(f"initialised params from {config.init_from}" + (" (EMA)" if which == "ema" else ""),
+          flush=True)
     return state

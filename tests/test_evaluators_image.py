@@ -121,6 +121,11 @@ def test_precision_recall_of_a_set_with_itself_is_one_and_of_disjoint_clusters_z
     assert p == 1.0 and 0.35 < r < 0.75
 
 
+def test_conditional_prob_averages_the_requested_class_probability():
+    probs = np.array([[0.7, 0.2, 0.1], [0.1, 0.6, 0.3], [0.5, 0.25, 0.25]])
+    assert iq.conditional_prob(probs, [0, 2, 1]) == pytest.approx((0.7 + 0.3 + 0.25) / 3)
+
+
 def test_conditional_accuracy_counts_the_requested_class():
     probs = np.eye(4)[[0, 1, 2, 3, 0]]
     assert iq.conditional_accuracy(probs, [0, 1, 2, 3, 1]) == pytest.approx(0.8)
@@ -185,7 +190,8 @@ def test_evaluate_runs_the_image_evaluators_on_a_tiny_run(family, tiny_run, net,
     monkeypatch.setenv("GENJAX_CACHE_DIR", os.path.dirname(cache_dir))  # the tiny net
     out = evaluate_workdir(str(tiny_run(family)), only=["image_quality", "novelty", "cas"])
     r = out["results"]
-    quality = {"fid_fmnist", "kid_fmnist", "precision", "recall", "conditional_accuracy"}
+    quality = {"fid_fmnist", "kid_fmnist", "precision", "recall", "conditional_accuracy",
+               "conditional_prob"}
     assert set(r["image_quality"]["metrics"]) == set(r["image_quality"]["floors"]) == quality
     assert r["image_quality"]["details"]["feature_net"] == net.name  # the cached one
     assert r["image_quality"]["floors"]["fid_fmnist"] < r["image_quality"]["metrics"]["fid_fmnist"]

@@ -223,3 +223,30 @@ def test_fine_tuning_on_new_text_keeps_the_source_tokenizer(tiny_run, tmp_path, 
     data = lm.make_data(config, process_index=0, process_count=1)
     assert data.tokenizer.decode(data.tokens("train")).startswith("na ve  \n")
     train.train(config, str(tmp_path / "ft"))  # the source's embedding shape: it loads
+
+
+def test_init_from_params_ema_takes_the_sources_ema_and_needs_one(tiny_run, tmp_path):
+    """init_from_params=ema starts from the weights the source's samples use (its EMA);
+    a source that kept no EMA is one error line."""
+    src = tiny_run("diffusion")
+    config = run_config("diffusion")
+    config.unlock()
+    config.update_from_flattened_dict({"init_from": str(src), "init_from_params": "ema",
+                                       "total_steps": 1, "optim.lr": 0.0,
+                                       "optim.warmup_steps": 0})
+    config.lock()
+    train.train(config, str(tmp_path / "ft"))
+    parts = assemble.assemble(config, sharding.make_mesh(config.mesh))
+    want, _, _ = Checkpointer(str(src), read_only=True).restore(6, parts.abstract_state)
+    got, _, _ = Checkpointer(str(tmp_path / "ft"), read_only=True).restore(1, parts.abstract_state)
+    ema, raw = jax.tree_util.tree_leaves(want.ema_params), jax.tree_util.tree_leaves(want.params)
+    assert any(not np.array_equal(np.asarray(e), np.asarray(r)) for e, r in zip(ema, raw))
+    for x, y in zip(ema, jax.tree_util.tree_leaves(got.params)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))  # lr 0: the source's EMA
+    lm = run_config("lm")
+    lm.unlock()
+    lm.update_from_flattened_dict({"init_from": str(tiny_run("lm+lora")),  # optim.ema_decay 0
+                                   "init_from_params": "ema"})
+    lm.lock()
+    with pytest.raises(UserError, match="kept no EMA params"):
+        train.train(lm, str(tmp_path / "lm"))

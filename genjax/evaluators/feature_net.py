@@ -58,6 +58,7 @@ PATH_KEYS = ("source_dir", "image_folder", "data_dir")  # where, not what: not h
 # Always ()/"" for the net (see DATA_KEYS) and not hashed, so that nets built before the
 # keys existed keep their checksum.
 UNHASHED_KEYS = PATH_KEYS + ("classes", "train_images")
+UNHASHED_TOP_KEYS = ("init_from_params",)  # how a run starts from another; the net never does
 BATCH = 256                    # images per forward pass (one compiled shape)
 _LOADED: dict[str, "FeatureNet"] = {}  # folder -> net: loaded (and compiled) once per process
 WEIGHTS_ENV = "GENJAX_FEATURE_NET_WEIGHTS"  # a folder of shipped weights (tests, other copies)
@@ -91,6 +92,7 @@ def checksum(config, identity: dict) -> str:
     """sha256 hex over the config (without path keys) and the dataset identity."""
     d = config_lib.to_dict(config)
     d["data"] = {k: v for k, v in d["data"].items() if k not in UNHASHED_KEYS}
+    d = {k: v for k, v in d.items() if k not in UNHASHED_TOP_KEYS}
     blob = json.dumps({"config": d, "data": identity}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 

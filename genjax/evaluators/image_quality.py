@@ -9,7 +9,8 @@ all on the penultimate features of genjax/evaluators/feature_net.py -- named for
   precision    share of samples inside the real k-NN manifold; recall: share of real
                images inside the samples' (Kynkaanniemi et al. 2019, k = pr_k)
   conditional_accuracy  share of samples the classifier assigns to the requested class
-               (class-conditional models only)
+  conditional_prob      mean probability the classifier gives the requested class: what
+               one sample delivers (alignment's image goal; class-conditional models only)
 Floors (real vs real): the same metrics for the first `num_samples` TRAIN images (their
 true labels for conditional_accuracy) against the same test reference.
 """
@@ -168,6 +169,12 @@ def conditional_accuracy(probs_NxK, labels_N) -> float:
     return float(np.mean(np.argmax(probs_NxK, -1) == np.asarray(labels_N)))
 
 
+def conditional_prob(probs_NxK, labels_N) -> float:
+    """Mean probability of the requested class."""
+    probs = np.asarray(probs_NxK)
+    return float(np.mean(probs[np.arange(len(probs)), np.asarray(labels_N)]))
+
+
 # The tiny presets' overrides (tests: seconds; numbers meaningless)
 TINY = {"evals.image_quality.num_samples": 64, "evals.image_quality.num_real": 256,
         "evals.image_quality.feature_preset": "tiny", "evals.image_quality.batch_size": 32,
@@ -206,11 +213,12 @@ def evaluate(ctx, settings) -> dict:
     metrics, details = quality_metrics(real_f, fake_f, **kw)
     floors, floor_details = quality_metrics(real_f, train_f, **kw)
     if labels is not None:
-        metrics["conditional_accuracy"] = conditional_accuracy(net.probs_from_features(fake_f),
-                                                               labels)
-        floors["conditional_accuracy"] = conditional_accuracy(
-            net.probs_from_features(train_f), train_y)
-    keys = [k for k in ("precision", "recall", "conditional_accuracy") if k in metrics]
+        fake_p, train_p = net.probs_from_features(fake_f), net.probs_from_features(train_f)
+        for name, fn in (("conditional_accuracy", conditional_accuracy),
+                         ("conditional_prob", conditional_prob)):
+            metrics[name], floors[name] = fn(fake_p, labels), fn(train_p, train_y)
+    keys = [k for k in ("precision", "recall", "conditional_accuracy", "conditional_prob")
+            if k in metrics]
     rows = {"samples": {k: metrics[k] for k in keys},
             "real train (floor)": {k: floors[k] for k in keys}}
     path = plots.precision_recall_bars(
