@@ -343,11 +343,14 @@ def teacher_meta(init_from: str) -> dict:
     return meta
 
 
-def check_same_tokenizer(teacher: dict, data_meta: dict, where: str) -> None:
-    t, s = teacher["data"]["tokenizer"], data_meta["tokenizer"]
+def check_same_tokenizer(source: dict, data_meta: dict, where: str, *, role: str = "teacher",
+                         needs: str = "distillation") -> None:
+    """UserError unless the run whose checkpoint meta is `source` (the `role`, at `where`)
+    was trained with the tokenizer of this run's data (`data_meta`)."""
+    t, s = source["data"].get("tokenizer"), data_meta["tokenizer"]
     if t != s:
-        raise UserError(f"teacher {where!r} was trained with another tokenizer than this "
-                        f"run's data ({_describe(t)} vs {_describe(s)}): distillation needs "
+        raise UserError(f"{role} {where!r} was trained with another tokenizer than this "
+                        f"run's data ({_describe(t)} vs {_describe(s)}): {needs} needs "
                         "the same tokenizer")
 
 
