@@ -51,9 +51,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from genjax import checkpoint as ckpt_lib
-from genjax import config_lib, optim, preference
+from genjax import config_lib, optim, preference, same_model
 from genjax.errors import ConfigError, UserError
-from genjax.families import distill, dpo, lm, reward
+from genjax.families import dpo, lm, reward
 from genjax.sampling import lm as decoder
 
 REWARD = "reward"             # model_state key of the frozen reward model's params
@@ -82,8 +82,8 @@ def resolve_config(config, data) -> None:
     kind = reward_kind(config)
     if c.reward_from:
         meta = reward_meta(c.reward_from)
-        distill.check_same_tokenizer(meta, data.meta(), c.reward_from, role="reward model",
-                                     needs="scoring the policy's samples")
+        same_model.check_same_tokenizer(meta, data.meta(), c.reward_from,
+                                        role="reward model", needs="scoring its samples")
         saved = meta["config"]["model"]
         how = {k.split(".", 1)[1] for k in lm.runtime_keys}  # kernels, remat: this run's
         for k in c.reward_model:
