@@ -298,9 +298,8 @@ class Checkpointer:
             os.rename(src, dst)
         self.manager.reload()
 
-    def restore_params(self, step: int | None, abstract_params, which: str = "raw",
-                       source: str = "init_from") -> Any:
-        """Params only (for init_from, or the config key `source` naming this run), onto
+    def restore_params(self, step: int | None, abstract_params, which="raw", source="init_from"):
+        """Params only (for `source`: init_from's, or another config key's run), onto
         `abstract_params`' shardings. which: "raw" (the trained params) | "ema" (their EMA,
         what the source's samples use; an error if the source kept none)."""
         step = self.latest_step() if step is None else step
@@ -383,8 +382,7 @@ def _check_against_saved(item_metadata, target, directory, step) -> None:
 
 
 def parse_init_from(path: str, key: str = "init_from") -> tuple[str, int | None]:
-    """'W' or 'W/checkpoints' or 'W/checkpoints/<step>' -> (workdir, step|None); `key`
-    names the config key in the error."""
+    """'W' or 'W/checkpoints' or 'W/checkpoints/<step>' -> (workdir, step|None) (of `key`)."""
     path = os.path.abspath(path.rstrip("/"))
     step = None
     if os.path.basename(path).isdigit():
