@@ -1,17 +1,22 @@
-r"""Online RL (RLOO with a KL leash) of the Shakespeare character LM (genjax/families/rl.py).
+r"""Online RL (RLOO with a KL leash) of the Shakespeare character LM (genjax/families/rl.py),
+rewarded by a learned reward model (RLHF):
 
   python -m genjax.train --config=configs/lm_shakespeare.py:cpu --workdir=runs/lm_cpu
-  python -m genjax.train --config=configs/rl_shakespeare.py:cpu --workdir=runs/rl_cpu \
+  python -m genjax.train --config=configs/reward_shakespeare.py:cpu --workdir=runs/rm_cpu \
       --config.init_from=runs/lm_cpu
+  python -m genjax.train --config=configs/rl_shakespeare.py:cpu --workdir=runs/rl_cpu \
+      --config.init_from=runs/lm_cpu --config.rl.reward_from=runs/rm_cpu
 
+Ablation, the gold reward instead (with reward_from kept, the model's score is still
+logged as reward_model): --config.rl.reward=chars.
 Prompts: the speaker lines of the preference pairs (genjax/data/preferences.py).
-Reward: the gold reward (share of completion characters in rl.reward_chars).
+Presets: `tiny` (tests, no reward run) uses the gold reward (rl.reward=chars).
 """
 from configs import dpo_shakespeare
 from genjax import config_lib
 
 PRESETS = {"tiny": {"optim.lr": 1e-3, "rl.max_new_tokens": 8, "rl.samples": 2,
-                    "batch_size": 4},
+                    "batch_size": 4, "rl.reward": "chars"},
            "cpu": {"optim.lr": 1e-4, "total_steps": 300, "optim.warmup_steps": 20,
                    "batch_size": 8}}
 
@@ -27,6 +32,11 @@ def get_config(arg: str | None = None):
     c.rl.beta = 0.05               # KL leash folded into the reward (TRL RLOO: 0.05)
     c.rl.samples = 4               # K completions per prompt (RLOO baseline: the other K-1)
     c.rl.max_new_tokens = 32       # completion length N (no stop tokens)
+    c.rl.reward = "model"          # model: rl.reward_from's reward model | chars: gold ablation
+    c.rl.reward_from = ""          # workdir (or W/checkpoints/<step>) of a `reward` run
+    c.rl.random_reward_model = False  # no reward_from: a fresh reward model, random head (tests)
+    # The reward model's keys (filled from reward_from's checkpoint; vocab_size 0 = policy's).
+    c.rl.reward_model = config_lib.ConfigDict(config_lib.to_dict(c.model))
     c.rl.reward_chars = "abcdefghijklmnopqrstuvwxyz "  # gold reward: share of these
     c.rl.reward_ids = ()           # () = from reward_chars with the tokenizer (resolve_config)
     # c.evals.alignment (dpo_shakespeare's, with its presets): policy vs the frozen

@@ -298,13 +298,13 @@ class Checkpointer:
             os.rename(src, dst)
         self.manager.reload()
 
-    def restore_params(self, step: int | None, abstract_params, which: str = "raw") -> Any:
-        """Params only (for init_from), onto `abstract_params`' shardings. which: "raw" (the
-        trained params) | "ema" (their EMA, what the source's samples use; an error if the
-        source kept none)."""
+    def restore_params(self, step: int | None, abstract_params, which="raw", source="init_from"):
+        """Params only (for `source`: init_from's, or another config key's run), onto
+        `abstract_params`' shardings. which: "raw" (the trained params) | "ema" (their EMA,
+        what the source's samples use; an error if the source kept none)."""
         step = self.latest_step() if step is None else step
         if step is None:
-            raise UserError(f"init_from: no checkpoint in {self.directory}")
+            raise UserError(f"{source}: no checkpoint in {self.directory}")
         if which not in ("raw", "ema"):
             raise UserError(f"init_from_params={which!r}: use raw or ema")
         key = {"raw": "params", "ema": "ema_params"}[which]
@@ -316,7 +316,7 @@ class Checkpointer:
         problems = tree_mismatches(saved_params, abstract_params)
         _check_layout(saved_params, abstract_params, self.directory)
         if problems:
-            raise UserError("init_from: params do not match this model:\n  " +
+            raise UserError(f"{source}: params do not match this model:\n  " +
                             "\n  ".join(problems[:20]))
         # The state item was written by the standard handler; its files are a PyTree
         # checkpoint, which PyTreeRestore reads partially (params only, not the optimizer).
@@ -381,8 +381,8 @@ def _check_against_saved(item_metadata, target, directory, step) -> None:
                         f"({len(problems)} leaves differ):\n  " + "\n  ".join(problems[:20]))
 
 
-def parse_init_from(path: str) -> tuple[str, int | None]:
-    """'W' or 'W/checkpoints' or 'W/checkpoints/<step>' -> (workdir, step|None)."""
+def parse_init_from(path: str, key: str = "init_from") -> tuple[str, int | None]:
+    """'W' or 'W/checkpoints' or 'W/checkpoints/<step>' -> (workdir, step|None) (of `key`)."""
     path = os.path.abspath(path.rstrip("/"))
     step = None
     if os.path.basename(path).isdigit():
@@ -390,14 +390,14 @@ def parse_init_from(path: str) -> tuple[str, int | None]:
     if os.path.basename(path) == "checkpoints":
         path = os.path.dirname(path)
     if not os.path.isdir(os.path.join(path, "checkpoints")):
-        raise UserError(f"init_from={path!r}: no checkpoints/ directory there")
+        raise UserError(f"{key}={path!r}: no checkpoints/ directory there")
     return path, step
 
 
-def run_meta(path: str) -> dict:
+def run_meta(path: str, key: str = "init_from") -> dict:
     """The checkpoint meta (config, family, data: tokenizer, classes) of the run at `path`
     (as parse_init_from reads it; its latest step unless one is named)."""
-    workdir, step = parse_init_from(path)
+    workdir, step = parse_init_from(path, key)
     ckpt = Checkpointer(workdir, read_only=True)
     try:
         return ckpt.read_meta(step)

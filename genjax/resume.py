@@ -5,6 +5,8 @@
   2. `config.init_from`: params from another run's checkpoint, step 0, placed by the
      family (`families.load_pretrained`: params and EMA; LoRA: the frozen base);
   3. a fresh init.
+After 2 or 3, the family's `frozen_from` runs (a reward model) fill their model_state keys;
+after 1 the checkpoint already holds them.
 `check_workdir` runs first, before anything is compiled: a workdir that holds another
 model is an error, changed schedule keys a warning.
 """
@@ -59,17 +61,34 @@ def start(ckpt: ckpt_lib.Checkpointer, parts, config, train_iter) -> Start:
     if config.init_from:
         state = _init_from(state, parts, config)
         source = "init_from"
+    for key, path in families.frozen_from(parts.family, config).items():
+        state = _frozen_from(state, parts, key, path)
     return Start(state, int(jax.device_get(state.step)), BatchBook.from_meta(None, 0), source)
 
 
 def _init_from(state: TrainState, parts, config) -> TrainState:
-    src_dir, src_step = ckpt_lib.parse_init_from(config.init_from)
-    src = ckpt_lib.Checkpointer(src_dir, read_only=True)
     target = families.pretrained_target(parts.family, parts.abstract_state)
     which = str(config.get("init_from_params", "raw"))
-    params = src.restore_params(src_step, target, which)
-    src.close()
+    params = _restore_params(config.init_from, target, "init_from", which)
     state = families.load_pretrained(parts.family, state, params, config)
     print(f"initialised params from {config.init_from}" + (" (EMA)" if which == "ema" else ""),
           flush=True)
     return state
+
+
+def _frozen_from(state: TrainState, parts, key: str, path: str) -> TrainState:
+    """model_state[key] <- the params of the run at `path` (shapes and shardings of the
+    abstract model_state[key]; a mismatch is a UserError listing the leaves)."""
+    params = _restore_params(path, parts.abstract_state.model_state[key], f"model_state[{key!r}]")
+    print(f"model_state[{key!r}] from {path}", flush=True)
+    return state.replace(model_state={**state.model_state, key: params})
+
+
+def _restore_params(path: str, target, what: str, which: str = "raw"):
+    """The params ("raw" | "ema") of the run at `path` (`what` names it in errors)."""
+    src_dir, src_step = ckpt_lib.parse_init_from(path, what)
+    src = ckpt_lib.Checkpointer(src_dir, read_only=True)
+    try:
+        return src.restore_params(src_step, target, which, what)
+    finally:
+        src.close()

@@ -5,6 +5,8 @@ model (UserError), except in the keys the family lists as `runtime_keys` (how it
 dropout, attention kernel, remat) and in keys newer than the checkpoint (they default to
 the old behaviour). A layout key (layers under scan) gets a message saying how to convert.
 Schedule keys (steps, batch, optimizer) may change on resume, with a warning.
+Also asked of another run whose model this one uses (a teacher, a reward model): was it
+trained with the tokenizer of this run's data?
 """
 from __future__ import annotations
 
@@ -16,6 +18,25 @@ from genjax.errors import UserError
 ARCH_KEYS = ("family", "model")
 # These change the params' layout: the message says how to convert.
 LAYOUT_KEYS = {"model.scan_layers": "python -m genjax.scan_convert --workdir=OLD --out=NEW"}
+
+
+def check_same_tokenizer(source: dict, data_meta: dict, where: str, *, role: str,
+                         needs: str) -> None:
+    """UserError unless the run whose checkpoint meta is `source` (the `role`, at `where`:
+    a teacher, a reward model) was trained with the tokenizer of this run's data."""
+    t, s = source["data"].get("tokenizer"), data_meta["tokenizer"]
+    if t != s:
+        raise UserError(f"{role} {where!r} was trained with another tokenizer than this "
+                        f"run's data ({_describe(t)} vs {_describe(s)}): {needs} needs "
+                        "the same tokenizer")
+
+
+def _describe(tok) -> str:
+    """'char, 65 symbols' for a tokenizer's JSON (checkpoint meta)."""
+    if isinstance(tok, dict):
+        size = len(tok.get("vocab", ())) or tok.get("vocab_size", "?")
+        return f"{tok.get('kind', '?')}, {size} symbols"
+    return str(tok)[:40]
 
 
 def check_same_model(saved_meta: dict, config, runtime_keys: tuple[str, ...] = ()) -> None:

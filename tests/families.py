@@ -31,7 +31,9 @@ VARIANTS = {"lm+lora": ("lm", LORA), "diffusion+lora": ("diffusion", LORA),
                                                                  "model.dropout": 0.0}),
             # half of each batch continued by the student's own samples (GKD), decoded in
             # the step with its key: the resume test checks that they come back bit for bit
-            "distill+on_policy": ("distill", {"distill.on_policy": 0.5})}
+            "distill+on_policy": ("distill", {"distill.on_policy": 0.5}),
+            # RLHF: a learned reward model (here fresh, with a random head) is the reward
+            "rl+reward_model": ("rl", {"rl.reward": "model", "rl.random_reward_model": True})}
 SPECS = FAMILIES + tuple(VARIANTS)
 
 # The short run: 6 steps, a loss every step, EMA that moves, 2 data-parallel devices.

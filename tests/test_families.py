@@ -35,6 +35,9 @@ GOLDEN_LOSS["diffusion_distill+guidance"] = 0.515012
 # Half the rows continued by the student's samples: a pinned value (the formula is checked
 # against float64 numpy on independently decoded samples in tests/test_distill_on_policy.py).
 GOLDEN_LOSS["distill+on_policy"] = 2.086005
+# RL on a fresh reward model with a random head: -(its mean score of the step-0 rollouts),
+# the KL being 0 at step 0; that score is reward.pair_rewards' (tests/test_rl_reward_model.py).
+GOLDEN_LOSS["rl+reward_model"] = -0.011096
 GOLDEN_MADE_WITH = {"jax": "0.10.2", "jaxlib": "0.10.2"}
 REGENERATE = "python -m tests.test_families"
 

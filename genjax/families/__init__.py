@@ -91,6 +91,10 @@ CAPABILITIES = {
                           "the abstract params init_from restores (default: state.params)"),
     "load_pretrained": ("load_pretrained(state, src_params, config)",
                         "-> state with init_from's params placed (default: params and EMA)"),
+    "frozen_from": ("frozen_from(config)",
+                    "-> {model_state key: run path (W, W/checkpoints/<step>)}: frozen params "
+                    "of other runs (a reward model), restored into model_state[key] at a "
+                    "fresh start after init_from; a resume reads them from its checkpoint"),
     "reference_params": ("reference_params(model_state, params)",
                          "the frozen reference policy's params kept in the checkpointed "
                          "model_state, cast like `params` (the alignment evaluator)"),
@@ -110,7 +114,7 @@ _PROBES = {
     "sample_labels": ((1, 1), dict(label=None)), "conditioning": ((1,), {}),
     "sample_arrays": ((1, 1, 1, 1, 1), {}), "merge_params": ((1, 1), {}),
     "pretrained_target": ((1,), {}), "load_pretrained": ((1, 1, 1), {}),
-    "reference_params": ((1, 1), {}),
+    "frozen_from": ((1,), {}), "reference_params": ((1, 1), {}),
 }
 _TUPLES = ("likelihood_metrics", "sample_options", "runtime_keys")
 
@@ -205,6 +209,12 @@ def load_pretrained(family: ModuleType, state, src_params, config):
     if jax.tree_util.tree_leaves(state.ema_params):
         state = state.replace(ema_params=jax.tree_util.tree_map(lambda x: x.copy(), src_params))
     return state
+
+
+def frozen_from(family: ModuleType, config) -> dict[str, str]:
+    """{model_state key: run path} of the frozen models restored from other runs at a
+    fresh start (the family's `frozen_from`), {} for most families."""
+    return dict(family.frozen_from(config)) if has(family, "frozen_from") else {}
 
 
 def reference_params(family: ModuleType, model_state, params):

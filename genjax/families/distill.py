@@ -63,7 +63,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from genjax import checkpoint as ckpt_lib
-from genjax import config_lib
+from genjax import config_lib, same_model
 from genjax.errors import ConfigError, UserError
 from genjax.families import lm, rl
 from genjax.models import transformer
@@ -318,7 +318,8 @@ def resolve_config(config, data) -> None:
     check_on_policy(config)
     if config.init_from:
         meta = teacher_meta(config.init_from)
-        check_same_tokenizer(meta, data.meta(), config.init_from)
+        same_model.check_same_tokenizer(meta, data.meta(), config.init_from, role="teacher",
+                                        needs="distillation")
         saved = meta["config"]["model"]
         for k in config.distill.teacher_model:
             if k in saved:
@@ -341,19 +342,3 @@ def teacher_meta(init_from: str) -> dict:
         raise UserError(f"teacher {init_from!r} is a {family!r} run: distillation needs a "
                         "plain LM checkpoint (merge LoRA first: python -m genjax.lora merge)")
     return meta
-
-
-def check_same_tokenizer(teacher: dict, data_meta: dict, where: str) -> None:
-    t, s = teacher["data"]["tokenizer"], data_meta["tokenizer"]
-    if t != s:
-        raise UserError(f"teacher {where!r} was trained with another tokenizer than this "
-                        f"run's data ({_describe(t)} vs {_describe(s)}): distillation needs "
-                        "the same tokenizer")
-
-
-def _describe(tok) -> str:
-    """'char, 65 symbols' for a tokenizer's JSON (checkpoint meta)."""
-    if isinstance(tok, dict):
-        size = len(tok.get("vocab", ())) or tok.get("vocab_size", "?")
-        return f"{tok.get('kind', '?')}, {size} symbols"
-    return str(tok)[:40]

@@ -39,7 +39,8 @@ BASE = "lora_base"  # model_state key of the frozen base params
 # Exports of the wrapped family passed through unchanged (none of them takes params).
 PASSTHROUGH = ("make_model", "example_batch", "make_data", "resolve_config", "finalize_eval",
                "flops_per_example", "throughput_unit", "likelihood_metrics", "runtime_keys",
-               "text_tokenizer", "sample_options", "sample_labels", "conditioning")
+               "text_tokenizer", "sample_options", "sample_labels", "conditioning",
+               "frozen_from")
 
 
 def enabled(config) -> bool:

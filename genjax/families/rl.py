@@ -1,5 +1,8 @@
-"""Online RL of the LM transformer with a KL leash: REINFORCE with a leave-one-out baseline
+r"""Online RL of the LM transformer with a KL leash: REINFORCE with a leave-one-out baseline
 (RLOO, Ahmadian et al. 2024), rollouts sampled inside the train step.
+
+  python -m genjax.train --config=configs/rl_shakespeare.py:cpu --workdir=runs/rl_cpu \
+      --config.init_from=runs/lm_cpu --config.rl.reward_from=runs/rm_cpu
 
 Batch: the preference batch (genjax/data/preferences.py); only the prompts are used:
 row 0's tokens before its first completion target (at most P = T - N of them, N =
@@ -12,33 +15,56 @@ same rollouts, bit for bit):
      the frozen reference (model_state["reference"]; the LoRA base under LoRA). At step 0
      the decoder's and the teacher-forced log-probs agree (1e-5): the first importance
      ratio is 1 (logged as ratio_error, max |log ratio| per token).
-  3. Reward: the gold reward, the share of completion tokens in config.rl.reward_ids
-     (resolve_config fills it from config.rl.reward_chars with the tokenizer: lower-case
-     letters and spaces = readable prose); KL folded in: r - beta (log pi - log ref)
-     summed over the completion (k1 estimate).
+  3. Reward r (config.rl.reward):
+       model  the learned reward model (genjax/families/reward.py) of the run
+              config.rl.reward_from: its score of prompt + completion [P + N tokens],
+              read at the last completion token, as the reward family scores a pair.
+       chars  the gold reward (ablation): the share of completion tokens in
+              config.rl.reward_ids (resolve_config fills it from config.rl.reward_chars
+              with the tokenizer: lower-case letters and spaces = readable prose).
+     KL folded in: r - beta (log pi - log ref) summed over the completion (k1 estimate).
   4. Advantages: RLOO over the K samples of each prompt. The loss's value is the negated
      objective -mean(shaped reward); its gradient is -mean(A grad log pi(y)).
-Logged: reward (gold), kl (k1), shaped reward, ratio_error. Not offered yet: a reward
-model as the reward, PPO clipping, a value head.
+
+The reward model: frozen params in model_state["reward"] (checkpointed, sharded by their
+logical names, never differentiated, no optimizer state: distill's teacher pattern). Its
+architecture is read from reward_from's checkpoint into config.rl.reward_model
+(resolve_config), its tokenizer must be the tokenizer of this run's data, its max_len
+must hold the rollouts (the policy's model.max_len), and it must be a `reward` run; each
+is one error line before anything is written. Its raw params (not EMA) are placed at a
+fresh start (the `frozen_from` capability; a resume reads them from the checkpoint).
+"model" is the default: RLHF optimises the learned reward; "chars" is the ablation (with
+reward_from set the model is still loaded and its score logged). Without reward_from,
+rl.random_reward_model (tests) uses a fresh reward model with a random head.
+
+Logged: reward (the r optimised), reward_chars (always), reward_model (the model's score,
+when one is loaded), kl (k1), shaped reward, ratio_error. Not offered yet: PPO clipping,
+a value head, a reward model with another tokenizer than the policy's.
 """
 from __future__ import annotations
+
+import math
+import types
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from genjax import preference
-from genjax.families import dpo, lm
+from genjax import checkpoint as ckpt_lib
+from genjax import config_lib, optim, preference, same_model
+from genjax.errors import ConfigError, UserError
+from genjax.families import dpo, lm, reward
 from genjax.sampling import lm as decoder
+
+REWARD = "reward"             # model_state key of the frozen reward model's params
+REWARDS = ("model", "chars")  # config.rl.reward choices
 
 # Capabilities (genjax/families/__init__.py): the policy is an LM
 make_model = lm.make_model
-flops_per_example = lm.flops_per_example
 text_tokenizer = lm.text_tokenizer
 sample_text = lm.sample_text
 runtime_keys = ("model.attention_impl",)
 example_batch = dpo.example_batch
-init_variables = dpo.init_variables
 load_pretrained = dpo.load_pretrained
 make_data = dpo.make_data
 finalize_eval = dpo.finalize_eval
@@ -46,11 +72,111 @@ reference_params = dpo.reference_params
 
 
 def resolve_config(config, data) -> None:
-    """The LM's vocabulary, and config.rl.reward_ids from reward_chars when empty."""
+    """The LM's vocabulary; config.rl.reward_ids from reward_chars when empty; the reward
+    model's architecture from rl.reward_from's checkpoint, checked (module docstring)."""
     lm.resolve_config(config, data)
-    if not config.rl.reward_ids:
+    c = config.rl
+    if not c.reward_ids:
         vocab = getattr(data.tokenizer, "vocab", [])
-        config.rl.reward_ids = tuple(i for i, c in enumerate(vocab) if c in config.rl.reward_chars)
+        c.reward_ids = tuple(i for i, ch in enumerate(vocab) if ch in c.reward_chars)
+    kind = reward_kind(config)
+    if c.reward_from:
+        meta = reward_meta(c.reward_from)
+        same_model.check_same_tokenizer(meta, data.meta(), c.reward_from,
+                                        role="reward model", needs="scoring its samples")
+        saved = meta["config"]["model"]
+        how = {k.split(".", 1)[1] for k in lm.runtime_keys}  # kernels, remat: this run's
+        for k in c.reward_model:
+            if k in saved and k not in how:
+                c.reward_model[k] = saved[k]
+    elif kind == "model" and not c.random_reward_model:
+        raise ConfigError("config.rl.reward='model' needs config.rl.reward_from=WORKDIR of a "
+                          "`reward` run (configs/reward_shakespeare.py), or "
+                          "config.rl.reward=chars for the gold-reward ablation")
+    if uses_reward_model(config):
+        if not c.reward_model.vocab_size:
+            c.reward_model.vocab_size = config.model.vocab_size
+        T, R = int(config.model.max_len), int(c.reward_model.max_len)
+        if R < T:
+            raise ConfigError(f"config.rl: rollouts are model.max_len={T} tokens (prompt + "
+                              f"rl.max_new_tokens) but the reward model reads at most {R} "
+                              f"(its max_len): use a policy with model.max_len <= {R}")
+
+
+def reward_kind(config) -> str:
+    """config.rl.reward, checked: "model" | "chars" (runs saved before the key existed
+    used the gold reward)."""
+    kind = str(config.rl.get("reward", "chars"))
+    if kind not in REWARDS:
+        raise ConfigError(f"config.rl.reward={kind!r}: choose one of {REWARDS}")
+    return kind
+
+
+def uses_reward_model(config) -> bool:
+    """Whether model_state holds a reward model: it is the reward, or reward_from names one
+    (the chars ablation then logs its score too)."""
+    return reward_kind(config) == "model" or bool(config.rl.get("reward_from", ""))
+
+
+def reward_meta(path: str) -> dict:
+    """The checkpoint meta of the reward run at `path` (UserError if it is none)."""
+    meta = ckpt_lib.run_meta(path, "config.rl.reward_from")
+    family = meta.get("family", meta.get("config", {}).get("family"))
+    if family != "reward":
+        raise UserError(f"config.rl.reward_from={path!r} is a {family!r} run: it must be a "
+                        "reward-model run (family reward, configs/reward_shakespeare.py)")
+    return meta
+
+
+def reward_view(config):
+    """An object with `.model` = the reward model's keys (config.rl.reward_model; vocab_size
+    0 = the policy's) and the run's compute dtype."""
+    model = config_lib.ConfigDict(config_lib.to_dict(config.rl.reward_model))
+    if not model.vocab_size:
+        model.vocab_size = config.model.vocab_size
+    return types.SimpleNamespace(model=model, compute_dtype=config.compute_dtype)
+
+
+def reward_model_of(config):
+    return reward.make_model(reward_view(config))
+
+
+def init_variables(model, rng, batch, config) -> dict:
+    """The policy and reference (dpo's), plus model_state["reward"] when a reward model is
+    used: placeholder values (random head) that reward_from's replace at a fresh start;
+    kept as they are with rl.random_reward_model (tests: scores that vary)."""
+    variables = dpo.init_variables(model, rng, batch, config)
+    if uses_reward_model(config):
+        rm = reward_model_of(config)
+        tokens = jnp.asarray(batch["tokens"][:, 0, :-1])
+        key_body, key_head = jax.random.split(jax.random.fold_in(rng, 2))
+        params = dict(rm.init({"params": key_body}, tokens,
+                              jnp.zeros(tokens.shape[0], jnp.int32))["params"])
+        w = params["head_w"]
+        V = int(rm.body.vocab_size)
+        params["head_w"] = w.replace_boxed(jax.random.normal(key_head, (V,)) / math.sqrt(V))
+        variables[REWARD] = params
+    return variables
+
+
+def frozen_from(config) -> dict[str, str]:
+    """rl.reward_from's params become model_state["reward"] at a fresh start."""
+    return {REWARD: str(config.rl.reward_from)} if config.rl.reward_from else {}
+
+
+def flops_per_example(config) -> float:
+    """The policy's (6N per token) + the reward model's forward (2N per token), when used;
+    decoding is not counted."""
+    rm = lm.flops_per_example(reward_view(config)) / 3 if uses_reward_model(config) else 0.0
+    return lm.flops_per_example(config) + rm
+
+
+def model_reward(model_state, seq_BxL, last_B, config) -> jax.Array:
+    """The frozen reward model's score of each sequence read at position last_B (its last
+    completion token), float32[B]; the reward family's model.apply (reward.pair_rewards)."""
+    rm = reward_model_of(config)
+    params = optim.cast_floating(jax.lax.stop_gradient(model_state[REWARD]), rm.body.dtype)
+    return rm.apply({"params": params}, seq_BxL, last_B, train=False)
 
 
 def prompts_of(batch, width: int):
@@ -103,7 +229,10 @@ def rollout_terms(params, model_state, batch, rng, *, model, config):
     logp = token_logps(model, params, seq)
     ref = token_logps(model, dpo.reference_params(model_state, params), seq)
     logp_seq, ref_seq = jnp.sum(logp * mask, -1), jnp.sum(ref * mask, -1)
-    reward = gold_reward(out.tokens_BxN, c.reward_ids)
+    scores = {"reward_chars": gold_reward(out.tokens_BxN, c.reward_ids)}
+    if uses_reward_model(config):
+        scores["reward_model"] = model_reward(model_state, seq, lengths + N - 1, config)
+    reward = scores["reward_model" if reward_kind(config) == "model" else "reward_chars"]
     shaped = preference.kl_shaped_reward(reward, jax.lax.stop_gradient(logp_seq), ref_seq,
                                          float(c.beta))
     adv = preference.rloo_advantages(shaped.reshape(-1, K)).reshape(-1)
@@ -114,8 +243,8 @@ def rollout_terms(params, model_state, batch, rng, *, model, config):
     sg = jax.lax.stop_gradient
     surrogate = -sg(adv) * (logp_seq - sg(logp_seq)) - sg(shaped)
     return surrogate, {
-        "reward": reward, "kl": jax.lax.stop_gradient(logp_seq) - ref_seq, "shaped": shaped,
-        "ratio_error": jnp.max(per_token_gap, -1), "logp_drawn": drawn}
+        "reward": reward, **scores, "kl": jax.lax.stop_gradient(logp_seq) - ref_seq,
+        "shaped": shaped, "ratio_error": jnp.max(per_token_gap, -1), "logp_drawn": drawn}
 
 
 def _scatter(logp_BxN, lengths_B, shape):
@@ -133,13 +262,13 @@ def loss_fn(params, model_state, batch, rng, *, model, config):
 
 
 def eval_fn(params, model_state, batch, *, model, config):
-    """Held-out prompts: gold reward and k1 KL of greedy-free samples (fixed key 0)."""
+    """Held-out prompts: the rewards and k1 KL of K samples each (fixed key 0), summed."""
     _, per = rollout_terms(params, model_state, batch, jax.random.key(0), model=model,
                            config=config)
     K = int(config.rl.samples)
     real = jnp.repeat((jnp.sum(batch["mask"], axis=(1, 2)) > 0).astype(jnp.float32), K)
-    return {"reward": jnp.sum(per["reward"] * real), "kl": jnp.sum(per["kl"] * real),
-            "count": jnp.sum(real)}
+    keys = ("reward", "reward_chars", "reward_model", "kl")
+    return {**{k: jnp.sum(per[k] * real) for k in keys if k in per}, "count": jnp.sum(real)}
 
 
 def param_labels(params, config):
