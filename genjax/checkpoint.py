@@ -300,33 +300,27 @@ class Checkpointer:
 
     def restore_params(self, step: int | None, abstract_params, which="raw", source="init_from"):
         """Params only (for `source`: init_from's, or another config key's run), onto
-        `abstract_params`' shardings. which: "raw" (the trained params) | "ema" (their EMA,
-        what the source's samples use; an error if the source kept none)."""
+        `abstract_params`' shardings. which: "raw" | "ema" (what the source's samples use)."""
         step = self.latest_step() if step is None else step
         if step is None:
             raise UserError(f"{source}: no checkpoint in {self.directory}")
-        if which not in ("raw", "ema"):
+        key = {"raw": "params", "ema": "ema_params"}.get(which)
+        if key is None:
             raise UserError(f"init_from_params={which!r}: use raw or ema")
-        key = {"raw": "params", "ema": "ema_params"}[which]
-        saved = self.manager.metadata(step).item_metadata
-        saved_params = _tree_of(saved, "state")[key]
-        if which == "ema" and not jax.tree_util.tree_leaves(saved_params):
-            raise UserError(f"init_from_params=ema: {self.directory} step {step} kept no EMA "
-                            "params (its optim.ema_decay was 0); use init_from_params=raw")
+        saved_params = _tree_of(self.manager.metadata(step).item_metadata, "state")[key]
+        if key == "ema_params" and not jax.tree_util.tree_leaves(saved_params):
+            raise UserError(f"init_from_params=ema: {self.directory} kept no EMA params")
         problems = tree_mismatches(saved_params, abstract_params)
         _check_layout(saved_params, abstract_params, self.directory)
         if problems:
             raise UserError(f"{source}: params do not match this model:\n  " +
                             "\n  ".join(problems[:20]))
-        # The state item was written by the standard handler; its files are a PyTree
-        # checkpoint, which PyTreeRestore reads partially (params only, not the optimizer).
+        # The state item is a PyTree checkpoint: read partially (params, not the optimizer).
         path = os.path.join(self.directory, str(step), "state")
-        args = ocp.args.PyTreeRestore(
-            item={key: abstract_params},
-            restore_args=jax.tree_util.tree_map(
-                lambda a: ocp.ArrayRestoreArgs(sharding=a.sharding, dtype=a.dtype),
-                {key: abstract_params}),
-            partial_restore=True)
+        item = {key: abstract_params}
+        restore_args = jax.tree_util.tree_map(
+            lambda a: ocp.ArrayRestoreArgs(sharding=a.sharding, dtype=a.dtype), item)
+        args = ocp.args.PyTreeRestore(item=item, restore_args=restore_args, partial_restore=True)
         with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as reader:
             return reader.restore(path, args=args)[key]
 

@@ -128,7 +128,9 @@ def _docstrings(tree):
 
 
 # Strings equal to a family name that are not one: (file, string) -> why.
-NOT_A_FAMILY = {("genjax/sampling/postprocess.py", "classifier"): "a text filter hook's name"}
+NOT_A_FAMILY = {("genjax/sampling/postprocess.py", "classifier"): "a text filter hook's name",
+                ("genjax/data/sample_image_preferences.py", "reward"): "a data card field",
+                ("genjax/data/sampled_image_pairs.py", "reward"): "a data card field"}
 
 
 def test_genjax_names_no_family_outside_families():
