@@ -28,10 +28,21 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 import pytest  # noqa: E402
 
 
+def _session_root(tmp_path_factory, request):
+    """The session's temporary root; under pytest-xdist the one common to its workers."""
+    root = tmp_path_factory.getbasetemp()
+    if hasattr(request.config, "workerinput"):  # a pytest-xdist worker
+        root = root.parent
+    return root
+
+
 @pytest.fixture(scope="session")
-def data_dir(tmp_path_factory):
-    """One prepared-data directory for the whole session (built on first use)."""
-    path = os.environ.get("GENJAX_TEST_DATA_DIR") or str(tmp_path_factory.mktemp("tfds"))
+def data_dir(tmp_path_factory, request):
+    """One prepared-data directory for the whole session, common to the pytest-xdist
+    workers (each dataset is built on first use, once: genjax/data/build_lock.py)."""
+    path = os.environ.get("GENJAX_TEST_DATA_DIR") or str(
+        _session_root(tmp_path_factory, request) / "tfds")
+    os.makedirs(path, exist_ok=True)
     os.environ["GENJAX_DATA_DIR"] = path
     return path
 
@@ -46,9 +57,7 @@ def tiny_run(tmp_path_factory, data_dir, request):
     import json
     from genjax import train
     from tests.families import run_config
-    root = tmp_path_factory.getbasetemp()
-    if hasattr(request.config, "workerinput"):  # a pytest-xdist worker
-        root = root.parent  # common to the workers of this session
+    root = _session_root(tmp_path_factory, request)
     runs = {}
 
     def get(family: str):

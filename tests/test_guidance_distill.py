@@ -193,10 +193,12 @@ def test_guidance_from_a_run_then_a_progressive_round_keeps_g_and_samples_in_one
     assert saved["model"]["guidance_input"] is True
     r = inference.load(str(tmp_path / "r"))
     assert "guidance_embed" in r.params
-    proc = run_module("genjax.sample", f"--workdir={tmp_path / 'r'}", "--guidance=2",
-                      "--num_samples=2", f"--out={tmp_path / 's.png'}")
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert (tmp_path / "s.png").exists()
+    # its sampler takes g (the command line's --guidance on such a student:
+    # test_the_guided_student_samples_by_the_command_line)
+    images = family.sample_images(r.model, r.params, r.config, jax.random.PRNGKey(0), 2,
+                                  guidance=2.0)
+    assert images.shape == (2, *image_shape(r.config))
+    assert np.all(np.isfinite(images)) and float(jnp.max(jnp.abs(images))) <= 1.0
 
 
 def test_a_student_without_g_refuses_guidance_in_one_line(tiny_run):

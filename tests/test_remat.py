@@ -1,4 +1,5 @@
-"""Rematerialisation changes memory, never the math: same loss and gradients (fp32)."""
+"""Rematerialisation changes memory, never the math: same loss and gradients (fp32), jitted
+as training runs them (XLA sees the checkpoints; eagerly each op would compile alone)."""
 import re
 
 import jax
@@ -27,15 +28,16 @@ def test_lm_remat_gives_the_loss_and_grads_of_no_remat(policy):
     kw = dict(vocab_size=64, num_layers=3, num_heads=2, embed_dim=32, max_len=16)
     plain, rem = transformer.Transformer(**kw), transformer.Transformer(**kw, remat=policy)
     tokens = jax.random.randint(jax.random.PRNGKey(0), (2, 17), 0, 64)
-    params = plain.init(jax.random.PRNGKey(1), tokens[:, :-1])["params"]
-    assert jax.tree_util.tree_structure(rem.init(jax.random.PRNGKey(1), tokens[:, :-1])["params"]) \
+    params = jax.jit(plain.init)(jax.random.PRNGKey(1), tokens[:, :-1])["params"]
+    assert jax.tree_util.tree_structure(
+        jax.eval_shape(rem.init, jax.random.PRNGKey(1), tokens[:, :-1])["params"]) \
         == jax.tree_util.tree_structure(params), "remat must not change the params' names"
 
     def loss(model, p):
         logits = model.apply({"params": p}, tokens[:, :-1])
         return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), tokens[:, 1:, None], -1))
 
-    (l0, g0), (l1, g1) = (jax.value_and_grad(lambda p, m=m: loss(m, p))(params)
+    (l0, g0), (l1, g1) = (jax.jit(jax.value_and_grad(lambda p, m=m: loss(m, p)))(params)
                           for m in (plain, rem))
     np.testing.assert_allclose(float(l1), float(l0), rtol=1e-6)
     _grads_close(g1, g0)
@@ -51,13 +53,13 @@ def test_unet_remat_gives_the_loss_and_grads_of_no_remat(policy):
     rem = plain.clone(remat=policy)
     x = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 8, 1))
     t, y = jnp.array([3, 70]), jnp.array([0, 2])
-    params = plain.init(jax.random.PRNGKey(1), x, t, y)["params"]
+    params = jax.jit(plain.init)(jax.random.PRNGKey(1), x, t, y)["params"]
     target = jax.random.normal(jax.random.PRNGKey(2), x.shape)
 
     def loss(model, p):
         return jnp.mean((model.apply({"params": p}, x, t, y, train=True) - target) ** 2)
 
-    (l0, g0), (l1, g1) = (jax.value_and_grad(lambda p, m=m: loss(m, p))(params)
+    (l0, g0), (l1, g1) = (jax.jit(jax.value_and_grad(lambda p, m=m: loss(m, p)))(params)
                           for m in (plain, rem))
     np.testing.assert_allclose(float(l1), float(l0), rtol=1e-6)
     _grads_close(g1, g0)

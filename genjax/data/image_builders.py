@@ -28,7 +28,7 @@ import tensorflow_datasets as tfds
 from etils import epath
 
 from genjax.errors import UserError
-from genjax.data import data_card
+from genjax.data import build_lock, data_card
 from genjax.data.idx import read_idx
 
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
@@ -370,14 +370,19 @@ def prepare_images(name_or_path: str, data_dir: str = "", **kwargs) -> tfds.core
                 f".download_and_prepare(file_format='array_record')\"")
         return builder
     if not builder.is_prepared():
-        try:
-            builder.download_and_prepare(
-                download_config=tfds.download.DownloadConfig(try_download_gcs=False))
-        except OSError:
-            # Another process sharing data_dir renamed its finished copy into place first.
+        with build_lock.building(data_dir, builder.data_dir):
+            # another process may have built it while this one waited
             builder = _own_builder(name_or_path, data_dir, kwargs)
             if not builder.is_prepared():
-                raise
+                try:
+                    builder.download_and_prepare(
+                        download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+                except OSError:
+                    # Another process sharing data_dir renamed its finished copy into place
+                    # first (one that build_lock does not reach: another host).
+                    builder = _own_builder(name_or_path, data_dir, kwargs)
+                    if not builder.is_prepared():
+                        raise
     if not data_card.has_card(builder.data_dir):
         write_card(builder)
     return builder

@@ -32,7 +32,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
-from genjax.data import cleaning, data_card, shakespeare
+from genjax.data import build_lock, cleaning, data_card, shakespeare
 from genjax.data.tokenizer import CharTokenizer, load_tokenizer
 
 # tfds' own lookup of a builder's source file needs the `importlib_resources` backport
@@ -215,15 +215,20 @@ def prepare(name_or_path: str, data_dir: str = "",
     data_dir = default_data_dir(data_dir)
     builder = _builder(name_or_path, data_dir, cleaning_pipeline)
     if not builder.is_prepared():
-        try:
-            builder.download_and_prepare(
-                download_config=tfds.download.DownloadConfig(try_download_gcs=False),
-                file_format="array_record")
-        except OSError:
-            # Another process sharing data_dir renamed its finished copy into place first.
+        with build_lock.building(data_dir, builder.data_dir):
+            # another process may have built it while this one waited
             builder = _builder(name_or_path, data_dir, cleaning_pipeline)
             if not builder.is_prepared():
-                raise
+                try:
+                    builder.download_and_prepare(
+                        download_config=tfds.download.DownloadConfig(try_download_gcs=False),
+                        file_format="array_record")
+                except OSError:
+                    # Another process sharing data_dir renamed its finished copy into place
+                    # first (one that build_lock does not reach: another host).
+                    builder = _builder(name_or_path, data_dir, cleaning_pipeline)
+                    if not builder.is_prepared():
+                        raise
     if not data_card.has_card(builder.data_dir):
         write_card(builder)
     return builder

@@ -1,0 +1,21 @@
+"""One builder of a dataset at a time: processes that share a data_dir (the processes of a
+multi-process run on one host, pytest-xdist workers) wait for the first one to finish
+building a dataset instead of building it again. An flock: the kernel releases it when its
+holder exits, even by SIGKILL. Where flock does not reach (another host on a network file
+system), the builders' fallback still holds: the first finished copy is renamed into place
+and the others read it.
+"""
+import contextlib
+import fcntl
+import os
+
+
+@contextlib.contextmanager
+def building(data_dir: str, dataset_dir: str):
+    """Holds `<data_dir>/.build-<dataset_dir relative to data_dir, '/' -> '_'>.lock`
+    for the `with` block; `dataset_dir` is the builder's (unprepared) data_dir."""
+    os.makedirs(data_dir, exist_ok=True)
+    name = os.path.relpath(dataset_dir, data_dir).replace(os.sep, "_")
+    with open(os.path.join(data_dir, f".build-{name}.lock"), "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
