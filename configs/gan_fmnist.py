@@ -70,6 +70,8 @@ def get_config(arg: str | None = None):
     c.model.r1_gamma = 0.0         # R1 weight on real images (0 = off); StyleGAN2-ADA heuristic
                                    # 2e-4 * res^2 / batch gives ~0.01 at 32x32 (10 for 1024^2)
     c.model.spectral_norm = True   # spectral normalisation of D (u vectors in model_state)
+    c.model.d_norm = "none"        # none | batch (DCGAN: D's convs after the first; real and
+                                   # fake batches then go through D separately)
     c.model.mbstd_group = 0        # > 0: D sees the minibatch std over groups of this many
                                    # (Karras et al. 2018), the cure for a collapsed G
     c.model.class_conditional = False  # True: label embedding in G, projection D

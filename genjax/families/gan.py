@@ -43,6 +43,7 @@ def make_model(config) -> dcgan.DCGAN:
                        g_width=m.g_width, d_width=m.d_width, channel_mult=tuple(m.channel_mult),
                        num_classes=num_classes(config), spectral_norm=m.spectral_norm,
                        g_norm=m.g_norm, mbstd_group=m.get("mbstd_group", 0),  # runs before it: 0
+                       d_norm=m.get("d_norm", "none"),
                        dtype=jnp.dtype(config.compute_dtype))
 
 
@@ -72,6 +73,15 @@ def _g_loss(kind, d_fake):
     return -d_fake if kind == "hinge" else jax.nn.softplus(-d_fake)
 
 
+def _discriminate(model, variables, x, labels, model_state, update: bool = True):
+    """(D logits float32[B], model_state after the pass: power iteration advanced if update)."""
+    if model_state and update:
+        d, updates = model.apply(variables, x, labels, True, method="discriminate",
+                                 mutable=list(model_state))
+        return d, {**model_state, **updates}
+    return model.apply(variables, x, labels, method="discriminate"), model_state
+
+
 def player_losses(params, model_state, batch, rng, *, model, config, route: bool = True,
                   r1_gamma: float | None = None):
     """Per-example (loss_g, loss_d incl. R1, r1, d_real, d_fake) and the new model_state.
@@ -90,17 +100,19 @@ def player_losses(params, model_state, batch, rng, *, model, config, route: bool
     live = {"params": params, **model_state}
     fake = model.apply(live, z, labels, method="generate")
 
-    # Discriminator objective: live D params, fakes held fixed. One pass over real + fake;
-    # it alone advances the spectral-norm power iteration.
-    both_labels = None if labels is None else jnp.concatenate([labels, labels])
-    x_both = jnp.concatenate([x_real, sg(fake).astype(x_real.dtype)])
-    if model_state:
-        d_both, updates = model.apply(live, x_both, both_labels, True, method="discriminate",
-                                      mutable=list(model_state))
-        new_state = {**model_state, **updates}
+    # Discriminator objective: live D params, fakes held fixed. One pass over real + fake
+    # (it alone advances the spectral-norm power iteration) -- or, for a discriminator with
+    # batch statistics (model.d_norm=batch), one pass per half, so each half is normalised
+    # by its own statistics as in DCGAN (the real pass advances the power iteration).
+    fake_d = sg(fake).astype(x_real.dtype)
+    if config.model.get("d_norm", "none") == "batch":
+        d_real, new_state = _discriminate(model, live, x_real, labels, model_state)
+        d_fake, _ = _discriminate(model, live, fake_d, labels, model_state, update=False)
     else:
-        d_both, new_state = model.apply(live, x_both, both_labels, method="discriminate"), {}
-    d_real, d_fake = jnp.split(d_both, 2)
+        both_labels = None if labels is None else jnp.concatenate([labels, labels])
+        d_both, new_state = _discriminate(model, live, jnp.concatenate([x_real, fake_d]),
+                                          both_labels, model_state)
+        d_real, d_fake = jnp.split(d_both, 2)
     loss_d = _d_loss(kind, d_real, d_fake)
     r1 = jnp.zeros((B,), jnp.float32)
     if gamma:

@@ -166,14 +166,19 @@ class Discriminator(nn.Module):
     num_classes: int = 0                      # > 0: projection discriminator
     spectral_norm: bool = False
     mbstd_group: int = 0                      # > 0: minibatch-std channel before the head
+    norm: str = "none"                        # none | batch (DCGAN: all but the first conv)
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x_BxHxWxC, labels_B=None, update_stats: bool = False):
+        if self.norm not in ("none", "batch"):
+            raise ValueError(f"discriminator norm {self.norm!r}: choose none | batch")
         h = x_BxHxWxC
-        for mult in self.channel_mult:
+        for i, mult in enumerate(self.channel_mult):
             h = SNConv(self.width * mult, spectral_norm=self.spectral_norm, dtype=self.dtype)(
                 h, update_stats)
+            if self.norm == "batch" and i > 0:
+                h = BatchStatNorm(self.dtype)(h)
             h = sharding.constrain(nn.leaky_relu(h, 0.2), _ACT)
         if self.mbstd_group:
             h = minibatch_std(h, min(self.mbstd_group, h.shape[0]))
@@ -197,6 +202,7 @@ class DCGAN(nn.Module):
     spectral_norm: bool = False
     g_norm: str = "batch"
     mbstd_group: int = 0
+    d_norm: str = "none"
     dtype: jnp.dtype = jnp.float32
 
     def setup(self):
@@ -205,7 +211,7 @@ class DCGAN(nn.Module):
                                    self.dtype)
         self.discriminator = Discriminator(self.d_width, tuple(reversed(self.channel_mult)),
                                            self.num_classes, self.spectral_norm,
-                                           self.mbstd_group, self.dtype)
+                                           self.mbstd_group, self.d_norm, self.dtype)
 
     def generate(self, z_BxZ, labels_B=None):
         """-> float32[B, H, W, C] in [-1, 1]."""
