@@ -9,7 +9,9 @@ so d total / d generator = d loss_g / d generator and d total / d discriminator 
 d loss_d / d discriminator (tests/test_image_families.py checks both). Losses
 (`model.loss`): non_saturating (Goodfellow et al. 2014) | hinge (Lim & Ye 2017; Miyato
 et al. 2018). R1 = gamma/2 E ||grad_x D(x_real)||^2 (Mescheder et al. 2018). Fake images
-take the real batch's labels (class-conditional models).
+take the real batch's labels (class-conditional models). A discriminator with batch
+statistics (model.d_norm=batch, DCGAN) sees the real and the fake batch in separate passes,
+so neither half is normalised with the other's statistics.
 Updates: simultaneous by default; alternating / n_critic through
 config.optim.groups.<generator|discriminator>.every/offset (genjax/optim.py). Samples
 come from the EMA params when config.optim.ema_decay > 0 (EMA of both players).
