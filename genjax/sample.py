@@ -64,6 +64,8 @@ def define_flags():
     flags.DEFINE_string("label", None, "image families: class name or index (default: all)")
     flags.DEFINE_float("guidance", None, "diffusion: classifier-free guidance scale")
     flags.DEFINE_integer("steps", None, "diffusion: sampler steps")
+    flags.DEFINE_enum("prior", None, ["fitted", "standard"], "VAE: the mixture fitted to the "
+                      "training codes, or N(0, I)")
     flags.DEFINE_string("out", None, "image families: PNG grid (default W/samples.png) or "
                         ".npz (uint8 images + labels, for genjax.evaluate --samples)")
     flags.DEFINE_integer("batch_size", 250, "images: samples per sampler call for an .npz")
@@ -265,7 +267,7 @@ def sample_images(loaded, opts=None, probs_fn=None) -> str | None:
     def generate(k, seed):
         return np.asarray(jax.device_get(loaded.family.sample_images(
             loaded.model, loaded.params, loaded.config, jax.random.PRNGKey(seed), k,
-            **kwargs)))
+            model_state=loaded.model_state, **kwargs)))
 
     if opts.best_of > 1:
         ranked = best_of_n.best_of_n_images(
@@ -329,7 +331,7 @@ TEXT_FLAGS = ("prompt", "max_new_tokens", "temperature", "top_k", "top_p", "min_
               "best_of", "blocklist", "blocklist_regex", "redact")
 IMAGE_FLAGS = ("prompt", "label", "out", "best_of", "min_confidence", "batch_size")
 ARRAY_FLAGS = ("out",)
-OPTION_FLAGS = ("guidance", "steps", "temperature")  # image sampler options some families take
+OPTION_FLAGS = ("guidance", "steps", "temperature", "prior")  # image sampler options some families take
 _OFF = {"truncate": "error", "best_of": 1, "batch_size": 250}  # flag values that mean "not used"
 
 

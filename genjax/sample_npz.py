@@ -49,7 +49,8 @@ def write(loaded, opts, cond: dict) -> str:
         t0 = time.perf_counter()
         x = jax.block_until_ready(loaded.family.sample_images(
             loaded.model, loaded.params, loaded.config,
-            jax.random.PRNGKey(opts.seed + i // chunk), k, **kw, **options))
+            jax.random.PRNGKey(opts.seed + i // chunk), k, model_state=loaded.model_state,
+            **kw, **options))
         times.append((k, time.perf_counter() - t0))
         images.append(to_uint8(np.asarray(jax.device_get(x))))
         print(f"{i + k}/{n} samples ({k / times[-1][1]:.1f} images/s)", flush=True)

@@ -245,9 +245,9 @@ def _write_grid(run: _Run, step: int) -> None:
     family = families.for_inference(run.family)
     if not (jax.process_index() == 0 and n and families.has(family, "sample_images")):
         return
-    params, _, _ = assemble_lib.inference_params(run.parts, run.state, "ema")
+    params, model_state, _ = assemble_lib.inference_params(run.parts, run.state, "ema")
     images = family.sample_images(run.parts.model, params, run.config,
-                                      jax.random.PRNGKey(run.config.seed), n)
+                                  jax.random.PRNGKey(run.config.seed), n, model_state=model_state)
     save_grid(jax.device_get(images), os.path.join(run.workdir, "samples", f"step_{step}.png"))
 
 

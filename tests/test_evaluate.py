@@ -188,7 +188,7 @@ def test_set_overrides_one_setting_and_names_what_is_wrong():
 def test_sample_images_batches_one_shape_and_cycles_labels(tmp_path):
     calls = []
 
-    def sample_images(model, params, config, rng, n, label=None):
+    def sample_images(model, params, config, rng, n, label=None, model_state=None):
         calls.append(n)
         return np.broadcast_to(np.asarray(label, np.float32)[:, None, None, None] / 10,
                                (n, 2, 2, 1))
@@ -214,7 +214,7 @@ def test_evaluators_share_one_pool_of_samples(tmp_path):
     images; asking for more samples only the batches not drawn yet."""
     calls = []
 
-    def sample_images(model, params, config, rng, n, label=None):
+    def sample_images(model, params, config, rng, n, label=None, model_state=None):
         calls.append(n)
         return np.asarray(jax.random.normal(rng, (n, 2, 2, 1)))
 

@@ -183,9 +183,10 @@ def test_eval_returns_masked_sums_and_count(family):
 def test_sample_images_follow_the_label(family):
     c = tiny(family, class_conditional=True)
     b = fake_batch(c, 4)
-    mod, model, params, _ = init(family, c, b)
+    mod, model, params, state = init(family, c, b)
     labels = (3, 7) if family != "diffusion" else (None,)  # (diffusion compiles per call)
-    xs = [mod.sample_images(model, params, c, key(0), 3, label=label) for label in labels]
+    xs = [mod.sample_images(model, params, c, key(0), 3, label=label, model_state=state)
+          for label in labels]
     for x in xs:
         assert x.shape == (3, 32, 32, 1) and x.dtype == jnp.float32
         assert np.all(np.isfinite(x)) and float(jnp.std(x)) > 0  # not one constant image
@@ -198,12 +199,12 @@ def test_samples_are_split_over_the_params_mesh_and_equal_one_devices(family):
     """Params replicated on 8 devices (as genjax.inference.load places them): each device
     makes 1 of 8 samples, not all 8, and the samples equal those of one device."""
     c = tiny(family, class_conditional=True)
-    mod, model, params, _ = init(family, c, fake_batch(c, 4))
+    mod, model, params, state = init(family, c, fake_batch(c, 4))
     mesh = sharding.make_mesh(dict(data=8, fsdp=1, tensor=1))
     on_mesh = jax.device_put(params, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
     on_one = jax.device_put(params, jax.devices()[0])
-    x8 = mod.sample_images(model, on_mesh, c, jax.random.PRNGKey(0), 8)
-    x1 = mod.sample_images(model, on_one, c, jax.random.PRNGKey(0), 8)
+    x8 = mod.sample_images(model, on_mesh, c, jax.random.PRNGKey(0), 8, model_state=state)
+    x1 = mod.sample_images(model, on_one, c, jax.random.PRNGKey(0), 8, model_state=state)
     assert x8.sharding.shard_shape(x8.shape)[0] == 1
     np.testing.assert_allclose(np.asarray(x8), np.asarray(x1), atol=1e-5)
 
@@ -469,8 +470,10 @@ def test_vae_reconstructions_and_interpolations():
 
 def test_vae_prior_temperature_scales_z():
     """Samples at temperature t decode t * z for the same draw z ~ N(0, I); t = 0 decodes
-    the prior's mean for every sample."""
+    the prior's mean for every sample (the standard prior; the fitted one:
+    tests/test_latent_prior.py)."""
     c = tiny("vae")
+    c.sample.prior = "standard"
     b = fake_batch(c, 3)
     mod, model, params, _ = init("vae", c, b)
     z = jax.random.normal(key(3), (4, model.latent_dim))

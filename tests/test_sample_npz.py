@@ -19,15 +19,15 @@ CLASSES = [f"c{i}" for i in range(10)]
 @pytest.fixture(scope="module")
 def loaded():
     c = tiny("gan", class_conditional=True)
-    mod, model, params, _ = init("gan", c, fake_batch(c, 4))
-    return types.SimpleNamespace(family=mod, model=model, params=params, config=c, step=7,
-                                 meta={"data": {"class_names": CLASSES}})
+    mod, model, params, state = init("gan", c, fake_batch(c, 4))
+    return types.SimpleNamespace(family=mod, model=model, params=params, model_state=state,
+                                 config=c, step=7, meta={"data": {"class_names": CLASSES}})
 
 
 def opts(out, **kw):
     base = dict(workdir="W", out=str(out), num_samples=7, batch_size=3, seed=5, label=None,
                 prompt=None, best_of=1, min_confidence=0.0, guidance=None, steps=None,
-                temperature=None)
+                temperature=None, prior=None)
     return types.SimpleNamespace(**{**base, **kw})
 
 

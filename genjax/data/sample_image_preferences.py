@@ -77,7 +77,8 @@ def draw(loaded, labels_P: np.ndarray, *, k: int, guidance: float, steps: int, s
                                                  np.int32)])
         x = loaded.family.sample_images(loaded.model, loaded.params, loaded.config,
                                         jax.random.fold_in(key, b), batch_size, label=padded,
-                                        guidance=guidance, steps=steps)
+                                        guidance=guidance, steps=steps,
+                                        model_state=loaded.model_state)
         out.append(image_grid.to_uint8(jax.device_get(x))[:len(labels)])
         if jax.process_index() == 0:
             print(f"{tag}: {start + len(labels)}/{n} samples "

@@ -265,7 +265,7 @@ class EvalContext:
             lab = None if labels is None else labels[i * b:(i + 1) * b]
             images.append(np.asarray(jax.device_get(self.family.sample_images(
                 self.model, self.params, self.config, jax.random.fold_in(key, i), b,
-                label=lab)), np.float32))
+                label=lab, model_state=self.model_state)), np.float32))
             if num_batches - first > 1 and ((i + 1 - first) % every == 0 or i + 1 == num_batches):
                 drawn = (i + 1 - first) * b
                 _progress(f"  sampled {min((i + 1) * b, n)}/{n} images "

@@ -75,7 +75,8 @@ CAPABILITIES = {
                     "-> [[Completion]] per prompt (genjax.sample, the text evaluator)"),
     "text_tokenizer": ("text_tokenizer(meta)", "the tokenizer saved in checkpoint meta"),
     "sample_images": ("sample_images(model, params, config, rng, num_samples, *, label=None, "
-                      "prompt=None, **sample_options)", "float32[N, H, W, C] in [-1, 1]"),
+                      "prompt=None, model_state=None, **sample_options)",
+                      "float32[N, H, W, C] in [-1, 1]"),
     "sample_options": ("sample_options: tuple[str, ...]",
                        "keyword options of sample_images (e.g. guidance, steps)"),
     "sample_labels": ("sample_labels(config, num_samples, label=None)",

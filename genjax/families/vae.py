@@ -11,6 +11,12 @@ training calls is kept in `model_state` ({"kl_warmup": {"count": int32}}), incre
 here; the step carries and checkpoints it like any other model state. (A skipped
 non-finite update does not count.)
 
+Sampling prior (`sample.prior`): "fitted" (default) draws z from a Gaussian mixture fitted to
+the posterior means of the last ~1 / (1 - model.prior_decay) training steps, one component
+per class (genjax/latent_prior.py; sums kept in model_state["latent_prior"]); "standard"
+draws from N(0, I), the training prior. Runs saved before the key existed sample from
+N(0, I).
+
 Eval (sums + "count"; the loop divides), per image, in nats unless named *_bpd:
   elbo, recon (E_q log p(x|z)), kl       single-sample-per-draw estimates over k draws
   nll_iwae   -log (1/k sum_i p(x, z_i) / q(z_i | x)), k = model.iwae_samples (Burda et al.
@@ -26,14 +32,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from genjax import sharding
+from genjax import latent_prior, sharding
+from genjax.errors import UserError
 from genjax.models import vae as vae_lib
 from genjax.families.image_seam import (  # noqa: F401  shared by the image families
     image_shape, make_data, num_classes, resolve_config, sample_labels, throughput_unit)
 
 
 likelihood_metrics = ("elbo", "nll_iwae", "elbo_bpd", "nll_bpd")  # capabilities
-sample_options = ("temperature",)  # capability: prior temperature (genjax.sample --temperature)
+sample_options = ("temperature", "prior")  # capability: genjax.sample --temperature, --prior
+PRIORS = ("fitted", "standard")
 
 
 # ---------------------------------------------------------------- model and batches
@@ -57,7 +65,15 @@ def init_variables(model, rng, batch, config) -> dict:
     b = len(batch["label"])
     variables = model.init({"params": rng}, jnp.asarray(batch["image"]),
                            jnp.asarray(batch["label"]), jnp.zeros((b, model.latent_dim)))
-    return {**variables, "kl_warmup": {"count": jnp.zeros((), jnp.int32)}}
+    variables = {**variables, "kl_warmup": {"count": jnp.zeros((), jnp.int32)}}
+    if "prior_decay" in config.model:  # runs saved before the fitted prior have none
+        variables["latent_prior"] = latent_prior.init(_prior_groups(config), model.latent_dim)
+    return variables
+
+
+def _prior_groups(config) -> int:
+    """Components of the fitted prior: the data's classes (resolve_config), else 1."""
+    return max(1, int(config.model.get("num_classes", 0) or 0))
 
 
 def _labels(batch, config):
@@ -93,7 +109,18 @@ def loss_fn(params, model_state, batch, rng, *, model, config):
     metrics = {"elbo": elbo, "recon": jnp.mean(recon_B), "kl": jnp.mean(kl_B), "kl_weight": w,
                "elbo_bpd": -elbo / (dims * math.log(2.0))}
     new_state = {**model_state, "kl_warmup": {"count": count + 1}}
+    if "latent_prior" in model_state:
+        groups = _prior_group_ids(batch, model_state["latent_prior"])
+        new_state["latent_prior"] = latent_prior.update(
+            model_state["latent_prior"], mean, groups, float(config.model.prior_decay))
     return loss, (metrics, new_state)
+
+
+def _prior_group_ids(batch, stats) -> jax.Array:
+    """Each example's prior component: its class (one group: all 0)."""
+    if stats["count"].shape[0] == 1 or "label" not in batch:
+        return jnp.zeros(batch["image"].shape[:1], jnp.int32)
+    return batch["label"].astype(jnp.int32)
 
 
 def eval_fn(params, model_state, batch, *, model, config):
@@ -135,17 +162,35 @@ def _decode_mean(model, params, z, labels):
 
 
 def sample_images(model, params, config, rng, num_samples: int, label=None,
-                  temperature=None, *, model_state=None) -> jax.Array:
-    """Prior samples z ~ N(0, t^2 I) decoded to the mean image: float32[N, H, W, C] in
-    [-1, 1]. (The mean, not a draw from p(x|z), whose pixel noise hides the picture.)
-    t = `temperature` (default config.sample.temperature, else 1): t < 1 keeps z where the
-    aggregate posterior has mass (the prior's tails decode to blends of garments), trading
-    diversity for fidelity as in Glow/NVAE's reduced-temperature sampling."""
+                  temperature=None, prior=None, *, model_state=None) -> jax.Array:
+    """Prior samples decoded to the mean image: float32[N, H, W, C] in [-1, 1]. (The mean,
+    not a draw from p(x|z), whose pixel noise hides the picture.)
+    prior (default config.sample.prior): "fitted" = the mixture fitted to the training codes
+    (model_state["latent_prior"]; `label` picks the class's component), "standard" = N(0, I).
+    z = mean + t * (the component's or N(0, I)'s noise), t = `temperature` (default
+    config.sample.temperature, else 1): t < 1 keeps z nearer the modes, trading diversity
+    for fidelity as in Glow/NVAE's reduced-temperature sampling."""
     t = float(config.sample.get("temperature", 1.0) if temperature is None else temperature)
     if t < 0:
         raise ValueError(f"temperature={t}: must be >= 0")
-    z = t * jax.random.normal(rng, (int(num_samples), model.latent_dim))
-    labels = sample_labels(config, int(num_samples), label)
+    kind = str(config.sample.get("prior", "standard") if prior is None else prior)
+    if kind not in PRIORS:
+        raise UserError(f"prior={kind!r}: choose one of {PRIORS}")
+    n = int(num_samples)
+    labels = sample_labels(config, n, label)
+    if kind == "standard":
+        z = t * jax.random.normal(rng, (n, model.latent_dim))
+    else:
+        stats = (model_state or {}).get("latent_prior")
+        if stats is None:
+            raise UserError("this VAE has no fitted prior (a run saved before it existed, or "
+                            "no model_state given): sample with prior=standard "
+                            "(genjax.sample --prior=standard)")
+        groups = None  # the component: the decoder's class, else `label`, else drawn
+        if stats["count"].shape[0] > 1 and (labels is not None or label is not None):
+            groups = labels if labels is not None else jnp.broadcast_to(
+                jnp.asarray(label, jnp.int32), (n,))
+        z = jax.jit(latent_prior.draw, static_argnums=2)(stats, rng, n, groups, t)
     z, labels = (sharding.split_like_params(a, params) for a in (z, labels))
     return jax.jit(_decode_mean, static_argnums=0)(model, params, z, labels)
 
