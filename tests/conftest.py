@@ -72,3 +72,26 @@ def tiny_run(tmp_path_factory, data_dir, request):
             runs[family] = workdir
         return runs[family]
     return get
+
+
+@pytest.fixture(scope="session")
+def copy_tiny_feature_net(tmp_path_factory, data_dir, request):
+    """copy_tiny_feature_net(cache_dir) -> the copy's folder: puts the evaluators' tiny
+    feature net (configs/fmnist_classifier.py:tiny) into `cache_dir` (a feature-net cache,
+    $GENJAX_CACHE_DIR/feature_net), where load_feature_net finds it. The net is trained on
+    first use (load_feature_net) once per session, in a folder the pytest-xdist workers
+    share (under a file lock) and nobody changes."""
+    import fcntl
+    import shutil
+    from configs import fmnist_classifier
+    from genjax import train
+    from genjax.evaluators import feature_net
+    cache = _session_root(tmp_path_factory, request) / "genjax_cache" / "feature_net"
+    cache.mkdir(parents=True, exist_ok=True)
+    with open(f"{cache}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        net_dir = feature_net.load_feature_net(
+            fmnist_classifier.get_config("tiny").data, preset="tiny", cache_dir=str(cache),
+            train_fn=train.train).directory
+    return lambda cache_dir: shutil.copytree(
+        net_dir, os.path.join(cache_dir, os.path.basename(net_dir)))
