@@ -10,6 +10,7 @@ Also set here, through the environment so that the subprocesses the tests launch
   XLA_FLAGS             8 fake devices here; subprocesses get theirs from tests/subproc.py;
                         both compile at -O0 (subproc.FAST_COMPILE).
 """
+import collections
 import os
 import sys
 import tempfile
@@ -26,6 +27,29 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
                       os.path.join(tempfile.gettempdir(), f"genjax-tests-xla-{os.getuid()}"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 import pytest  # noqa: E402
+
+# The test files that take longest, longest first (CPU seconds of the file run alone, `-n 0`,
+# on the idle 2 cores, 2026-12-02). `--dist loadfile` hands out whole files in collection
+# order (setup.cfg: --no-loadscope-reorder keeps ours), so a long file handed out last keeps
+# one worker busy while the other idles; xdist's own order (most tests first) put the long
+# one- and two-test files (demo, gpu_suite, multiprocess) last. Files not named here follow,
+# most tests first. Re-measure with `pytest -n 0 --durations=0 tests/test_X.py` when a file
+# gets much slower or a long one is added.
+LONGEST_FIRST = (
+    "test_families.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Orders the files: LONGEST_FIRST, then the others by number of tests (most first);
+    each file's tests stay together, in their order."""
+    missing = [f for f in LONGEST_FIRST if not os.path.exists(os.path.join(ROOT, "tests", f))]
+    if missing:
+        raise pytest.UsageError(f"tests/conftest.py LONGEST_FIRST names no such file: {missing}")
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    count = collections.Counter(item.path.name for item in items)
+    items.sort(key=lambda item: (rank.get(item.path.name, len(rank)), -count[item.path.name],
+                                 item.path.name))
 
 
 def _session_root(tmp_path_factory, request):
