@@ -36,7 +36,9 @@ import pytest  # noqa: E402
 # most tests first. Re-measure with `pytest -n 0 --durations=0 tests/test_X.py` when a file
 # gets much slower or a long one is added.
 LONGEST_FIRST = (
-    "test_families.py",
+    "test_families.py", "test_families_resume.py", "test_finetune_demo.py",
+    "test_guidance_distill.py", "test_multiprocess.py", "test_gpu_suite.py",
+    "test_text_to_image.py", "test_sweep.py",
 )
 
 
