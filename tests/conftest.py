@@ -10,6 +10,7 @@ Also set here, through the environment so that the subprocesses the tests launch
   XLA_FLAGS             8 fake devices here; subprocesses get theirs from tests/subproc.py;
                         both compile at -O0 (subproc.FAST_COMPILE).
 """
+import collections
 import os
 import sys
 import tempfile
@@ -26,6 +27,31 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
                       os.path.join(tempfile.gettempdir(), f"genjax-tests-xla-{os.getuid()}"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 import pytest  # noqa: E402
+
+# The test files that take longest, longest first (CPU seconds of the file run alone, `-n 0`,
+# on the idle 2 cores, 2026-12-02). `--dist loadfile` hands out whole files in collection
+# order (setup.cfg: --no-loadscope-reorder keeps ours), so a long file handed out last keeps
+# one worker busy while the other idles; xdist's own order (most tests first) put the long
+# one- and two-test files (demo, gpu_suite, multiprocess) last. Files not named here follow,
+# most tests first. Re-measure with `pytest -n 0 --durations=0 tests/test_X.py` when a file
+# gets much slower or a long one is added.
+LONGEST_FIRST = (
+    "test_families.py", "test_families_resume.py", "test_finetune_demo.py",
+    "test_guidance_distill.py", "test_multiprocess.py", "test_gpu_suite.py",
+    "test_text_to_image.py", "test_sweep.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Orders the files: LONGEST_FIRST, then the others by number of tests (most first);
+    each file's tests stay together, in their order."""
+    missing = [f for f in LONGEST_FIRST if not os.path.exists(os.path.join(ROOT, "tests", f))]
+    if missing:
+        raise pytest.UsageError(f"tests/conftest.py LONGEST_FIRST names no such file: {missing}")
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    count = collections.Counter(item.path.name for item in items)
+    items.sort(key=lambda item: (rank.get(item.path.name, len(rank)), -count[item.path.name],
+                                 item.path.name))
 
 
 def _session_root(tmp_path_factory, request):
@@ -72,3 +98,26 @@ def tiny_run(tmp_path_factory, data_dir, request):
             runs[family] = workdir
         return runs[family]
     return get
+
+
+@pytest.fixture(scope="session")
+def copy_tiny_feature_net(tmp_path_factory, data_dir, request):
+    """copy_tiny_feature_net(cache_dir) -> the copy's folder: puts the evaluators' tiny
+    feature net (configs/fmnist_classifier.py:tiny) into `cache_dir` (a feature-net cache,
+    $GENJAX_CACHE_DIR/feature_net), where load_feature_net finds it. The net is trained on
+    first use (load_feature_net) once per session, in a folder the pytest-xdist workers
+    share (under a file lock) and nobody changes."""
+    import fcntl
+    import shutil
+    from configs import fmnist_classifier
+    from genjax import train
+    from genjax.evaluators import feature_net
+    cache = _session_root(tmp_path_factory, request) / "genjax_cache" / "feature_net"
+    cache.mkdir(parents=True, exist_ok=True)
+    with open(f"{cache}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        net_dir = feature_net.load_feature_net(
+            fmnist_classifier.get_config("tiny").data, preset="tiny", cache_dir=str(cache),
+            train_fn=train.train).directory
+    return lambda cache_dir: shutil.copytree(
+        net_dir, os.path.join(cache_dir, os.path.basename(net_dir)))

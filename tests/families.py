@@ -36,9 +36,10 @@ VARIANTS = {"lm+lora": ("lm", LORA), "diffusion+lora": ("diffusion", LORA),
             "rl+reward_model": ("rl", {"rl.reward": "model", "rl.random_reward_model": True})}
 SPECS = FAMILIES + tuple(VARIANTS)
 
-# The short run: 6 steps, a loss every step, EMA that moves, 2 data-parallel devices.
+# The short run: 6 steps, a loss every step, checkpoints at 3 (where the resume spec
+# restarts) and 6, EMA that moves, 2 data-parallel devices.
 # The class-conditional variants so that evaluators of conditional samples apply.
-RUN_OVERRIDES = {"total_steps": 6, "log_every_steps": 1, "ckpt_every_steps": 100,
+RUN_OVERRIDES = {"total_steps": 6, "log_every_steps": 1, "ckpt_every_steps": 3,
                  "eval_every_steps": 0, "final_eval_batches": 1, "optim.warmup_steps": 2,
                  "optim.ema_decay": 0.9, "mesh.data": 2}
 RUN_FAMILY_OVERRIDES = {"lm": {"model.vocab_size": 0},  # the tokenizer decides

@@ -2,7 +2,7 @@
 against answers computed independently: the off-policy formula restated, a student equal to
 its teacher, the decoder called on its own with the step's sampling key, and the loss
 recomputed in float64 numpy from those samples. Bit-exact resume with on-policy rows:
-the shared spec's "distill+on_policy" variant (tests/families.py, tests/test_families.py).
+the shared spec's "distill+on_policy" variant (tests/families.py, tests/test_families_resume.py).
 """
 import functools
 

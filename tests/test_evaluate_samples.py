@@ -4,8 +4,9 @@ ship_feature_net}.py).
 
 Real data stands in for a peer's samples: held-out Fashion-MNIST test images must score at
 the real-vs-real floor, held-out Shakespeare at the text floors. The feature net is the
-tiny preset of configs/fmnist_classifier.py, trained once per module in a temporary cache
-and shipped (exported) into a temporary weights folder, which the evaluators then use.
+tiny preset of configs/fmnist_classifier.py, trained once per session (tests/conftest.py),
+copied into a temporary cache and shipped (exported) into a temporary weights folder, which
+the evaluators then use.
 """
 import json
 import os
@@ -39,8 +40,9 @@ def cache_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def trained(data_cfg, cache_dir):
-    """The tiny net trained here (its cache folder is a finished run)."""
+def trained(data_cfg, cache_dir, copy_tiny_feature_net):
+    """The session's tiny net in this module's cache (its cache folder is a finished run)."""
+    copy_tiny_feature_net(cache_dir)
     return feature_net.load_feature_net(data_cfg, preset="tiny", cache_dir=cache_dir,
                                         train_fn=train.train)
 

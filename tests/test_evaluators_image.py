@@ -1,7 +1,8 @@
 """Specification of the image evaluators (genjax/evaluators/{feature_net, image_quality,
 novelty, cas}.py) by known answers: a set against itself, disjoint sets, copies of the
 training data, real images in place of samples. The feature net is the tiny preset of
-configs/fmnist_classifier.py, built once per module in a temporary cache.
+configs/fmnist_classifier.py, built once per session (tests/conftest.py) and copied into a
+temporary cache of this module.
 """
 import os
 
@@ -26,7 +27,8 @@ def data_cfg(data_dir):
 
 
 @pytest.fixture(scope="module")
-def net(data_cfg, cache_dir):
+def net(data_cfg, cache_dir, copy_tiny_feature_net):
+    copy_tiny_feature_net(cache_dir)
     return feature_net.load_feature_net(data_cfg, preset="tiny", cache_dir=cache_dir,
                                         train_fn=train.train)
 

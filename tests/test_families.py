@@ -1,21 +1,18 @@
-"""Shared specification of every family: the same step, jitted or not, on any mesh, and
-the same loop, interrupted or not.
+"""Shared specification of every family: the same step, jitted or not, on any mesh (the
+same loop, interrupted or not: tests/test_families_resume.py).
 
 Golden values pin the first step's loss of each family's `tiny` config on a fixed random
-batch (un-jitted, one device). Update them only when the model, loss or initialisation
+batch (one device; un-jitted for the families, jitted for their variants). Update them only when the model, loss or initialisation
 changes on purpose (say so in the commit); a change from refactoring alone is a bug.
 """
 import functools
-import os
 
 import jax
 import numpy as np
 import pytest
 
-from genjax import assemble, sharding, train
-from genjax.checkpoint import Checkpointer
-from tests.families import SPECS, VARIANTS, run_config, tiny_config
-from tests.subproc import losses_by_step
+from genjax import assemble, sharding
+from tests.families import FAMILIES, SPECS, VARIANTS, tiny_config
 
 # family -> golden first-step loss of its tiny config, made on CPU with these versions
 # (constraints.txt pins them for `make test`). Regenerate: python -m tests.test_families
@@ -104,8 +101,11 @@ def jitted_step_on_one_device(family):
     return jax.device_get(out)
 
 
-@pytest.mark.parametrize("family", SPECS)
+@pytest.mark.parametrize("family", FAMILIES)
 def test_one_unjitted_step_gives_the_golden_loss_and_equals_the_jitted_step(family):
+    """Each family once: un-jitted, every primitive is compiled on its own (~0.04 s each on
+    2 cores, hundreds per step), so the variants, which run their family's code, check
+    their golden loss on the jitted step only (next test)."""
     eager_state, eager_metrics = eager_first_step(family)
     jit_state, jit_metrics = jitted_step_on_one_device(family)
     np.testing.assert_allclose(float(eager_metrics["loss"]), GOLDEN_LOSS[family], rtol=1e-4,
@@ -116,6 +116,13 @@ def test_one_unjitted_step_gives_the_golden_loss_and_equals_the_jitted_step(fami
     assert jax.tree_util.tree_structure(eager_state) == jax.tree_util.tree_structure(jit_state)
     for a, b in zip(jax.tree_util.tree_leaves(eager_state), jax.tree_util.tree_leaves(jit_state)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("variant", tuple(VARIANTS))
+def test_a_variant_first_jitted_step_gives_its_golden_loss(variant):
+    _, metrics = jitted_step_on_one_device(variant)
+    np.testing.assert_allclose(float(metrics["loss"]), GOLDEN_LOSS[variant], rtol=1e-4,
+                               err_msg=golden_changed_message(variant))
 
 
 @pytest.mark.parametrize("family", SPECS)
@@ -130,38 +137,6 @@ def test_eight_devices_equal_one(family):
         np.testing.assert_allclose(float(m1[k]), float(m8[k]), rtol=1e-5, atol=1e-6, err_msg=k)
     for a, b in zip(jax.tree_util.tree_leaves(p1), jax.tree_util.tree_leaves(p8)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-
-
-@pytest.mark.parametrize("family", SPECS)
-def test_interrupted_run_resumes_bit_for_bit(family, tiny_run, tmp_path):
-    """Stop after 3 of 6 steps, run again: every step's loss and the whole final state
-    (params, optimizer, EMA, model state, RNG, data position) equal an uninterrupted run
-    (tiny_run: the session's short run of the family, tests/families.py)."""
-    config = run_config(family)
-    ref, run = tiny_run(family), tmp_path / "run"
-    train.train(config.copy_and_resolve_references(), str(run), stop_after=3)
-    assert sorted(os.listdir(run / "checkpoints")) == ["3"]
-    train.train(config.copy_and_resolve_references(), str(run))
-    want, got = losses_by_step(ref), losses_by_step(run)
-    assert sorted(want) == list(range(1, 7)) and got == want
-
-    parts = assemble.assemble(_resolved(ref), sharding.make_mesh(config.mesh))
-    states = [Checkpointer(str(d), read_only=True).restore(6, parts.abstract_state)
-              for d in (ref, run)]
-    (s_ref, data_ref, _), (s_run, data_run, _) = states
-    assert jax.tree_util.tree_leaves(s_ref.ema_params) or not config.optim.ema_decay, \
-        "EMA is part of the state"
-    assert leaves_equal(s_ref, s_run)
-    assert data_ref == data_run
-
-
-def _resolved(workdir):
-    """The config a run resolved (vocab size, channels...) from its config.json."""
-    import json
-    from genjax import config_lib
-    c = config_lib.from_dict(json.loads((workdir / "config.json").read_text()))
-    c.lock()
-    return c
 
 
 if __name__ == "__main__":  # prints the goldens for the installed versions (CPU)

@@ -1,7 +1,8 @@
 """experiments/2026-12-01_finetune/diffusion_lora.py end to end on the tiny presets: a
 tiny class-conditional diffusion run fine-tuned on Sneakers (full and LoRA r=8), measured
-before and after with the tiny feature net (a temporary GENJAX_CACHE_DIR). Numbers are
-meaningless at this size; the test checks what is measured against what."""
+before and after with the tiny feature net (the session's, copied into a temporary
+GENJAX_CACHE_DIR). Numbers are meaningless at this size; the test checks what is measured
+against what."""
 import json
 import subprocess
 import sys
@@ -15,9 +16,11 @@ SCRIPT = "experiments/2026-12-01_finetune/diffusion_lora.py"
 
 
 @pytest.mark.slow
-def test_diffusion_lora_demo_end_to_end_on_tiny(tiny_run, data_dir, tmp_path):
+def test_diffusion_lora_demo_end_to_end_on_tiny(tiny_run, data_dir, copy_tiny_feature_net,
+                                                tmp_path):
     from genjax.checkpoint import Checkpointer
     out, runs = tmp_path / "results.json", tmp_path / "runs"
+    copy_tiny_feature_net(str(tmp_path / "cache" / "feature_net"))
     proc = subprocess.run(
         [sys.executable, SCRIPT, "--preset=tiny", f"--source={tiny_run('diffusion')}",
          "--class_name=Sneaker", "--steps=4", "--num_samples=16", f"--root={runs}",

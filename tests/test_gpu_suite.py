@@ -13,7 +13,8 @@ from tests import subproc
 def test_smoke_writes_every_part(tmp_path, data_dir):
     out = tmp_path / "suite.json"
     proc = subproc.run_module("experiments.bench.gpu_suite", "--smoke", f"--out={out}",
-                              f"--workroot={tmp_path / 'work'}", "--wheels=", timeout=1500)
+                              f"--workroot={tmp_path / 'work'}", "--wheels=",
+                              "--diffusion_seconds=1", timeout=1500)  # smoke's least
     assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-2000:])
     results = json.loads(out.read_text())
     assert results["suite"]["smoke"] and results["suite"]["backend"] == "cpu"

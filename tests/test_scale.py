@@ -1,5 +1,5 @@
 """The scale variants of the LM (remat, layers under scan, chunked attention and loss) meet
-the shared family specification (tests/test_families.py): they change memory and compile
+the shared family specification (tests/test_families*.py): they change memory and compile
 time, never the math, so the first step gives the plain LM's golden loss; jitted equals
 unjitted; 8 devices (data=2, fsdp=2, tensor=2) equal 1; an interrupted run resumes bit for
 bit. Bad scale settings are one line each."""
