@@ -20,6 +20,7 @@ import tempfile
 FLAG_SETS = {
     "default": "",
     "xnnpack": "--xla_cpu_use_xnnpack=true",
+    "no_ynn_dots": "--xla_cpu_experimental_ynn_fusion_type=",
     "onednn": "--xla_cpu_use_onednn=true",
     "no_thunks": "--xla_cpu_use_thunk_runtime=false",
     "eigen_1thread": "--xla_cpu_multi_thread_eigen=false",
