@@ -40,6 +40,7 @@ SPECS = FAMILIES + tuple(VARIANTS)
 # restarts) and 6, EMA that moves, 2 data-parallel devices.
 # The class-conditional variants so that evaluators of conditional samples apply.
 RUN_OVERRIDES = {"total_steps": 6, "log_every_steps": 1, "ckpt_every_steps": 3,
+                 "keep_checkpoints": 2,  # (the classifier recipe keeps 1)
                  "eval_every_steps": 0, "final_eval_batches": 1, "optim.warmup_steps": 2,
                  "optim.ema_decay": 0.9, "mesh.data": 2}
 RUN_FAMILY_OVERRIDES = {"lm": {"model.vocab_size": 0},  # the tokenizer decides
