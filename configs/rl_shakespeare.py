@@ -49,6 +49,10 @@ def get_config(arg: str | None = None):
     c.rl.clip_value = 0.2          # value clipped to V_old +- clip_value (reward units)
     c.rl.gamma = 1.0               # GAE discount (per token)
     c.rl.lam = 0.95                # GAE lambda
+    # The value head's own optimizer settings (parameter group "value", genjax/optim.py;
+    # unused without a value head): a linear head from zero needs larger steps than the
+    # policy's fine-tuning.
+    c.optim.groups = config_lib.ConfigDict({"value": {"lr": 1e-3}})
     # c.evals.alignment (dpo_shakespeare's, with its presets): policy vs the frozen
     # reference under the gold preference (not rl.reward_chars'), win rate, KL, distinct-2
     if (arg or "cpu") in PRESETS:

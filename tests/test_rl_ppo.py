@@ -311,6 +311,9 @@ def test_init_from_keeps_the_fresh_value_head_and_places_the_lm():
     abstract = jax.eval_shape(lambda: state)
     assert set(rl.pretrained_target(abstract)) == {"w"}
     assert set(rl.merge_params(state.params, {})[0]) == {"w"}
+    labels = rl.param_labels(state.params, config)  # the head: its own optimizer group
+    assert labels == {"w": "policy", rl_ppo.VALUE_HEAD: {"w": "value", "b": "value"}}
+    assert rl.param_labels(lm_params, config) is None
 
 
 # ----------------------------------------------------------------------- bad input

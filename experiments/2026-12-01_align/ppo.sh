@@ -32,7 +32,7 @@ run() {  # name, extra --config flags...
 }
 run rloo
 run ppo --config.rl.algo=ppo
-run ppo_value --config.rl.algo=ppo --config.rl.value_head=True
+run ppo_value --config.rl.algo=ppo --config.rl.value_head=True   # head lr: optim.groups.value.lr
 
 $PY - "$OUT" <<'EOF'
 import json, sys

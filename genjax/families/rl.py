@@ -47,8 +47,8 @@ reward_from set the model is still loaded and its score logged). Without reward_
 rl.random_reward_model (tests) uses a fresh reward model with a random head.
 
 Logged: reward (the r optimised), reward_chars (always), reward_model (the model's score,
-when one is loaded), kl (k1), shaped reward, ratio_error (PPO: rl_ppo's). Not offered
-yet: a reward model with another tokenizer than the policy's.
+when one is loaded), kl (k1), shaped reward, ratio_error; PPO adds its own (rl_ppo).
+Not offered yet: a reward model with another tokenizer than the policy's.
 """
 from __future__ import annotations
 
@@ -337,4 +337,9 @@ def eval_fn(params, model_state, batch, *, model, config):
 
 
 def param_labels(params, config):
-    return None
+    """None (one group); with a value head: "policy" / "value" by top-level key, so that
+    config.optim.groups.value can give the head its own settings (a larger lr)."""
+    if rl_ppo.VALUE_HEAD not in params:
+        return None
+    group = lambda k: "value" if k == rl_ppo.VALUE_HEAD else "policy"  # noqa: E731
+    return {k: jax.tree_util.tree_map(lambda _: group(k), v) for k, v in params.items()}

@@ -22,10 +22,11 @@ Policy loss: the clipped surrogate (rl.clip), a mean over the batch's completion
 The value head: V_t = logits_t . w + b (w float32[V], b scalar, zero at the start: V = 0),
 a linear head on the policy's final features read through its logits (as the reward
 model's head, genjax/models/reward_model.py), under stop_gradient: the value loss trains
-w and b only, never the policy. It lives in params["value_head"] (the run's optimizer,
-schedule and EMA); the LM never reads it: rl.merge_params drops it for sampling and
-evaluation, and the checkpoint meta lists it in "aux_params", so another run's init_from
-of this one restores the LM alone.
+w and b only, never the policy. It lives in params["value_head"], parameter group "value"
+(rl.param_labels: its own optimizer settings in config.optim.groups.value, lr 1e-3 in
+configs/rl_shakespeare.py; EMA as the policy's); the LM never reads it: rl.merge_params
+drops it for sampling and evaluation, and the checkpoint meta lists it in "aux_params",
+so another run's init_from of this one restores the LM alone.
 
 The loss's value is -(mean shaped reward of the stored rollout), as RLOO's (so step 0 of
 both is the same number); its gradient is the PPO objective's. Logged: pg_loss, clipfrac,
