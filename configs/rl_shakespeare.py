@@ -8,7 +8,8 @@ rewarded by a learned reward model (RLHF):
       --config.init_from=runs/lm_cpu --config.rl.reward_from=runs/rm_cpu
 
 Ablation, the gold reward instead (with reward_from kept, the model's score is still
-logged as reward_model): --config.rl.reward=chars.
+logged as reward_model): --config.rl.reward=chars. PPO instead of RLOO:
+--config.rl.algo=ppo [--config.rl.value_head=True] (genjax/families/rl_ppo.py).
 Prompts: the speaker lines of the preference pairs (genjax/data/preferences.py).
 Presets: `tiny` (tests, no reward run) uses the gold reward (rl.reward=chars).
 """
@@ -39,6 +40,19 @@ def get_config(arg: str | None = None):
     c.rl.reward_model = config_lib.ConfigDict(config_lib.to_dict(c.model))
     c.rl.reward_chars = "abcdefghijklmnopqrstuvwxyz "  # gold reward: share of these
     c.rl.reward_ids = ()           # () = from reward_chars with the tokenizer (resolve_config)
+    # The algorithm (genjax/families/rl_ppo.py; trl experimental/ppo's values):
+    c.rl.algo = "rloo"             # rloo: REINFORCE, leave-one-out | ppo: clipped, E steps/rollout
+    c.rl.ppo_epochs = 4            # ppo: optimizer steps on each rollout batch (E >= 1)
+    c.rl.clip = 0.2                # ppo: ratio clipped to [1 - clip, 1 + clip]
+    c.rl.value_head = False        # ppo: GAE on a linear value head (else RLOO advantages)
+    c.rl.vf_coef = 0.1             # value loss weight
+    c.rl.clip_value = 0.2          # value clipped to V_old +- clip_value (reward units)
+    c.rl.gamma = 1.0               # GAE discount (per token)
+    c.rl.lam = 0.95                # GAE lambda
+    # The value head's own optimizer settings (parameter group "value", genjax/optim.py;
+    # unused without a value head): a linear head from zero needs larger steps than the
+    # policy's fine-tuning.
+    c.optim.groups = config_lib.ConfigDict({"value": {"lr": 1e-3}})
     # c.evals.alignment (dpo_shakespeare's, with its presets): policy vs the frozen
     # reference under the gold preference (not rl.reward_chars'), win rate, KL, distinct-2
     if (arg or "cpu") in PRESETS:

@@ -32,9 +32,6 @@ from genjax.models import scan_convert
 from genjax.same_model import LAYOUT_KEYS
 from genjax.step import TrainState
 
-ITEMS = ("state", "data", "meta")
-
-
 def _state_to_dict(state: TrainState) -> dict:
     return {f.name: getattr(state, f.name) for f in dataclasses.fields(state)}
 
@@ -299,8 +296,9 @@ class Checkpointer:
         self.manager.reload()
 
     def restore_params(self, step: int | None, abstract_params, which="raw", source="init_from"):
-        """Params only (for `source`: init_from's, or another config key's run), onto
-        `abstract_params`' shardings. which: "raw" | "ema" (what the source's samples use)."""
+        """Params only (of `source`: init_from's or another config key's run) onto the
+        shardings of `abstract_params`; which: "raw" | "ema". Top-level keys the source's
+        meta lists as "aux_params" (no part of its model: a PPO value head) are skipped."""
         step = self.latest_step() if step is None else step
         if step is None:
             raise UserError(f"{source}: no checkpoint in {self.directory}")
@@ -310,6 +308,8 @@ class Checkpointer:
         saved_params = _tree_of(self.manager.metadata(step).item_metadata, "state")[key]
         if key == "ema_params" and not jax.tree_util.tree_leaves(saved_params):
             raise UserError(f"init_from_params=ema: {self.directory} kept no EMA params")
+        aux = set(self.read_meta(step).get("aux_params", ())) - set(abstract_params)
+        saved_params = {k: v for k, v in saved_params.items() if k not in aux}
         problems = tree_mismatches(saved_params, abstract_params)
         _check_layout(saved_params, abstract_params, self.directory)
         if problems:

@@ -33,7 +33,13 @@ VARIANTS = {"lm+lora": ("lm", LORA), "diffusion+lora": ("diffusion", LORA),
             # the step with its key: the resume test checks that they come back bit for bit
             "distill+on_policy": ("distill", {"distill.on_policy": 0.5}),
             # RLHF: a learned reward model (here fresh, with a random head) is the reward
-            "rl+reward_model": ("rl", {"rl.reward": "model", "rl.random_reward_model": True})}
+            "rl+reward_model": ("rl", {"rl.reward": "model", "rl.random_reward_model": True}),
+            # PPO: each rollout serves 2 steps from model_state["rollout"] (the interrupted
+            # run stops after step 3 and its step 4 reuses step 3's rollout from the
+            # checkpoint); with a value head in params (rl.aux_params)
+            "rl+ppo": ("rl", {"rl.algo": "ppo", "rl.ppo_epochs": 2}),
+            "rl+ppo_value": ("rl", {"rl.algo": "ppo", "rl.ppo_epochs": 2,
+                                    "rl.value_head": True})}
 SPECS = FAMILIES + tuple(VARIANTS)
 
 # The short run: 6 steps, a loss every step, checkpoints at 3 (where the resume spec

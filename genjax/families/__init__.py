@@ -23,7 +23,7 @@ import jax
 from genjax.errors import ConfigError
 from genjax.families import lora
 
-HELPERS = ("image_seam", "classifier_recipe", "lora")  # modules here that are no family
+HELPERS = ("image_seam", "classifier_recipe", "lora", "rl_ppo")  # modules here that are no family
 
 
 @runtime_checkable
@@ -96,6 +96,10 @@ CAPABILITIES = {
                     "-> {model_state key: run path (W, W/checkpoints/<step>)}: frozen params "
                     "of other runs (a reward model), restored into model_state[key] at a "
                     "fresh start after init_from; a resume reads them from its checkpoint"),
+    "aux_params": ("aux_params(config)",
+                   "-> top-level params keys trained with the model but no part of it (a "
+                   "PPO value head): merge_params leaves them out, and the checkpoint meta "
+                   "lists them ('aux_params') so that another run's init_from skips them"),
     "reference_params": ("reference_params(model_state, params)",
                          "the frozen reference policy's params kept in the checkpointed "
                          "model_state, cast like `params` (the alignment evaluator)"),
@@ -115,7 +119,7 @@ _PROBES = {
     "sample_labels": ((1, 1), dict(label=None)), "conditioning": ((1,), {}),
     "sample_arrays": ((1, 1, 1, 1, 1), {}), "merge_params": ((1, 1), {}),
     "pretrained_target": ((1,), {}), "load_pretrained": ((1, 1, 1), {}),
-    "frozen_from": ((1,), {}), "reference_params": ((1, 1), {}),
+    "frozen_from": ((1,), {}), "reference_params": ((1, 1), {}), "aux_params": ((1,), {}),
 }
 _TUPLES = ("likelihood_metrics", "sample_options", "runtime_keys")
 
@@ -216,6 +220,12 @@ def frozen_from(family: ModuleType, config) -> dict[str, str]:
     """{model_state key: run path} of the frozen models restored from other runs at a
     fresh start (the family's `frozen_from`), {} for most families."""
     return dict(family.frozen_from(config)) if has(family, "frozen_from") else {}
+
+
+def aux_params(family: ModuleType, config) -> tuple[str, ...]:
+    """The params keys of `family` that are no part of its model (the family's
+    `aux_params`), () for most families."""
+    return tuple(family.aux_params(config)) if has(family, "aux_params") else ()
 
 
 def reference_params(family: ModuleType, model_state, params):

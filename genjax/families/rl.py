@@ -1,8 +1,10 @@
 r"""Online RL of the LM transformer with a KL leash: REINFORCE with a leave-one-out baseline
-(RLOO, Ahmadian et al. 2024), rollouts sampled inside the train step.
+(RLOO, Ahmadian et al. 2024) or PPO (Schulman et al. 2017), rollouts sampled inside the
+train step.
 
   python -m genjax.train --config=configs/rl_shakespeare.py:cpu --workdir=runs/rl_cpu \
       --config.init_from=runs/lm_cpu --config.rl.reward_from=runs/rm_cpu
+  ... --config.rl.algo=ppo [--config.rl.value_head=True]       # PPO
 
 Batch: the preference batch (genjax/data/preferences.py); only the prompts are used:
 row 0's tokens before its first completion target (at most P = T - N of them, N =
@@ -26,6 +28,13 @@ same rollouts, bit for bit):
   4. Advantages: RLOO over the K samples of each prompt. The loss's value is the negated
      objective -mean(shaped reward); its gradient is -mean(A grad log pi(y)).
 
+config.rl.algo: "rloo" (the above, one step per rollout batch) | "ppo": each rollout batch
+(kept in model_state["rollout"], checkpointed) serves rl.ppo_epochs optimizer steps, with
+per-token ratios clipped to 1 +- rl.clip; advantages RLOO's (per token), or with
+rl.value_head GAE(rl.gamma, rl.lam) on a linear value head (params["value_head"], left
+out of sampling, evaluation and other runs' init_from) with a clipped value loss
+(rl.vf_coef, rl.clip_value). genjax/families/rl_ppo.py; the math in genjax/ppo.py.
+
 The reward model: frozen params in model_state["reward"] (checkpointed, sharded by their
 logical names, never differentiated, no optimizer state: distill's teacher pattern). Its
 architecture is read from reward_from's checkpoint into config.rl.reward_model
@@ -38,22 +47,24 @@ reward_from set the model is still loaded and its score logged). Without reward_
 rl.random_reward_model (tests) uses a fresh reward model with a random head.
 
 Logged: reward (the r optimised), reward_chars (always), reward_model (the model's score,
-when one is loaded), kl (k1), shaped reward, ratio_error. Not offered yet: PPO clipping,
-a value head, a reward model with another tokenizer than the policy's.
+when one is loaded), kl (k1), shaped reward, ratio_error; PPO adds its own (rl_ppo).
+Not offered yet: a reward model with another tokenizer than the policy's.
 """
 from __future__ import annotations
 
+import functools
 import math
 import types
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import linen as nn
 
 from genjax import checkpoint as ckpt_lib
 from genjax import config_lib, optim, preference, same_model
 from genjax.errors import ConfigError, UserError
-from genjax.families import dpo, lm, reward
+from genjax.families import dpo, lm, reward, rl_ppo
 from genjax.sampling import lm as decoder
 
 REWARD = "reward"             # model_state key of the frozen reward model's params
@@ -65,7 +76,6 @@ text_tokenizer = lm.text_tokenizer
 sample_text = lm.sample_text
 runtime_keys = ("model.attention_impl",)
 example_batch = dpo.example_batch
-load_pretrained = dpo.load_pretrained
 make_data = dpo.make_data
 finalize_eval = dpo.finalize_eval
 reference_params = dpo.reference_params
@@ -80,6 +90,7 @@ def resolve_config(config, data) -> None:
         vocab = getattr(data.tokenizer, "vocab", [])
         c.reward_ids = tuple(i for i, ch in enumerate(vocab) if ch in c.reward_chars)
     kind = reward_kind(config)
+    rl_ppo.settings(config)  # the algorithm's keys, checked
     if c.reward_from:
         meta = reward_meta(c.reward_from)
         same_model.check_same_tokenizer(meta, data.meta(), c.reward_from,
@@ -144,7 +155,8 @@ def reward_model_of(config):
 def init_variables(model, rng, batch, config) -> dict:
     """The policy and reference (dpo's), plus model_state["reward"] when a reward model is
     used: placeholder values (random head) that reward_from's replace at a fresh start;
-    kept as they are with rl.random_reward_model (tests: scores that vary)."""
+    kept as they are with rl.random_reward_model (tests: scores that vary). PPO: the
+    rollout buffer and the value head (genjax/families/rl_ppo.py)."""
     variables = dpo.init_variables(model, rng, batch, config)
     if uses_reward_model(config):
         rm = reward_model_of(config)
@@ -156,7 +168,41 @@ def init_variables(model, rng, batch, config) -> dict:
         V = int(rm.body.vocab_size)
         params["head_w"] = w.replace_boxed(jax.random.normal(key_head, (V,)) / math.sqrt(V))
         variables[REWARD] = params
+    if rl_ppo.settings(config).algo == "ppo":  # the buffer: one step's rollouts of B prompts
+        plain = nn.meta.unbox(variables)
+        shapes = jax.eval_shape(lambda: sample_rollouts(
+            plain["params"], plain, example_batch(config, int(config.batch_size)),
+            jax.random.key(0), model=model, config=config))
+        variables = rl_ppo.init_variables(variables, shapes, config)
     return variables
+
+
+def merge_params(params, model_state):
+    """Inference applies the LM alone (a PPO value head is left out)."""
+    return rl_ppo.split(params)[0], model_state
+
+
+def pretrained_target(abstract_state):
+    """init_from restores the LM's params (not a value head)."""
+    return rl_ppo.split(abstract_state.params)[0]
+
+
+def load_pretrained(state, src_params, config):
+    """init_from: dpo's (the policy's start and the reference); a value head stays fresh."""
+    _, head = rl_ppo.split(state.params)
+    _, ema_head = rl_ppo.split(state.ema_params)
+    state = dpo.load_pretrained(state, src_params, config)
+    if head is None:
+        return state
+    state = state.replace(params={**state.params, rl_ppo.VALUE_HEAD: head})
+    if ema_head is not None:
+        state = state.replace(ema_params={**state.ema_params, rl_ppo.VALUE_HEAD: ema_head})
+    return state
+
+
+def aux_params(config) -> tuple[str, ...]:
+    """params keys that are no part of the LM: the PPO value head (rl_ppo)."""
+    return (rl_ppo.VALUE_HEAD,) if rl_ppo.settings(config).value_head else ()
 
 
 def frozen_from(config) -> dict[str, str]:
@@ -216,26 +262,41 @@ def gold_reward(completions_BxN, reward_ids) -> jax.Array:
     return jnp.mean(jnp.isin(completions_BxN, ids).astype(jnp.float32), axis=-1)
 
 
-def rollout_terms(params, model_state, batch, rng, *, model, config):
-    """(per-sample surrogate [B*K], metrics [B*K] each) of one step's rollouts."""
+def sample_rollouts(params, model_state, batch, rng, *, model, config) -> dict:
+    """One step's rollouts of `params` (not differentiated), R = B K rows (sample k of
+    prompt b at row b K + k): seq int32[R, T], mask and ref (the reference's per-token
+    log-probs) float32[R, T - 1], drawn (the decoder's log-probs) float32[R, N], lengths
+    int32[R], and the rewards float32[R]: reward (the one optimised), reward_chars,
+    reward_model (when a reward model is loaded)."""
     c = config.rl
     K, N = int(c.samples), int(c.max_new_tokens)
     prompts, lengths = prompts_of(batch, int(config.model.max_len) - N)
     prompts, lengths = jnp.repeat(prompts, K, 0), jnp.repeat(lengths, K, 0)
     out, drawn_BxN = decoder.decode_with_logprobs(
-        model, jax.lax.stop_gradient(params), prompts, lengths, rng=jax.random.key_data(rng),
+        model, params, prompts, lengths, rng=jax.random.key_data(rng),
         max_new_tokens=N, temperature=1.0)
     seq, mask = join(prompts, lengths, out.tokens_BxN)
-    logp = token_logps(model, params, seq)
     ref = token_logps(model, dpo.reference_params(model_state, params), seq)
-    logp_seq, ref_seq = jnp.sum(logp * mask, -1), jnp.sum(ref * mask, -1)
     scores = {"reward_chars": gold_reward(out.tokens_BxN, c.reward_ids)}
     if uses_reward_model(config):
         scores["reward_model"] = model_reward(model_state, seq, lengths + N - 1, config)
     reward = scores["reward_model" if reward_kind(config) == "model" else "reward_chars"]
-    shaped = preference.kl_shaped_reward(reward, jax.lax.stop_gradient(logp_seq), ref_seq,
-                                         float(c.beta))
-    adv = preference.rloo_advantages(shaped.reshape(-1, K)).reshape(-1)
+    return {"seq": seq, "mask": mask, "ref": ref, "drawn": drawn_BxN, "lengths": lengths,
+            "reward": reward, **scores}
+
+
+def rollout_terms(params, model_state, batch, rng, *, model, config):
+    """(per-sample RLOO surrogate [B*K], metrics [B*K] each) of one step's rollouts."""
+    c = config.rl
+    ro = sample_rollouts(jax.lax.stop_gradient(params), model_state, batch, rng, model=model,
+                         config=config)
+    seq, mask, lengths, drawn_BxN = ro["seq"], ro["mask"], ro["lengths"], ro["drawn"]
+    logp = token_logps(model, params, seq)
+    logp_seq, ref_seq = jnp.sum(logp * mask, -1), jnp.sum(ro["ref"] * mask, -1)
+    scores = {k: ro[k] for k in ("reward_chars", "reward_model") if k in ro}
+    shaped = preference.kl_shaped_reward(ro["reward"], jax.lax.stop_gradient(logp_seq),
+                                         ref_seq, float(c.beta))
+    adv = preference.rloo_advantages(shaped.reshape(-1, int(c.samples))).reshape(-1)
     drawn = jnp.sum(drawn_BxN, -1)
     per_token_gap = jnp.abs(jax.lax.stop_gradient(logp) - _scatter(drawn_BxN, lengths,
                                                                    logp.shape)) * mask
@@ -243,7 +304,7 @@ def rollout_terms(params, model_state, batch, rng, *, model, config):
     sg = jax.lax.stop_gradient
     surrogate = -sg(adv) * (logp_seq - sg(logp_seq)) - sg(shaped)
     return surrogate, {
-        "reward": reward, **scores, "kl": jax.lax.stop_gradient(logp_seq) - ref_seq,
+        "reward": ro["reward"], **scores, "kl": jax.lax.stop_gradient(logp_seq) - ref_seq,
         "shaped": shaped, "ratio_error": jnp.max(per_token_gap, -1), "logp_drawn": drawn}
 
 
@@ -255,6 +316,10 @@ def _scatter(logp_BxN, lengths_B, shape):
 
 
 def loss_fn(params, model_state, batch, rng, *, model, config):
+    if rl_ppo.settings(config).algo == "ppo":
+        return rl_ppo.loss_fn(params, model_state, batch, rng, model=model, config=config,
+                              rollouts=functools.partial(sample_rollouts, model=model,
+                                                         config=config))
     surrogate, per = rollout_terms(params, model_state, batch, rng, model=model, config=config)
     metrics = {k: jnp.mean(v) for k, v in per.items()}
     metrics["ratio_error"] = jnp.max(per["ratio_error"])
@@ -263,8 +328,8 @@ def loss_fn(params, model_state, batch, rng, *, model, config):
 
 def eval_fn(params, model_state, batch, *, model, config):
     """Held-out prompts: the rewards and k1 KL of K samples each (fixed key 0), summed."""
-    _, per = rollout_terms(params, model_state, batch, jax.random.key(0), model=model,
-                           config=config)
+    _, per = rollout_terms(rl_ppo.split(params)[0], model_state, batch, jax.random.key(0),
+                           model=model, config=config)
     K = int(config.rl.samples)
     real = jnp.repeat((jnp.sum(batch["mask"], axis=(1, 2)) > 0).astype(jnp.float32), K)
     keys = ("reward", "reward_chars", "reward_model", "kl")
@@ -272,4 +337,9 @@ def eval_fn(params, model_state, batch, *, model, config):
 
 
 def param_labels(params, config):
-    return None
+    """None (one group); with a value head: "policy" / "value" by top-level key, so that
+    config.optim.groups.value can give the head its own settings (a larger lr)."""
+    if rl_ppo.VALUE_HEAD not in params:
+        return None
+    group = lambda k: "value" if k == rl_ppo.VALUE_HEAD else "policy"  # noqa: E731
+    return {k: jax.tree_util.tree_map(lambda _: group(k), v) for k, v in params.items()}
