@@ -113,8 +113,8 @@ def _train(config, workdir, family, stop_after, data=None):
                log=StepLog(config, family, writer, start.step), state=start.state,
                book=start.book, meta={"family": config.family, "config": config_lib.to_dict(config),
                                       "data": data.meta(), "genjax_version": runtime.version()})
-    if families.aux_params(family, config):  # params another run's init_from skips
-        run.meta["aux_params"] = list(families.aux_params(family, config))
+    if aux := families.aux_params(family, config):  # params another run's init_from skips
+        run.meta["aux_params"] = list(aux)
     _banner(run, mesh, start.step)
     # ------------------------------------------------------------------ loop
     t0 = time.perf_counter()

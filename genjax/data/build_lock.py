@@ -19,3 +19,25 @@ def building(data_dir: str, dataset_dir: str):
     with open(os.path.join(data_dir, f".build-{name}.lock"), "w") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         yield
+
+
+def prepare_once(data_dir: str, make_builder, prepare):
+    """A prepared builder: `make_builder()`; if it is not prepared, under the lock
+    make_builder() again (another process may have built it while this one waited) and,
+    if still needed, `prepare(builder)`. An OSError from prepare is another process (one
+    the lock does not reach: another host) renaming its finished copy into place first:
+    that copy is read, or the error raised if there is none."""
+    builder = make_builder()
+    if builder.is_prepared():
+        return builder
+    with building(data_dir, builder.data_dir):
+        builder = make_builder()
+        if builder.is_prepared():
+            return builder
+        try:
+            prepare(builder)
+        except OSError:
+            builder = make_builder()
+            if not builder.is_prepared():
+                raise
+    return builder

@@ -370,19 +370,10 @@ def prepare_images(name_or_path: str, data_dir: str = "", **kwargs) -> tfds.core
                 f".download_and_prepare(file_format='array_record')\"")
         return builder
     if not builder.is_prepared():
-        with build_lock.building(data_dir, builder.data_dir):
-            # another process may have built it while this one waited
-            builder = _own_builder(name_or_path, data_dir, kwargs)
-            if not builder.is_prepared():
-                try:
-                    builder.download_and_prepare(
-                        download_config=tfds.download.DownloadConfig(try_download_gcs=False))
-                except OSError:
-                    # Another process sharing data_dir renamed its finished copy into place
-                    # first (one that build_lock does not reach: another host).
-                    builder = _own_builder(name_or_path, data_dir, kwargs)
-                    if not builder.is_prepared():
-                        raise
+        builder = build_lock.prepare_once(
+            data_dir, lambda: _own_builder(name_or_path, data_dir, kwargs),
+            lambda b: b.download_and_prepare(
+                download_config=tfds.download.DownloadConfig(try_download_gcs=False)))
     if not data_card.has_card(builder.data_dir):
         write_card(builder)
     return builder

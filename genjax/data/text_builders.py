@@ -215,20 +215,11 @@ def prepare(name_or_path: str, data_dir: str = "",
     data_dir = default_data_dir(data_dir)
     builder = _builder(name_or_path, data_dir, cleaning_pipeline)
     if not builder.is_prepared():
-        with build_lock.building(data_dir, builder.data_dir):
-            # another process may have built it while this one waited
-            builder = _builder(name_or_path, data_dir, cleaning_pipeline)
-            if not builder.is_prepared():
-                try:
-                    builder.download_and_prepare(
-                        download_config=tfds.download.DownloadConfig(try_download_gcs=False),
-                        file_format="array_record")
-                except OSError:
-                    # Another process sharing data_dir renamed its finished copy into place
-                    # first (one that build_lock does not reach: another host).
-                    builder = _builder(name_or_path, data_dir, cleaning_pipeline)
-                    if not builder.is_prepared():
-                        raise
+        builder = build_lock.prepare_once(
+            data_dir, lambda: _builder(name_or_path, data_dir, cleaning_pipeline),
+            lambda b: b.download_and_prepare(
+                download_config=tfds.download.DownloadConfig(try_download_gcs=False),
+                file_format="array_record"))
     if not data_card.has_card(builder.data_dir):
         write_card(builder)
     return builder
