@@ -44,7 +44,11 @@ PRESETS = {
     # words, and 2000 updates of 12 x 64 learn more than 750 of 16 x 128 (same tokens).
     # Sweep `cpu_budget` (experiments/2026-12-01_lm_cpu_preset/) measures it, and the lr:
     # 1e-3 1.886, 2e-3 1.787, 4e-3 1.737, 8e-3 1.739 nats/char (4e-3: mid-plateau).
+    # Attention "chunked" (one 64-query block here): its hand-written backward (rowsum of
+    # dO * O instead of the softmax Jacobian over [T, T]) makes the step ~7% faster on
+    # XLA:CPU, same math (experiments/bench/lm_throughput.py, README "CPU training throughput").
     "cpu": {"model.size": "cpu", "model.max_len": 64, "batch_size": 12, "total_steps": 2000,
+            "model.attention_impl": "chunked",
             "optim.lr": 4e-3, "optim.warmup_steps": 50, "log_every_steps": 250,
             "eval_every_steps": 1000, "eval_batches": 10, "ckpt_every_steps": 1000},
     "gpu": {"model.size": "gpu", "model.max_len": 256, "batch_size": 64, "total_steps": 5000,

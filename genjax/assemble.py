@@ -122,7 +122,8 @@ def assemble(config: ConfigDict, mesh: Mesh) -> Parts:
         loss_fn=loss_fn, tx=tx, compute_dtype=compute_dtype,
         ema_decay=float(config.optim.ema_decay), labels=labels,
         group_active=optim.group_schedule(config, labels),
-        skip_nonfinite=bool(config.skip_nonfinite), spike=step_lib.spike_guard(config))
+        skip_nonfinite=bool(config.skip_nonfinite), spike=step_lib.spike_guard(config),
+        skip_by=skip_by(mesh))
 
     def train_step(state, batch):
         with sharding.activate(mesh, rules):
@@ -168,7 +169,13 @@ def unjitted_train_step(parts: Parts):
         ema_decay=float(parts.config.optim.ema_decay), labels=labels,
         group_active=optim.group_schedule(parts.config, labels),
         skip_nonfinite=bool(parts.config.skip_nonfinite),
-        spike=step_lib.spike_guard(parts.config))
+        spike=step_lib.spike_guard(parts.config), skip_by=skip_by(parts.mesh))
+
+
+def skip_by(mesh) -> str:
+    """How the step keeps the state of a skipped update on `mesh`'s devices (step.train_step):
+    by a select on GPUs, where a conditional syncs with the host; else under lax.cond."""
+    return "select" if mesh.devices.flat[0].platform in ("gpu", "cuda", "rocm") else "cond"
 
 
 def state_bytes_per_device(parts: Parts) -> dict[str, int]:

@@ -150,13 +150,19 @@ def _select_group_opt_state(new, old, active: dict[str, jax.Array]):
 def train_step(state: TrainState, batch: PyTree, *, loss_fn: LossFn,
                tx: optax.GradientTransformation, compute_dtype=jnp.float32,
                ema_decay: float = 0.0, labels=None, group_active=None,
-               skip_nonfinite: bool = True, spike: SpikeGuard = SpikeGuard()
-               ) -> tuple[TrainState, dict[str, jax.Array]]:
+               skip_nonfinite: bool = True, spike: SpikeGuard = SpikeGuard(),
+               skip_by: str = "cond") -> tuple[TrainState, dict[str, jax.Array]]:
     """One optimizer step. `loss_fn(params, model_state, batch, rng)` -> (loss, (metrics, model_state)).
 
     An update is skipped (state kept, counters moved) when its loss or gradients are
-    non-finite (`skip_nonfinite`) or its loss is a spike (`spike.k` > 0).
+    non-finite (`skip_nonfinite`) or its loss is a spike (`spike.k` > 0). `skip_by`: how
+    the state is kept, same result either way: "cond" runs the optimizer under lax.cond
+    (no extra pass over the state: ~8% of the `cpu` LM step on XLA:CPU), "select" updates
+    and then picks old or new per element (no branch, for GPUs, whose conditionals read
+    the predicate on the host).
     """
+    if skip_by not in ("cond", "select"):
+        raise ValueError(f"skip_by={skip_by!r}: use cond | select")
     rng = step_key(state)
 
     def objective(params):
@@ -165,28 +171,33 @@ def train_step(state: TrainState, batch: PyTree, *, loss_fn: LossFn,
 
     (loss, (metrics, model_state)), grads = jax.value_and_grad(objective, has_aux=True)(
         state.params)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-
-    if group_active is not None:  # alternating updates: keep the inactive groups as they were
-        active = group_active(state.step)
-        params = _select_groups(params, state.params, labels, active)
-        opt_state = _select_group_opt_state(opt_state, state.opt_state, active)
-        for name, on in active.items():
-            metrics[f"active/{name}"] = on.astype(jnp.float32)
-
-    ema_params = state.ema_params
-    if ema_decay:
-        ema_params = optim.ema_update(state.ema_params, params, ema_decay)
-
     finite = all_finite(grads) & jnp.isfinite(loss)
     spiked = finite & is_spike(state.guard, loss, spike)
     keep = (finite | (not skip_nonfinite)) & ~spiked
-    if skip_nonfinite or spike.k:  # a bad batch leaves the state untouched except the counters
-        params = _where(keep, params, state.params)
-        opt_state = _where(keep, opt_state, state.opt_state)
-        ema_params = _where(keep, ema_params, state.ema_params)
-        model_state = _where(keep, model_state, state.model_state)
+
+    def update(model_state):
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        if group_active is not None:  # alternating updates: keep the inactive groups
+            active = group_active(state.step)
+            params = _select_groups(params, state.params, labels, active)
+            opt_state = _select_group_opt_state(opt_state, state.opt_state, active)
+        ema_params = state.ema_params
+        if ema_decay:
+            ema_params = optim.ema_update(state.ema_params, params, ema_decay)
+        return params, opt_state, ema_params, model_state
+
+    old = state.params, state.opt_state, state.ema_params, state.model_state
+    if not (skip_nonfinite or spike.k):
+        params, opt_state, ema_params, model_state = update(model_state)
+    elif skip_by == "cond":  # a bad batch leaves the state untouched except the counters
+        params, opt_state, ema_params, model_state = jax.lax.cond(
+            keep, update, lambda _: old, model_state)
+    else:
+        params, opt_state, ema_params, model_state = _where(keep, update(model_state), old)
+    if group_active is not None:
+        for name, on in group_active(state.step).items():
+            metrics[f"active/{name}"] = on.astype(jnp.float32)
     skipped = (~finite).astype(jnp.int32)
     bad = ((~finite) | spiked).astype(jnp.int32)
 

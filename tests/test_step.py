@@ -84,18 +84,63 @@ def test_alternating_groups_keep_the_inactive_group_and_its_adam_state():
     assert s2.params["b"]["y"] != s1.params["b"]["y"]
 
 
-def test_nonfinite_gradients_skip_the_update_and_are_counted():
-    tx = optim.make_optimizer(toy_config())
-    state = make_state({"w": jnp.ones(3)}, tx)
+def counting_loss(params, model_state, batch, rng):
+    """quadratic_loss that also moves a model_state counter (a skipped step must not)."""
+    loss, (metrics, _) = quadratic_loss(params, model_state, batch, rng)
+    return loss, (metrics, {"seen": model_state["seen"] + 1})
+
+
+@pytest.mark.parametrize("skip_by", ["cond", "select"])
+def test_nonfinite_gradients_skip_the_update_and_are_counted(skip_by):
+    tx = optim.make_optimizer(toy_config(name="adam"))
+    state = init_state({"w": jnp.ones(3)}, {"seen": jnp.zeros((), jnp.int32)}, tx,
+                       jax.random.PRNGKey(0), ema=True)
+    step = jax.jit(lambda s, b: train_step(s, b, loss_fn=counting_loss, tx=tx, ema_decay=0.9,
+                                           skip_by=skip_by))
     bad = {"x": jnp.array([1.0, jnp.nan, 1.0]), "y": jnp.zeros(3)}
-    new, metrics = train_step(state, bad, loss_fn=quadratic_loss, tx=tx)
-    np.testing.assert_array_equal(new.params["w"], state.params["w"])
+    new, metrics = step(state, bad)
+    for part in ("params", "opt_state", "ema_params", "model_state"):  # all kept, bit for bit
+        for old, kept in zip(jax.tree_util.tree_leaves(getattr(state, part)),
+                             jax.tree_util.tree_leaves(getattr(new, part)), strict=True):
+            np.testing.assert_array_equal(kept, old, err_msg=part)
     assert int(new.step) == 1 and int(new.skips) == 1 and int(new.total_skips) == 1
     assert int(metrics["skipped"]) == 1
     good = {"x": jnp.ones(3), "y": jnp.zeros(3)}
-    new2, _ = train_step(new, good, loss_fn=quadratic_loss, tx=tx)
+    new2, _ = step(new, good)
     assert int(new2.skips) == 0 and int(new2.total_skips) == 1
-    assert not np.allclose(new2.params["w"], state.params["w"])
+    assert int(new2.model_state["seen"]) == 1
+    # grad 2w/3 > 0 per element; Adam's first step moves each by lr (m / sqrt(v) = 1)
+    np.testing.assert_allclose(new2.params["w"], 1 - 0.1, rtol=1e-5)
+    np.testing.assert_allclose(new2.ema_params["w"], 0.9 + 0.1 * (1 - 0.1), rtol=1e-5)
+
+
+def test_skip_by_cond_and_select_agree_on_ordinary_steps():
+    tx = optim.make_optimizer(toy_config(name="adamw", weight_decay=0.1))
+    state = init_state({"w": jnp.ones(3)}, {"seen": jnp.zeros((), jnp.int32)}, tx,
+                       jax.random.PRNGKey(0), ema=True)
+    batch = {"x": jnp.arange(3.0), "y": jnp.ones(3)}
+    states = {}
+    for skip_by in ("cond", "select"):
+        s = state
+        step = jax.jit(lambda s, b, k=skip_by: train_step(
+            s, b, loss_fn=counting_loss, tx=tx, ema_decay=0.9, skip_by=k))
+        for _ in range(3):
+            s, _ = step(s, batch)
+        states[skip_by] = s
+    for a, b in zip(jax.tree_util.tree_leaves(states["cond"]),
+                    jax.tree_util.tree_leaves(states["select"]), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+    with pytest.raises(ValueError, match="skip_by='where': use cond | select"):
+        train_step(state, batch, loss_fn=counting_loss, tx=tx, skip_by="where")
+
+
+def test_gpus_keep_a_skipped_state_by_select_other_devices_by_cond():
+    from types import SimpleNamespace
+    from genjax import assemble
+    on = lambda platform: SimpleNamespace(  # noqa: E731
+        devices=np.array([SimpleNamespace(platform=platform)]))
+    assert assemble.skip_by(on("gpu")) == "select"
+    assert assemble.skip_by(on("cpu")) == assemble.skip_by(on("tpu")) == "cond"
 
 
 def test_ema_tracks_params():
