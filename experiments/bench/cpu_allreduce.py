@@ -11,7 +11,6 @@ of buffers, not with bytes. Prints a table and writes JSON.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 
@@ -19,6 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
+
+from experiments.bench import report
 
 
 def time_psum(num_buffers: int, total: int, repeats: int) -> float:
@@ -57,9 +58,7 @@ def main(argv=None):
               "rows": rows, "slope_us_per_buffer": float(1e3 * np.polyfit(
                   [r["buffers"] for r in rows], [r["ms"] for r in rows], 1)[0])}
     print(f"slope: {result['slope_us_per_buffer']:.0f} us per extra buffer")
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=2)
-    print(f"wrote {args.out}")
+    report.write_json(result, args.out)
 
 
 if __name__ == "__main__":

@@ -11,13 +11,14 @@ device's peak dense bf16 FLOP/s (genjax/flops.py).
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import time
 
 import jax
 import numpy as np
+
+from experiments.bench import report
 
 
 def apply_overrides(config, overrides: list[str]) -> None:
@@ -111,12 +112,8 @@ def main(argv=None):
             ("model TFLOP/s", f"{r['model_tflops_per_s']:.2f}"),
             ("MFU", "n/a (unknown peak)" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"),
             ("compile", f"{r['compile_s']:.1f} s")]
-    width = max(len(k) for k, _ in rows)
-    for k, v in rows:
-        print(f"{k:<{width}} | {v}")
-    with open(args.out, "w") as f:
-        json.dump(r, f, indent=2)
-    print(f"wrote {args.out}")
+    report.print_rows(rows)
+    report.write_json(r, args.out)
 
 
 if __name__ == "__main__":

@@ -13,10 +13,11 @@ torch.optim.AdamW with the preset's settings, float32, all CPU threads (2 here).
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import time
+
+from experiments.bench import report
 
 
 def build(vocab: int, seq: int, layers: int, width: int, heads: int):
@@ -127,12 +128,8 @@ def main(argv=None):
             ("params", f"{r['params']:,}"), ("batch x seq", f"{r['batch_size']} x {r['seq_len']}"),
             ("threads", r["threads"]), ("step", f"{r['step_ms']:.1f} ms"),
             ("tokens/s", f"{r['tokens_per_s']:,.0f}"), ("warm-up", f"{r['warmup_s']:.1f} s")]
-    width = max(len(k) for k, _ in rows)
-    for k, v in rows:
-        print(f"{k:<{width}} | {v}")
-    with open(args.out, "w") as f:
-        json.dump(r, f, indent=2)
-    print(f"wrote {args.out}")
+    report.print_rows(rows)
+    report.write_json(r, args.out)
 
 
 if __name__ == "__main__":
