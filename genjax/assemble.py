@@ -174,7 +174,8 @@ def unjitted_train_step(parts: Parts):
 
 def skip_by(mesh) -> str:
     """How the step keeps the state of a skipped update on `mesh`'s devices (step.train_step):
-    by a select on GPUs, where a conditional syncs with the host; else under lax.cond."""
+    by a select on GPUs, where a conditional may read its predicate on the host; else
+    under lax.cond."""
     return "select" if mesh.devices.flat[0].platform in ("gpu", "cuda", "rocm") else "cond"
 
 
