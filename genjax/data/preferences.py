@@ -26,6 +26,7 @@ import re
 import grain
 import numpy as np
 
+from genjax import jsonl
 from genjax.errors import UserError
 
 PAD_ID = 0
@@ -94,14 +95,9 @@ def read_jsonl(path: str) -> list[dict]:
         raise UserError(f"preference data: no file {path}")
     out = []
     with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{path}:{i}: not JSON ({e.msg})") from None
-            missing = [k for k in FIELDS if not isinstance(record.get(k), str)]
+        for i, record in jsonl.records(path, f):
+            missing = [k for k in FIELDS
+                       if not isinstance(record, dict) or not isinstance(record.get(k), str)]
             if missing:
                 raise UserError(f"{path}:{i}: needs string fields {FIELDS}; missing {missing}")
             out.append(record)

@@ -15,13 +15,13 @@ the file and what is wrong (one line, nothing written).
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import re
 import zipfile
 
 import numpy as np
 
+from genjax import jsonl
 from genjax.errors import UserError
 
 SEPARATOR = re.compile(r"^---[ \t]*$", re.MULTILINE)  # .txt: between samples
@@ -144,13 +144,7 @@ def _texts_txt(path: str, raw: bytes) -> list[str]:
 
 def _texts_jsonl(path: str, raw: bytes) -> list[str]:
     texts = []
-    for i, line in enumerate(_decode(path, raw).splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{path}: line {i} is not valid JSON ({e.msg})") from None
+    for i, obj in jsonl.records(path, _decode(path, raw).splitlines()):
         if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
             raise UserError(f"{path}: line {i} is not an object with a string \"text\"")
         texts.append(obj["text"])
