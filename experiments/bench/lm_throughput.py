@@ -11,6 +11,7 @@ device's peak dense bf16 FLOP/s (genjax/flops.py).
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import sys
 import time
@@ -113,6 +114,10 @@ def main(argv=None):
             ("MFU", "n/a (unknown peak)" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"),
             ("compile", f"{r['compile_s']:.1f} s")]
     report.print_rows(rows)
+    cores = os.cpu_count() or 1
+    if r["device_kind"] == "cpu" and r["devices"] == 1 and cores > 1:
+        print(f"note: 1 CPU device on {cores} cores; `make run` trains with one per core "
+              f"(XLA_FLAGS=--xla_force_host_platform_device_count={cores})")
     report.write_json(r, args.out)
 
 
