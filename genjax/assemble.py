@@ -17,7 +17,7 @@ from flax import linen as nn
 from jax.sharding import Mesh, NamedSharding
 from ml_collections import ConfigDict
 
-from genjax import families, optim, sharding, step as step_lib
+from genjax import families, grad_sync, optim, sharding, step as step_lib
 from genjax.errors import ConfigError
 
 
@@ -123,7 +123,7 @@ def assemble(config: ConfigDict, mesh: Mesh) -> Parts:
         ema_decay=float(config.optim.ema_decay), labels=labels,
         group_active=optim.group_schedule(config, labels),
         skip_nonfinite=bool(config.skip_nonfinite), spike=step_lib.spike_guard(config),
-        skip_by=skip_by(mesh))
+        skip_by=skip_by(mesh), grad_fn=_grad_fn(config, family, mesh))
 
     def train_step(state, batch):
         with sharding.activate(mesh, rules):
@@ -169,7 +169,15 @@ def unjitted_train_step(parts: Parts):
         ema_decay=float(parts.config.optim.ema_decay), labels=labels,
         group_active=optim.group_schedule(parts.config, labels),
         skip_nonfinite=bool(parts.config.skip_nonfinite),
-        spike=step_lib.spike_guard(parts.config), skip_by=skip_by(parts.mesh))
+        spike=step_lib.spike_guard(parts.config), skip_by=skip_by(parts.mesh),
+        grad_fn=_grad_fn(parts.config, parts.family, parts.mesh))
+
+
+def _grad_fn(config, family, mesh):
+    """The step's gradient computation for config.grad_sync (genjax/grad_sync.py)."""
+    if grad_sync.mode(config, family, mesh) == "flat":
+        return grad_sync.flat_grads(mesh)
+    return step_lib.whole_batch_grads
 
 
 def skip_by(mesh) -> str:

@@ -72,6 +72,8 @@ def base_config() -> ConfigDict:
     c.debug_nans = False
 
     c.mesh = ConfigDict(dict(data=-1, fsdp=1, tensor=1))  # -1: the remaining devices
+    c.grad_sync = "auto"           # auto | xla | flat: how data-parallel gradients are summed
+    #                                (genjax/grad_sync.py; auto = flat where exact, on CPUs)
     c.sharding_rules = DEFAULT_SHARDING_RULES
 
     c.optim = ConfigDict()

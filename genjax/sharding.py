@@ -157,6 +157,16 @@ def activate(mesh: Mesh, rules: Rules):
         _ACTIVE.reset(token)
 
 
+@contextlib.contextmanager
+def hints_off():
+    """Inside this context `constrain` emits nothing (per-shard code under shard_map)."""
+    token = _ACTIVE.set(None)
+    try:
+        yield
+    finally:
+        _ACTIVE.reset(token)
+
+
 def mesh_of(tree) -> Mesh | None:
     """The mesh of the first leaf placed with a NamedSharding (None: no such leaf)."""
     for leaf in jax.tree_util.tree_leaves(tree):

@@ -147,11 +147,16 @@ def _select_group_opt_state(new, old, active: dict[str, jax.Array]):
     return jax.tree_util.tree_map(one, new, old, is_leaf=is_mt)
 
 
+def whole_batch_grads(objective, params, batch):
+    """((loss, aux), grads) of objective(params, batch) over the whole (sharded) batch."""
+    return jax.value_and_grad(objective, has_aux=True)(params, batch)
+
+
 def train_step(state: TrainState, batch: PyTree, *, loss_fn: LossFn,
                tx: optax.GradientTransformation, compute_dtype=jnp.float32,
                ema_decay: float = 0.0, labels=None, group_active=None,
                skip_nonfinite: bool = True, spike: SpikeGuard = SpikeGuard(),
-               skip_by: str = "cond") -> tuple[TrainState, dict[str, jax.Array]]:
+               skip_by: str = "cond", grad_fn=None) -> tuple[TrainState, dict[str, jax.Array]]:
     """One optimizer step. `loss_fn(params, model_state, batch, rng)` -> (loss, (metrics, model_state)).
 
     An update is skipped (state kept, counters moved) when its loss or gradients are
@@ -160,17 +165,20 @@ def train_step(state: TrainState, batch: PyTree, *, loss_fn: LossFn,
     (no extra pass over the state: ~8% of the `cpu` LM step on XLA:CPU), "select" updates
     and then picks old or new per element (no branch: used on GPUs, where a conditional
     outside a CUDA graph reads its predicate on the host; not measured there).
+    `grad_fn(objective, params, batch)` -> ((loss, aux), grads) of objective(params, batch):
+    default `whole_batch_grads`; genjax.grad_sync.flat_grads sums data shards' gradients
+    in one all-reduce.
     """
     if skip_by not in ("cond", "select"):
         raise ValueError(f"skip_by={skip_by!r}: use cond | select")
     rng = step_key(state)
 
-    def objective(params):
+    def objective(params, batch):
         params_c = optim.cast_floating(params, compute_dtype)  # grads flow back to fp32
         return loss_fn(params_c, state.model_state, batch, rng)
 
-    (loss, (metrics, model_state)), grads = jax.value_and_grad(objective, has_aux=True)(
-        state.params)
+    (loss, (metrics, model_state)), grads = (grad_fn or whole_batch_grads)(
+        objective, state.params, batch)
     finite = all_finite(grads) & jnp.isfinite(loss)
     spiked = finite & is_spike(state.guard, loss, spike)
     keep = (finite | (not skip_nonfinite)) & ~spiked

@@ -58,7 +58,9 @@ PATH_KEYS = ("source_dir", "image_folder", "data_dir")  # where, not what: not h
 # Always ()/"" for the net (see DATA_KEYS) and not hashed, so that nets built before the
 # keys existed keep their checksum.
 UNHASHED_KEYS = PATH_KEYS + ("classes", "train_images")
-UNHASHED_TOP_KEYS = ("init_from_params",)  # how a run starts from another; the net never does
+# Top-level keys added after the net was shipped that do not change what it learns: how a
+# run starts from another (the net never does); how data-parallel gradients are summed.
+UNHASHED_TOP_KEYS = ("init_from_params", "grad_sync")
 BATCH = 256                    # images per forward pass (one compiled shape)
 _LOADED: dict[str, "FeatureNet"] = {}  # folder -> net: loaded (and compiled) once per process
 WEIGHTS_ENV = "GENJAX_FEATURE_NET_WEIGHTS"  # a folder of shipped weights (tests, other copies)

@@ -100,6 +100,11 @@ CAPABILITIES = {
                    "-> top-level params keys trained with the model but no part of it (a "
                    "PPO value head): merge_params leaves them out, and the checkpoint meta "
                    "lists them ('aux_params') so that another run's init_from skips them"),
+    "local_loss": ("local_loss(config)",
+                   "-> True when loss_fn is a mean over the batch's examples with nothing "
+                   "shared between them (no batch statistics, no randomness, model_state "
+                   "unchanged): each data shard's loss and gradients, averaged, are then "
+                   "the batch's (config.grad_sync=flat, genjax/grad_sync.py)"),
     "reference_params": ("reference_params(model_state, params)",
                          "the frozen reference policy's params kept in the checkpointed "
                          "model_state, cast like `params` (the alignment evaluator)"),
@@ -120,6 +125,7 @@ _PROBES = {
     "sample_arrays": ((1, 1, 1, 1, 1), {}), "merge_params": ((1, 1), {}),
     "pretrained_target": ((1,), {}), "load_pretrained": ((1, 1, 1), {}),
     "frozen_from": ((1,), {}), "reference_params": ((1, 1), {}), "aux_params": ((1,), {}),
+    "local_loss": ((1,), {}),
 }
 _TUPLES = ("likelihood_metrics", "sample_options", "runtime_keys")
 
@@ -226,6 +232,12 @@ def aux_params(family: ModuleType, config) -> tuple[str, ...]:
     """The params keys of `family` that are no part of its model (the family's
     `aux_params`), () for most families."""
     return tuple(family.aux_params(config)) if has(family, "aux_params") else ()
+
+
+def local_loss(family: ModuleType, config) -> bool:
+    """Whether per-shard losses and gradients, averaged, are `family`'s whole-batch ones for
+    this config (the family's `local_loss`); False for families that do not say."""
+    return bool(family.local_loss(config)) if has(family, "local_loss") else False
 
 
 def reference_params(family: ModuleType, model_state, params):

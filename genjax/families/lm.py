@@ -31,6 +31,12 @@ runtime_keys = ("model.dropout", "model.attention_impl", "model.z_loss", "model.
                 "model.loss_chunk", "model.remat")
 
 
+def local_loss(config) -> bool:
+    """The mean token NLL (+ z-loss) of equal shards averages to the batch's; dropout would
+    draw the same mask on every shard, so it is local only without dropout."""
+    return not float(config.model.dropout)
+
+
 def model_kwargs(config) -> dict:
     """config.model -> Transformer kwargs; shape keys left at 0 come from SIZES[size]."""
     m = config.model
