@@ -183,11 +183,12 @@ def train_step(state: TrainState, batch: PyTree, *, loss_fn: LossFn,
     spiked = finite & is_spike(state.guard, loss, spike)
     keep = (finite | (not skip_nonfinite)) & ~spiked
 
+    active = None if group_active is None else group_active(state.step)
+
     def update(model_state):
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        if group_active is not None:  # alternating updates: keep the inactive groups
-            active = group_active(state.step)
+        if active is not None:  # alternating updates: keep the inactive groups
             params = _select_groups(params, state.params, labels, active)
             opt_state = _select_group_opt_state(opt_state, state.opt_state, active)
         ema_params = state.ema_params
@@ -203,9 +204,8 @@ def train_step(state: TrainState, batch: PyTree, *, loss_fn: LossFn,
             keep, update, lambda _: old, model_state)
     else:
         params, opt_state, ema_params, model_state = _where(keep, update(model_state), old)
-    if group_active is not None:
-        for name, on in group_active(state.step).items():
-            metrics[f"active/{name}"] = on.astype(jnp.float32)
+    for name, on in (active or {}).items():
+        metrics[f"active/{name}"] = on.astype(jnp.float32)
     skipped = (~finite).astype(jnp.int32)
     bad = ((~finite) | spiked).astype(jnp.int32)
 

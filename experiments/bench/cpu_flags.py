@@ -17,6 +17,8 @@ import subprocess
 import sys
 import tempfile
 
+from experiments.bench import report
+
 FLAG_SETS = {
     "default": "",
     "xnnpack": "--xla_cpu_use_xnnpack=true",
@@ -67,10 +69,8 @@ def main(argv=None):
                 print(f"{name:<18} {devices} dev | {r['tokens_per_s']:>8,.0f} tokens/s | "
                       f"{r['step_ms']:6.1f} ms/step | compile {r['compile_s']:5.1f} s | "
                       f"loss {r['final_loss']:.6f}", flush=True)
-    with open(args.out, "w") as f:
-        json.dump({"preset": args.preset, "batch_size": args.batch_size, "steps": args.steps,
-                   "cpus": os.cpu_count(), "rows": rows}, f, indent=2)
-    print(f"wrote {args.out}")
+    report.write_json({"preset": args.preset, "batch_size": args.batch_size,
+                       "steps": args.steps, "cpus": os.cpu_count(), "rows": rows}, args.out)
 
 
 if __name__ == "__main__":

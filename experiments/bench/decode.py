@@ -32,7 +32,6 @@ null, in one batch of 2x), one jitted lax.scan, compiled ahead and timed separat
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import time
@@ -40,6 +39,8 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from experiments.bench import report
 
 
 def build(preset: str):
@@ -230,9 +231,7 @@ def main(argv=None):
               f"{diff['guidance']:g} ({diff['network_passes_per_step']} passes/step): "
               f"{diff['images_per_s']:,.1f} images/s ({diff['seconds']:.1f} s, compile "
               f"{diff['compile_s']:.1f} s)")
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=2)
-    print(f"wrote {args.out}")
+    report.write_json(result, args.out)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,8 @@ import time
 import jax
 import numpy as np
 
+from experiments.bench import report
+
 _NOT_THUNKS = ("ThunkExecutor", "$", "Pjit", "Common", "Wait", "Rendezvous", "ParseArguments")
 
 
@@ -81,9 +83,7 @@ def main(argv=None):
           "per step, summed over devices:")
     for kind, ms in list(r["per_kind_ms"].items())[:15]:
         print(f"  {ms:7.2f} ms  {kind}")
-    with open(args.out, "w") as f:
-        json.dump({"preset": args.preset, **r}, f, indent=2)
-    print(f"wrote {args.out}")
+    report.write_json({"preset": args.preset, **r}, args.out)
 
 
 if __name__ == "__main__":

@@ -11,12 +11,13 @@ Prints ms per fwd+bwd for each and the largest gradient difference between them.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 
 import jax
 import jax.numpy as jnp
+
+from experiments.bench import report
 
 
 def gelu(h):
@@ -79,11 +80,9 @@ def main(argv=None):
     print(f"  jax autodiff   {ms_auto:6.2f} ms")
     print(f"  custom_vjp     {ms_hand:6.2f} ms  ({ms_auto / ms_hand:.2f}x)")
     print(f"  max relative gradient difference {diff:.1e}")
-    with open(args.out, "w") as f:
-        json.dump({**vars(args), "ms_autodiff": ms_auto, "ms_custom_vjp": ms_hand,
-                   "max_rel_grad_diff": diff, "devices": jax.device_count(),
-                   "jax": jax.__version__}, f, indent=2)
-    print(f"wrote {args.out}")
+    report.write_json({**vars(args), "ms_autodiff": ms_auto, "ms_custom_vjp": ms_hand,
+                       "max_rel_grad_diff": diff, "devices": jax.device_count(),
+                       "jax": jax.__version__}, args.out)
 
 
 if __name__ == "__main__":

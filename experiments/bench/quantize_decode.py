@@ -16,7 +16,6 @@ Writes experiments/bench/results/quantize_decode_<device>.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import time
@@ -24,6 +23,8 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from experiments.bench import report
 
 
 def build(preset: str, dtype: str):
@@ -106,9 +107,7 @@ def main(argv=None):
     out = args.out or os.path.join(os.path.dirname(__file__), "results",
                                    f"quantize_decode_{jax.devices()[0].platform}.json")
     os.makedirs(os.path.dirname(out), exist_ok=True)
-    with open(out, "w") as fh:
-        json.dump(result, fh, indent=2)
-    print(f"wrote {out}")
+    report.write_json(result, out)
 
 
 if __name__ == "__main__":

@@ -66,6 +66,7 @@ from genjax import checkpoint as ckpt_lib
 from genjax import config_lib, same_model
 from genjax.errors import ConfigError, UserError
 from genjax.families import lm, rl
+from genjax.ppo import masked_mean
 from genjax.models import transformer
 from genjax.sampling import lm as decoder
 
@@ -150,10 +151,6 @@ class OnPolicyMasks(NamedTuple):
     data_B: jax.Array       # f32: 1 on the off-policy rows (data targets everywhere)
 
 
-def _masked_mean(x, mask):
-    return jnp.sum(x * mask) / jnp.maximum(jnp.sum(mask), 1.0)
-
-
 def distill_loss(student_logits, teacher_logits, targets, *, alpha: float, tau: float,
                  divergence_name: str, beta: float = 0.5, masks: OnPolicyMasks | None = None):
     """(loss, metrics) for logits [B, T, V] and next tokens targets int[B, T]: the
@@ -171,10 +168,10 @@ def distill_loss(student_logits, teacher_logits, targets, *, alpha: float, tau: 
                    "accuracy": jnp.mean(correct_BxT)}
     else:
         data_BxT = jnp.broadcast_to(masks.data_B[:, None], nll_BxT.shape)
-        metrics = {"nll": _masked_mean(nll_BxT, data_BxT),
-                   "kd": _masked_mean(kd_BxT, jnp.maximum(masks.sampled_BxT, data_BxT)),
-                   "accuracy": _masked_mean(correct_BxT, data_BxT),
-                   "kd_sampled": _masked_mean(kd_BxT, masks.sampled_BxT)}
+        metrics = {"nll": masked_mean(nll_BxT, data_BxT),
+                   "kd": masked_mean(kd_BxT, jnp.maximum(masks.sampled_BxT, data_BxT)),
+                   "accuracy": masked_mean(correct_BxT, data_BxT),
+                   "kd_sampled": masked_mean(kd_BxT, masks.sampled_BxT)}
     loss = alpha * tau ** 2 * metrics["kd"] + (1.0 - alpha) * metrics["nll"]
     return loss, metrics
 
