@@ -114,6 +114,32 @@ def test_nonfinite_gradients_skip_the_update_and_are_counted(skip_by):
     np.testing.assert_allclose(new2.ema_params["w"], 0.9 + 0.1 * (1 - 0.1), rtol=1e-5)
 
 
+def _one_step(loss_of_w, w):
+    def loss_fn(params, model_state, batch, rng):
+        return loss_of_w(params["w"]), ({}, model_state)
+    tx = optim.make_optimizer(toy_config(name="adam", clip_norm=1.0))
+    state = make_state({"w": w}, tx)
+    return state, jax.jit(lambda s: train_step(s, {}, loss_fn=loss_fn, tx=tx))(state)
+
+
+def test_a_nonfinite_gradient_under_a_finite_loss_is_skipped():
+    # d/dw sqrt(w) at w = 0 is +inf while the loss, sqrt(0) + 1 + 1 = 2, is finite
+    state, (new, metrics) = _one_step(lambda w: jnp.sum(jnp.sqrt(w)), jnp.array([0.0, 1, 1]))
+    assert float(metrics["loss"]) == 2.0 and int(metrics["skipped"]) == 1
+    np.testing.assert_array_equal(new.params["w"], state.params["w"])
+
+
+def test_a_finite_gradient_whose_squared_norm_overflows_float32_is_skipped_too():
+    # grad 1e20 per element: finite, but its squared norm (3e40) is not a float32
+    state, (new, metrics) = _one_step(lambda w: 1e20 * jnp.sum(w), jnp.ones(3))
+    assert np.isfinite(float(metrics["loss"])) and int(metrics["skipped"]) == 1
+    np.testing.assert_array_equal(new.params["w"], state.params["w"])
+    # an ordinary gradient: the logged norm is its 2-norm, and the step is taken
+    _, (new, metrics) = _one_step(lambda w: jnp.sum(w * jnp.array([3.0, 4.0])), jnp.ones(2))
+    np.testing.assert_allclose(float(metrics["grad_norm"]), 5.0, rtol=1e-6)
+    assert int(metrics["skipped"]) == 0 and not np.array_equal(new.params["w"], jnp.ones(2))
+
+
 def test_skip_by_cond_and_select_agree_on_ordinary_steps():
     tx = optim.make_optimizer(toy_config(name="adamw", weight_decay=0.1))
     state = init_state({"w": jnp.ones(3)}, {"seen": jnp.zeros((), jnp.int32)}, tx,

@@ -3,6 +3,7 @@ shape trained on the same random tokens, tokens/s apart from warm-up.
 
   python -m experiments.bench.torch_lm_throughput --out=torch_cpu.json            # eager
   python -m experiments.bench.torch_lm_throughput --compile --out=torch_cpu.json  # torch.compile
+  python -m experiments.bench.torch_lm_throughput --profile --out=torch_cpu.json  # + matmul split
 
 Needs torch (not a genjax dependency: run it from an environment that has it). The model
 is the one genjax's `cpu` preset builds (pre-LayerNorm blocks without biases, learned
@@ -63,7 +64,8 @@ def build(vocab: int, seq: int, layers: int, width: int, heads: int):
     return GPT()
 
 
-def run(batch: int, seq: int, vocab: int, steps: int, warmup: int, compile_: bool) -> dict:
+def run(batch: int, seq: int, vocab: int, steps: int, warmup: int, compile_: bool,
+        profile_: bool = False) -> dict:
     import numpy as np
     import torch
     from torch.nn import functional as F
@@ -103,7 +105,28 @@ def run(batch: int, seq: int, vocab: int, steps: int, warmup: int, compile_: boo
             "params": sum(p.numel() for p in model.parameters()),
             "batch_size": batch, "seq_len": seq, "step_ms": 1000 * dt,
             "tokens_per_s": batch * seq / dt, "warmup_s": warmup_s,
-            "final_loss": float(loss.detach()), "python": platform.python_version()}
+            "final_loss": float(loss.detach()), "python": platform.python_version(),
+            **(matmul_split(step, steps) if profile_ else {})}
+
+
+# The kernels that do the step's matmuls (eager CPU): linear layers (mm/addmm, forward and
+# backward) and the fused attention's forward and backward.
+MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm",
+              "aten::_scaled_dot_product_flash_attention_for_cpu",
+              "aten::_scaled_dot_product_flash_attention_for_cpu_backward")
+
+
+def matmul_split(step, steps: int) -> dict:
+    """torch.profiler over `steps` steps: wall ms per step inside MATMUL_OPS (self time on
+    the calling thread; their intra-op threads work inside it) and the step's wall ms."""
+    from torch.profiler import ProfilerActivity, profile
+    t0 = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            step()
+    wall = (time.perf_counter() - t0) / steps
+    mm = sum(e.self_cpu_time_total for e in prof.key_averages() if e.key in MATMUL_OPS)
+    return {"profiled_step_ms": 1000 * wall, "matmul_ms": mm / steps / 1000}
 
 
 def main(argv=None):
@@ -114,6 +137,8 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--compile", action="store_true", help="torch.compile the step")
+    p.add_argument("--profile", action="store_true",
+                   help="then profile as many steps: time in the matmul kernels")
     p.add_argument("--out", default="torch_lm_throughput.json")
     args = p.parse_args(argv)
     try:
@@ -123,11 +148,15 @@ def main(argv=None):
               "dependency); run it from an environment that has it", file=sys.stderr)
         return 2
     r = run(args.batch_size, args.seq_len, args.vocab_size, args.steps, args.warmup,
-            args.compile)
+            args.compile, args.profile)
     rows = [("torch", f"{r['torch']}{' + compile' if r['compile'] else ''}"),
             ("params", f"{r['params']:,}"), ("batch x seq", f"{r['batch_size']} x {r['seq_len']}"),
             ("threads", r["threads"]), ("step", f"{r['step_ms']:.1f} ms"),
             ("tokens/s", f"{r['tokens_per_s']:,.0f}"), ("warm-up", f"{r['warmup_s']:.1f} s")]
+    if "matmul_ms" in r:
+        rows += [("profiled step", f"{r['profiled_step_ms']:.1f} ms"),
+                 ("in matmul kernels", f"{r['matmul_ms']:.1f} ms"),
+                 ("outside them", f"{r['profiled_step_ms'] - r['matmul_ms']:.1f} ms")]
     report.print_rows(rows)
     report.write_json(r, args.out)
 
