@@ -58,7 +58,7 @@ def base_config() -> ConfigDict:
     c.init_from_params = "raw"     # raw | ema: its trained params, or their EMA (what its
     #                                samples use; fine-tuning a diffusion run: ema)
     c.compute_dtype = "float32"    # float32 | bfloat16 (params stay float32: master weights)
-    c.skip_nonfinite = True        # skip an update whose gradients are NaN/Inf (counted)
+    c.skip_nonfinite = True        # skip an update whose gradient norm is NaN/Inf (counted)
     c.max_consecutive_skips = 10   # then act on `on_nan` (spikes count as skips too)
     # Non-finite params or max_consecutive_skips reached: "halt" (exit 1, step named) or
     # "rollback" (restore the newest checkpoint before the bad steps, skip their batches).
