@@ -116,14 +116,8 @@ def assemble(config: ConfigDict, mesh: Mesh) -> Parts:
     batch_sh = jax.tree_util.tree_map(
         lambda x: sharding.batch_sharding(mesh, rules, np.ndim(x)), example)
 
-    loss_fn = functools.partial(_bound, family.loss_fn, model=model, config=config)
     eval_fn = functools.partial(_bound, family.eval_fn, model=model, config=config)
-    step_kwargs = dict(
-        loss_fn=loss_fn, tx=tx, compute_dtype=compute_dtype,
-        ema_decay=float(config.optim.ema_decay), labels=labels,
-        group_active=optim.group_schedule(config, labels),
-        skip_nonfinite=bool(config.skip_nonfinite), spike=step_lib.spike_guard(config),
-        skip_by=skip_by(mesh), grad_fn=_grad_fn(config, family, mesh))
+    step_kwargs = _step_kwargs(config, family, model, tx, labels, compute_dtype, mesh)
 
     def train_step(state, batch):
         with sharding.activate(mesh, rules):
@@ -150,6 +144,16 @@ def _bound(fn, *args, model, config, **kwargs):
     return fn(*args, model=model, config=config, **kwargs)
 
 
+def _step_kwargs(config, family, model, tx, labels, compute_dtype, mesh) -> dict:
+    """step.train_step's keyword arguments for this run (jitted or not, the same step)."""
+    return dict(
+        loss_fn=functools.partial(_bound, family.loss_fn, model=model, config=config),
+        tx=tx, compute_dtype=compute_dtype, ema_decay=float(config.optim.ema_decay),
+        labels=labels, group_active=optim.group_schedule(config, labels),
+        skip_nonfinite=bool(config.skip_nonfinite), spike=step_lib.spike_guard(config),
+        skip_by=skip_by(mesh), grad_fn=_grad_fn(config, family, mesh))
+
+
 def inference_params(parts: Parts, state, which: str = "ema") -> tuple[Any, Any, str]:
     """(params, model_state, "ema" | "raw") the model applies at inference: EMA params when
     asked for and kept, with what the family merges in (LoRA adapters)."""
@@ -160,17 +164,9 @@ def inference_params(parts: Parts, state, which: str = "ema") -> tuple[Any, Any,
 
 def unjitted_train_step(parts: Parts):
     """The same step without jit (golden tests: one step, eagerly)."""
-    labels = parts.labels
-    return functools.partial(
-        step_lib.train_step,
-        loss_fn=functools.partial(_bound, parts.family.loss_fn, model=parts.model,
-                                  config=parts.config),
-        tx=parts.tx, compute_dtype=parts.compute_dtype,
-        ema_decay=float(parts.config.optim.ema_decay), labels=labels,
-        group_active=optim.group_schedule(parts.config, labels),
-        skip_nonfinite=bool(parts.config.skip_nonfinite),
-        spike=step_lib.spike_guard(parts.config), skip_by=skip_by(parts.mesh),
-        grad_fn=_grad_fn(parts.config, parts.family, parts.mesh))
+    return functools.partial(step_lib.train_step, **_step_kwargs(
+        parts.config, parts.family, parts.model, parts.tx, parts.labels,
+        parts.compute_dtype, parts.mesh))
 
 
 def _grad_fn(config, family, mesh):

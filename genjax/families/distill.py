@@ -66,8 +66,8 @@ from genjax import checkpoint as ckpt_lib
 from genjax import config_lib, same_model
 from genjax.errors import ConfigError, UserError
 from genjax.families import lm, rl
-from genjax.ppo import masked_mean
 from genjax.models import transformer
+from genjax.ppo import masked_mean
 from genjax.sampling import lm as decoder
 
 TEACHER = "teacher"  # model_state key of the frozen teacher params
