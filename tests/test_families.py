@@ -37,6 +37,12 @@ GOLDEN_LOSS["distill+on_policy"] = 2.086005
 GOLDEN_LOSS["rl+reward_model"] = -0.011096
 GOLDEN_MADE_WITH = {"jax": "0.10.2", "jaxlib": "0.10.2"}
 REGENERATE = "python -m tests.test_families"
+# family -> (accuracy metric, the margin it thresholds). At step 0 the policy is its
+# reference, so every margin is 0 up to rounding and "margin > 0" is decided by how each
+# compiled program rounds (seen: 0 un-jitted, 0.125 jitted, on an AVX2 machine); the test
+# checks the margin is such a tie and compares the margin, not the coin flip.
+TIED_AT_STEP_0 = {"dpo": ("reward_accuracy", "reward_margin"),
+                  "diffusion_dpo": ("accuracy", "inner")}
 
 
 def versions() -> dict:
@@ -110,9 +116,14 @@ def test_one_unjitted_step_gives_the_golden_loss_and_equals_the_jitted_step(fami
     jit_state, jit_metrics = jitted_step_on_one_device(family)
     np.testing.assert_allclose(float(eager_metrics["loss"]), GOLDEN_LOSS[family], rtol=1e-4,
                                err_msg=golden_changed_message(family))
+    tied, margin = TIED_AT_STEP_0.get(family, (None, None))
+    if tied:
+        for m in (eager_metrics, jit_metrics):
+            assert abs(float(m[margin])) < 1e-5 and 0.0 <= float(m[tied]) <= 1.0, m
     for k in eager_metrics:
-        np.testing.assert_allclose(float(eager_metrics[k]), float(jit_metrics[k]),
-                                   rtol=1e-4, atol=1e-5, err_msg=k)
+        if k != tied:
+            np.testing.assert_allclose(float(eager_metrics[k]), float(jit_metrics[k]),
+                                       rtol=1e-4, atol=1e-5, err_msg=k)
     assert jax.tree_util.tree_structure(eager_state) == jax.tree_util.tree_structure(jit_state)
     for a, b in zip(jax.tree_util.tree_leaves(eager_state), jax.tree_util.tree_leaves(jit_state)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
