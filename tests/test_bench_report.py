@@ -1,5 +1,5 @@
 """Every bench JSON says which machine measured it (CPU model, cores, vector ISA): the
-same 2-core VM size has run this project's CPU benches ~2.5x apart (AVX-512 vs AVX2)."""
+same 2-core VM size has run this project's CPU benches 2-4x apart (AVX-512 vs AVX2)."""
 import json
 import os
 

@@ -15,7 +15,7 @@ def print_rows(rows: list[tuple[str, object]]) -> None:
 
 def host(cpuinfo: str = "/proc/cpuinfo") -> dict:
     """The machine a figure was measured on: CPU model, cores and widest x86 vector ISA
-    (VMs of one size differ ~2.5x in this project's CPU benches between AVX-512 and AVX2
+    (VMs of one size differ 2-4x in this project's CPU benches between AVX-512 and AVX2
     hosts, so every JSON says which it was)."""
     model, flags = platform.processor() or platform.machine(), set()
     try:
