@@ -70,7 +70,7 @@ def main(argv=None):
                       f"{r['step_ms']:6.1f} ms/step | compile {r['compile_s']:5.1f} s | "
                       f"loss {r['final_loss']:.6f}", flush=True)
     report.write_json({"preset": args.preset, "batch_size": args.batch_size,
-                       "steps": args.steps, "cpus": os.cpu_count(), "rows": rows}, args.out)
+                       "steps": args.steps, "rows": rows}, args.out)
 
 
 if __name__ == "__main__":

@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import sys
 import time
+
+from experiments.bench import report
 
 IMAGE_BATCH, IMAGE_STEPS_PER_S = 128, 10.0  # assumed image-family cpu demand
 
@@ -101,12 +102,10 @@ def main(argv=None) -> list[dict]:
         tokens = f"{r['tokens_per_s']:.0f}" if "tokens_per_s" in r else "-"
         print(f"{r['loader']:<22}{r['batch']:>6}{r['setup_s']:>9.2f}{r['examples_per_s']:>12.0f}"
               f"{tokens:>11}{r['cpu_preset_examples_per_s']:>16.0f}{r['headroom']:>9.0f}x")
-    result = {"rows": rows, "batches": args.batches, "cpu_count": os.cpu_count(),
-              "python": platform.python_version()}
+    result = {"rows": rows, "batches": args.batches, "python": platform.python_version()}
     print(json.dumps(result, indent=1))
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=1)
+        report.write_json(result, args.out)
     return rows
 
 
