@@ -210,6 +210,25 @@ def test_streamed_chunks_concatenate_to_one_decode(model_and_params):
         np.testing.assert_array_equal(np.concatenate(chunks, axis=1), whole)
 
 
+def test_a_wider_compiled_loop_draws_the_same_tokens_and_serves_every_shorter_length(
+        model_and_params):
+    model, params = model_and_params
+    kw = dict(rng=jax.random.PRNGKey(7), temperature=2.0, stop_token_ids=[5])
+    wide, compiled = {}, []
+    for n in (3, 7, 9):  # one width, three lengths: one compilation of the loop
+        wide[n] = lm.decode_with_logprobs(model, params, PROMPTS, LENGTHS, max_new_tokens=n,
+                                          width=9, **kw)
+        compiled.append(lm.generate_chunk._cache_size())
+    assert compiled == compiled[:1] * 3
+    for n in (3, 7, 9):
+        plain = lm.decode_with_logprobs(model, params, PROMPTS, LENGTHS, max_new_tokens=n, **kw)
+        assert wide[n][0].tokens_BxN.shape == (2, n)
+        for a, b in zip(jax.tree.leaves(wide[n]), jax.tree.leaves(plain)):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    with pytest.raises(ValueError, match="width=2: must be >= max_new_tokens=3"):
+        lm.decode(model, params, PROMPTS, LENGTHS, max_new_tokens=3, width=2, **kw)
+
+
 def test_a_row_samples_the_same_tokens_whatever_batch_it_is_in(model_and_params):
     model, params = model_and_params
     kw = dict(rng=jax.random.PRNGKey(5), max_new_tokens=10, temperature=2.0)

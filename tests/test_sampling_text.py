@@ -13,6 +13,7 @@ from genjax.errors import UserError
 from genjax.data.tokenizer import CharTokenizer
 from genjax.models import transformer
 from genjax.sampling import best_of_n, postprocess, text
+from genjax.sampling import lm as lm_sampling
 from genjax.sampling.text import TextRequest
 from test_lm_decode import random_params
 
@@ -86,6 +87,16 @@ def test_over_long_requests_fail_naming_the_numbers_or_truncate_or_slide_explici
         (slid,) = text.generate_text(*lm, TextRequest(prompt="abcdefgh", max_new_tokens=16,
                                                       temperature=0.0, window=True))
     assert len(slid) == 16 and slid[:8] == texts(lm, ["abcdefgh"], GREEDY)[0][0]
+
+
+def test_sliding_windows_after_the_first_share_one_compiled_decode(lm):
+    req = TextRequest(prompt="abcdefgh", max_new_tokens=16, temperature=0.0, window=True)
+    with pytest.warns(UserWarning, match="window=True"):
+        (two,) = text.generate_text(*lm, req)  # windows of 8 and 8 tokens
+        compiled = lm_sampling.generate_chunk._cache_size()
+        (three,) = text.generate_text(*lm, dataclasses.replace(req, max_new_tokens=21))
+    assert len(three) == 21 and three[:16] == two  # windows of 8, 8 and 5 tokens
+    assert lm_sampling.generate_chunk._cache_size() == compiled  # the 5 reuses the 8s'
 
 
 @pytest.mark.parametrize("field,value", [

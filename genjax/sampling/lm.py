@@ -261,10 +261,12 @@ def _inputs(prompts_BxP, prompt_lengths_B, rng, row_ids_B):
 def decode(model: Transformer, params, prompts_BxP, prompt_lengths_B, *, rng,
            max_new_tokens: int, temperature=1.0, top_k: int = 0, top_p=1.0, min_p=0.0,
            repetition_penalty=1.0, stop_token_ids: Sequence[int] = (), pad_id: int = 0,
-           valid_vocab: int | None = None, row_ids_B=None) -> Decoded:
+           valid_vocab: int | None = None, row_ids_B=None, width: int | None = None) -> Decoded:
     """N = max_new_tokens tokens continuing each right-padded prompt: `prefill`, then one
     `generate_chunk` of N steps (two jitted calls, no Python per token).
 
+    `width` >= N (default N) is the compiled loop's length: calls with the same prompt
+    width and `width` share one compilation whatever their N (the loop stops after N).
     Raises ValueError if the longest prompt + max_new_tokens exceeds model.max_len.
     """
     return decode_with_logprobs(model, params, prompts_BxP, prompt_lengths_B, rng=rng,
@@ -272,25 +274,31 @@ def decode(model: Transformer, params, prompts_BxP, prompt_lengths_B, *, rng,
                                 top_k=top_k, top_p=top_p, min_p=min_p,
                                 repetition_penalty=repetition_penalty,
                                 stop_token_ids=stop_token_ids, pad_id=pad_id,
-                                valid_vocab=valid_vocab, row_ids_B=row_ids_B)[0]
+                                valid_vocab=valid_vocab, row_ids_B=row_ids_B, width=width)[0]
 
 
 def decode_with_logprobs(model: Transformer, params, prompts_BxP, prompt_lengths_B, *, rng,
                          max_new_tokens: int, temperature=1.0, top_k: int = 0, top_p=1.0,
                          min_p=0.0, repetition_penalty=1.0, stop_token_ids: Sequence[int] = (),
                          pad_id: int = 0, valid_vocab: int | None = None,
-                         row_ids_B=None) -> tuple[Decoded, jax.Array]:
+                         row_ids_B=None, width: int | None = None
+                         ) -> tuple[Decoded, jax.Array]:
     """(`decode`'s output, logprobs_BxN float32: each drawn token's log-probability under
     the distribution it was drawn from, 0 after a stop token)."""
     _check(model, prompts_BxP, prompt_lengths_B, max_new_tokens)
     s = _sampling(model, temperature, top_k, top_p, min_p, repetition_penalty,
                   stop_token_ids, pad_id, valid_vocab)
     N = int(max_new_tokens)
+    W = N if width is None else int(width)
+    if W < N:
+        raise ValueError(f"width={W}: must be >= max_new_tokens={N}")
     state = prefill(model, params, *_inputs(prompts_BxP, prompt_lengths_B, rng, row_ids_B),
-                    num_slots=_num_slots(model, prompts_BxP, N))
-    (tokens_BxN, logp_BxN), _, state = generate_chunk(
-        model, params, state, s, jnp.asarray(N, jnp.int32), chunk_size=N, top_k=int(top_k))
-    return Decoded(tokens_BxN, state.lengths_B, state.done_B), logp_BxN
+                    num_slots=_num_slots(model, prompts_BxP, W))
+    (tokens_BxW, logp_BxW), _, state = generate_chunk(
+        model, params, state, s, jnp.asarray(N, jnp.int32), chunk_size=W, top_k=int(top_k))
+    if W > N:
+        tokens_BxW, logp_BxW = tokens_BxW[:, :N], logp_BxW[:, :N]
+    return Decoded(tokens_BxW, state.lengths_B, state.done_B), logp_BxW
 
 
 def generate(model: Transformer, params, prompts_BxP, prompt_lengths_B, **kwargs) -> jax.Array:

@@ -212,11 +212,15 @@ def _decode_rows(model, params, tokenizer, rows, row_ids, req: TextRequest):
     remaining, window = req.max_new_tokens, 0
     while remaining > 0 and not stopped.all():
         context = history if window == 0 else [h[-(max_len // 2):] for h in history]
-        n = min(remaining, max_len - max(len(c) for c in context))
+        room = max_len - max(len(c) for c in context)
+        n = min(remaining, room)
         prompts_BxP, lengths_B = _pad(context, max_len)
+        # Every later window has the same prompt width and room: one compilation for all,
+        # the last, shorter one included (width=room).
         dec = lm_sampling.decode(
             model, params, prompts_BxP, lengths_B, max_new_tokens=n, row_ids_B=row_ids,
-            rng=rng if window == 0 else jax.random.fold_in(rng, window), **kwargs)
+            rng=rng if window == 0 else jax.random.fold_in(rng, window),
+            width=room if window else None, **kwargs)
         tokens, lengths, hit = (np.asarray(x) for x in jax.device_get(dec))
         for b in np.flatnonzero(~stopped):
             out[b] = np.concatenate([out[b], tokens[b, :lengths[b]]])
