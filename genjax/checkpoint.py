@@ -22,11 +22,11 @@ import shutil
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
 from genjax import config_lib, faults
+from genjax.checkpoint_checksums import checksums as _checksums
 from genjax.errors import CheckpointError, CorruptCheckpoint, UserError  # noqa: F401
 from genjax.models import scan_convert
 from genjax.same_model import LAYOUT_KEYS
@@ -34,40 +34,6 @@ from genjax.step import TrainState
 
 def _state_to_dict(state: TrainState) -> dict:
     return {f.name: getattr(state, f.name) for f in dataclasses.fields(state)}
-
-
-# --------------------------------------------------------------------------- checksums
-def _leaf_words(x: jax.Array) -> jax.Array:
-    """The raw bits of `x` as uint32 words (exact; any bit flip changes them)."""
-    if x.dtype == jnp.bool_:
-        x = x.astype(jnp.uint8)
-    if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
-        x = jax.random.key_data(x)
-    width = x.dtype.itemsize
-    if width == 8:
-        return jax.lax.bitcast_convert_type(x, jnp.uint32).reshape(-1)
-    unsigned = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32}[width]
-    return jax.lax.bitcast_convert_type(x, unsigned).astype(jnp.uint32).reshape(-1)
-
-
-@jax.jit
-def fingerprint(tree) -> tuple[dict, jax.Array]:
-    """Per leaf two uint32 checksums (plain and position-weighted sums of its bits, mod 2^32:
-    exact under any sharding/reduction order) and whether every float leaf is finite."""
-    out, finite = {}, jnp.array(True)
-    for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]:
-        words = _leaf_words(x)
-        weights = jnp.arange(words.size, dtype=jnp.uint32) * jnp.uint32(2654435761) + 1
-        out[jax.tree_util.keystr(path, simple=True, separator="/")] = jnp.stack(
-            [jnp.sum(words, dtype=jnp.uint32), jnp.sum(words * weights, dtype=jnp.uint32)])
-        if jnp.issubdtype(x.dtype, jnp.inexact):
-            finite = finite & jnp.all(jnp.isfinite(x))
-    return out, finite
-
-
-def _checksums(state_dict) -> tuple[dict[str, list[int]], bool]:
-    sums, finite = jax.device_get(fingerprint(state_dict))
-    return {k: [int(a), int(b)] for k, (a, b) in sums.items()}, bool(finite)
 
 
 def _handler_registry() -> ocp.handlers.DefaultCheckpointHandlerRegistry:

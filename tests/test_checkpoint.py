@@ -8,7 +8,8 @@ import optax
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from genjax.checkpoint import (Checkpointer, CheckpointError, fingerprint)
+from genjax.checkpoint import Checkpointer, CheckpointError
+from genjax.checkpoint_checksums import fingerprint, host_fingerprint
 from genjax.errors import UserError
 from genjax.step import init_state
 from genjax.workdir import WorkdirLock
@@ -92,6 +93,26 @@ def test_checksum_detects_a_single_flipped_bit():
     w.view(np.uint32)[3, 1] ^= 1 << 7
     b, _ = fingerprint({"b": state.params["b"], "w": jnp.asarray(w)})
     assert not np.array_equal(a["w"], b["w"]) and np.array_equal(a["b"], b["b"])
+
+
+def test_the_host_checksums_equal_the_jitted_ones_bit_for_bit():
+    rng = np.random.default_rng(0)
+    tree = {"f32": jnp.asarray(rng.standard_normal((37, 5)), jnp.float32),
+            "bf16": jnp.asarray(rng.standard_normal(300), jnp.bfloat16),
+            "f16": jnp.asarray(rng.standard_normal(9), jnp.float16),
+            "i8": jnp.asarray(rng.integers(-128, 128, 11), jnp.int8),
+            "u32": jnp.asarray(rng.integers(0, 2**32, 70_000, dtype=np.uint64), jnp.uint32),
+            "i32": jnp.int32(-7), "mask": jnp.asarray([True, False, True]),
+            "key": jax.random.key(3), "raw_key": jax.random.PRNGKey(4),
+            "np64": np.linspace(0.0, 1.0, 6), "empty": jnp.zeros((0, 3))}
+    jitted, jitted_finite = jax.device_get(fingerprint(tree))
+    host, host_finite = host_fingerprint(tree)
+    assert sorted(host) == sorted(jitted) and bool(host_finite) and bool(jitted_finite)
+    for k in jitted:
+        np.testing.assert_array_equal(host[k], jitted[k], err_msg=k)
+    assert int(host["u32"][0]) == int(np.asarray(tree["u32"]).astype(object).sum()) % 2**32
+    tree["bf16"] = tree["bf16"].at[17].set(jnp.inf)
+    assert not bool(host_fingerprint(tree)[1]) and not bool(fingerprint(tree)[1])
 
 
 def test_nonfinite_state_is_never_checkpointed(tmp_path):

@@ -215,12 +215,12 @@ def test_a_wider_compiled_loop_draws_the_same_tokens_and_serves_every_shorter_le
     model, params = model_and_params
     kw = dict(rng=jax.random.PRNGKey(7), temperature=2.0, stop_token_ids=[5])
     wide, compiled = {}, []
-    for n in (3, 7, 9):  # one width, three lengths: one compilation of the loop
+    for n in (3, 9):  # one width, two lengths: one compilation of the loop
         wide[n] = lm.decode_with_logprobs(model, params, PROMPTS, LENGTHS, max_new_tokens=n,
                                           width=9, **kw)
         compiled.append(lm.generate_chunk._cache_size())
-    assert compiled == compiled[:1] * 3
-    for n in (3, 7, 9):
+    assert compiled == compiled[:1] * 2
+    for n in (3, 9):
         plain = lm.decode_with_logprobs(model, params, PROMPTS, LENGTHS, max_new_tokens=n, **kw)
         assert wide[n][0].tokens_BxN.shape == (2, n)
         for a, b in zip(jax.tree.leaves(wide[n]), jax.tree.leaves(plain)):
