@@ -8,60 +8,43 @@ import jax.numpy as jnp
 import numpy as np
 
 
-def _leaf_words(x: jax.Array) -> jax.Array:
-    """The raw bits of `x` as uint32 words (exact; any bit flip changes them)."""
-    if x.dtype == jnp.bool_:
-        x = x.astype(jnp.uint8)
+def _leaf_words(x, xp):
+    """The raw bits of `x` as uint32 words (exact; any bit flip changes them), computed
+    with `xp` = jax.numpy (traced) or numpy (arrays this process holds whole)."""
     if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
         x = jax.random.key_data(x)
-    width = x.dtype.itemsize
-    if width == 8:
-        return jax.lax.bitcast_convert_type(x, jnp.uint32).reshape(-1)
-    unsigned = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32}[width]
-    return jax.lax.bitcast_convert_type(x, unsigned).astype(jnp.uint32).reshape(-1)
+    if xp is np:  # the dtype jit would see (a numpy float64 leaf is float32 there)
+        x = np.ascontiguousarray(x, dtype=jax.dtypes.canonicalize_dtype(np.asarray(x).dtype))
+    if x.dtype == xp.bool_:
+        x = x.astype(xp.uint8)
+    unsigned = {1: xp.uint8, 2: xp.uint16, 4: xp.uint32, 8: xp.uint32}[x.dtype.itemsize]
+    bits = x.view(unsigned) if xp is np else jax.lax.bitcast_convert_type(x, unsigned)
+    return bits.astype(xp.uint32).reshape(-1)
+
+
+def _fingerprint(tree, xp):
+    out, finite = {}, xp.asarray(True)
+    for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        words = _leaf_words(x, xp)
+        weights = xp.arange(words.size, dtype=xp.uint32) * xp.uint32(2654435761) + xp.uint32(1)
+        out[jax.tree_util.keystr(path, simple=True, separator="/")] = xp.stack(
+            [xp.sum(words, dtype=xp.uint32), xp.sum(words * weights, dtype=xp.uint32)])
+        if jnp.issubdtype(x.dtype, jnp.inexact):
+            finite = finite & xp.all(xp.isfinite(xp.asarray(x)))
+    return out, finite
 
 
 @jax.jit
 def fingerprint(tree) -> tuple[dict, jax.Array]:
     """Per leaf two uint32 checksums (plain and position-weighted sums of its bits, mod 2^32:
     exact under any sharding/reduction order) and whether every float leaf is finite."""
-    out, finite = {}, jnp.array(True)
-    for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]:
-        words = _leaf_words(x)
-        weights = jnp.arange(words.size, dtype=jnp.uint32) * jnp.uint32(2654435761) + 1
-        out[jax.tree_util.keystr(path, simple=True, separator="/")] = jnp.stack(
-            [jnp.sum(words, dtype=jnp.uint32), jnp.sum(words * weights, dtype=jnp.uint32)])
-        if jnp.issubdtype(x.dtype, jnp.inexact):
-            finite = finite & jnp.all(jnp.isfinite(x))
-    return out, finite
-
-
-def _host_words(x) -> np.ndarray:
-    """`_leaf_words` in numpy, for arrays this process holds whole (same bits, same order)."""
-    if isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
-        x = jax.random.key_data(x)
-    a = np.asarray(x)
-    a = np.ascontiguousarray(a, dtype=jax.dtypes.canonicalize_dtype(a.dtype))  # as jit would
-    if a.dtype == np.bool_:
-        a = a.astype(np.uint8)
-    if a.dtype.itemsize == 8:
-        return a.view(np.uint32).reshape(-1)
-    unsigned = {1: np.uint8, 2: np.uint16, 4: np.uint32}[a.dtype.itemsize]
-    return a.view(unsigned).astype(np.uint32).reshape(-1)
+    return _fingerprint(tree, jnp)
 
 
 def host_fingerprint(tree) -> tuple[dict, np.ndarray]:
     """`fingerprint` computed in numpy (uint32 sums wrap mod 2^32 as the jitted ones do):
     no compilation, which on a CPU costs more than reading the arrays (1-3 s per state)."""
-    out, finite = {}, True
-    for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]:
-        words = _host_words(x)
-        weights = np.arange(words.size, dtype=np.uint32) * np.uint32(2654435761) + np.uint32(1)
-        out[jax.tree_util.keystr(path, simple=True, separator="/")] = np.stack(
-            [np.sum(words, dtype=np.uint32), np.sum(words * weights, dtype=np.uint32)])
-        if jnp.issubdtype(x.dtype, jnp.inexact):
-            finite = finite and bool(np.isfinite(np.asarray(x)).all())
-    return out, np.asarray(finite)
+    return _fingerprint(tree, np)
 
 
 def _on_this_host_cpu(tree) -> bool:
