@@ -8,7 +8,7 @@ Also set here, through the environment so that the subprocesses the tests launch
                         subprocesses (a tiny LM train step takes ~9 s to compile on 2 cores),
                         the small eager ops too (min compile time 0: ~1 s per CLI launch).
   XLA_FLAGS             8 fake devices here; subprocesses get theirs from tests/subproc.py;
-                        both compile at -O0 (subproc.FAST_COMPILE).
+                        both compile fast (-O0, legacy emitters: subproc.FAST_COMPILE).
 """
 import collections
 import os

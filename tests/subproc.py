@@ -11,8 +11,34 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 # Tests compile far more than they run: XLA:CPU's LLVM backend at -O0 compiles the tiny
-# models ~2x faster (t2i train step: 96 s -> 53 s on 2 busy cores) and runs them slower.
-FAST_COMPILE = "--xla_backend_optimization_level=0"
+# models ~2x faster (t2i train step: 96 s -> 53 s on 2 busy cores) and runs them slower;
+# its older elemental emitters instead of the MLIR fusion emitters halve the rest (tiny LM
+# train step 2.0 -> 0.9 s, tiny GAN 3.0 -> 1.1 s, tiny U-Net 6.1 -> 4.3 s). Either changes
+# only the last bits of a step's numbers, as any change of compiler settings may.
+# XLA aborts on a flag it does not know, so a flag a jaxlib lacks is left out (probed once
+# per session, in a subprocess; the result travels to workers and subprocesses).
+FAST_COMPILE_WANTED = ("--xla_backend_optimization_level=0",
+                       "--xla_cpu_use_fusion_emitters=false")
+_PROBED = "GENJAX_TEST_FAST_COMPILE"
+
+
+def accepted_flags(wanted: tuple[str, ...]) -> list[str]:
+    """The XLA flags of `wanted` that this jaxlib accepts: one subprocess starting JAX's CPU
+    backend with all of them, and one per flag if that one fails."""
+    def accepted(flags) -> bool:
+        env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=" ".join(flags))
+        return subprocess.run([sys.executable, "-c", "import jax; jax.devices()"], env=env,
+                              capture_output=True, timeout=120).returncode == 0
+    return list(wanted) if accepted(wanted) else [f for f in wanted if accepted([f])]
+
+
+def _fast_compile() -> str:
+    if _PROBED not in os.environ:
+        os.environ[_PROBED] = " ".join(accepted_flags(FAST_COMPILE_WANTED))
+    return os.environ[_PROBED]
+
+
+FAST_COMPILE = _fast_compile()
 
 
 def xla_flags(devices: int = 1) -> str:
