@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 from typing import Sequence
 
@@ -21,12 +22,8 @@ def parse_flags(argv: Sequence[str]):
     from absl import flags
     try:
         rest = flags.FLAGS(list(argv))
-    except AttributeError as e:  # locked ConfigDict: unknown key
-        key = str(e).strip("'\"")
-        raise ConfigError(f"unknown config key {key!r} (see genjax/config_lib.py and the "
-                          f"config file for the keys that exist)") from None
-    except KeyError as e:
-        raise ConfigError(f"unknown config key {e}") from None
+    except (AttributeError, KeyError) as e:  # locked ConfigDict: unknown key
+        raise ConfigError(unknown_key_message(e, argv)) from None
     except flags.Error as e:
         raise ConfigError(str(e).splitlines()[0]) from None
     except (TypeError, ValueError) as e:
@@ -38,6 +35,27 @@ def parse_flags(argv: Sequence[str]):
         except Exception as e:  # noqa: BLE001
             raise ConfigError(f"cannot load --config: {e}") from None
     return rest
+
+
+def unknown_key_message(error: BaseException, argv: Sequence[str]) -> str:
+    """One line for a locked ConfigDict's unknown-key error: the override as typed and
+    ml_collections' suggestion, without the nested reprs its exception carries."""
+    text = error.args[0] if error.args else str(error)
+    while isinstance(text, BaseException):  # AttributeError(KeyError(msg))
+        text = text.args[0] if text.args else str(text)
+    text = str(text)
+    key = re.search(r'Key "([^"]+)"', text)
+    key = key.group(1) if key else text.splitlines()[0].strip("'\" ")
+    typed = [a.split("=", 1)[0] for a in argv if a.startswith("--config.")]
+    path = next((t for t in typed if key in t.split(".")[1:]), key)
+    guess = re.search(r'Did you mean "([^"]+)"', text)
+    hint = ""
+    if guess:
+        parts = path.split(".")
+        at = parts.index(key) if key in parts else len(parts) - 1
+        hint = f"; did you mean {'.'.join(parts[:at] + [guess.group(1)])}?"
+    return (f"unknown config key {path}{hint} (see genjax/config_lib.py and the config "
+            f"file for the keys that exist)")
 
 
 def run(main, argv=None, *, tpu_compiler: bool = False) -> None:

@@ -8,9 +8,12 @@ from tests.subproc import assert_one_line_error, run_module as run
 TINY = "--config=configs/lm_shakespeare.py:tiny"
 
 
-def test_unknown_config_key(tmp_path):
+def test_unknown_config_key_names_the_override_and_the_nearest_key(tmp_path):
     proc = run("genjax.train", TINY, "--config.optim.lrr=1", f"--workdir={tmp_path}")
-    assert_one_line_error(proc, "lrr")
+    assert_one_line_error(proc, "unknown config key --config.optim.lrr;",
+                          "did you mean --config.optim.lr?")
+    assert "\\" not in proc.stderr  # no escaped reprs of nested exceptions
+    assert os.listdir(tmp_path) == []
 
 
 def test_bad_config_type(tmp_path):
