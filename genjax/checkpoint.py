@@ -36,8 +36,21 @@ def _state_to_dict(state: TrainState) -> dict:
     return {f.name: getattr(state, f.name) for f in dataclasses.fields(state)}
 
 
+def _replica_parallel_only_across_processes() -> None:
+    """orbax splits the writing of a replicated array among its replicas, slicing each
+    replica's part on device: worth it across hosts, pure overhead in one process (one
+    eager slice per device per leaf: 1.2 s of a tiny model's save on 8 CPU devices)."""
+    wanted = jax.process_count() > 1
+    handler = ocp.type_handlers.get_type_handler(jax.Array)
+    if getattr(handler, "_use_replica_parallel", wanted) != wanted:
+        ocp.type_handlers.register_type_handler(
+            jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=wanted),
+            override=True)
+
+
 def _handler_registry() -> ocp.handlers.DefaultCheckpointHandlerRegistry:
     """Which orbax handler reads and writes each item, per kind of save/restore args."""
+    _replica_parallel_only_across_processes()
     registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
     state = ocp.StandardCheckpointHandler()
     registry.add("state", ocp.args.StandardSave, state)
