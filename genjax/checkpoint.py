@@ -36,11 +36,16 @@ def _state_to_dict(state: TrainState) -> dict:
     return {f.name: getattr(state, f.name) for f in dataclasses.fields(state)}
 
 
-def _replica_parallel_only_across_processes() -> None:
-    """orbax splits the writing of a replicated array among its replicas, slicing each
-    replica's part on device: worth it across hosts, pure overhead in one process (one
-    eager slice per device per leaf: 1.2 s of a tiny model's save on 8 CPU devices)."""
-    wanted = jax.process_count() > 1
+# orbax's replica-parallel saving splits the writing of a replicated array among its
+# replicas, slicing each replica's part on device: worth it across hosts, pure overhead in
+# one process (one eager slice per device per leaf: a tiny diffusion state's blocking save
+# on 8 CPU devices took 1.2 s, experiments/bench/checkpoint_save.py). None: only when
+# jax.process_count() > 1; True/False forces it (the bench compares both).
+REPLICA_PARALLEL: bool | None = None
+
+
+def _set_replica_parallel() -> None:
+    wanted = jax.process_count() > 1 if REPLICA_PARALLEL is None else bool(REPLICA_PARALLEL)
     handler = ocp.type_handlers.get_type_handler(jax.Array)
     if getattr(handler, "_use_replica_parallel", wanted) != wanted:
         ocp.type_handlers.register_type_handler(
@@ -50,7 +55,7 @@ def _replica_parallel_only_across_processes() -> None:
 
 def _handler_registry() -> ocp.handlers.DefaultCheckpointHandlerRegistry:
     """Which orbax handler reads and writes each item, per kind of save/restore args."""
-    _replica_parallel_only_across_processes()
+    _set_replica_parallel()
     registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
     state = ocp.StandardCheckpointHandler()
     registry.add("state", ocp.args.StandardSave, state)

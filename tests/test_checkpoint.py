@@ -223,3 +223,26 @@ def test_a_read_only_restore_logs_nothing(tmp_path, caplog):
         ck.close()
     assert data == {"pos": 1}
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+@pytest.mark.parametrize("saved_replica_parallel", [True, False])
+def test_replica_parallel_and_single_writer_saves_restore_the_same_values(
+        tmp_path, monkeypatch, saved_replica_parallel):
+    """A multi-host run's checkpoint (orbax writes each replicated array in slices, one per
+    replica) and a one-process run's (one writer per array) restore to the same values,
+    either way round (genjax/checkpoint.py: REPLICA_PARALLEL)."""
+    from genjax import checkpoint
+    mesh8 = Mesh(np.array(jax.devices()).reshape(8), ("x",))
+    rep = NamedSharding(mesh8, P())
+    state = make_state(n=64)
+    state = state.replace(params={"w": jax.device_put(
+        jnp.arange(64 * 4, dtype=jnp.float32).reshape(64, 4), rep),
+        "b": jax.device_put(state.params["b"], rep)})
+    monkeypatch.setattr(checkpoint, "REPLICA_PARALLEL", saved_replica_parallel)
+    ck = Checkpointer(tmp_path)
+    ck.save(1, state, {}, {})
+    ck.close()
+    monkeypatch.setattr(checkpoint, "REPLICA_PARALLEL", not saved_replica_parallel)
+    restored, _, _ = Checkpointer(tmp_path, read_only=True).restore(1, abstract(state))
+    for got, want in zip(jax.tree_util.tree_leaves(restored), jax.tree_util.tree_leaves(state)):
+        np.testing.assert_array_equal(got, want)
