@@ -246,3 +246,16 @@ def test_replica_parallel_and_single_writer_saves_restore_the_same_values(
     restored, _, _ = Checkpointer(tmp_path, read_only=True).restore(1, abstract(state))
     for got, want in zip(jax.tree_util.tree_leaves(restored), jax.tree_util.tree_leaves(state)):
         np.testing.assert_array_equal(got, want)
+
+
+def test_the_checkpoint_save_bench_times_both_ways_of_writing(tmp_path, capsys):
+    import json
+    from experiments.bench import checkpoint_save
+    out = tmp_path / "bench.json"
+    checkpoint_save.main(["--config=configs/lm_shakespeare.py:tiny", "--saves=1",
+                          f"--out={out}"])
+    r = json.loads(out.read_text())
+    assert [m["replica_parallel"] for m in r["modes"]] == [True, False]
+    assert all(0 < m["save_blocking_s"] <= m["save_finished_s"] for m in r["modes"])
+    assert r["devices"] == 8 and r["host_isa"] in ("avx2", "avx512", None)
+    assert "one writer per array" in capsys.readouterr().out
