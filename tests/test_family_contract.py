@@ -223,6 +223,7 @@ def test_no_module_of_genjax_is_part_of_an_import_circle():
 IMPORT_ALONE = r"""
 import importlib, os, sys
 import jax, flax.linen, optax, numpy, ml_collections, absl.flags  # third-party, pre-loaded
+import grain, orbax.checkpoint, tensorflow_datasets, tokenizers  # (slow imports: once here)
 failed = []
 for name in sys.argv[1:]:
     pid = os.fork()
