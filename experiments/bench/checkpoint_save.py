@@ -18,28 +18,30 @@ import time
 
 import jax
 
-from experiments.bench import report
+from experiments.bench import offline_config, report
 
 
 def time_mode(parts, state, replica_parallel: bool, saves: int) -> dict:
     from genjax import checkpoint
     checkpoint.REPLICA_PARALLEL = replica_parallel
-    blocking, finished, restore = [], [], []
-    with tempfile.TemporaryDirectory() as tmp:
-        ckpt = checkpoint.Checkpointer(tmp, keep=saves + 1)
-        for step in range(1, saves + 1):
-            t0 = time.perf_counter()
-            ckpt.save(step, state, {}, {"family": parts.config.family})
-            blocking.append(time.perf_counter() - t0)
-            ckpt.wait()
-            finished.append(time.perf_counter() - t0)
-        for step in range(1, saves + 1):
-            t0 = time.perf_counter()
-            restored, _, _ = ckpt.restore(step, parts.abstract_state)
-            jax.block_until_ready(restored)
-            restore.append(time.perf_counter() - t0)
-        ckpt.close()
-    checkpoint.REPLICA_PARALLEL = None
+    try:
+        blocking, finished, restore = [], [], []
+        with tempfile.TemporaryDirectory() as tmp:
+            ckpt = checkpoint.Checkpointer(tmp, keep=saves + 1)
+            for step in range(1, saves + 1):
+                t0 = time.perf_counter()
+                ckpt.save(step, state, {}, {"family": parts.config.family})
+                blocking.append(time.perf_counter() - t0)
+                ckpt.wait()
+                finished.append(time.perf_counter() - t0)
+            for step in range(1, saves + 1):
+                t0 = time.perf_counter()
+                restored, _, _ = ckpt.restore(step, parts.abstract_state)
+                jax.block_until_ready(restored)
+                restore.append(time.perf_counter() - t0)
+            ckpt.close()
+    finally:
+        checkpoint.REPLICA_PARALLEL = None
     return {"replica_parallel": replica_parallel,
             "save_blocking_s": statistics.median(blocking),
             "save_finished_s": statistics.median(finished),
@@ -49,13 +51,8 @@ def time_mode(parts, state, replica_parallel: bool, saves: int) -> dict:
 def run(config_arg: str, saves: int) -> dict:
     from genjax import assemble, config_lib, sharding
     config = config_lib.load_file(config_arg)
-    config.unlock()  # what genjax.train would read from the data, without reading it
-    if "vocab_size" in config.model and not config.model.vocab_size:
-        config.model.vocab_size = 128    # a character vocabulary
-    if "channels" in config.data and not config.data.channels:
-        config.data.channels = 1         # Fashion-MNIST's
-    if "num_classes" in config.model and not config.model.num_classes:
-        config.model.num_classes = 10
+    config.unlock()
+    offline_config.fill_data_keys(config)
     config.lock()
     mesh = sharding.make_mesh(config.mesh)
     parts = assemble.assemble(config, mesh)

@@ -40,7 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments.bench import report
+from experiments.bench import offline_config, report
 
 
 def build(preset: str):
@@ -50,7 +50,7 @@ def build(preset: str):
     from genjax.families import lm as lm_loss
     config = lm_shakespeare.get_config(preset)
     config.unlock()
-    config.model.vocab_size = config.model.vocab_size or 128
+    offline_config.fill_data_keys(config)
     model = lm_loss.make_model(config)
     variables = jax.jit(model.init)(jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32))
     return model, nn.meta.unbox(variables)["params"]
@@ -139,8 +139,7 @@ def bench_diffusion(spec: str, batch: int, steps: int) -> dict:
     module_spec.loader.exec_module(module)
     config = module.get_config(preset or None)
     config.unlock()
-    config.data.channels = config.data.channels or 1      # Fashion-MNIST, without reading it
-    config.model.num_classes = config.model.num_classes or 10
+    offline_config.fill_data_keys(config)
     if family.conditioning(config) == "text":
         config.model.text.vocab_size = family.caption_tokenizer(config).vocab_size
     config.lock()

@@ -66,7 +66,7 @@ def part_decode(opts: dict) -> dict:
 def part_unet(opts: dict) -> dict:
     import importlib.util
 
-    from experiments.bench import lm_throughput
+    from experiments.bench import lm_throughput, offline_config
     from genjax.families import diffusion as family
     spec = importlib.util.spec_from_file_location("diffusion_config",
                                                   os.path.join(ROOT, DIFFUSION_CONFIG))
@@ -75,8 +75,7 @@ def part_unet(opts: dict) -> dict:
     preset = "tiny" if opts["smoke"] else "gpu"
     config = module.get_config(preset)
     config.unlock()
-    config.data.channels = 1           # Fashion-MNIST's, without reading it
-    config.model.num_classes = 10
+    offline_config.fill_data_keys(config)
     lm_throughput.apply_overrides(config, opts["unet_set"])
     config.lock()
     rng = np.random.default_rng(0)

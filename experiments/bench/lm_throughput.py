@@ -19,7 +19,7 @@ import time
 import jax
 import numpy as np
 
-from experiments.bench import report
+from experiments.bench import offline_config, report
 
 
 def apply_overrides(config, overrides: list[str]) -> None:
@@ -76,8 +76,7 @@ def run(preset: str, batch_size: int | None, steps: int, warmup: int, overrides:
     config.unlock()
     if batch_size:
         config.batch_size = batch_size
-    if not config.model.vocab_size:
-        config.model.vocab_size = 128
+    offline_config.fill_data_keys(config)
     config.total_steps = max(config.total_steps, steps + warmup)
     apply_overrides(config, overrides)
     config.lock()
