@@ -42,18 +42,19 @@ def _state_to_dict(state: TrainState) -> dict:
 # on 8 CPU devices took 0.58 s against 0.06 s, experiments/bench/checkpoint_save.py).
 # None: off in one process, orbax's own default across processes; True/False forces it.
 REPLICA_PARALLEL: bool | None = None
-_registered: list = [None]  # what _set_replica_parallel last registered (None: orbax's)
+_registered: bool | None = None  # what _set_replica_parallel last registered (None: orbax's)
 
 
 def _set_replica_parallel() -> None:
+    global _registered
     wanted = REPLICA_PARALLEL
     if wanted is None and jax.process_count() == 1:
         wanted = False
-    if wanted != _registered[0]:
+    if wanted != _registered:
         ocp.type_handlers.register_type_handler(  # use_replica_parallel=None: orbax's default
             jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=wanted),
             override=True)
-        _registered[0] = wanted
+        _registered = wanted
 
 
 def _handler_registry() -> ocp.handlers.DefaultCheckpointHandlerRegistry:
