@@ -95,6 +95,20 @@ def test_params_carry_logical_axis_names(family):
     assert any("conv_out" in x.names for x in named)
 
 
+def test_mid_attention_is_the_one_self_attention_between_the_middle_blocks():
+    """The tiny preset leaves it out (its middle is at 32 x 32); on, it adds exactly one
+    Attention module, and the output keeps its shape."""
+    b = fake_batch(tiny("diffusion"), 2)
+    attention = {}
+    for on in (False, True):
+        c = tiny("diffusion", mid_attention=on)
+        _, model, params, _ = init("diffusion", c, b)
+        attention[on] = sorted(k for k in params if k.startswith("Attention"))
+        out = jitted(model.apply)({"params": params}, b["image"], jnp.arange(2), b["label"])
+        assert out.shape == b["image"].shape
+    assert attention == {False: [], True: ["Attention_0"]}
+
+
 def test_model_shapes():
     c = tiny("diffusion", channel_mult=(1, 2), attn_resolutions=(16,), num_heads=2)
     b = fake_batch(c, 4)

@@ -75,6 +75,7 @@ def make_model(config) -> unet.UNet:
     return unet.UNet(
         out_channels=image_shape(config)[-1], width=m.width, channel_mult=tuple(m.channel_mult),
         num_res_blocks=m.num_res_blocks, attn_resolutions=tuple(m.attn_resolutions),
+        mid_attention=bool(m.get("mid_attention", True)),  # (configs saved before the key)
         num_heads=m.num_heads, dropout=m.dropout, num_classes=num_classes(config),
         text_encoder=text, cross_attn_resolutions=cross, dtype=dtype,
         remat=_remat(m))

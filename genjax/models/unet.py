@@ -169,6 +169,7 @@ class UNet(nn.Module):
     channel_mult: Sequence[int] = (1, 2, 2, 2)
     num_res_blocks: int = 2
     attn_resolutions: Sequence[int] = (16,)   # spatial sizes (H) with self-attention
+    mid_attention: bool = True  # self-attention between the middle blocks (at the lowest H)
     num_heads: int = 1
     dropout: float = 0.1
     num_classes: int = 0      # 0: unconditional; else ids 0..num_classes-1 plus null = num_classes
@@ -217,7 +218,7 @@ class UNet(nn.Module):
             return res_block(features, self.dropout, dt, name=f"ResBlock_{count[0] - 1}")
 
         def attend(h, middle=False):
-            if middle or h.shape[1] in self.attn_resolutions:
+            if (middle and self.mid_attention) or h.shape[1] in self.attn_resolutions:
                 h = Attention(self.num_heads, dt)(h)
             if ctx is not None and h.shape[1] in self.cross_attn_resolutions:
                 h = CrossAttention(self.num_heads, dt)(h, *ctx)
