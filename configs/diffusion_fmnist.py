@@ -13,7 +13,8 @@ Presets (`:arg`):
   gpu   the DDPM CIFAR-10 shape (Ho et al. 2020: width 128, mult 1-2-2-2, 2 blocks, attention
         at 16x16, dropout 0.1; 35.7M params), batch 128, bf16.
 Ablations: --config.model.parameterization=eps|x0|v, --config.model.schedule=linear|cosine,
---config.model.class_conditional=False, --config.sample.guidance=0|1|3.
+--config.model.class_conditional=False, --config.sample.guidance=0|1|3,
+--config.model.mid_attention=False (no self-attention between the middle blocks).
 """
 from genjax import config_lib
 from genjax.evaluators import cas, image_quality, likelihood, novelty
