@@ -109,6 +109,14 @@ def test_mid_attention_is_the_one_self_attention_between_the_middle_blocks():
     assert attention == {False: [], True: ["Attention_0"]}
 
 
+def test_a_config_saved_before_mid_attention_existed_keeps_it():
+    c = tiny("diffusion")
+    c.unlock()
+    del c.model["mid_attention"]  # a run's config.json from before the key
+    assert CONFIGS["diffusion"].get_config().model.mid_attention
+    assert families.get("diffusion").make_model(c).mid_attention
+
+
 def test_model_shapes():
     c = tiny("diffusion", channel_mult=(1, 2), attn_resolutions=(16,), num_heads=2)
     b = fake_batch(c, 4)
