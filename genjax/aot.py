@@ -102,6 +102,7 @@ def abstract_batch(parts: assemble_lib.Parts):
 
 def check(config, devices: list, hbm: int | None = None) -> dict[str, Any]:
     """Compiles config's train step on a mesh of `devices`; per-device bytes and fit."""
+    config_lib.check_shared(config)
     try:
         mesh = sharding.make_mesh(config.mesh, devices)
     except ValueError as e:

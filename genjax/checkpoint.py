@@ -27,7 +27,8 @@ import orbax.checkpoint as ocp
 
 from genjax import config_lib, faults
 from genjax.checkpoint_checksums import checksums as _checksums
-from genjax.errors import CheckpointError, CorruptCheckpoint, UserError  # noqa: F401
+from genjax.errors import (CheckpointError, ConfigError, CorruptCheckpoint,  # noqa: F401
+                           UserError)
 from genjax.models import scan_convert
 from genjax.same_model import LAYOUT_KEYS
 from genjax.step import TrainState
@@ -97,8 +98,8 @@ class Checkpointer:
                  best_metric: str = "", best_mode: str = "min", async_save: bool = True,
                  read_only: bool = False):
         self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
-        if best_mode not in ("min", "max"):
-            raise ValueError(f"best_mode={best_mode!r}: use min | max")
+        if best_mode not in config_lib.BEST_MODES:
+            raise ConfigError(f"best_mode={best_mode!r}: use {' | '.join(config_lib.BEST_MODES)}")
         self.keep, self.keep_best = max(1, int(keep)), int(keep_best)
         self.best_metric, self.best_mode = best_metric, best_mode
         self.protect: int | None = None
@@ -185,6 +186,10 @@ class Checkpointer:
     def close(self) -> None:
         self.wait()
         self._apply_retention()
+        self.manager.close()
+
+    def abandon(self) -> None:
+        """Closes after a failure before the first save: no retention (nothing is deleted)."""
         self.manager.close()
 
     def rollback_to(self, before: int) -> int | None:

@@ -17,24 +17,38 @@ from genjax import runtime
 from genjax.errors import (EXIT_FAILED, EXIT_USER, CheckpointError, ConfigError, UserError)
 
 
-def parse_flags(argv: Sequence[str]):
-    """absl flag parsing with config errors turned into one ConfigError line."""
+def parse_flags(argv: Sequence[str], flag_values=None):
+    """absl flag parsing (of `flag_values`, default the global FLAGS) with config errors
+    turned into one ConfigError line."""
     from absl import flags
+    flag_values = flags.FLAGS if flag_values is None else flag_values
     try:
-        rest = flags.FLAGS(list(argv))
+        rest = flag_values(list(argv))
     except (AttributeError, KeyError) as e:  # locked ConfigDict: unknown key
         raise ConfigError(unknown_key_message(e, argv)) from None
     except flags.Error as e:
-        raise ConfigError(str(e).splitlines()[0]) from None
+        raise ConfigError(one_line(str(e))) from None
     except (TypeError, ValueError) as e:
         raise ConfigError(f"bad config override: {e}") from None
-    cfg = getattr(flags.FLAGS, "config", None)
+    cfg = getattr(flag_values, "config", None)
     if cfg is not None and not isinstance(cfg, ConfigDict):
         try:  # ml_collections defers load errors into an _ErrorConfig object
             cfg.lock()
         except Exception as e:  # noqa: BLE001
-            raise ConfigError(f"cannot load --config: {e}") from None
+            raise ConfigError(f"cannot load --config: {one_line(str(e))}") from None
     return rest
+
+
+def one_line(message: str) -> str:
+    """A multi-line flag error as one line: its `flag --name=value` (if it starts so) and
+    its last line, which is the reason (the exception a config file's get_config raised,
+    the OS error under ml_collections' load report); genjax errors lose their module path."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    if len(lines) < 2:
+        return message.strip()
+    reason = re.sub(r"^genjax\.errors\.\w+: ", "", lines[-1])
+    flag = re.match(r"(flag --\S+): ", lines[0])
+    return f"{flag.group(1)}: {reason}" if flag else reason
 
 
 def unknown_key_message(error: BaseException, argv: Sequence[str]) -> str:

@@ -2,7 +2,8 @@
 
 A family config (configs/<name>.py) starts from `base_config()`, fills `model` and
 `data`, picks a preset with the `:arg` suffix and returns the config *locked*, so
-`--config.typo=1` fails instead of being silently ignored.
+`--config.typo=1` fails instead of being silently ignored; `check_shared` holds the shared
+keys to their domains (`DOMAINS`: intervals > 0, rates in [0, 1), the choices of a name).
 
     python -m genjax.train --config=configs/lm_shakespeare.py:cpu --config.optim.lr=1e-3
 """
@@ -130,6 +131,82 @@ def set_image_data(c: ConfigDict, image_size: int = 32) -> ConfigDict:
     c.data.train_images = ""       # an .npz of labelled uint8 images training reads instead
                                    # of the train split (sample_image_preferences' winners)
     return c
+
+
+# ----------------------------------------------------------------------- domains
+OPTIMIZERS = ("adamw", "adam", "sgd")             # optim.name (genjax/optim.py)
+SCHEDULES = ("cosine", "linear", "constant")      # optim.schedule
+COMPUTE_DTYPES = ("float32", "bfloat16")          # compute_dtype
+ON_NAN = ("halt", "rollback")                     # on_nan
+BEST_MODES = ("min", "max")                       # best_mode
+
+
+def _at_least(low):
+    return (lambda v: v >= low), f"must be >= {low}"
+
+
+def _in(low, high):
+    return (lambda v: low <= v < high), f"must be in [{low}, {high})"
+
+
+def _between(low, high):
+    return (lambda v: low <= v <= high), f"must be in [{low}, {high}]"
+
+
+def _one_of(names):
+    return (lambda v: v in names), "use " + " | ".join(names)
+
+
+# The shared keys with a domain narrower than their type: checked by check_shared before
+# a run touches its workdir (a 0 interval would divide by zero after minutes of compiling,
+# a negative learning rate would train uphill).
+DOMAINS = {
+    "seed": _in(0, 2**32), "total_steps": _at_least(0), "batch_size": _at_least(1),
+    "log_every_steps": _at_least(1), "eval_every_steps": _at_least(0),
+    "eval_batches": _at_least(1), "final_eval_batches": _at_least(0),
+    "ckpt_every_steps": _at_least(1), "keep_checkpoints": _at_least(1),
+    "keep_best": _at_least(0), "best_mode": _one_of(BEST_MODES),
+    "compute_dtype": _one_of(COMPUTE_DTYPES), "max_consecutive_skips": _at_least(1),
+    "on_nan": _one_of(ON_NAN), "max_rollbacks": _at_least(0), "spike_k": _at_least(0),
+    "spike_warmup": _at_least(0), "spike_decay": _in(0, 1), "peer_timeout_s": _at_least(1),
+    "peak_flops_per_device": _at_least(0), "lora.rank": _at_least(0),
+    "optim.name": _one_of(OPTIMIZERS), "optim.schedule": _one_of(SCHEDULES),
+    "optim.lr": _at_least(0), "optim.warmup_steps": _at_least(0),
+    "optim.min_lr_ratio": _between(0, 1), "optim.b1": _in(0, 1), "optim.b2": _in(0, 1),
+    "optim.eps": _at_least(0), "optim.momentum": _in(0, 1),
+    "optim.weight_decay": _at_least(0), "optim.clip_norm": _at_least(0),
+    "optim.accum_steps": _at_least(1), "optim.ema_decay": _in(0, 1),
+}
+GROUP_DOMAINS = {"every": _at_least(1), "offset": _at_least(0)}  # optim.groups.<label>.*
+
+
+def check_shared(config) -> None:
+    """ConfigError (one line naming every offending key) where a shared key of `config`
+    lies outside DOMAINS; optim.groups.<label> overrides are held to the optim.* domains.
+    Keys a config lacks are not checked."""
+    def get(node, dotted):
+        for part in dotted.split("."):
+            if not hasattr(node, "keys") or part not in node:
+                return None
+            node = node[part]
+        return node
+
+    checks = [(f"config.{key}", get(config, key), domain) for key, domain in DOMAINS.items()]
+    for label, group in (get(config, "optim.groups") or {}).items():
+        for key, value in group.items():
+            domain = GROUP_DOMAINS.get(key) or DOMAINS.get(f"optim.{key}")
+            if domain:
+                checks.append((f"config.optim.groups.{label}.{key}", value, domain))
+    bad = []
+    for name, value, (ok, rule) in checks:
+        try:
+            fine = value is None or bool(ok(value))
+        except TypeError:  # a string where a number belongs, or the reverse
+            fine = False
+        if not fine:
+            bad.append(f"{name}={value!r}: {rule}")
+    if bad:
+        raise ConfigError("; ".join(bad))
 
 
 # ----------------------------------------------------------------------- helpers

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import optax
 from ml_collections import ConfigDict
 
+from genjax.config_lib import OPTIMIZERS, SCHEDULES
 from genjax.errors import ConfigError
 
 GROUP_ONLY_KEYS = ("every", "offset")
@@ -33,7 +34,7 @@ def make_schedule(o: ConfigDict, total_steps: int) -> optax.Schedule:
     elif o.schedule == "constant":
         decay = optax.constant_schedule(o.lr)
     else:
-        raise ValueError(f"config.optim.schedule={o.schedule!r}: use cosine | linear | constant")
+        raise ConfigError(f"config.optim.schedule={o.schedule!r}: use {' | '.join(SCHEDULES)}")
     if warmup == 0:
         return decay
     return optax.join_schedules([optax.linear_schedule(0.0, o.lr, warmup), decay], [warmup])
@@ -65,7 +66,7 @@ def _single(o: ConfigDict, total_steps: int) -> optax.GradientTransformation:
         if o.weight_decay:
             opt = optax.chain(optax.add_decayed_weights(o.weight_decay, mask), opt)
     else:
-        raise ValueError(f"config.optim.name={o.name!r}: use adamw | adam | sgd")
+        raise ConfigError(f"config.optim.name={o.name!r}: use {' | '.join(OPTIMIZERS)}")
     if o.clip_norm:
         opt = optax.chain(optax.clip_by_global_norm(o.clip_norm), opt)
     return opt
@@ -79,7 +80,7 @@ def group_settings(config: ConfigDict, label: str) -> ConfigDict:
         if key in GROUP_ONLY_KEYS:
             continue
         if key not in o:
-            raise ValueError(f"config.optim.groups.{label}.{key}: no such optimizer key")
+            raise ConfigError(f"config.optim.groups.{label}.{key}: no such optimizer key")
         o[key] = value
     return o
 
@@ -115,7 +116,7 @@ def make_optimizer(config: ConfigDict, labels=None) -> optax.GradientTransformat
         names = sorted(set(jax.tree_util.tree_leaves(labels)))
         unknown = set(config.optim.groups.keys()) - set(names)
         if unknown:
-            raise ValueError(f"config.optim.groups has {sorted(unknown)}, but the model's "
+            raise ConfigError(f"config.optim.groups has {sorted(unknown)}, but the model's "
                              f"parameter groups are {names}")
         tx = optax.multi_transform(
             {n: optax.set_to_zero() if n == FROZEN else _single(group_settings(config, n), total)

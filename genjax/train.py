@@ -30,7 +30,7 @@ from genjax.image_grid import save_grid
 from genjax.metrics_writer import MetricsWriter
 from genjax.rollback import BatchBook
 from genjax.step_log import StepLog
-from genjax.workdir import WorkdirLock, write_run_meta
+from genjax.workdir import WorkdirLock, make_workdir, write_run_meta
 
 class _SigtermFlag:
     """Set by SIGTERM; the loop checks it at every step boundary."""
@@ -59,15 +59,16 @@ def train(config, workdir: str, *, stop_after: int | None = None, data=None) -> 
     """
     if config.deterministic:  # must precede backend initialisation
         runtime.request_deterministic_ops()
-    if config.on_nan not in ("halt", "rollback"):
-        raise ConfigError(f"config.on_nan={config.on_nan!r}: use halt | rollback")
-    family = families.for_config(config)  # the contract is checked before anything runs
+    # Bad input fails here, before the workdir is touched: the shared keys' domains, the
+    # family's contract, a mesh the devices cannot hold, a workdir that cannot be one.
+    config_lib.check_shared(config)
+    family = families.for_config(config)
     runtime.initialize_distributed(peer_timeout_s=int(config.peer_timeout_s))
-    workdir = os.path.abspath(workdir)
-    os.makedirs(workdir, exist_ok=True)
+    mesh = sharding.make_mesh(config.mesh)
+    workdir = make_workdir(workdir)
     lock = WorkdirLock(workdir).acquire()
     try:
-        return _train(config, workdir, family, stop_after, data)
+        return _train(config, workdir, family, mesh, stop_after, data)
     finally:
         lock.release()
 
@@ -90,7 +91,7 @@ class _Run:
     last_eval: dict = dataclasses.field(default_factory=dict)  # {step: metrics} of the last eval
 
 
-def _train(config, workdir, family, stop_after, data=None):
+def _train(config, workdir, family, mesh, stop_after, data=None):
     sigterm = _SigtermFlag().install()
     # ------------------------------------------------------------------ data (fails before compiling)
     data = _load_data(config, family) if data is None else _check_data(config, family, data)
@@ -98,11 +99,40 @@ def _train(config, workdir, family, stop_after, data=None):
     ckpt = ckpt_lib.Checkpointer(
         workdir, keep=int(config.keep_checkpoints), keep_best=int(config.keep_best),
         best_metric=config.best_metric, best_mode=config.best_mode)
+    try:
+        run, start_step = _setup(config, workdir, family, mesh, data, ckpt)
+    except BaseException:
+        ckpt.abandon()  # orbax's threads end now, not racing the exit with a traceback
+        raise
+    # ------------------------------------------------------------------ loop
+    t0 = time.perf_counter()
+    try:
+        last_step = _loop(run, start_step, stop_after, sigterm)
+    finally:
+        try:
+            ckpt.close()  # raises if the last save failed
+        finally:
+            run.writer.close()
+    # ------------------------------------------------------------------ final eval
+    total = int(config.total_steps)
+    if last_step < total:
+        return {}
+    elapsed = time.perf_counter() - t0
+    final = dict(_eval(run, int(config.final_eval_batches) or None), train_seconds=elapsed)
+    _write_grid(run, total)
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "final_metrics.json"), "w") as f:
+            json.dump(final, f, indent=2)
+        print(f"final {config.eval_split} ({config.family}): {_fmt(final)}", flush=True)
+    return final
+
+
+def _setup(config, workdir, family, mesh, data, ckpt) -> tuple[_Run, int]:
+    """The run's state (fresh or resumed), its writers and its banner; (run, start step)."""
     resume.check_workdir(ckpt, config, family)
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "config.json"), "w") as f:
             json.dump(config_lib.to_dict(config), f, indent=2)
-    mesh = sharding.make_mesh(config.mesh)
     write_run_meta(workdir, config_lib.to_dict(config), mesh)
     parts = assemble_lib.assemble(config, mesh)
     train_iter = data.train_iterator()
@@ -116,27 +146,7 @@ def _train(config, workdir, family, stop_after, data=None):
     if aux := families.aux_params(family, config):  # params another run's init_from skips
         run.meta["aux_params"] = list(aux)
     _banner(run, mesh, start.step)
-    # ------------------------------------------------------------------ loop
-    t0 = time.perf_counter()
-    try:
-        last_step = _loop(run, start.step, stop_after, sigterm)
-    finally:
-        try:
-            ckpt.close()  # raises if the last save failed
-        finally:
-            writer.close()
-    # ------------------------------------------------------------------ final eval
-    total = int(config.total_steps)
-    if last_step < total:
-        return {}
-    elapsed = time.perf_counter() - t0
-    final = dict(_eval(run, int(config.final_eval_batches) or None), train_seconds=elapsed)
-    _write_grid(run, total)
-    if jax.process_index() == 0:
-        with open(os.path.join(workdir, "final_metrics.json"), "w") as f:
-            json.dump(final, f, indent=2)
-        print(f"final {config.eval_split} ({config.family}): {_fmt(final)}", flush=True)
-    return final
+    return run, start.step
 
 
 def _loop(run: _Run, step: int, stop_after: int | None, sigterm: _SigtermFlag) -> int:

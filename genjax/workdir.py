@@ -20,6 +20,19 @@ PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain",
             "tensorflow-datasets", "ml_collections", "numpy", "genjax")
 
 
+def make_workdir(path: str, flag: str = "--workdir") -> str:
+    """The absolute `path` (given as `flag`), made if missing; UserError for a file or a
+    folder that cannot be made (permissions, read-only disk), before anything is written."""
+    path = os.path.abspath(path)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UserError(f"{flag}={path!r} is a file, not a directory")
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"{flag}={path!r} cannot be made: {e.strerror or e}") from None
+    return path
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -122,6 +135,8 @@ def write_run_meta(workdir: str, config_dict: dict, mesh) -> dict:
 
 def refuse_nonempty(out: str) -> None:
     """A tool's --out must be a new folder (or an empty one): UserError otherwise."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise UserError(f"--out={out!r} is a file; choose a new folder")
     if os.path.exists(out) and os.listdir(out):
         raise UserError(f"--out={out!r} exists and is not empty; choose a new folder")
 
@@ -130,7 +145,7 @@ def write_run(out: str, step: int, state, data_state, meta: dict, config: dict) 
     """A run folder `out` holding one finished checkpoint `step` and its config.json: what
     the workdir -> workdir tools write (genjax.lora merge, genjax.quantize,
     genjax.scan_convert), so genjax.sample / evaluate / train read it like any run."""
-    os.makedirs(out, exist_ok=True)
+    make_workdir(out, "--out")
     dst = ckpt_lib.Checkpointer(out, async_save=False)
     dst.save(step, state, data_state, dict(meta, config=config))
     dst.close()

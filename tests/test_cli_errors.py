@@ -23,7 +23,7 @@ def test_bad_config_type(tmp_path):
 
 def test_unknown_preset(tmp_path):
     proc = run("genjax.train", "--config=configs/lm_shakespeare.py:huge", f"--workdir={tmp_path}")
-    assert_one_line_error(proc, "huge")
+    assert_one_line_error(proc, "unknown preset 'huge'; choose one of", "'tiny'")
 
 
 def test_sampling_from_an_empty_workdir(tmp_path):

@@ -1,0 +1,143 @@
+"""A bad shared config value is one error line naming the key, raised before the run
+touches its workdir; every preset genjax ships lies inside the domains."""
+import glob
+import importlib
+import os
+import shutil
+
+import orbax.checkpoint as ocp
+import pytest
+
+from genjax import config_lib, train
+from genjax import workdir as workdir_lib
+from genjax.errors import ConfigError, UserError
+from tests.families import run_config
+from tests.subproc import ROOT
+
+
+def _with(config, **dotted):
+    config = config.copy_and_resolve_references()
+    config.unlock()
+    for key, value in dotted.items():
+        *path, last = key.split("__")
+        node = config
+        for p in path:
+            node = node[p]
+        node[last] = value
+    return config
+
+
+def test_every_preset_of_every_shipped_config_is_inside_the_domains():
+    checked = []
+    for path in sorted(glob.glob(os.path.join(ROOT, "configs", "*.py"))):
+        module = importlib.import_module("configs." + os.path.basename(path)[:-3])
+        for preset in getattr(module, "PRESETS", None) or [None]:
+            config_lib.check_shared(module.get_config(preset))
+            checked.append(f"{os.path.basename(path)}:{preset}")
+    assert len(checked) >= 30, checked  # every family's tiny / cpu / gpu, the LM's scales
+
+
+# key (dotted) -> (a value outside its domain, the nearest value inside)
+OUTSIDE_AND_EDGE = {
+    "total_steps": (-1, 0), "batch_size": (0, 1), "log_every_steps": (0, 1),
+    "eval_every_steps": (-1, 0), "eval_batches": (0, 1), "final_eval_batches": (-1, 0),
+    "ckpt_every_steps": (0, 1), "keep_checkpoints": (0, 1), "keep_best": (-1, 0),
+    "max_consecutive_skips": (0, 1), "seed": (2**32, 2**32 - 1), "spike_decay": (1.0, 0.5),
+    "optim.lr": (-1e-3, 0.0), "optim.warmup_steps": (-1, 0), "optim.accum_steps": (0, 1),
+    "optim.clip_norm": (-1.0, 0.0), "optim.ema_decay": (1.0, 0.9999),
+    "optim.min_lr_ratio": (1.5, 1.0), "optim.b2": (1.0, 0.999),
+    "compute_dtype": ("float16", "bfloat16"), "on_nan": ("ignore", "rollback"),
+    "best_mode": ("lowest", "max"), "optim.name": ("lion", "sgd"),
+    "optim.schedule": ("step", "constant"),
+}
+
+
+@pytest.mark.parametrize("key", tuple(OUTSIDE_AND_EDGE))
+def test_a_value_outside_its_domain_is_refused_by_name_and_its_edge_accepted(key):
+    outside, edge = OUTSIDE_AND_EDGE[key]
+    base = run_config("lm")
+    with pytest.raises(ConfigError) as e:
+        config_lib.check_shared(_with(base, **{key.replace(".", "__"): outside}))
+    assert str(e.value).startswith(f"config.{key}={outside!r}: "), str(e.value)
+    config_lib.check_shared(_with(base, **{key.replace(".", "__"): edge}))
+
+
+def test_every_offending_key_is_named_in_one_line_with_optimizer_groups():
+    config = _with(run_config("gan"), total_steps=-5, optim__lr=-1.0)
+    config.optim.groups.discriminator.every = 0
+    config.optim.groups.discriminator.lr = -2e-4
+    with pytest.raises(ConfigError) as e:
+        config_lib.check_shared(config)
+    message = str(e.value)
+    assert "\n" not in message
+    for name in ("config.total_steps=-5", "config.optim.lr=-1.0",
+                 "config.optim.groups.discriminator.every=0",
+                 "config.optim.groups.discriminator.lr=-0.0002"):
+        assert name in message, message
+
+
+def test_a_bad_value_fails_train_before_the_workdir_exists(tmp_path):
+    workdir = tmp_path / "run"
+    with pytest.raises(ConfigError, match="config.ckpt_every_steps=0"):
+        train.train(_with(run_config("lm"), ckpt_every_steps=0), str(workdir))
+    assert not workdir.exists()
+
+
+def test_a_workdir_or_out_that_is_a_file_is_one_error_and_the_file_is_kept(tmp_path):
+    """genjax.train --workdir; the --out of genjax.quantize / lora merge (a new folder)
+    and of genjax.scan_convert (a folder without checkpoints)."""
+    afile = tmp_path / "notes.txt"
+    afile.write_text("keep me")
+    with pytest.raises(UserError, match="--workdir=.* is a file, not a directory"):
+        train.train(run_config("lm"), str(afile))
+    with pytest.raises(UserError, match="--out=.* is a file; choose a new folder"):
+        workdir_lib.refuse_nonempty(str(afile))
+    with pytest.raises(UserError, match="--out=.* is a file, not a directory"):
+        workdir_lib.write_run(str(afile), 1, None, None, {}, {})
+    assert afile.read_text() == "keep me"
+
+
+def test_a_run_refused_after_opening_its_checkpoints_closes_them_and_deletes_nothing(
+        tiny_run, tmp_path, monkeypatch):
+    """Resuming a workdir that holds another model fails after the checkpoint manager is
+    open; the manager is closed before the error leaves train (its threads would otherwise
+    race the interpreter's exit and print a traceback under the error line), and with
+    keep_checkpoints=1 nothing is deleted."""
+    workdir = tmp_path / "run"
+    shutil.copytree(tiny_run("lm"), workdir)
+    before = sorted(os.listdir(workdir / "checkpoints"))
+    opened, closed = [], []
+    init, close = ocp.CheckpointManager.__init__, ocp.CheckpointManager.close
+    monkeypatch.setattr(ocp.CheckpointManager, "__init__",
+                        lambda self, *a, **k: (opened.append(self), init(self, *a, **k))[1])
+    monkeypatch.setattr(ocp.CheckpointManager, "close",
+                        lambda self: (closed.append(self), close(self))[1])
+    other = _with(run_config("lm"), keep_checkpoints=1)
+    other.model.num_layers = run_config("lm").model.num_layers + 1
+    with pytest.raises(UserError, match="different model"):
+        train.train(other, str(workdir))
+    assert opened and all(any(m is c for c in closed) for m in opened)
+    assert sorted(os.listdir(workdir / "checkpoints")) == before == ["3", "6"]
+
+
+def _parse(argv):
+    from absl import flags
+    from ml_collections import config_flags
+    from genjax import cli
+    fv = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", None, "", flag_values=fv, lock_config=True)
+    return cli.parse_flags(["prog", *argv], fv)
+
+
+# ml_collections loads --config files with importlib's deprecated load_module()
+@pytest.mark.filterwarnings("ignore:the load_module:DeprecationWarning")
+def test_a_missing_config_file_and_an_unknown_preset_are_one_line_each():
+    with pytest.raises(ConfigError) as e:
+        _parse(["--config=configs/no_such_config.py"])
+    assert "\n" not in str(e.value) and "No such file" in str(e.value), str(e.value)
+    assert "configs/no_such_config.py" in str(e.value)
+    with pytest.raises(ConfigError) as e:
+        _parse(["--config=configs/lm_shakespeare.py:huge"])
+    assert str(e.value) == ("flag --config=configs/lm_shakespeare.py:huge: unknown preset "
+                            "'huge'; choose one of ['cpu', 'gpt2', 'gpt2_124m', 'gpt2_1b', "
+                            "'gpu', 'llama_1b', 'llama_7b', 'tiny']"), str(e.value)
