@@ -22,6 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from genjax.errors import ConfigError
+
 PARAMETERIZATIONS = ("eps", "x0", "v")
 SCHEDULES = ("linear", "cosine")
 VAR_TYPES = ("small", "large")  # reverse variance: posterior beta~_t | beta_t (Ho et al. 3.2)
@@ -50,7 +52,7 @@ def make_schedule(kind: str, num_steps: int) -> Schedule:
         f = np.cos((np.arange(T + 1, dtype=np.float64) / T + s) / (1 + s) * math.pi / 2) ** 2
         betas = np.minimum(1.0 - f[1:] / f[:-1], 0.999)
     else:
-        raise ValueError(f"schedule {kind!r}: choose one of {SCHEDULES}")
+        raise ConfigError(f"schedule {kind!r}: choose one of {SCHEDULES}")
     ab = np.cumprod(1.0 - betas)
     return Schedule(jnp.asarray(betas, jnp.float32), jnp.asarray(ab, jnp.float32))
 
@@ -70,7 +72,7 @@ def q_sample(schedule: Schedule, x0: jax.Array, t_B: jax.Array, noise: jax.Array
 # -------------------------------------------------------------- parameterisations
 def _check(parameterization: str) -> None:
     if parameterization not in PARAMETERIZATIONS:
-        raise ValueError(f"parameterization {parameterization!r}: choose one of {PARAMETERIZATIONS}")
+        raise ConfigError(f"parameterization {parameterization!r}: choose one of {PARAMETERIZATIONS}")
 
 
 def pred_from_x0_eps(parameterization: str, x0, eps, ab):
@@ -110,7 +112,7 @@ def _ab_prev(schedule: Schedule, t_prev):
 def reverse_log_variance(schedule: Schedule, t_B, var_type: str):
     """log sigma_t^2 of p(x_{t-1} | x_t) on the full schedule; t = 0 borrows beta~_1 (Ho et al.)."""
     if var_type not in VAR_TYPES:
-        raise ValueError(f"var_type {var_type!r}: choose one of {VAR_TYPES}")
+        raise ConfigError(f"var_type {var_type!r}: choose one of {VAR_TYPES}")
     ab = schedule.alphas_cumprod
     ab_prev = jnp.concatenate([jnp.ones((1,)), ab[:-1]])
     post = schedule.betas * (1.0 - ab_prev) / (1.0 - ab)
@@ -175,7 +177,7 @@ def ddpm_sample(apply_fn: ApplyFn, schedule: Schedule, rng, shape, *, parameteri
     """Ancestral sampling. `num_steps` < T respaces the schedule (Nichol & Dhariwal 2021):
     betas between the kept steps are 1 - ab_t / ab_prev. Returns float32[shape] in [-1, 1]."""
     if var_type not in VAR_TYPES:
-        raise ValueError(f"var_type {var_type!r}: choose one of {VAR_TYPES}")
+        raise ConfigError(f"var_type {var_type!r}: choose one of {VAR_TYPES}")
 
     def update(x, x0, eps, ab_t, ab_prev, z):
         mean, var = posterior(x0, x, ab_t, ab_prev)

@@ -141,3 +141,29 @@ def test_a_missing_config_file_and_an_unknown_preset_are_one_line_each():
     assert str(e.value) == ("flag --config=configs/lm_shakespeare.py:huge: unknown preset "
                             "'huge'; choose one of ['cpu', 'gpt2', 'gpt2_124m', 'gpt2_1b', "
                             "'gpu', 'llama_1b', 'llama_7b', 'tiny']"), str(e.value)
+
+
+# family, a model key outside its range, the start of the one-line error
+MODEL_KEYS = [
+    ("lm", {"model.max_len": 0}, "Transformer.max_len=0: must be >= 1"),
+    ("lm", {"model.dropout": 1.5}, "Transformer.dropout=1.5: must be in [0, 1)"),
+    ("lm", {"model.num_heads": 3}, "Transformer.embed_dim=32 is not divisible by num_heads=3"),
+    ("lm", {"model.size": "huge"}, "config.model.size='huge': choose one of"),
+    ("diffusion", {"model.width": 0}, "UNet.width=0: must be >= 1"),
+    ("diffusion", {"model.channel_mult": ()}, "UNet.channel_mult=(): one multiplier"),
+    ("gan", {"model.loss": "wasserstein"}, "config.model.loss='wasserstein': choose one of"),
+]
+
+
+@pytest.mark.parametrize("family,override,start", MODEL_KEYS,
+                         ids=[f"{f}-{next(iter(o))}" for f, o, _ in MODEL_KEYS])
+def test_a_model_key_outside_its_range_is_a_config_error(family, override, start):
+    """ConfigError, which the command line prints as one `error:` line (exit 2); a
+    ValueError would print a traceback."""
+    from genjax import assemble, sharding
+    from tests.families import tiny_config
+    config = tiny_config(family, **override)
+    with pytest.raises(ConfigError) as e:
+        parts = assemble.assemble(config, sharding.make_mesh(config.mesh))
+        parts.init_state()
+    assert str(e.value).startswith(start), str(e.value)

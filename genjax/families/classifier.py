@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from genjax.errors import ConfigError
 from genjax.families import image_seam
 from genjax.families.image_seam import (  # noqa: F401  shared by the image families
     image_shape, make_data, throughput_unit)
@@ -25,9 +26,9 @@ runtime_keys = ("model.dropout",)  # capability: may change across a resume
 def make_model(config) -> classifier_lib.Classifier:
     m = config.model
     if m.name != "cnn":
-        raise ValueError(f"config.model.name={m.name!r}: the classifier family has: cnn")
+        raise ConfigError(f"config.model.name={m.name!r}: the classifier family has: cnn")
     if not m.num_classes:
-        raise ValueError("config.model.num_classes is 0: resolve it from the data first")
+        raise ConfigError("config.model.num_classes is 0: resolve it from the data first")
     return classifier_lib.Classifier(
         num_classes=int(m.num_classes), width=int(m.width), num_stages=int(m.num_stages),
         convs_per_stage=int(m.convs_per_stage), feature_dim=int(m.feature_dim),
@@ -38,7 +39,7 @@ def resolve_config(config, data) -> None:
     """The image families' resolution (channels, classes, size), then: >= 2 classes."""
     image_seam.resolve_config(config, data)
     if config.model.num_classes < 2:
-        raise ValueError(f"a classifier needs >= 2 classes; the data has {data.class_names}")
+        raise ConfigError(f"a classifier needs >= 2 classes; the data has {data.class_names}")
 
 
 def example_batch(config, batch_size: int) -> dict[str, np.ndarray]:

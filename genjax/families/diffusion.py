@@ -60,14 +60,14 @@ def conditioning(config) -> str:
 def make_model(config) -> unet.UNet:
     m = config.model
     if m.name != "unet":
-        raise ValueError(f"config.model.name={m.name!r}: the diffusion family has: unet")
+        raise ConfigError(f"config.model.name={m.name!r}: the diffusion family has: unet")
     dtype = jnp.dtype(config.compute_dtype)
     text, cross = None, ()
     if conditioning(config) == "text":
         from genjax.models.text_encoder import TextEncoder
         t = m.text
         if not t.vocab_size:
-            raise ValueError("config.model.text.vocab_size is 0: resolve it from the data first")
+            raise ConfigError("config.model.text.vocab_size is 0: resolve it from the data first")
         text = TextEncoder(vocab_size=t.vocab_size, max_words=t.max_words, width=t.width,
                            num_layers=t.num_layers, num_heads=t.num_heads,
                            mlp_ratio=t.mlp_ratio, dtype=dtype)
@@ -249,7 +249,7 @@ def sample_images(model, params, config, rng, num_samples: int, label=None, guid
     s = config.sample
     sampler = sampler or s.sampler
     if sampler not in ("ddim", "ddpm"):
-        raise ValueError(f"sampler {sampler!r}: use ddim | ddpm")
+        raise ConfigError(f"sampler {sampler!r}: use ddim | ddpm")
     fn = make_sampler(model, sampler, int(steps or s.steps), float(s.eta if eta is None else eta),
                   float(s.guidance if guidance is None else guidance),
                   (int(num_samples), *image_shape(config)), str(config.model.schedule),

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from genjax import sharding
+from genjax.errors import ConfigError
 from genjax.models import dcgan
 from genjax.families.image_seam import (  # noqa: F401  shared by the image families
     image_shape, make_data, num_classes, resolve_config, sample_labels, throughput_unit)
@@ -38,9 +39,9 @@ sample_options = ()  # capability: sample_images takes no options
 def make_model(config) -> dcgan.DCGAN:
     m = config.model
     if m.name != "dcgan":
-        raise ValueError(f"config.model.name={m.name!r}: the gan family has: dcgan")
+        raise ConfigError(f"config.model.name={m.name!r}: the gan family has: dcgan")
     if m.loss not in LOSSES:
-        raise ValueError(f"config.model.loss={m.loss!r}: choose one of {LOSSES}")
+        raise ConfigError(f"config.model.loss={m.loss!r}: choose one of {LOSSES}")
     return dcgan.DCGAN(image_shape=image_shape(config), latent_dim=m.latent_dim,
                        g_width=m.g_width, d_width=m.d_width, channel_mult=tuple(m.channel_mult),
                        num_classes=num_classes(config), spectral_norm=m.spectral_norm,

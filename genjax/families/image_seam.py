@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
+from genjax.errors import ConfigError
+
 
 def image_shape(config) -> tuple[int, int, int]:
     s, c = int(config.data.image_size), int(config.data.channels)
     if not c:
-        raise ValueError("config.data.channels is 0: resolve it from the data first "
+        raise ConfigError("config.data.channels is 0: resolve it from the data first "
                          "(genjax.train does this)")
     return s, s, c
 
@@ -18,7 +20,7 @@ def num_classes(config) -> int:
     if not m.class_conditional:
         return 0
     if not m.num_classes:
-        raise ValueError("config.model.num_classes is 0: resolve it from the data first")
+        raise ConfigError("config.model.num_classes is 0: resolve it from the data first")
     return int(m.num_classes)
 
 
@@ -43,7 +45,7 @@ def resolve_config(config, data) -> None:
     """channels 0 -> the data's; num_classes 0 -> the data's class count; checks the size."""
     h, w, c = data.image_shape
     if h != config.data.image_size or w != config.data.image_size:
-        raise ValueError(f"data images are {h}x{w}, config.data.image_size="
+        raise ConfigError(f"data images are {h}x{w}, config.data.image_size="
                          f"{config.data.image_size}")
     if not config.data.channels:
         config.data.channels = int(c)

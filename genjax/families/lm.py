@@ -41,9 +41,9 @@ def model_kwargs(config) -> dict:
     """config.model -> Transformer kwargs; shape keys left at 0 come from SIZES[size]."""
     m = config.model
     if m.size not in transformer.SIZES:
-        raise ValueError(f"config.model.size={m.size!r}: choose one of {sorted(transformer.SIZES)}")
+        raise ConfigError(f"config.model.size={m.size!r}: choose one of {sorted(transformer.SIZES)}")
     if not m.vocab_size:
-        raise ValueError("config.model.vocab_size is 0: resolve it from the tokenizer first "
+        raise ConfigError("config.model.vocab_size is 0: resolve it from the tokenizer first "
                          "(genjax.train does this)")
     kwargs = {k: m[k] for k in MODEL_KEYS if k in m}  # older workdirs lack newer keys:
     for k in SHAPE_KEYS:                               # the Transformer's defaults apply
@@ -165,7 +165,7 @@ def resolve_config(config, data) -> None:
         mult = max(1, int(config.model.vocab_multiple))
         config.model.vocab_size = -(-data.tokenizer.vocab_size // mult) * mult
     elif config.model.vocab_size < data.tokenizer.vocab_size:
-        raise ValueError(f"config.model.vocab_size={config.model.vocab_size} is smaller than "
+        raise ConfigError(f"config.model.vocab_size={config.model.vocab_size} is smaller than "
                          f"the tokenizer's {data.tokenizer.vocab_size}")
 
 

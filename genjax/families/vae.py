@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from genjax import latent_prior, sharding
-from genjax.errors import UserError
+from genjax.errors import ConfigError, UserError
 from genjax.models import vae as vae_lib
 from genjax.families.image_seam import (  # noqa: F401  shared by the image families
     image_shape, make_data, num_classes, resolve_config, sample_labels, throughput_unit)
@@ -50,7 +50,7 @@ PRIORS = ("fitted", "standard")
 def make_model(config) -> vae_lib.VAE:
     m = config.model
     if m.name != "conv_vae":
-        raise ValueError(f"config.model.name={m.name!r}: the vae family has: conv_vae")
+        raise ConfigError(f"config.model.name={m.name!r}: the vae family has: conv_vae")
     return vae_lib.VAE(image_shape=image_shape(config), latent_dim=m.latent_dim, width=m.width,
                        channel_mult=tuple(m.channel_mult), likelihood=m.likelihood,
                        num_classes=num_classes(config), dtype=jnp.dtype(config.compute_dtype))

@@ -18,6 +18,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from genjax.errors import ConfigError
+
 _F32 = jnp.float32
 
 
@@ -99,7 +101,7 @@ def attention(q_BxTxNxH, k_BxTxNxH, v_BxTxNxH, *, chunk: int, valid_BxT=None):
     B, T = q_BxTxNxH.shape[:2]
     chunk = min(int(chunk), T)
     if chunk <= 0 or T % chunk:
-        raise ValueError(f"attention_chunk={chunk} must be > 0 and divide the sequence "
+        raise ConfigError(f"attention_chunk={chunk} must be > 0 and divide the sequence "
                          f"length {T}")
     valid = jnp.ones((B, T), bool) if valid_BxT is None else valid_BxT.astype(bool)
     return _attention(q_BxTxNxH, k_BxTxNxH, v_BxTxNxH, valid, chunk)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from genjax.errors import ConfigError
 from genjax.sharding import constrain
 
 
@@ -22,7 +23,7 @@ def token_nll(x_BxTxD, head_DxV, targets_BxT, *, chunk: int):
     B, T, D = x_BxTxD.shape
     chunk = min(int(chunk), T)
     if chunk <= 0 or T % chunk:
-        raise ValueError(f"loss_chunk={chunk} must be > 0 and divide the sequence length {T}")
+        raise ConfigError(f"loss_chunk={chunk} must be > 0 and divide the sequence length {T}")
     head = head_DxV.astype(x_BxTxD.dtype)
 
     @jax.checkpoint

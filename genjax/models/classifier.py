@@ -11,6 +11,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from genjax import sharding
+from genjax.errors import ConfigError
 from genjax.models.unet import conv, dense, group_norm
 
 _ACT = ("batch", "height", "width", "channels")
@@ -32,7 +33,7 @@ class Classifier(nn.Module):
                  for _ in range(self.convs_per_stage)]
         self.convs = [conv(ch, dtype=self.dtype) for ch in chans]
         if self.norm not in NORMS:
-            raise ValueError(f"norm {self.norm!r}: choose one of {NORMS}")
+            raise ConfigError(f"norm {self.norm!r}: choose one of {NORMS}")
         self.norms = [group_norm(ch, self.dtype) if self.norm == "group" else (lambda h: h)
                       for ch in chans]
         self.feature_layer = dense(self.feature_dim, dtype=self.dtype)

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from genjax import sharding
+from genjax.errors import ConfigError
 
 _CONV = (None, None, "conv_in", "conv_out")
 _ACT = ("batch", "height", "width", "channels")
@@ -119,11 +120,11 @@ class Generator(nn.Module):
     @nn.compact
     def __call__(self, z_BxZ, labels_B=None):
         if self.norm not in NORMS:
-            raise ValueError(f"generator norm {self.norm!r}: choose one of {NORMS}")
+            raise ConfigError(f"generator norm {self.norm!r}: choose one of {NORMS}")
         H, W, C = self.image_shape
         levels = len(self.channel_mult)
         if H % 2 ** levels or W % 2 ** levels:
-            raise ValueError(f"image {H}x{W} not divisible by 2^{levels}")
+            raise ConfigError(f"image {H}x{W} not divisible by 2^{levels}")
         h = z_BxZ.astype(self.dtype)
         if self.num_classes:
             y = nn.Embed(self.num_classes, self.latent_dim, dtype=self.dtype, name="label_embed")(
@@ -156,7 +157,7 @@ def minibatch_std(h_BxHxWxC, group: int):
     are multiples of `group`. -> [B, H, W, C + 1]."""
     b = h_BxHxWxC.shape[0]
     if b % group:
-        raise ValueError(f"minibatch std: batch {b} is not a multiple of group {group}")
+        raise ConfigError(f"minibatch std: batch {b} is not a multiple of group {group}")
     y = h_BxHxWxC.astype(jnp.float32).reshape(b // group, group, *h_BxHxWxC.shape[1:])
     std_G = jnp.sqrt(jnp.var(y, axis=1) + 1e-8).mean(axis=(1, 2, 3))
     std = jnp.broadcast_to(jnp.repeat(std_G, group)[:, None, None, None],
@@ -176,7 +177,7 @@ class Discriminator(nn.Module):
     @nn.compact
     def __call__(self, x_BxHxWxC, labels_B=None, update_stats: bool = False):
         if self.norm not in ("none", "batch"):
-            raise ValueError(f"discriminator norm {self.norm!r}: choose none | batch")
+            raise ConfigError(f"discriminator norm {self.norm!r}: choose none | batch")
         h = x_BxHxWxC
         for i, mult in enumerate(self.channel_mult):
             h = SNConv(self.width * mult, spectral_norm=self.spectral_norm, dtype=self.dtype)(

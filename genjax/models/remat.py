@@ -16,13 +16,15 @@ from typing import Callable
 import jax
 from flax import linen as nn
 
+from genjax.errors import ConfigError
+
 CHOICES = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable")
 
 
 def check(remat: str, owner: str) -> None:
     """Unknown policy -> ValueError naming the choices."""
     if remat not in CHOICES:
-        raise ValueError(f"{owner}.remat={remat!r}: choose one of {list(CHOICES)}")
+        raise ConfigError(f"{owner}.remat={remat!r}: choose one of {list(CHOICES)}")
 
 
 def policy(remat: str) -> Callable | None:

@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from genjax.errors import ConfigError
 from genjax.models import chunked_attention, remat
 from genjax.sharding import constrain
 
@@ -262,20 +263,26 @@ class Transformer(nn.Module):
     scan_layers: bool = False      # layers under nn.scan: params [L, ...], one compiled body
 
     def __post_init__(self):
+        for attr, low in (("vocab_size", 1), ("num_layers", 1), ("num_heads", 1),
+                          ("embed_dim", 1), ("max_len", 1), ("mlp_dim", 0), ("mlp_ratio", 0)):
+            if getattr(self, attr) < low:
+                raise ConfigError(f"Transformer.{attr}={getattr(self, attr)}: must be >= {low}")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"Transformer.dropout={self.dropout}: must be in [0, 1)")
         for attr, allowed in CHOICES.items():
             if getattr(self, attr) not in allowed:
-                raise ValueError(f"Transformer.{attr}={getattr(self, attr)!r}: choose one of "
+                raise ConfigError(f"Transformer.{attr}={getattr(self, attr)!r}: choose one of "
                                  f"{list(allowed)}")
         if self.embed_dim % self.num_heads:
-            raise ValueError(f"Transformer.embed_dim={self.embed_dim} is not divisible by "
+            raise ConfigError(f"Transformer.embed_dim={self.embed_dim} is not divisible by "
                              f"num_heads={self.num_heads}")
         if self.pos == "rotary" and (self.embed_dim // self.num_heads) % 2:
-            raise ValueError(f"Transformer.pos='rotary' needs an even head dim, got "
+            raise ConfigError(f"Transformer.pos='rotary' needs an even head dim, got "
                              f"{self.embed_dim // self.num_heads}")
         if self.attention_chunk <= 0:
-            raise ValueError(f"Transformer.attention_chunk={self.attention_chunk}: must be > 0")
+            raise ConfigError(f"Transformer.attention_chunk={self.attention_chunk}: must be > 0")
         if self.num_kv_heads < 0 or self.num_heads % (self.num_kv_heads or self.num_heads):
-            raise ValueError(f"Transformer.num_kv_heads={self.num_kv_heads} must divide "
+            raise ConfigError(f"Transformer.num_kv_heads={self.num_kv_heads} must divide "
                              f"num_heads={self.num_heads} (0 = num_heads)")
         super().__post_init__()
 

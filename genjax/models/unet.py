@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from genjax import sharding
+from genjax.errors import ConfigError
 from genjax.models import remat
 
 _CONV = (None, None, "conv_in", "conv_out")
@@ -106,7 +107,7 @@ class Attention(nn.Module):
     def __call__(self, x_BxHxWxC):
         B, H, W, C = x_BxHxWxC.shape
         if C % self.num_heads:
-            raise ValueError(f"attention: {C} channels not divisible by num_heads={self.num_heads}")
+            raise ConfigError(f"attention: {C} channels not divisible by num_heads={self.num_heads}")
         N, D = self.num_heads, C // self.num_heads
         h = group_norm(C, self.dtype)(x_BxHxWxC).reshape(B, H * W, C)
         qkv_BxLx3xNxD = nn.DenseGeneral(
@@ -130,7 +131,7 @@ class CrossAttention(nn.Module):
     def __call__(self, x_BxHxWxC, ctx_BxSxD, mask_BxS):
         B, H, W, C = x_BxHxWxC.shape
         if C % self.num_heads:
-            raise ValueError(f"cross-attention: {C} channels not divisible by "
+            raise ConfigError(f"cross-attention: {C} channels not divisible by "
                              f"num_heads={self.num_heads}")
         N, D = self.num_heads, C // self.num_heads
         h = group_norm(C, self.dtype)(x_BxHxWxC).reshape(B, H * W, C)
@@ -181,6 +182,14 @@ class UNet(nn.Module):
 
     def __post_init__(self):
         remat.check(self.remat, "UNet")
+        for attr in ("width", "num_res_blocks"):
+            if getattr(self, attr) < 1:
+                raise ConfigError(f"UNet.{attr}={getattr(self, attr)}: must be >= 1")
+        if min(self.channel_mult, default=0) < 1:
+            raise ConfigError(f"UNet.channel_mult={tuple(self.channel_mult)}: one multiplier "
+                              f">= 1 per level, at least one level")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"UNet.dropout={self.dropout}: must be in [0, 1)")
         super().__post_init__()
 
     @nn.compact

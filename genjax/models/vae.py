@@ -13,6 +13,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from genjax import sharding
+from genjax.errors import ConfigError
 from genjax.models.unet import conv, dense
 
 LIKELIHOODS = ("bernoulli", "logistic")
@@ -78,10 +79,10 @@ class VAE(nn.Module):
 
     def setup(self):
         if self.likelihood not in LIKELIHOODS:
-            raise ValueError(f"likelihood {self.likelihood!r}: choose one of {LIKELIHOODS}")
+            raise ConfigError(f"likelihood {self.likelihood!r}: choose one of {LIKELIHOODS}")
         H, W, _ = self.image_shape
         if H % 2 ** len(self.channel_mult) or W % 2 ** len(self.channel_mult):
-            raise ValueError(f"image {H}x{W} not divisible by 2^{len(self.channel_mult)}")
+            raise ConfigError(f"image {H}x{W} not divisible by 2^{len(self.channel_mult)}")
         self.encoder = Encoder(self.latent_dim, self.width, tuple(self.channel_mult), self.dtype)
         self.decoder = Decoder(self.image_shape, 1 if self.likelihood == "bernoulli" else 2,
                                self.width, tuple(self.channel_mult), self.num_classes, self.dtype)
@@ -140,7 +141,7 @@ def log_likelihood(likelihood: str, x_BxHxWxC, out):
         return bernoulli_log_prob(x_BxHxWxC, out)
     if likelihood == "logistic":
         return discretized_logistic_log_prob(x_BxHxWxC, out)
-    raise ValueError(f"likelihood {likelihood!r}: choose one of {LIKELIHOODS}")
+    raise ConfigError(f"likelihood {likelihood!r}: choose one of {LIKELIHOODS}")
 
 
 def mean_image(likelihood: str, out):
