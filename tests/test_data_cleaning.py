@@ -60,6 +60,16 @@ def test_planted_exact_and_near_duplicates_are_all_found():
     assert all(e["jaccard"] >= 0.8 for e in nd["examples"])
 
 
+def test_no_near_duplicates_among_lines_too_short_to_shingle_or_not_eligible():
+    """A file whose lines are all short (or none eligible) has nothing to compare: an empty
+    answer, not an IndexError (seen on a 6-byte binary file given as text)."""
+    short = ["ab", "ab", "abc"]
+    assert dedup.near_duplicates(short, np.ones(3, bool), 0.8) == {}
+    same = ["the same line, long enough"] * 3
+    assert dedup.near_duplicates(same, np.zeros(3, bool), 0.8) == {}
+    assert dedup.near_duplicates(same, np.ones(3, bool), 0.8) == {1: (0, 1.0), 2: (0, 1.0)}
+
+
 def test_near_dedup_only_removes_lines_similar_to_a_kept_line():
     rng = np.random.default_rng(1)
     lines = random_lines(300, seed=2)
@@ -349,7 +359,29 @@ def test_cli_flags_are_absl_flags_and_bad_ones_are_one_line():
         assert (args.command, args.target, args.examples, args.cleaning) == \
             ("inspect", "x.txt", 2, "default")
     for argv, needle in [(["inspect", "x.txt", "--examples=two"], "--examples=two"),
+                         (["inspect", "x.txt", "--examples=-2"], "--examples=-2"),
+                         (["prepare", "pets/", "--channels=2"], "--channels=2"),
+                         (["prepare", "pets/", "--test_percent=100"], "--test_percent=100"),
                          (["inspect", "x.txt", "--nope=1"], "'nope'"),
                          (["frob", "x.txt"], "prepare|inspect")]:
         with pytest.raises(CliError, match=needle):
             parse(argv)
+
+
+def test_cli_a_grid_path_under_a_file_is_one_error_line(monkeypatch, capsys, tmp_path):
+    """`inspect --out=FILE/grid.png`: the OSError of a path that cannot be written is one
+    line naming it (exit 2), as bad flags are."""
+    from genjax.data import __main__ as data_cli
+    afile = tmp_path / "notes.txt"
+    afile.write_text("keep me")
+
+    def write_grid(argv):  # main() after the dataset: the grid at --out
+        from genjax.image_grid import save_grid
+        save_grid(np.zeros((4, 8, 8, 1), np.float32), data_cli.parse(argv).out)
+    monkeypatch.setattr(data_cli, "main", write_grid)
+    with pytest.raises(SystemExit) as e:
+        data_cli.run(["inspect", "fashion_mnist", f"--out={afile}/grid.png"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1, err
+    assert err == f"error: {str(afile)!r} is a file where a folder is needed\n"
+    assert afile.read_text() == "keep me"

@@ -1,6 +1,7 @@
 """Image data: IDX files, the Fashion-MNIST / image-folder builders, and ImageData batches."""
 import json
 import os
+import re
 import shutil
 import time
 
@@ -279,6 +280,26 @@ def test_image_folder_builder(tmp_path):
     b3 = image_builders.prepare_images(folder, cfg.data_dir, image_size=8, channels=3)
     assert len({builder.data_dir, b2.data_dir, b3.data_dir}) == 3
     assert b3.info.features["image"].shape == (8, 8, 3)
+
+
+@pytest.mark.parametrize("damage", ["not_an_image", "truncated"])
+def test_an_unreadable_image_in_a_folder_is_one_error_naming_it(tmp_path, damage):
+    """genjax.data prints a ValueError as one `error:` line (exit 2)."""
+    pytest.importorskip("PIL")
+    folder = str(tmp_path / "pets")
+    _write_pngs(folder)
+    bad = os.path.join(folder, "dogs", "05.png")
+    if damage == "not_an_image":
+        with open(bad, "w") as f:
+            f.write("not an image")
+    else:
+        with open(bad, "rb") as f:
+            head = f.read(200)
+        with open(bad, "wb") as f:
+            f.write(head)
+    with pytest.raises(ValueError, match=f"image {re.escape(bad)} cannot be read"):
+        image_builders.prepare_images(folder, str(tmp_path / "tfds"), image_size=16,
+                                      channels=1)
 
 
 # ------------------------------------------------------------------------- TFDS catalog

@@ -73,7 +73,7 @@ def _image_builder(args):
         return image_builders.prepare_images(args.target, args.data_dir,
                                              source_dir=args.source_dir)
     return image_builders.prepare_images(args.target, args.data_dir, image_size=args.image_size,
-                                         channels=args.channels, test_percent=args.test_percent)
+                                         channels=int(args.channels), test_percent=args.test_percent)
 
 
 def _image_grid(builder, n: int, out: str) -> str:
@@ -115,10 +115,13 @@ def parse(argv: list[str]) -> types.SimpleNamespace:
                         flag_values=fv)
     flags.DEFINE_string("source_dir", "", "Fashion-MNIST IDX folder", flag_values=fv)
     flags.DEFINE_integer("image_size", 0, "image folders: side in pixels (0 = native)",
+                         lower_bound=0, flag_values=fv)
+    flags.DEFINE_enum("channels", "0", ["0", "1", "3"], "image folders: 1 | 3 (0 = native)",
+                      flag_values=fv)
+    flags.DEFINE_integer("test_percent", 10, "image folders: test split", lower_bound=0,
+                         upper_bound=99, flag_values=fv)
+    flags.DEFINE_integer("examples", 3, "examples shown by inspect", lower_bound=0,
                          flag_values=fv)
-    flags.DEFINE_integer("channels", 0, "image folders: 1 | 3 (0 = native)", flag_values=fv)
-    flags.DEFINE_integer("test_percent", 10, "image folders: test split", flag_values=fv)
-    flags.DEFINE_integer("examples", 3, "examples shown by inspect", flag_values=fv)
     flags.DEFINE_string("out", "", "where inspect writes the image grid", flag_values=fv)
     if {"-h", "--help", "--helpfull"} & set(argv):
         print(__doc__ + "\n" + fv.get_help())
@@ -163,6 +166,11 @@ def run(argv: list[str] | None = None) -> None:
     except (CliError, UserError, ConfigError, FileNotFoundError, ValueError) as e:
         message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as e:  # a path that cannot be written or read
+        why = ("is a file where a folder is needed"
+               if isinstance(e, (FileExistsError, NotADirectoryError)) else e.strerror or e)
+        print(f"error: {e.filename!r} {why}", file=sys.stderr)
         sys.exit(2)
 
 

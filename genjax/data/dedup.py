@@ -138,6 +138,8 @@ def near_duplicates(lines: Sequence[str], eligible: np.ndarray, threshold: float
     codes = np.frombuffer("".join(texts).encode("utf-32-le"), np.uint32)
     lengths = np.array([len(t) for t in texts], np.int64)
     hashes, owner = _window_hashes(codes, lengths, shingle)
+    if not owner.size:  # no eligible line is a shingle long: nothing to compare
+        return {}
     sig = minhash(hashes, owner, len(texts), num_perm)
     bands, rows = lsh_bands(threshold, num_perm)
     cols = owner[np.flatnonzero(np.concatenate([[True], owner[1:] != owner[:-1]]))]

@@ -17,6 +17,7 @@ The config name is a fingerprint of the source bytes, so two sources never share
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -229,10 +230,22 @@ def list_image_folder(folder: str) -> tuple[list[str], list[tuple[str, int]]]:
     return classes, files
 
 
+@contextlib.contextmanager
+def _open_image(path: str):
+    """PIL's image at `path`; ValueError naming the file if PIL cannot read it (not an
+    image, truncated), which genjax.data prints as one line."""
+    from PIL import Image  # only image folders need Pillow
+    try:
+        with Image.open(path) as im:
+            yield im
+    except OSError as e:  # PIL.UnidentifiedImageError, truncated or unreadable data
+        raise ValueError(f"image {path} cannot be read ({e}); remove or replace it") from None
+
+
 def load_image(path: str, size: int, channels: int) -> np.ndarray:
     """uint8[size, size, channels]: centre-cropped to a square, resized (bicubic) with PIL."""
-    from PIL import Image  # only image folders need Pillow
-    with Image.open(path) as im:
+    from PIL import Image
+    with _open_image(path) as im:
         im = im.convert("L" if channels == 1 else "RGB")
         w, h = im.size
         s = min(w, h)
@@ -246,8 +259,7 @@ def load_image(path: str, size: int, channels: int) -> np.ndarray:
 
 def native_format(path: str) -> tuple[int, int]:
     """(shorter side, 1 for grayscale modes else 3) of one image file."""
-    from PIL import Image
-    with Image.open(path) as im:
+    with _open_image(path) as im:
         return min(im.size), 1 if im.mode in ("1", "L", "LA", "I", "I;16", "F") else 3
 
 
