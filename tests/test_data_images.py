@@ -282,6 +282,13 @@ def test_image_folder_builder(tmp_path):
     assert b3.info.features["image"].shape == (8, 8, 3)
 
 
+def test_an_image_folder_with_another_data_name_is_refused_not_ignored(tmp_path):
+    """image_folder set but name left at fashion_mnist would train on Fashion-MNIST."""
+    from genjax.errors import ConfigError
+    with pytest.raises(ConfigError, match="add --config.data.name=image_folder"):
+        _data(data_cfg(image_folder=str(tmp_path), data_dir=str(tmp_path / "tfds")))
+
+
 @pytest.mark.parametrize("damage", ["not_an_image", "truncated"])
 def test_an_unreadable_image_in_a_folder_is_one_error_naming_it(tmp_path, damage):
     """genjax.data prints a ValueError as one `error:` line (exit 2)."""
