@@ -72,14 +72,41 @@ def unknown_key_message(error: BaseException, argv: Sequence[str]) -> str:
             f"file for the keys that exist)")
 
 
+HELP = ("-h", "--help", "--helpfull", "-?")
+_NOT_OURS = ("absl", "orbax", "jax", "ml_collections")  # modules whose flags help leaves out
+
+
+def help_text(main, flag_values=None) -> str:
+    """`main`'s module docstring and the flags its module defined (not absl's logging
+    flags nor orbax's), each with its help and default."""
+    from absl import flags
+    flag_values = flags.FLAGS if flag_values is None else flag_values
+    doc = (sys.modules[main.__module__].__doc__ or "").strip()
+    own = {f.name: f for module, fs in flag_values.flags_by_module_dict().items()
+           if not module.startswith(_NOT_OURS) for f in fs}
+    lines = [doc, ""] if doc else []
+    lines.append("flags:")
+    for name, f in sorted(own.items()):
+        default = "" if f.default is None else f" (default: {f.default_as_str})"
+        lines.append(f"  --{name}: {f.help}{default}")
+    if "config" in own:
+        lines.append("  --config.<key>=<value>: any key of the config file (genjax/config_lib.py "
+                     "comments the shared ones)")
+    return "\n".join(lines)
+
+
 def run(main, argv=None, *, tpu_compiler: bool = False) -> None:
     """Runs `main(argv)` after flag parsing; without `tpu_compiler` (genjax.aot), JAX
     does not load libtpu on a machine without TPUs (runtime.skip_tpu_without_tpus).
 
-    Bad input -> one `error:` line on stderr, exit 2; a run that fails for a reason it
-    can name (failed checkpoint save, NaN halt) -> one line, exit 1.
+    -h / --help -> the module's docstring and flags on stdout, exit 0. Bad input -> one
+    `error:` line on stderr, exit 2; a run that fails for a reason it can name (failed
+    checkpoint save, NaN halt) -> one line, exit 1.
     """
     argv = sys.argv if argv is None else argv
+    if set(argv[1:]) & set(HELP):
+        print(help_text(main))
+        sys.exit(0)
     if not tpu_compiler:
         runtime.skip_tpu_without_tpus()
     try:

@@ -26,6 +26,19 @@ def test_unknown_preset(tmp_path):
     assert_one_line_error(proc, "unknown preset 'huge'; choose one of", "'tiny'")
 
 
+def test_help_prints_the_usage_and_the_commands_own_flags():
+    proc = run("genjax.train", "--help")
+    assert proc.returncode == 0 and not proc.stderr.strip(), proc.stderr[-2000:]
+    out = proc.stdout
+    assert out.startswith("The one training loop, for every family.")
+    assert "python -m genjax.train --config=configs/lm_shakespeare.py:cpu" in out
+    for line in ("  --config: configs/<name>.py[:preset]",
+                 "  --workdir: run directory (resumes if it holds checkpoints)",
+                 "  --config.<key>=<value>: "):
+        assert line in out, out
+    assert "--verbosity" not in out and "orbax" not in out  # absl's / orbax's own flags
+
+
 def test_sampling_from_an_empty_workdir(tmp_path):
     proc = run("genjax.sample", f"--workdir={tmp_path}", "--prompt=ROMEO:")
     assert_one_line_error(proc, "no checkpoints")
