@@ -28,6 +28,7 @@ from absl import flags
 
 from genjax import cli, families, inference, runtime
 from genjax import train as train_lib
+from genjax import workdir as workdir_lib
 from genjax.errors import UserError
 
 FLAGS = flags.FLAGS
@@ -37,7 +38,7 @@ def define_flags():
     flags.DEFINE_string("workdir", None, "trained run directory", required=True)
     flags.DEFINE_string("prompt", None, "text prompt: LM (default: the config's "
                         "sample.prompt) or text-to-image (default: one caption per class)")
-    flags.DEFINE_integer("num_samples", None, "samples to draw")
+    flags.DEFINE_integer("num_samples", None, "samples to draw", lower_bound=1)
     flags.DEFINE_integer("max_new_tokens", None, "tokens to generate per sample")
     flags.DEFINE_float("temperature", None, "0 = greedy")
     flags.DEFINE_integer("top_k", None, "keep the k most likely tokens (0 = off)")
@@ -62,8 +63,9 @@ def define_flags():
     flags.DEFINE_integer("seed", 0, "sampling seed")
     flags.DEFINE_enum("params", "ema", ["ema", "raw"], "EMA params if the run kept them")
     flags.DEFINE_string("label", None, "image families: class name or index (default: all)")
-    flags.DEFINE_float("guidance", None, "diffusion: classifier-free guidance scale")
-    flags.DEFINE_integer("steps", None, "diffusion: sampler steps")
+    flags.DEFINE_float("guidance", None, "diffusion: classifier-free guidance scale (0 "
+                      "unconditional, 1 conditional, > 1 guided)", lower_bound=0.0)
+    flags.DEFINE_integer("steps", None, "diffusion: sampler steps", lower_bound=1)
     flags.DEFINE_enum("prior", None, ["fitted", "standard"], "VAE: the mixture fitted to the "
                       "training codes, or N(0, I)")
     flags.DEFINE_string("out", None, "image families: PNG grid (default W/samples.png) or "
@@ -295,7 +297,7 @@ def sample_images(loaded, opts=None, probs_fn=None) -> str | None:
             print("[filtered] " + json.dumps(row), flush=True)
     kept = [r["image"] for r in records if not r["rejected"]]
     meta["kept"] = len(kept)
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    workdir_lib.make_parent(out)
     with open(out + ".json", "w") as f:
         json.dump(meta, f, indent=1)
     if not kept:
@@ -318,7 +320,7 @@ def sample_arrays(loaded, opts=None) -> str:
     x = np.asarray(jax.device_get(loaded.family.sample_arrays(
         loaded.model, loaded.params, loaded.config, jax.random.PRNGKey(opts.seed), n)))
     out = opts.out or os.path.join(opts.workdir, "samples.npz")
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    workdir_lib.make_parent(out)
     np.savez(out, samples=x)
     print(f"wrote {len(x)} samples {list(x.shape[1:])} (step {loaded.step}) to {out}", flush=True)
     return out

@@ -3,12 +3,12 @@ was asked for, the file `genjax.evaluate --samples` reads, and the sampler's ima
 from __future__ import annotations
 
 import json
-import os
 import time
 
 import jax
 import numpy as np
 
+from genjax import workdir as workdir_lib
 from genjax.errors import UserError
 from genjax.image_grid import to_uint8
 
@@ -59,7 +59,7 @@ def write(loaded, opts, cond: dict) -> str:
     arrays = {"images": np.concatenate(images)}
     if labels is not None:
         arrays["labels"] = np.asarray(labels, np.int32)
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    workdir_lib.make_parent(out)
     np.savez(out, **arrays)
     meta = {"workdir": opts.workdir, "step": loaded.step, "family": loaded.config.family,
             "num_samples": n, "batch_size": chunk, "seed": opts.seed, "what": cond["what"],

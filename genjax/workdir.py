@@ -33,6 +33,18 @@ def make_workdir(path: str, flag: str = "--workdir") -> str:
     return path
 
 
+def make_parent(path: str, flag: str = "--out") -> str:
+    """Makes the folder `path` (given as `flag`) will be written into; UserError, one line,
+    where a file stands in its way or it cannot be made. Returns `path`."""
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise UserError(f"{flag}={path!r}: a file stands where its folder should be") from None
+    except OSError as e:
+        raise UserError(f"{flag}={path!r}: its folder cannot be made: {e.strerror or e}") from None
+    return path
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

@@ -69,6 +69,12 @@ def test_bad_prompt(trained_tiny, prompt, needle):
     assert_one_line_error(proc, needle)
 
 
+def test_a_sample_count_below_one_is_a_flag_error(trained_tiny):
+    """--num_samples, --steps (>= 1) and --guidance (>= 0) are bounded flags."""
+    proc = run("genjax.sample", f"--workdir={trained_tiny}", "--num_samples=0")
+    assert_one_line_error(proc, "--num_samples=0", "positive integer")
+
+
 def test_sampling_prints_samples(trained_tiny):
     proc = run("genjax.sample", f"--workdir={trained_tiny}", "--prompt=ROMEO:",
                "--num_samples=2", "--max_new_tokens=20", "--seed=1")

@@ -84,8 +84,8 @@ def test_a_bad_value_fails_train_before_the_workdir_exists(tmp_path):
 
 
 def test_a_workdir_or_out_that_is_a_file_is_one_error_and_the_file_is_kept(tmp_path):
-    """genjax.train --workdir; the --out of genjax.quantize / lora merge (a new folder)
-    and of genjax.scan_convert (a folder without checkpoints)."""
+    """genjax.train --workdir; the --out of genjax.quantize / lora merge (a new folder),
+    of genjax.scan_convert (a folder without checkpoints) and of genjax.sample (a file)."""
     afile = tmp_path / "notes.txt"
     afile.write_text("keep me")
     with pytest.raises(UserError, match="--workdir=.* is a file, not a directory"):
@@ -94,6 +94,9 @@ def test_a_workdir_or_out_that_is_a_file_is_one_error_and_the_file_is_kept(tmp_p
         workdir_lib.refuse_nonempty(str(afile))
     with pytest.raises(UserError, match="--out=.* is a file, not a directory"):
         workdir_lib.write_run(str(afile), 1, None, None, {}, {})
+    # genjax.sample --out=FILE/grid.png (or .npz)
+    with pytest.raises(UserError, match="a file stands where its folder should be"):
+        workdir_lib.make_parent(str(afile / "grid.png"))
     assert afile.read_text() == "keep me"
 
 
