@@ -141,7 +141,8 @@ def status(run: dict) -> str:
 
 
 def write_manifest(p: dict) -> str:
-    os.makedirs(p["dir"], exist_ok=True)
+    from genjax.workdir import make_workdir
+    make_workdir(p["dir"], "--root")  # a file in the way: one error line
     path = os.path.join(p["dir"], p["sweep"] + MANIFEST_SUFFIX)
     manifest = {k: p[k] for k in ("config", "sweep", "keys", "common")}
     manifest["runs"] = [{"name": r["name"], "overrides": r["overrides"], "seed": r["seed"],
@@ -330,8 +331,9 @@ def define_flags():
     flags.DEFINE_string("sweep", "", "sweep name, passed to the config's get_sweep(add, arg) "
                         "(empty: the config itself, over --seeds)")
     flags.DEFINE_string("root", "runs/sweeps", "runs go to <root>/<config>/<k=v,...>/seed=<S>")
-    flags.DEFINE_integer("seeds", 1, "seeds per run: config.seed, config.seed + 1, ...")
-    flags.DEFINE_integer("parallel", 1, "local runs at a time")
+    flags.DEFINE_integer("seeds", 1, "seeds per run: config.seed, config.seed + 1, ...",
+                         lower_bound=1)
+    flags.DEFINE_integer("parallel", 1, "local runs at a time", lower_bound=1)
     flags.DEFINE_bool("dry_run", False, "print the runs and their status; run nothing")
     flags.DEFINE_enum("emit", "", ["", "commands"],
                       "commands: print one train command per unfinished run (Slurm arrays, "

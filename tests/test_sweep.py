@@ -77,6 +77,7 @@ def test_seeds_without_a_sweep_run_the_config_itself(tmp_path):
 @pytest.mark.parametrize("args,needle", [
     (["--sweep=nope"], "unknown sweep 'nope'"),
     (["--sweep=lr", "--config.optim.lrr=1"], "lrr"),
+    (["--parallel=0"], "--parallel=0: 0 is not a positive integer"),  # it would never run
 ])
 def test_bad_sweeps_fail_in_one_line(tmp_path, args, needle):
     proc = run_quick(*args, f"--root={tmp_path}")
