@@ -285,7 +285,8 @@ def test_image_folder_builder(tmp_path):
 def test_an_image_folder_with_another_data_name_is_refused_not_ignored(tmp_path):
     """image_folder set but name left at fashion_mnist would train on Fashion-MNIST."""
     from genjax.errors import ConfigError
-    with pytest.raises(ConfigError, match="add --config.data.name=image_folder"):
+    with pytest.raises(ConfigError,
+                       match="image_folder needs data.name=image_folder, not 'fashion_mnist'"):
         _data(data_cfg(image_folder=str(tmp_path), data_dir=str(tmp_path / "tfds")))
 
 

@@ -17,7 +17,6 @@ The config name is a fingerprint of the source bytes, so two sources never share
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -31,6 +30,7 @@ from etils import epath
 from genjax.errors import UserError
 from genjax.data import build_lock, data_card
 from genjax.data.idx import read_idx
+from genjax.data.image_files import load_image, native_format
 
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
                          "Shirt", "Sneaker", "Bag", "Ankle boot")
@@ -228,39 +228,6 @@ def list_image_folder(folder: str) -> tuple[list[str], list[tuple[str, int]]]:
     if not classes:
         raise ValueError(f"{folder} has no class sub-folders (expected {folder}/<class>/*.png)")
     return classes, files
-
-
-@contextlib.contextmanager
-def _open_image(path: str):
-    """PIL's image at `path`; ValueError naming the file if PIL cannot read it (not an
-    image, truncated), which genjax.data prints as one line."""
-    from PIL import Image  # only image folders need Pillow
-    try:
-        with Image.open(path) as im:
-            yield im
-    except OSError as e:  # PIL.UnidentifiedImageError, truncated or unreadable data
-        raise ValueError(f"image {path} cannot be read ({e}); remove or replace it") from None
-
-
-def load_image(path: str, size: int, channels: int) -> np.ndarray:
-    """uint8[size, size, channels]: centre-cropped to a square, resized (bicubic) with PIL."""
-    from PIL import Image
-    with _open_image(path) as im:
-        im = im.convert("L" if channels == 1 else "RGB")
-        w, h = im.size
-        s = min(w, h)
-        left, top = (w - s) // 2, (h - s) // 2
-        im = im.crop((left, top, left + s, top + s))
-        if s != size:
-            im = im.resize((size, size), Image.Resampling.BICUBIC)
-        x = np.asarray(im, dtype=np.uint8)
-    return x[..., None] if channels == 1 else x
-
-
-def native_format(path: str) -> tuple[int, int]:
-    """(shorter side, 1 for grayscale modes else 3) of one image file."""
-    with _open_image(path) as im:
-        return min(im.size), 1 if im.mode in ("1", "L", "LA", "I", "I;16", "F") else 3
 
 
 def split_files(files: list[tuple[str, int]], test_percent: int) -> dict[str, list[int]]:

@@ -83,9 +83,8 @@ def _open(data_cfg, data_dir: str):
     folder, dataset name, duplicate counts or None) for config.data, building our own
     datasets if needed."""
     name = str(data_cfg.name)
-    if data_cfg.get("image_folder") and name != "image_folder":
-        raise ConfigError(f"config.data.image_folder is set but config.data.name={name!r}: "
-                          f"add --config.data.name=image_folder to train on the folder")
+    if data_cfg.get("image_folder") and name != "image_folder":  # else ignored: say so
+        raise ConfigError(f"config.data.image_folder needs data.name=image_folder, not {name!r}")
     if name == "fashion_mnist":
         builder = prepare_images("fashion_mnist", data_dir, source_dir=str(data_cfg.source_dir))
     elif name == "image_folder":
