@@ -89,7 +89,9 @@ def tiny_config(family: str, mesh: dict | None = None, **overrides):
     return c
 
 
-def run_config(spec: str):
-    """The config of the short run (see RUN_OVERRIDES) of a family or variant."""
+def run_config(spec: str, **overrides):
+    """The config of the short run (see RUN_OVERRIDES) of a family or variant, plus
+    dotted-key `overrides`."""
     family, variant = VARIANTS.get(spec, (spec, {}))
-    return tiny_config(family, **{**RUN_OVERRIDES, **RUN_FAMILY_OVERRIDES[family], **variant})
+    return tiny_config(family, **{**RUN_OVERRIDES, **RUN_FAMILY_OVERRIDES[family], **variant,
+                                  **overrides})
