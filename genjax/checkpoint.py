@@ -51,10 +51,15 @@ def _set_replica_parallel() -> None:
     wanted = REPLICA_PARALLEL
     if wanted is None and jax.process_count() == 1:
         wanted = False
-    if wanted != _registered:
-        ocp.type_handlers.register_type_handler(  # use_replica_parallel=None: orbax's default
-            jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=wanted),
-            override=True)
+    if wanted != _registered:  # orbax logs a WARNING for an override: ours, on purpose
+        absl_log, level = logging.getLogger("absl"), logging.getLogger("absl").level
+        absl_log.setLevel(logging.ERROR)
+        try:  # use_replica_parallel=None: orbax's default
+            ocp.type_handlers.register_type_handler(
+                jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=wanted),
+                override=True)
+        finally:
+            absl_log.setLevel(level)
         _registered = wanted
 
 

@@ -225,6 +225,19 @@ def test_a_read_only_restore_logs_nothing(tmp_path, caplog):
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
 
 
+def test_the_first_checkpointer_of_a_process_logs_no_warning(tmp_path, monkeypatch, caplog):
+    """Each run's first Checkpointer picks orbax's array writer (REPLICA_PARALLEL), which
+    replaces orbax's registered one: a choice, not a problem, so no WARNING line on the
+    console of every run, sample and evaluation."""
+    import logging
+    from genjax import checkpoint
+    monkeypatch.setattr(checkpoint, "_registered", None)  # as in a fresh process
+    with caplog.at_level(logging.INFO):
+        Checkpointer(str(tmp_path)).close()
+    assert checkpoint._registered is False  # one process: one writer per array
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
 @pytest.mark.parametrize("saved_replica_parallel", [True, False])
 def test_replica_parallel_and_single_writer_saves_restore_the_same_values(
         tmp_path, monkeypatch, saved_replica_parallel):
