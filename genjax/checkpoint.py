@@ -51,15 +51,10 @@ def _set_replica_parallel() -> None:
     wanted = REPLICA_PARALLEL
     if wanted is None and jax.process_count() == 1:
         wanted = False
-    if wanted != _registered:  # orbax logs a WARNING for an override: ours, on purpose
-        absl_log, level = logging.getLogger("absl"), logging.getLogger("absl").level
-        absl_log.setLevel(logging.ERROR)
-        try:  # use_replica_parallel=None: orbax's default
-            ocp.type_handlers.register_type_handler(
-                jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=wanted),
-                override=True)
-        finally:
-            absl_log.setLevel(level)
+    if wanted != _registered:  # orbax warns of the override (ours: see ORBAX_NOTICES)
+        ocp.type_handlers.register_type_handler(  # use_replica_parallel=None: orbax's default
+            jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=wanted),
+            override=True)
         _registered = wanted
 
 
@@ -78,16 +73,21 @@ def _handler_registry() -> ocp.handlers.DefaultCheckpointHandlerRegistry:
     return registry
 
 
-class _DropReadOnlyNotice(logging.Filter):
+# orbax's warnings that are no problem here: one for every read-only CheckpointManager
+# (each sample/eval), one for our choice of array writer (_set_replica_parallel).
+ORBAX_NOTICES = ("Given directory is read only", "Type handler registry type")
+
+
+class _DropOrbaxNotices(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("Given directory is read only")
+        return not str(record.msg).startswith(ORBAX_NOTICES)
 
 
-def _quiet_read_only_notice() -> None:
-    """orbax logs a warning for every read-only CheckpointManager (each sample/eval)."""
+def _quiet_orbax_notices() -> None:
+    """Drops ORBAX_NOTICES from absl's log (where orbax logs), once per process."""
     absl_logger = logging.getLogger("absl")
-    if not any(isinstance(f, _DropReadOnlyNotice) for f in absl_logger.filters):
-        absl_logger.addFilter(_DropReadOnlyNotice())
+    if not any(isinstance(f, _DropOrbaxNotices) for f in absl_logger.filters):
+        absl_logger.addFilter(_DropOrbaxNotices())
 
 
 class Checkpointer:
@@ -113,8 +113,7 @@ class Checkpointer:
             max_to_keep=None, create=not read_only, read_only=read_only,
             save_interval_steps=0 if read_only else 1,  # read-only: orbax warns unless 0
             enable_async_checkpointing=async_save, cleanup_tmp_directories=not read_only)
-        if read_only:
-            _quiet_read_only_notice()
+        _quiet_orbax_notices()
         self.manager = ocp.CheckpointManager(self.directory, options=options,
                                              handler_registry=_handler_registry())
         self._metric_of: dict[int, float] = {}

@@ -232,6 +232,7 @@ def test_the_first_checkpointer_of_a_process_logs_no_warning(tmp_path, monkeypat
     import logging
     from genjax import checkpoint
     monkeypatch.setattr(checkpoint, "_registered", None)  # as in a fresh process
+    monkeypatch.setattr(logging.getLogger("absl"), "filters", [])
     with caplog.at_level(logging.INFO):
         Checkpointer(str(tmp_path)).close()
     assert checkpoint._registered is False  # one process: one writer per array
