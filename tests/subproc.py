@@ -1,7 +1,8 @@
 """Running genjax's command-line tools from tests: one environment, one error check.
 
 Subprocesses get the test session's environment (tests/conftest.py: key-reuse checker,
-shared compilation cache) with their own XLA_FLAGS: `devices` fake CPU devices.
+shared compilation cache) with their own XLA_FLAGS: `devices` fake CPU devices. `run`
+forks `python -m module` runs from a pre-imported server (tests/zygote.py).
 """
 import os
 import subprocess
@@ -57,9 +58,18 @@ def env(devices: int = 1, **extra: str) -> dict:
 def run_module(module: str, *args, env_extra: dict | None = None, timeout: int = 300,
                devices: int = 1) -> subprocess.CompletedProcess:
     """`python -m module args...` from the repository root; text output captured."""
-    return subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=ROOT,
-                          env=env(devices, **(env_extra or {})), capture_output=True,
-                          text=True, timeout=timeout)
+    return run([sys.executable, "-m", module, *map(str, args)],
+               env(devices, **(env_extra or {})), timeout)
+
+
+def run(argv: list[str], env: dict, timeout: int = 300) -> subprocess.CompletedProcess:
+    """subprocess.run(argv) from the repository root, text output captured; a
+    `python -m module ...` runs in a child of the pre-imported server (tests/zygote.py)."""
+    from tests import zygote
+    if argv[:2] == [sys.executable, "-m"] and zygote.usable(env):
+        return zygote.run(argv, ROOT, env, timeout)
+    return subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=timeout)
 
 
 def assert_one_line_error(proc, *needles) -> None:

@@ -3,7 +3,6 @@
 (genjax/faults.py); every kill is a real SIGKILL of a training subprocess."""
 import json
 import os
-import subprocess
 import sys
 
 import jax
@@ -34,7 +33,7 @@ def train(workdir, data_dir, *args, faults="", cache=True):
     if not cache:  # compiled from scratch: the comparison then covers fresh compilation
         env["JAX_ENABLE_COMPILATION_CACHE"] = "false"
     cmd = [sys.executable, "-m", "genjax.train", f"--workdir={workdir}", *args]
-    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    return subproc.run(cmd, env)
 
 
 def checksums(workdir, step):

@@ -43,8 +43,7 @@ def sweep_cmd(*args):
 
 def run_quick(*args):
     env = subproc.env()
-    return subprocess.run(sweep_cmd(*args), cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=120)
+    return subproc.run(sweep_cmd(*args), env, timeout=120)
 
 
 def test_dry_run_and_emitted_commands(tmp_path):
@@ -185,8 +184,7 @@ def test_sweep_end_to_end_kill_rerun_collect(tmp_path, data_dir):
     assert not (second / "final_metrics.json").exists()
 
     # 2. the same command finishes the sweep without redoing the finished run.
-    done = subprocess.run(sweep_cmd(*args, "--parallel=2"), cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)
+    done = subproc.run(sweep_cmd(*args, "--parallel=2"), env, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "1 done" in done.stdout or "2 done" in done.stdout
     assert "4/4 done" in done.stdout
@@ -195,14 +193,13 @@ def test_sweep_end_to_end_kill_rerun_collect(tmp_path, data_dir):
     assert "resumed from step" in (second / "train.log").read_text()
 
     # 3. again: nothing to do.
-    again = subprocess.run(sweep_cmd(*args), cwd=ROOT, env=env, capture_output=True,
-                           text=True, timeout=120)
+    again = subproc.run(sweep_cmd(*args), env, timeout=120)
     assert again.returncode == 0 and "4 done" in again.stdout
     assert "nothing to run" in again.stdout
 
     # 4. one table, mean +- std over the two seeds.
-    out = subprocess.run([sys.executable, "-m", "experiments.collect", str(root)], cwd=ROOT,
-                         env=env, capture_output=True, text=True, timeout=120)
+    out = subproc.run([sys.executable, "-m", "experiments.collect", str(root)], env,
+                      timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     rows = [line for line in out.stdout.splitlines() if line.startswith("| layernorm")
             or line.startswith("| rmsnorm")]

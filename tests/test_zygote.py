@@ -1,0 +1,80 @@
+"""The tests' pre-imported server (tests/zygote.py) runs `python -m module` as a real
+`python` would: the same output, exit code, environment, working directory, JAX devices
+and exit handlers. Run as a module, this file is the probe both of them run."""
+import atexit
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests import subproc, zygote
+
+PROBE = [sys.executable, "-m", "tests.test_zygote"]
+
+
+def both(*args, devices: int = 1, timeout: int = 120):
+    """(forked, real) CompletedProcess of the probe with `args`."""
+    env = subproc.env(devices, GENJAX_PROBE="from the environment")
+    assert zygote.usable(env)
+    return (zygote.run([*PROBE, *args], subproc.ROOT, env, timeout),
+            subprocess.run([*PROBE, *args], cwd=subproc.ROOT, env=env, capture_output=True,
+                           text=True, timeout=timeout))
+
+
+def test_a_forked_run_sees_its_arguments_environment_folder_and_devices():
+    forked, real = both("report", "--flag=1", devices=4)
+    assert forked.returncode == real.returncode == 0, forked.stderr + real.stderr
+    assert forked.stdout.splitlines()[1:] == real.stdout.splitlines()[1:] == ["atexit ran"]
+    got, want = (json.loads(p.stdout.splitlines()[0]) for p in (forked, real))
+    assert got.pop("parent") == zygote._Server.proc.pid  # it was forked
+    want.pop("parent")
+    assert got == want
+    assert got["devices"] == 4 and got["argv"] == ["report", "--flag=1"]
+
+
+@pytest.mark.parametrize("args,code", [(("exit", "3"), 3), (("exit", "0"), 0),
+                                       (("raise",), 1), (("kill",), -signal.SIGKILL)])
+def test_exit_codes_and_errors_are_a_real_processs(args, code):
+    forked, real = both(*args)
+    assert forked.returncode == real.returncode == code
+    assert forked.stdout == real.stdout
+    assert forked.stderr.splitlines()[-1:] == real.stderr.splitlines()[-1:]
+    assert ("Traceback" in forked.stderr) == ("Traceback" in real.stderr)
+
+
+def test_a_run_past_its_timeout_is_killed_and_raises():
+    env = subproc.env()
+    start = time.time()
+    with pytest.raises(subprocess.TimeoutExpired):
+        zygote.run([*PROBE, "sleep"], subproc.ROOT, env, timeout=2)
+    assert time.time() - start < 60
+
+
+def test_an_environment_the_imports_read_is_not_forked():
+    assert not zygote.usable(subproc.env(JAX_ENABLE_COMPILATION_CACHE="false"))
+    assert zygote.usable(subproc.env(8, GENJAX_FAULTS="x"))
+
+
+def _probe(command: str, *rest: str) -> None:
+    atexit.register(print, "atexit ran", flush=True)
+    if command == "report":
+        import jax
+        print(json.dumps({"argv": sys.argv[1:], "cwd": os.getcwd(), "name": __name__,
+                          "env": os.environ.get("GENJAX_PROBE"), "devices": jax.device_count(),
+                          "parent": os.getppid(), "path0": sys.path[0]}))
+    elif command == "exit":
+        sys.exit(int(rest[0]))
+    elif command == "raise":
+        raise ValueError("the probe's error")
+    elif command == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    elif command == "sleep":
+        time.sleep(600)
+
+
+if __name__ == "__main__":
+    _probe(*sys.argv[1:])
