@@ -31,7 +31,7 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
+import warnings
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENABLED = os.environ.get("GENJAX_TEST_FORK", "1") != "0"
@@ -189,6 +189,14 @@ def _preload() -> None:
         raise RuntimeError("tests/zygote.py: importing genjax started JAX's backend")
 
 
+def _fork() -> int:
+    """os.fork(), without Python 3.12's warning about a multi-threaded parent (numpy's
+    OpenBLAS thread, idle here); the child leaves with the warning filters it had."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "This process", DeprecationWarning)
+        return os.fork()
+
+
 def serve(path: str) -> None:
     """Imports what every command imports (`_preload`), listens on `path`, forks a child
     per request; ends when its parent (the pytest worker) is gone."""
@@ -209,7 +217,7 @@ def serve(path: str) -> None:
         message, fds, _, _ = socket.recv_fds(conn, _MAX_MSG, 3)
         sys.stdout.flush()
         sys.stderr.flush()
-        pid = os.fork()
+        pid = _fork()
         if pid == 0:
             listener.close()
             conn.close()
