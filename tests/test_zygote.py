@@ -56,7 +56,12 @@ def test_a_run_past_its_timeout_is_killed_and_raises():
 
 def test_an_environment_the_imports_read_is_not_forked():
     assert not zygote.usable(subproc.env(JAX_ENABLE_COMPILATION_CACHE="false"))
-    assert zygote.usable(subproc.env(8, GENJAX_FAULTS="x"))
+    assert zygote.usable(subproc.env(8, GENJAX_FAULTS="x", PYTEST_CURRENT_TEST="another"))
+    set_by_imports = dict.fromkeys(zygote._Server.set_by_imports, "a value of the run's")
+    assert "TF_CPP_MIN_LOG_LEVEL" in set_by_imports  # (absl/tfds, on import)
+    assert not zygote.usable(subproc.env(**set_by_imports))
+    without = {k: v for k, v in subproc.env().items() if k not in set_by_imports}
+    assert zygote.usable(without)  # a real python's imports would set them
 
 
 def _probe(command: str, *rest: str) -> None:

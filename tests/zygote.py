@@ -15,6 +15,9 @@ Not forked (a real `python` instead; `usable`):
     when JAX's backend starts), GENJAX_* (read when used) and PYTEST_* (pytest's own
     PYTEST_CURRENT_TEST changes with every test): JAX and other libraries
     read theirs when imported, which the child no longer is (JAX_ENABLE_COMPILATION_CACHE);
+    A variable the imports set (TF_CPP_MIN_LOG_LEVEL, TPU_SKIP_MDS_QUERY) may be missing
+    from a run's environment (its pytest worker had not imported them yet): the child
+    gets the imports' value, as a real python would;
   - everything when GENJAX_TEST_FORK=0 (debugging; the suite's result must not change).
 Tests of starting up itself (imports, `--help`, signals sent from outside, several
 processes of one job) launch real processes on their own and do not come here.
@@ -48,7 +51,8 @@ class _Server:
     """This process's server: started on first use, stopped when this process exits."""
     proc: subprocess.Popen | None = None
     path: str = ""
-    import_env: dict = {}  # what its imports saw
+    import_env: dict = {}  # its environment once it had imported everything
+    set_by_imports: frozenset = frozenset()  # the variables its imports set (absl, tfds)
 
 
 def _import_env(env: dict) -> dict:
@@ -59,8 +63,14 @@ def _import_env(env: dict) -> dict:
 
 def usable(env: dict) -> bool:
     """Whether a run with environment `env` may be forked (see the module docstring)."""
-    from tests import subproc
-    return ENABLED and _import_env(env) == (_Server.import_env or _import_env(subproc.env()))
+    if not ENABLED:
+        return False
+    if _Server.proc is None or _Server.proc.poll() is not None:
+        _start()
+    got, want = _import_env(env), _Server.import_env
+    # a variable the imports set may be missing: a real python's imports would set it
+    return all(got.get(k) == want.get(k) for k in set(got) | set(want)
+               if k in got or k not in _Server.set_by_imports)
 
 
 def _start() -> None:
@@ -71,11 +81,14 @@ def _start() -> None:
     path = os.path.join(folder, "socket")
     proc = subprocess.Popen([sys.executable, "-m", "tests.zygote", path], cwd=ROOT, env=env,
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
-    line = proc.stdout.readline()  # the server's "ready", once it listens
-    if line.strip() != b"ready":
+    line = proc.stdout.readline()  # "ready <its environment>", once it listens
+    if not line.startswith(b"ready "):
         proc.kill()
-        raise RuntimeError(f"tests/zygote.py: the server did not start ({line!r})")
-    _Server.proc, _Server.path, _Server.import_env = proc, path, _import_env(env)
+        raise RuntimeError(f"tests/zygote.py: the server did not start ({line[:200]!r})")
+    after = json.loads(line[len(b"ready "):])
+    _Server.proc, _Server.path = proc, path
+    _Server.import_env = _import_env(after)
+    _Server.set_by_imports = frozenset(set(after) - set(env))
     atexit.register(_stop)
 
 
@@ -149,7 +162,7 @@ def _child(request: dict, fds: list[int]) -> None:
         os.dup2(fd, target)
         os.close(fd)
     os.environ.clear()
-    os.environ.update(request["env"])
+    os.environ.update({**request["set_by_imports"], **request["env"]})
     os.chdir(request["cwd"])
     sys.path[0] = request["cwd"]  # `python -m` puts the working directory first
     np.random.seed()  # a fresh process seeds numpy's global generator from the OS
@@ -200,13 +213,15 @@ def _fork() -> int:
 def serve(path: str) -> None:
     """Imports what every command imports (`_preload`), listens on `path`, forks a child
     per request; ends when its parent (the pytest worker) is gone."""
+    before = dict(os.environ)
     _preload()
+    set_by_imports = {k: v for k, v in os.environ.items() if k not in before}
     parent, me = os.getppid(), os.getpid()
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(path)
     listener.listen(4)
     listener.settimeout(1.0)
-    sys.stdout.write("ready\n")
+    sys.stdout.write("ready " + json.dumps(dict(os.environ)) + "\n")
     sys.stdout.flush()
     while os.getppid() == parent:
         try:
@@ -221,7 +236,7 @@ def serve(path: str) -> None:
         if pid == 0:
             listener.close()
             conn.close()
-            _child(json.loads(message), fds)
+            _child({**json.loads(message), "set_by_imports": set_by_imports}, fds)
         for fd in fds:
             os.close(fd)
         conn.sendall(json.dumps({"pid": pid}).encode() + b"\n")
