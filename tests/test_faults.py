@@ -16,7 +16,6 @@ from genjax.step import SpikeGuard, init_state, train_step
 from tests import subproc
 from tests.subproc import losses_by_step
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Every run here compiles the same train step (the schedule depends on total_steps): the
 # compilation cache (tests/conftest.py) then makes each run cost little more than startup.
 # Dropout (per-step RNG) and the loss-spike guard (state in TrainState.guard) are on, so

@@ -35,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import warnings
+from pathlib import Path
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENABLED = os.environ.get("GENJAX_TEST_FORK", "1") != "0"
@@ -65,30 +66,32 @@ def usable(env: dict) -> bool:
     """Whether a run with environment `env` may be forked (see the module docstring)."""
     if not ENABLED:
         return False
-    if _Server.proc is None or _Server.proc.poll() is not None:
-        _start()
+    _running()
     got, want = _import_env(env), _Server.import_env
     # a variable the imports set may be missing: a real python's imports would set it
     return all(got.get(k) == want.get(k) for k in set(got) | set(want)
                if k in got or k not in _Server.set_by_imports)
 
 
-def _start() -> None:
-    """Starts the server in the tests' base environment (tests/subproc.py: env())."""
+def _running() -> None:
+    """Starts the server in the tests' base environment (tests/subproc.py: env()) unless
+    it runs."""
+    if _Server.proc is not None and _Server.proc.poll() is None:
+        return
     from tests import subproc
     env = subproc.env()
     folder = tempfile.mkdtemp(prefix="genjax-zygote-")
     path = os.path.join(folder, "socket")
     proc = subprocess.Popen([sys.executable, "-m", "tests.zygote", path], cwd=ROOT, env=env,
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
-    line = proc.stdout.readline()  # "ready <its environment>", once it listens
+    line = proc.stdout.readline()  # "ready <its environments>", once it listens
     if not line.startswith(b"ready "):
         proc.kill()
         raise RuntimeError(f"tests/zygote.py: the server did not start ({line[:200]!r})")
-    after = json.loads(line[len(b"ready "):])
+    ready = json.loads(line[len(b"ready "):])
     _Server.proc, _Server.path = proc, path
-    _Server.import_env = _import_env(after)
-    _Server.set_by_imports = frozenset(set(after) - set(env))
+    _Server.import_env = _import_env(ready["env"])
+    _Server.set_by_imports = frozenset(ready["set_by_imports"])
     atexit.register(_stop)
 
 
@@ -107,8 +110,7 @@ def run(argv: list[str], cwd: str, env: dict, timeout: float) -> subprocess.Comp
     subprocess.TimeoutExpired after killing the child, as subprocess.run does."""
     if argv[:2] != [sys.executable, "-m"]:
         raise ValueError(f"tests/zygote.py runs `python -m module ...`, not {argv[:3]}")
-    if _Server.proc is None or _Server.proc.poll() is not None:
-        _start()
+    _running()
     request = {"module": argv[2], "args": argv[3:], "cwd": cwd, "env": env}
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, \
             open(os.devnull, "rb") as devnull, \
@@ -191,7 +193,7 @@ def _preload() -> None:
     import genjax
     for info in pkgutil.walk_packages(genjax.__path__, "genjax."):
         spec = importlib.util.find_spec(info.name)
-        source = open(spec.origin).read() if spec and spec.origin.endswith(".py") else ""
+        source = Path(spec.origin).read_text() if spec and spec.origin.endswith(".py") else ""
         if info.name.endswith("__main__") or '__name__ == "__main__"' in source:
             continue
         try:
@@ -221,7 +223,8 @@ def serve(path: str) -> None:
     listener.bind(path)
     listener.listen(4)
     listener.settimeout(1.0)
-    sys.stdout.write("ready " + json.dumps(dict(os.environ)) + "\n")
+    ready = {"env": dict(os.environ), "set_by_imports": set_by_imports}
+    sys.stdout.write("ready " + json.dumps(ready) + "\n")
     sys.stdout.flush()
     while os.getppid() == parent:
         try:
