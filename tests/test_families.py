@@ -144,8 +144,13 @@ def test_eight_devices_equal_one(family):
     state, metrics = parts.train_step(parts.init_state(),
                                       assemble.shard_batch(parts, random_batch(parts)))
     p8, m8 = jax.device_get((state.params, metrics))
+    tied, margin = TIED_AT_STEP_0.get(VARIANTS.get(family, (family,))[0], (None, None))
+    if tied:  # a tie at step 0 on both meshes; which side it rounds to is a coin flip
+        assert abs(float(m8[margin])) < 1e-5 and 0.0 <= float(m8[tied]) <= 1.0, m8
     for k in m1:
-        np.testing.assert_allclose(float(m1[k]), float(m8[k]), rtol=1e-5, atol=1e-6, err_msg=k)
+        if k != tied:
+            np.testing.assert_allclose(float(m1[k]), float(m8[k]), rtol=1e-5, atol=1e-6,
+                                       err_msg=k)
     for a, b in zip(jax.tree_util.tree_leaves(p1), jax.tree_util.tree_leaves(p8)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 

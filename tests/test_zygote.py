@@ -19,7 +19,7 @@ PROBE = [sys.executable, "-m", "tests.test_zygote"]
 def both(*args, devices: int = 1, timeout: int = 120):
     """(forked, real) CompletedProcess of the probe with `args`."""
     env = subproc.env(devices, GENJAX_PROBE="from the environment")
-    assert zygote.usable(env)
+    assert zygote.differences(env) == []
     return (zygote.run([*PROBE, *args], subproc.ROOT, env, timeout),
             subprocess.run([*PROBE, *args], cwd=subproc.ROOT, env=env, capture_output=True,
                            text=True, timeout=timeout))
@@ -66,7 +66,22 @@ def test_an_environment_the_imports_read_is_not_forked(monkeypatch):
                         zygote._Server.set_by_imports | {"SET_BY_IMPORTS"})
     assert zygote.usable({k: v for k, v in base.items() if k != "SET_BY_IMPORTS"})
     assert zygote.usable({**base, "SET_BY_IMPORTS": "1"})
-    assert not zygote.usable({**base, "SET_BY_IMPORTS": "2"})
+    assert zygote.differences({**base, "SET_BY_IMPORTS": "2"}) == ["SET_BY_IMPORTS"]
+
+
+def test_a_worker_whose_environment_changed_for_good_gets_a_new_server(monkeypatch):
+    """A test or library may set a variable in the worker's os.environ for good (as
+    genjax.aot sets ALLOW_MULTIPLE_LIBTPU_LOAD): its later runs are forked from a server
+    started in that environment, not all sent to a real python."""
+    zygote.usable(subproc.env())
+    before = zygote._Server.proc.pid
+    monkeypatch.setenv("GENJAX_ZYGOTE_UNRELATED", "1")  # GENJAX_*: read when used
+    assert zygote.usable(subproc.env()) and zygote._Server.proc.pid == before
+    monkeypatch.setenv("ZYGOTE_TEST_SET_FOR_GOOD", "1")
+    forked, real = both("report")
+    assert zygote._Server.proc.pid != before
+    got, want = (json.loads(p.stdout.splitlines()[0]) for p in (forked, real))
+    assert got["for_good"] == want["for_good"] == "1"
 
 
 def _probe(command: str, *rest: str) -> None:
@@ -74,7 +89,8 @@ def _probe(command: str, *rest: str) -> None:
     if command == "report":
         import jax
         print(json.dumps({"argv": sys.argv[1:], "cwd": os.getcwd(), "name": __name__,
-                          "env": os.environ.get("GENJAX_PROBE"), "devices": jax.device_count(),
+                          "env": os.environ.get("GENJAX_PROBE"),
+                          "for_good": os.environ.get("ZYGOTE_TEST_SET_FOR_GOOD"), "devices": jax.device_count(),
                           "parent": os.getppid(), "path0": sys.path[0]}))
     elif command == "exit":
         sys.exit(int(rest[0]))

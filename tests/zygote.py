@@ -10,7 +10,7 @@ environment (XLA_FLAGS, fake device count), runs the module as `__main__` throug
 `runpy` the way `python -m` does, and exits through the interpreter's normal exit
 (atexit, flushes). The exit code comes back as subprocess.run's would (-N: signal N).
 
-Not forked (a real `python` instead; `usable`):
+Not forked (a real `python` instead; `usable`, `differences`):
   - a run whose environment differs from the server's in anything but XLA_FLAGS (read
     when JAX's backend starts), GENJAX_* (read when used) and PYTEST_* (pytest's own
     PYTEST_CURRENT_TEST changes with every test): JAX and other libraries
@@ -52,6 +52,7 @@ class _Server:
     """This process's server: started on first use, stopped when this process exits."""
     proc: subprocess.Popen | None = None
     path: str = ""
+    base_env: dict = {}  # the environment it started in (the part _import_env keeps)
     import_env: dict = {}  # its environment once it had imported everything
     set_by_imports: frozenset = frozenset()  # the variables its imports set (absl, tfds)
 
@@ -64,22 +65,29 @@ def _import_env(env: dict) -> dict:
 
 def usable(env: dict) -> bool:
     """Whether a run with environment `env` may be forked (see the module docstring)."""
-    if not ENABLED:
-        return False
+    return ENABLED and not differences(env)
+
+
+def differences(env: dict) -> list[str]:
+    """The variables that keep a run with environment `env` from being forked: those the
+    server's imports may have read with another value ([]: it may be forked)."""
     _running()
     got, want = _import_env(env), _Server.import_env
     # a variable the imports set may be missing: a real python's imports would set it
-    return all(got.get(k) == want.get(k) for k in set(got) | set(want)
-               if k in got or k not in _Server.set_by_imports)
+    return sorted(k for k in set(got) | set(want) if got.get(k) != want.get(k)
+                  and (k in got or k not in _Server.set_by_imports))
 
 
 def _running() -> None:
     """Starts the server in the tests' base environment (tests/subproc.py: env()) unless
-    it runs."""
-    if _Server.proc is not None and _Server.proc.poll() is None:
-        return
+    it runs in this one: a test or library that changed this process's environment for
+    good (os.environ) gets a new server rather than no more forks."""
     from tests import subproc
     env = subproc.env()
+    if _Server.proc is not None and _Server.proc.poll() is None:
+        if _import_env(env) == _Server.base_env:
+            return
+        _stop()
     folder = tempfile.mkdtemp(prefix="genjax-zygote-")
     path = os.path.join(folder, "socket")
     proc = subprocess.Popen([sys.executable, "-m", "tests.zygote", path], cwd=ROOT, env=env,
@@ -89,10 +97,11 @@ def _running() -> None:
         proc.kill()
         raise RuntimeError(f"tests/zygote.py: the server did not start ({line[:200]!r})")
     ready = json.loads(line[len(b"ready "):])
-    _Server.proc, _Server.path = proc, path
+    if _Server.proc is None:
+        atexit.register(_stop)
+    _Server.proc, _Server.path, _Server.base_env = proc, path, _import_env(env)
     _Server.import_env = _import_env(ready["env"])
     _Server.set_by_imports = frozenset(ready["set_by_imports"])
-    atexit.register(_stop)
 
 
 def _stop() -> None:
