@@ -41,6 +41,10 @@ VARIANTS = {"lm+lora": ("lm", LORA), "diffusion+lora": ("diffusion", LORA),
             "rl+ppo_value": ("rl", {"rl.algo": "ppo", "rl.ppo_epochs": 2,
                                     "rl.value_head": True})}
 SPECS = FAMILIES + tuple(VARIANTS)
+# The families whose first step is also run un-jitted (tests/test_families.py): one per
+# model of its own. The others train one of these models under their own loss (alignment,
+# distillation) and, like the variants, check their golden loss on the jitted step.
+UNJITTED = ("lm", "diffusion", "vae", "gan", "classifier")
 
 # The short run: 6 steps, a loss every step, checkpoints at 3 (where the resume spec
 # restarts) and 6, EMA that moves, 2 data-parallel devices.

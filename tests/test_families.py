@@ -2,8 +2,10 @@
 same loop, interrupted or not: tests/test_families_resume.py).
 
 Golden values pin the first step's loss of each family's `tiny` config on a fixed random
-batch (one device; un-jitted for the families, jitted for their variants). Update them only when the model, loss or initialisation
-changes on purpose (say so in the commit); a change from refactoring alone is a bug.
+batch (one device; un-jitted for the families with a model of their own, tests/families.py:
+UNJITTED, jitted for the others and the variants). Update them only when the model, loss or
+initialisation changes on purpose (say so in the commit); a change from refactoring alone
+is a bug.
 """
 import functools
 
@@ -12,7 +14,7 @@ import numpy as np
 import pytest
 
 from genjax import assemble, sharding
-from tests.families import FAMILIES, SPECS, VARIANTS, tiny_config
+from tests.families import SPECS, UNJITTED, VARIANTS, tiny_config
 
 # family -> golden first-step loss of its tiny config, made on CPU with these versions
 # (constraints.txt pins them for `make test`). Regenerate: python -m tests.test_families
@@ -43,6 +45,11 @@ REGENERATE = "python -m tests.test_families"
 # checks the margin is such a tie and compares the margin, not the coin flip.
 TIED_AT_STEP_0 = {"dpo": ("reward_accuracy", "reward_margin"),
                   "diffusion_dpo": ("accuracy", "inner")}
+
+
+def tied_at_step_0(spec: str) -> tuple:
+    """(accuracy metric, margin) of TIED_AT_STEP_0 for a family or its variant, or Nones."""
+    return TIED_AT_STEP_0.get(VARIANTS.get(spec, (spec,))[0], (None, None))
 
 
 def versions() -> dict:
@@ -107,33 +114,32 @@ def jitted_step_on_one_device(family):
     return jax.device_get(out)
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", UNJITTED)
 def test_one_unjitted_step_gives_the_golden_loss_and_equals_the_jitted_step(family):
-    """Each family once: un-jitted, every primitive is compiled on its own (~0.04 s each on
-    2 cores, hundreds per step), so the variants, which run their family's code, check
-    their golden loss on the jitted step only (next test)."""
+    """Each model once: un-jitted, every primitive is compiled on its own (~0.04 s each on
+    2 cores, hundreds per step), so the families that train one of these models under
+    their own loss, and the variants, check their golden loss on the jitted step only
+    (next test)."""
     eager_state, eager_metrics = eager_first_step(family)
     jit_state, jit_metrics = jitted_step_on_one_device(family)
     np.testing.assert_allclose(float(eager_metrics["loss"]), GOLDEN_LOSS[family], rtol=1e-4,
                                err_msg=golden_changed_message(family))
-    tied, margin = TIED_AT_STEP_0.get(family, (None, None))
-    if tied:
-        for m in (eager_metrics, jit_metrics):
-            assert abs(float(m[margin])) < 1e-5 and 0.0 <= float(m[tied]) <= 1.0, m
     for k in eager_metrics:
-        if k != tied:
-            np.testing.assert_allclose(float(eager_metrics[k]), float(jit_metrics[k]),
-                                       rtol=1e-4, atol=1e-5, err_msg=k)
+        np.testing.assert_allclose(float(eager_metrics[k]), float(jit_metrics[k]),
+                                   rtol=1e-4, atol=1e-5, err_msg=k)
     assert jax.tree_util.tree_structure(eager_state) == jax.tree_util.tree_structure(jit_state)
     for a, b in zip(jax.tree_util.tree_leaves(eager_state), jax.tree_util.tree_leaves(jit_state)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("variant", tuple(VARIANTS))
-def test_a_variant_first_jitted_step_gives_its_golden_loss(variant):
-    _, metrics = jitted_step_on_one_device(variant)
-    np.testing.assert_allclose(float(metrics["loss"]), GOLDEN_LOSS[variant], rtol=1e-4,
-                               err_msg=golden_changed_message(variant))
+@pytest.mark.parametrize("spec", tuple(s for s in SPECS if s not in UNJITTED))
+def test_a_first_jitted_step_gives_its_golden_loss(spec):
+    _, metrics = jitted_step_on_one_device(spec)
+    np.testing.assert_allclose(float(metrics["loss"]), GOLDEN_LOSS[spec], rtol=1e-4,
+                               err_msg=golden_changed_message(spec))
+    tied, margin = tied_at_step_0(spec)
+    if tied:
+        assert abs(float(metrics[margin])) < 1e-5 and 0.0 <= float(metrics[tied]) <= 1.0, metrics
 
 
 @pytest.mark.parametrize("family", SPECS)
@@ -144,7 +150,7 @@ def test_eight_devices_equal_one(family):
     state, metrics = parts.train_step(parts.init_state(),
                                       assemble.shard_batch(parts, random_batch(parts)))
     p8, m8 = jax.device_get((state.params, metrics))
-    tied, margin = TIED_AT_STEP_0.get(VARIANTS.get(family, (family,))[0], (None, None))
+    tied, margin = tied_at_step_0(family)
     if tied:  # a tie at step 0 on both meshes; which side it rounds to is a coin flip
         assert abs(float(m8[margin])) < 1e-5 and 0.0 <= float(m8[tied]) <= 1.0, m8
     for k in m1:
