@@ -15,11 +15,15 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # models ~2x faster (t2i train step: 96 s -> 53 s on 2 busy cores) and runs them slower;
 # its older elemental emitters instead of the MLIR fusion emitters halve the rest (tiny LM
 # train step 2.0 -> 0.9 s, tiny GAN 3.0 -> 1.1 s, tiny U-Net 6.1 -> 4.3 s). Either changes
-# only the last bits of a step's numbers, as any change of compiler settings may.
+# only the last bits of a step's numbers, as any change of compiler settings may. One LLVM
+# module per program instead of XLA's default split into parallel codegen parts: on 2 cores
+# that two pytest workers keep busy the threads only add overhead (tiny U-Net train step
+# 3.5/2.7 -> 2.4/2.2 s; same numbers, bit for bit).
 # XLA aborts on a flag it does not know, so a flag a jaxlib lacks is left out (probed once
 # per session, in a subprocess; the result travels to workers and subprocesses).
 FAST_COMPILE_WANTED = ("--xla_backend_optimization_level=0",
-                       "--xla_cpu_use_fusion_emitters=false")
+                       "--xla_cpu_use_fusion_emitters=false",
+                       "--xla_cpu_parallel_codegen_split_count=1")
 _PROBED = "GENJAX_TEST_FAST_COMPILE"
 
 
