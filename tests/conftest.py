@@ -8,7 +8,8 @@ Also set here, through the environment so that the subprocesses the tests launch
                         subprocesses (a tiny LM train step takes ~9 s to compile on 2 cores),
                         the small eager ops too (min compile time 0: ~1 s per CLI launch).
   XLA_FLAGS             8 fake devices here; subprocesses get theirs from tests/subproc.py;
-                        both compile fast (-O0, legacy emitters, one LLVM module: subproc.FAST_COMPILE).
+                        both compile fast (-O0, legacy emitters, one LLVM module:
+                        subproc.FAST_COMPILE).
 Most `python -m genjax.<command>` subprocesses are forked from a pre-imported server
 (tests/subproc.py: run; tests/zygote.py).
 """

@@ -23,7 +23,8 @@ GOLDEN_LOSS = {"lm": 4.174229, "diffusion": 0.996686, "vae": 6.306058, "gan": 1.
                # ln 2, independent answers: DPO policy = reference at step 0; a fresh
                # reward head scores 0
                "dpo": 0.693147, "reward": 0.693147,
-               "diffusion_dpo": 0.693147, "rl": -0.421875,  # -(gold reward of the step-0 rollouts): 27 of 64 tokens
+               # rl: -(gold reward of the step-0 rollouts): 27 of 64 tokens
+               "diffusion_dpo": 0.693147, "rl": -0.421875,
                "distill": 2.091914, "diffusion_distill": 0.028792}
 # A variant's first step computes its family's loss (LoRA: B = 0 is the base model).
 GOLDEN_LOSS.update({name: GOLDEN_LOSS[family] for name, (family, _) in VARIANTS.items()})

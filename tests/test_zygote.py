@@ -90,7 +90,8 @@ def _probe(command: str, *rest: str) -> None:
         import jax
         print(json.dumps({"argv": sys.argv[1:], "cwd": os.getcwd(), "name": __name__,
                           "env": os.environ.get("GENJAX_PROBE"),
-                          "for_good": os.environ.get("ZYGOTE_TEST_SET_FOR_GOOD"), "devices": jax.device_count(),
+                          "for_good": os.environ.get("ZYGOTE_TEST_SET_FOR_GOOD"),
+                          "devices": jax.device_count(),
                           "parent": os.getppid(), "path0": sys.path[0]}))
     elif command == "exit":
         sys.exit(int(rest[0]))
