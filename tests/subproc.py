@@ -18,7 +18,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # only the last bits of a step's numbers, as any change of compiler settings may. One LLVM
 # module per program instead of XLA's default split into parallel codegen parts: on 2 cores
 # that two pytest workers keep busy the threads only add overhead (tiny U-Net train step
-# 3.5/2.7 -> 2.4/2.2 s; same numbers, bit for bit).
+# alone: 3.5/2.7 -> 2.4/2.2 s; two test files side by side: within the noise; the same
+# numbers, bit for bit).
 # XLA aborts on a flag it does not know, so a flag a jaxlib lacks is left out (probed once
 # per session, in a subprocess; the result travels to workers and subprocesses).
 FAST_COMPILE_WANTED = ("--xla_backend_optimization_level=0",

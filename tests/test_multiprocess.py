@@ -75,9 +75,13 @@ def test_two_processes_train_and_resume_like_one(tmp_path, text, data_dir):
     [(rc, out)] = _launch(tmp_path / "one", text, data_dir, 1, 8)
     assert rc == 0, out[-3000:]
 
-    # Two processes, killed -9 at step 5 (after the step-4 checkpoint was started) ...
+    # Two processes, killed -9 at step 5 (after the step-4 checkpoint was started) ... The
+    # one that gets there second may be ended first by the distributed runtime, whose
+    # coordination service went with process 0 (as a host that loses its peer would).
     killed = _launch(tmp_path / "two", text, data_dir, 2, 4, faults=("kill@5", "kill@5"))
-    assert [rc for rc, _ in killed] == [-9, -9], "\n".join(o[-2000:] for _, o in killed)
+    assert -9 in [rc for rc, _ in killed] and all(
+        rc == -9 or (rc != 0 and "coordination service" in out) for rc, out in killed), \
+        "\n".join(f"exit {rc}: {o[-2000:]}" for rc, o in killed)
     # ... then the same command: both resume from the last complete checkpoint.
     resumed = _launch(tmp_path / "two", text, data_dir, 2, 4)
     for rc, out in resumed:
