@@ -66,11 +66,16 @@ RUN_FAMILY_OVERRIDES = {"lm": {"model.vocab_size": 0},  # the tokenizer decides
                         "diffusion_distill": {"sample.grid_samples": 0}}
 
 
+def spec_parts(spec: str) -> tuple[str, dict]:
+    """(family, overrides of its tiny config) of a family or variant name."""
+    return VARIANTS.get(spec, (spec, {}))
+
+
 def tiny_config(family: str, mesh: dict | None = None, **overrides):
     """configs/<family>:tiny with what resolve_config would fill in from the data (LM
     vocabulary 64, RL reward tokens 0-31, one channel, 10 classes), on `mesh` (default one
     device), plus dotted-key `overrides`; locked."""
-    family, variant = VARIANTS.get(family, (family, {}))
+    family, variant = spec_parts(family)
     overrides = {**variant, **overrides}
     c = importlib.import_module(CONFIG_MODULES[family]).get_config("tiny")
     c.unlock()
@@ -96,6 +101,6 @@ def tiny_config(family: str, mesh: dict | None = None, **overrides):
 def run_config(spec: str, **overrides):
     """The config of the short run (see RUN_OVERRIDES) of a family or variant, plus
     dotted-key `overrides`."""
-    family, variant = VARIANTS.get(spec, (spec, {}))
+    family, variant = spec_parts(spec)
     return tiny_config(family, **{**RUN_OVERRIDES, **RUN_FAMILY_OVERRIDES[family], **variant,
                                   **overrides})

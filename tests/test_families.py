@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from genjax import assemble, sharding
-from tests.families import SPECS, UNJITTED, VARIANTS, tiny_config
+from tests.families import SPECS, UNJITTED, VARIANTS, spec_parts, tiny_config
 
 # family -> golden first-step loss of its tiny config, made on CPU with these versions
 # (constraints.txt pins them for `make test`). Regenerate: python -m tests.test_families
@@ -50,7 +50,7 @@ TIED_AT_STEP_0 = {"dpo": ("reward_accuracy", "reward_margin"),
 
 def tied_at_step_0(spec: str) -> tuple:
     """(accuracy metric, margin) of TIED_AT_STEP_0 for a family or its variant, or Nones."""
-    return TIED_AT_STEP_0.get(VARIANTS.get(spec, (spec,))[0], (None, None))
+    return TIED_AT_STEP_0.get(spec_parts(spec)[0], (None, None))
 
 
 def versions() -> dict:

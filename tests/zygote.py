@@ -19,6 +19,8 @@ Not forked (a real `python` instead; `usable`, `differences`):
     from a run's environment (its pytest worker had not imported them yet): the child
     gets the imports' value, as a real python would;
   - everything when GENJAX_TEST_FORK=0 (debugging; the suite's result must not change).
+The server follows its worker's own environment: when a test or library changes that for
+good (os.environ), the next run starts a new server (`_running`).
 Tests of starting up itself (imports, `--help`, signals sent from outside, several
 processes of one job) launch real processes on their own and do not come here.
 
