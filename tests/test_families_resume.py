@@ -29,8 +29,7 @@ def test_interrupted_run_resumes_bit_for_bit(family, tiny_run, tmp_path):
     assert sorted(want) == list(range(1, 7)) and got == want
     assert sorted(os.listdir(run / "checkpoints")) == ["3", "6"]
 
-    saved = {d: _saved(d, 6) for d in (ref, run)}
-    (sums_ref, data_ref), (sums_run, data_run) = saved[ref], saved[run]
+    (sums_ref, data_ref), (sums_run, data_run) = _saved(ref, 6), _saved(run, 6)
     assert "ema_params" in sums_ref or not config.optim.ema_decay, "EMA is part of the state"
     assert sums_run == sums_ref and data_run == data_ref
     assert _saved(ref, 3)[0]["params"] != sums_ref["params"], "the steps moved the params"
