@@ -36,8 +36,8 @@ VARIANTS = {"lm+lora": ("lm", LORA), "diffusion+lora": ("diffusion", LORA),
             "rl+reward_model": ("rl", {"rl.reward": "model", "rl.random_reward_model": True}),
             # PPO: each rollout serves 2 steps from model_state["rollout"] (the interrupted
             # run stops after step 3 and its step 4 reuses step 3's rollout from the
-            # checkpoint); with a value head in params (rl.aux_params)
-            "rl+ppo": ("rl", {"rl.algo": "ppo", "rl.ppo_epochs": 2}),
+            # checkpoint); with a value head in params (rl.aux_params). PPO without one
+            # keeps the same buffer and is specified in tests/test_rl_ppo.py.
             "rl+ppo_value": ("rl", {"rl.algo": "ppo", "rl.ppo_epochs": 2,
                                     "rl.value_head": True})}
 SPECS = FAMILIES + tuple(VARIANTS)

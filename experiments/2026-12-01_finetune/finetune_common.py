@@ -25,15 +25,12 @@ def state_sizes(workdir: str) -> dict:
     bytes of a run (from its config.json, without reading the checkpoint)."""
     import jax
     from genjax import assemble, config_lib, sharding
-    from genjax.checkpoint import Checkpointer
     with open(os.path.join(workdir, "config.json")) as f:
         config = config_lib.from_saved(json.load(f))
     config.lock()
     parts = assemble.assemble(config, sharding.make_mesh(config.mesh))
     count = lambda t: sum(x.size for x in jax.tree_util.tree_leaves(t))  # noqa: E731
     nbytes = lambda t: sum(x.size * x.dtype.itemsize for x in jax.tree_util.tree_leaves(t))  # noqa
-    ckpt = Checkpointer(workdir, read_only=True)
-    del ckpt
     a = parts.abstract_state
     total = count(a.params) + count(a.model_state)
     return {"trainable_params": count(a.params), "total_params": total,
