@@ -28,6 +28,7 @@ def get_config(arg: str | None = None):
     c.family = "dpo"
     c.best_metric = "eval/loss"
     c.optim.weight_decay = 0.0
+    c.model.dropout = 0.0          # policy and reference scored alike (checked: dpo.py)
     c.dpo = config_lib.ConfigDict()
     c.dpo.beta = 0.1               # KL leash: loss sees beta * (log-ratio margin)
     c.dpo.loss_type = "sigmoid"    # sigmoid | ipo | hinge (anything else: an error)

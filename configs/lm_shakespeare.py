@@ -15,8 +15,8 @@ Presets (`:arg`):
              DIR: a Hugging Face GPT-2 folder (config.json, model.safetensors, tokenizer.json
              or vocab.json + merges.txt), e.g. a local copy of the `gpt2` model repo.
   gpt2_1b    GPT-3 XL depth/width (24 x 2048, 1.3B params), context 1024.
-  llama_1b, llama_7b  LLaMA-style (RMSNorm, rotary, SwiGLU, untied, no bias), context
-             2048: LLaMA-3.2-1B's shape without grouped-query attention; LLaMA-2-7B's.
+  llama_1b, llama_7b  LLaMA-style (RMSNorm, rotary, SwiGLU, no bias), context 2048:
+             LLaMA-3.2-1B's shape (8 key/value heads, tied embeddings); LLaMA-2-7B's.
 Scale knobs (README "Scale"): --config.model.remat=full, --config.model.scan_layers=True,
 --config.model.attention_impl=chunked|cudnn, --config.model.loss_chunk=256.
 Own text: --config.data.name=text --config.data.text_file=PATH (90/10 split by position).
@@ -71,8 +71,8 @@ PRESETS = {
                 "batch_size": 8, "total_steps": 1000, "optim.lr": 2e-4,
                 "compute_dtype": "bfloat16", "optim.warmup_steps": 100,
                 "eval_every_steps": 0, "ckpt_every_steps": 1000},
-    # LLaMA-style: RMSNorm, rotary, SwiGLU, untied head, no biases (Touvron et al. 2023),
-    # at 2048 tokens; vocab: LLaMA-3's 128256 (1B) and LLaMA-2's 32000 (7B).
+    # LLaMA-style: RMSNorm, rotary, SwiGLU, no biases (Touvron et al. 2023), the head untied
+    # but for the 1B, at 2048 tokens; vocab: LLaMA-3's 128256 (1B), LLaMA-2's 32000 (7B).
     "llama_1b": {**_LLAMA, "model.size": "llama_1b", "model.vocab_size": 128256,
                  "model.tie_embeddings": True},  # as LLaMA-3.2-1B: 1,235,814,400 params
     "llama_7b": {**_LLAMA, "model.size": "llama_7b", "model.vocab_size": 32000},

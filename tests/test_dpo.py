@@ -132,6 +132,31 @@ def test_unknown_loss_type_in_the_config_is_an_error():
         loss_of(v["params"], {"reference": v["reference"]}, batch, config, model)
 
 
+@pytest.mark.parametrize("overrides, match", [
+    ({"dpo.beta": 0.0}, r"dpo.beta=0.0: must be > 0"),  # IPO would divide by it
+    ({"dpo.beta": -0.1}, r"dpo.beta=-0.1: must be > 0"),  # would reverse the preference
+    ({"dpo.label_smoothing": 0.5}, r"label_smoothing=0.5: .* in \[0, 0.5\)"),
+    ({"dpo.loss_type": "hinge", "dpo.label_smoothing": 0.1},
+     "only the sigmoid loss smooths labels"),
+    ({"model.dropout": 0.1}, "model.dropout=0.1: preference tuning scores the policy and")])
+def test_settings_that_change_the_objective_are_one_error_line(overrides, match):
+    with pytest.raises(ConfigError, match=match) as e:
+        dpo.check_settings(tiny_config("dpo", **overrides))
+    assert "\n" not in str(e.value)
+
+
+def test_dropout_is_why_the_config_turns_it_off():
+    """With dropout on the policy (training mode) and not on the reference, the step-0
+    loss is not ln 2; every preset of the DPO config turns it off (the LM's gpu preset
+    has 0.2)."""
+    from configs import dpo_shakespeare
+    config, model, batch, v = setup("sigmoid", **{"model.dropout": 0.3})
+    loss, _ = loss_of(v["params"], {"reference": v["reference"]}, batch, config, model)
+    assert abs(float(loss) - math.log(2)) > 1e-4
+    for preset in ("tiny", "cpu", "gpu"):
+        dpo.check_settings(dpo_shakespeare.get_config(preset))
+
+
 def test_with_lora_the_frozen_base_is_the_reference_and_init_from_fills_both():
     config = tiny_config("dpo", **LORA)
     family = families.for_config(config)

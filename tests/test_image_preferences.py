@@ -259,6 +259,19 @@ def test_diffusion_dpo_step_zero_loss_is_ln2_on_sampled_pairs(tmp_path):
     assert float(loss) == np.float32(math.log(2))
 
 
+@pytest.mark.parametrize("key, value, match", [
+    ("diffusion_dpo.beta", 0.0, "diffusion_dpo.beta=0.0: must be > 0"),
+    ("model.dropout", 0.1, "model.dropout=0.1: preference tuning scores the policy and")])
+def test_settings_that_change_the_objective_are_one_error_line(tmp_path, key, value, match):
+    config, data = _dpo_data(_pairs_folder(tmp_path / "pairs"), batch_size=3)
+    config.unlock()
+    section, name = key.split(".")
+    config[section][name] = value
+    with pytest.raises(ConfigError, match=match) as e:
+        diffusion_dpo.resolve_config(config, data)
+    assert "\n" not in str(e.value)
+
+
 def _data_cfg(train_images: str) -> ConfigDict:
     c = ConfigDict({"data": {}})
     config_lib.set_image_data(c)

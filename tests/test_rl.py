@@ -6,6 +6,8 @@ at step 0 the KL to the reference is 0 exactly; a constant reward with beta = 0 
 zero gradient; the gold reward of a completion is its share of reward tokens; the loss's
 value is -(mean shaped reward).
 """
+import types
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,6 +15,7 @@ import pytest
 from flax import linen as nn
 
 from genjax.data.preferences import encode_pairs
+from genjax.errors import ConfigError
 from genjax.families import lm, rl
 from genjax.sampling import lm as decoder
 from tests.families import tiny_config
@@ -81,3 +84,30 @@ def test_rollouts_depend_on_the_step_key_only():
         _, (m, _) = rl.loss_fn(v["params"], state, batch, key, model=model, config=config)
         return float(m["logp_drawn"])
     assert drawn(jax.random.key(1)) == drawn(jax.random.key(1)) != drawn(jax.random.key(2))
+
+
+@pytest.mark.parametrize("overrides, match", [
+    ({"rl.max_new_tokens": 32}, r"rl.max_new_tokens=32: must be in \[1, 31\]"),
+    ({"rl.max_new_tokens": 0}, r"rl.max_new_tokens=0: must be in \[1, 31\]")])
+def test_completions_that_leave_no_room_for_a_prompt_are_one_error_line(overrides, match):
+    config = tiny_config("rl", **{"model.max_len": 32, **overrides})
+    config.unlock()
+    with pytest.raises(ConfigError, match=match) as e:
+        rl.resolve_config(config, types.SimpleNamespace(tokenizer=TOK))
+    assert "\n" not in str(e.value)
+
+
+def test_a_gold_reward_no_token_can_earn_is_one_error_line():
+    """A byte-level BPE vocabulary has no single-character list to find reward_chars in:
+    the gold reward would be 0 for every rollout."""
+    from genjax.data.bpe import BPETokenizer
+    bpe = BPETokenizer.train("to be or not to be " * 20, 260)
+    config = tiny_config("rl", **{"rl.reward_ids": (), "model.vocab_size": 0})
+    config.unlock()
+    with pytest.raises(ConfigError, match="no token of this BPETokenizer is one of them"):
+        rl.resolve_config(config, types.SimpleNamespace(tokenizer=bpe))
+    config = tiny_config("rl", **{"rl.reward_ids": ()})  # characters: the chars are tokens
+    config.unlock()
+    rl.resolve_config(config, types.SimpleNamespace(tokenizer=TOK))
+    assert config.rl.reward_ids and all(TOK.vocab[i] in config.rl.reward_chars
+                                        for i in config.rl.reward_ids)

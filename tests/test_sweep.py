@@ -205,3 +205,18 @@ def test_sweep_end_to_end_kill_rerun_collect(tmp_path, data_dir):
             or line.startswith("| rmsnorm")]
     assert len(rows) == 2 and all("±" in r and r.endswith("| 2 |") for r in rows), out.stdout
     assert (base / "norm.png").exists() and (base / "norm.tex").exists()
+
+
+def test_each_ablation_commands_its_tables_grid():
+    """configs/ablations/*.py: the docstring's sweep command names a sweep (without
+    --sweep, experiments.sweep runs the base config alone) that is more than one run."""
+    import glob
+    import importlib
+    import re
+    paths = sorted(glob.glob(os.path.join(subproc.ROOT, "configs", "ablations", "*.py")))
+    assert paths
+    for path in paths:
+        module = importlib.import_module(f"configs.ablations.{os.path.basename(path)[:-3]}")
+        names = re.findall(r"experiments\.sweep --config=\S+ --sweep=(\w+)", module.__doc__)
+        assert names, f"{path}: its sweep command names no --sweep"
+        assert len(sweep_lib.collect(module.get_sweep, names[0])) > 1, path

@@ -4,7 +4,7 @@ Produces one table: validation loss (nats/char) and bits per character, final an
 mean +- std over seeds, for {LayerNorm, RMSNorm} x {learned, rotary} positions, every
 other setting as configs/lm_shakespeare.py:cpu.
 
-  python -m experiments.sweep --config=configs/ablations/lm_norm_pos.py:cpu \
+  python -m experiments.sweep --config=configs/ablations/lm_norm_pos.py:cpu --sweep=norm_pos \
       --root=runs/ablations --seeds=3 --parallel=2
   python -m experiments.collect runs/ablations --metrics=loss,bits_per_char
 
@@ -18,6 +18,9 @@ def get_config(arg: str | None = None):
 
 
 def get_sweep(add, arg):
+    """norm_pos: the table's 2 x 2 grid."""
     from genjax import sweep_lib as s
+    if arg != "norm_pos":
+        raise ValueError(f"unknown sweep {arg!r}: choose norm_pos")
     add(s.product(s.sweep("model.norm", ["layernorm", "rmsnorm"]),
                   s.sweep("model.pos", ["learned", "rotary"])))

@@ -129,7 +129,7 @@ def main():
     p.add_argument("--preset", default="cpu", choices=sorted(PRESETS))
     p.add_argument("--root", default="runs/finetune_diffusion")
     p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                                                 "diffusion_results.json"))
+                                                 "diffusion_lora.json"))
     args = p.parse_args()
     preset = PRESETS[args.preset]
     os.makedirs(args.root, exist_ok=True)

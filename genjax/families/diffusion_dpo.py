@@ -25,12 +25,12 @@ import numpy as np
 
 from genjax import diffusion as ddpm
 from genjax import preference
+from genjax.errors import ConfigError
 from genjax.families import diffusion, dpo, lora
 from genjax.families.image_seam import image_shape, throughput_unit  # noqa: F401
 
 # Capabilities (genjax/families/__init__.py): the tuned model is the diffusion U-Net
 make_model = diffusion.make_model
-resolve_config = diffusion.resolve_config
 conditioning = diffusion.conditioning
 sample_images = diffusion.sample_images
 sample_labels = diffusion.sample_labels
@@ -39,6 +39,17 @@ runtime_keys = ("model.dropout",)
 load_pretrained = dpo.load_pretrained
 finalize_eval = dpo.finalize_eval
 reference_params = dpo.reference_params
+
+
+def resolve_config(config, data) -> None:
+    """The U-Net's settings from the data; diffusion_dpo.beta > 0 and no dropout (as DPO:
+    dpo.dropout_problem), else one ConfigError line."""
+    diffusion.resolve_config(config, data)
+    beta = float(config.diffusion_dpo.beta)
+    problem = (f"diffusion_dpo.beta={beta}: must be > 0 (a negative one reverses the "
+               "preference)" if not beta > 0 else dpo.dropout_problem(config))
+    if problem:
+        raise ConfigError(f"config.{problem}")
 
 
 def example_batch(config, batch_size: int) -> dict[str, np.ndarray]:

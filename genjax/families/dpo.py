@@ -23,17 +23,61 @@ import jax.numpy as jnp
 import numpy as np
 
 from genjax import preference
+from genjax.errors import ConfigError
 from genjax.families import lm, lora
 
 REFERENCE = "reference"
 
 # Capabilities (genjax/families/__init__.py): the policy is an LM
 make_model = lm.make_model
-resolve_config = lm.resolve_config
-flops_per_example = lm.flops_per_example
 text_tokenizer = lm.text_tokenizer
 sample_text = lm.sample_text
 runtime_keys = ("model.dropout", "model.attention_impl")
+
+
+def resolve_config(config, data) -> None:
+    """The LM's vocabulary; config.dpo and model.dropout checked (check_settings)."""
+    lm.resolve_config(config, data)
+    check_settings(config)
+
+
+def check_settings(config) -> None:
+    """One ConfigError line for a setting under which the step would optimise something
+    other than the module docstring's loss: beta <= 0 (IPO divides by it, a negative one
+    reverses the preference), label smoothing outside [0, 0.5) or with a loss that has
+    none (ipo, hinge), or dropout (dropout_problem)."""
+    d = config.dpo
+    loss_type = preference.check_loss_type(str(d.loss_type))
+    beta, eps = float(d.beta), float(d.label_smoothing)
+    if not beta > 0:
+        problem = f"dpo.beta={beta}: must be > 0 (the KL leash; TRL's default is 0.1)"
+    elif not 0 <= eps < 0.5:
+        problem = f"dpo.label_smoothing={eps}: a label's flip probability, in [0, 0.5)"
+    elif eps and loss_type != "sigmoid":
+        problem = (f"dpo.label_smoothing={eps} with dpo.loss_type={loss_type!r}: only the "
+                   "sigmoid loss smooths labels")
+    else:
+        problem = dropout_problem(config)
+    if problem:
+        raise ConfigError(f"config.{problem}")
+
+
+def dropout_problem(config) -> str | None:
+    """What is wrong with config.model.dropout under preference tuning, or None: the policy
+    is scored in training mode and its frozen reference in eval mode, so dropout alone
+    would make them differ (no ln 2 at step 0, noise in every margin). As TRL's
+    disable_dropout, both run without it."""
+    rate = float(config.model.get("dropout", 0.0))
+    if rate > 0:
+        return (f"model.dropout={rate}: preference tuning scores the policy and its frozen "
+                "reference alike, without dropout; set it to 0")
+    return None
+
+
+def flops_per_example(config) -> float:
+    """Per pair: the policy's forward and backward (6N per token) and the reference's
+    forward (2N per token) of both completions, over max_len tokens each."""
+    return 2 * lm.flops_per_example(config) * 4 / 3
 
 
 def example_batch(config, batch_size: int) -> dict[str, np.ndarray]:

@@ -24,11 +24,16 @@ from genjax.models import reward_model
 
 # Capabilities (genjax/families/__init__.py)
 resolve_config = lm.resolve_config
-flops_per_example = lm.flops_per_example
 text_tokenizer = lm.text_tokenizer
 runtime_keys = ("model.dropout", "model.attention_impl")
 example_batch = dpo.example_batch
 make_data = dpo.make_data
+
+
+def flops_per_example(config) -> float:
+    """Per pair: the forward and backward (6N per token) of both sequences, max_len tokens
+    each (the head reads the LM's logits: the vocabulary projection is computed)."""
+    return 2 * lm.flops_per_example(config)
 
 
 def make_model(config) -> reward_model.RewardModel:

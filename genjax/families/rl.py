@@ -86,10 +86,18 @@ def resolve_config(config, data) -> None:
     model's architecture from rl.reward_from's checkpoint, checked (module docstring)."""
     lm.resolve_config(config, data)
     c = config.rl
+    T, N = int(config.model.max_len), int(c.max_new_tokens)
+    if not 1 <= N < T:
+        raise ConfigError(f"config.rl.max_new_tokens={N}: must be in [1, {T - 1}] (a rollout "
+                          f"is its prompt and completion within model.max_len={T})")
     if not c.reward_ids:
         vocab = getattr(data.tokenizer, "vocab", [])
         c.reward_ids = tuple(i for i, ch in enumerate(vocab) if ch in c.reward_chars)
     kind = reward_kind(config)
+    if kind == "chars" and not c.reward_ids:
+        raise ConfigError(f"config.rl.reward_chars={c.reward_chars!r}: no token of this "
+                          f"{type(data.tokenizer).__name__} is one of them, so every rollout "
+                          "would score 0; set config.rl.reward_ids or use rl.reward=model")
     rl_ppo.settings(config)  # the algorithm's keys, checked
     if c.reward_from:
         meta = reward_meta(c.reward_from)
@@ -211,10 +219,12 @@ def frozen_from(config) -> dict[str, str]:
 
 
 def flops_per_example(config) -> float:
-    """The policy's (6N per token) + the reward model's forward (2N per token), when used;
-    decoding is not counted."""
+    """Per prompt, its rl.samples rollouts (max_len tokens each), each: the policy's forward
+    and backward (6N per token), the reference's forward (2N per token) and the reward
+    model's forward (2N per token of its own N) when one is loaded. Not counted: decoding
+    and PPO's forward of the old policy at a refresh step."""
     rm = lm.flops_per_example(reward_view(config)) / 3 if uses_reward_model(config) else 0.0
-    return lm.flops_per_example(config) + rm
+    return int(config.rl.samples) * (lm.flops_per_example(config) * 4 / 3 + rm)
 
 
 def model_reward(model_state, seq_BxL, last_B, config) -> jax.Array:

@@ -38,7 +38,8 @@ SIZES = {
     "gpu": dict(num_layers=6, num_heads=6, embed_dim=384, mlp_ratio=4),
     "gpt2_124m": dict(num_layers=12, num_heads=12, embed_dim=768, mlp_ratio=4),
     "gpt2_1b": dict(num_layers=24, num_heads=16, embed_dim=2048, mlp_ratio=4),
-    # LLaMA shapes (use with the `llama` preset: RMSNorm, rotary, SwiGLU, untied, no bias).
+    # LLaMA shapes (configs/lm_shakespeare.py's llama_1b / llama_7b presets add RMSNorm,
+    # rotary, SwiGLU, no bias).
     # llama_1b: LLaMA-3.2-1B (Meta 2024 model card: 16 x 2048, 32 heads sharing 8 key/value
     # heads (grouped-query attention), SwiGLU 8192, tied embeddings).
     # llama_7b: LLaMA-2-7B (Touvron et al. 2023: 32 x 4096, 32 heads, SwiGLU 11008).
