@@ -202,6 +202,16 @@ def test_a_teacher_with_another_tokenizer_is_one_error_and_nothing_is_written(ti
     assert not (work / "checkpoints").exists()
 
 
+def test_lora_is_one_error_line_and_nothing_is_written(data_dir, tmp_path):
+    """The LoRA wrapper takes init_from as its frozen base: the teacher would stay random."""
+    config = run_config("distill", **{"lora.rank": 4, "lora.alpha": 8.0,
+                                      "optim.ema_decay": 0.0})
+    with pytest.raises(ConfigError, match="lora.rank=4 with distill: init_from is the teacher"
+                       ) as e:
+        train.train(config, str(tmp_path / "w"))
+    assert "\n" not in str(e.value) and not (tmp_path / "w" / "checkpoints").exists()
+
+
 def test_no_teacher_and_no_random_teacher_is_a_config_error(data_dir, tmp_path):
     config = run_config("distill")
     config.unlock()

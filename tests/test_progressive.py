@@ -125,7 +125,10 @@ def test_a_round_starts_the_student_as_the_frozen_teacher_and_samples_on_its_gri
 
 @pytest.mark.parametrize("overrides,needle", [
     ({"distill.steps": 3}, "cannot halve 3 steps"),
-    ({"data.image_size": 48}, "makes images of shape")])  # padded to 48, teacher 32
+    ({"data.image_size": 48}, "makes images of shape"),  # padded to 48, teacher 32
+    # LoRA would take init_from (the teacher) as its frozen base: the teacher stays random
+    ({"lora.rank": 4, "lora.alpha": 8.0, "optim.ema_decay": 0.0},
+     "lora.rank=4 with diffusion_distill: init_from is the teacher")])
 def test_bad_rounds_are_one_error_line_and_write_nothing(tiny_run, tmp_path, overrides, needle):
     from genjax import train
     from genjax.errors import UserError

@@ -13,8 +13,9 @@ target x~ makes one DDIM step t -> t'' land on the teacher's two steps t -> t' -
 (progressive.teacher_target); the loss is max(1, SNR_t) |x^ - x~|^2. The teacher is frozen
 in `model_state["teacher"]`; `config.init_from` names it (a diffusion run or the previous
 round): `load_pretrained` places its params as teacher AND as the student's start (and
-EMA); `resolve_config` takes its model keys (the student keeps `model.parameterization`;
-the teacher's goes to `distill.teacher_parameterization`) and requires the same image
+EMA); `resolve_config` takes its model keys (a progressive student keeps
+`model.parameterization`, a guidance-stage one takes the teacher's; the teacher's goes to
+`distill.teacher_parameterization`) and requires the same image
 shape and a step count the schedule can halve (else one error line each). Without
 init_from a run is an error unless `distill.random_teacher` (the tiny preset, for tests).
 The student samples (`sample_images`, steps default N/2) by DDIM on the same grid.
@@ -45,7 +46,7 @@ from genjax import checkpoint as ckpt_lib
 from genjax import config_lib, diffusion, guidance_distill, progressive
 from genjax.errors import ConfigError, UserError
 from genjax.families import diffusion as base
-from genjax.families import image_seam
+from genjax.families import distill, image_seam
 
 TEACHER = "teacher"  # model_state key of the frozen teacher params
 GUIDANCE = "guidance_embed"  # the student's params the teacher has not (genjax/models/unet.py)
@@ -271,11 +272,14 @@ def resolve_config(config, data) -> None:
     if _stage(config) not in STAGES:
         raise ConfigError(f"distill.stage={_stage(config)!r}: choose one of {STAGES}")
     guidance_distill.check_range(config.distill.guidance_min, config.distill.guidance_max)
+    distill.check_no_lora(config)
     if config.init_from:
         saved = config_lib.from_saved(ckpt_lib.run_meta(config.init_from)["config"])
         base.resolve_config(config, data)
         _check_teacher(config, saved)
         config.distill.teacher_parameterization = saved.model.parameterization
+        if _stage(config) == "guidance":  # starts as the teacher: reads its output alike
+            config.model.parameterization = saved.model.parameterization
         for k in config.model:
             if k in saved.model and k not in ("parameterization", "dropout"):
                 config.model[k] = saved.model[k]

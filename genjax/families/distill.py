@@ -65,7 +65,7 @@ import numpy as np
 from genjax import checkpoint as ckpt_lib
 from genjax import config_lib, same_model
 from genjax.errors import ConfigError, UserError
-from genjax.families import lm, rl
+from genjax.families import lm, lora, rl
 from genjax.models import transformer
 from genjax.ppo import masked_mean
 from genjax.sampling import lm as decoder
@@ -307,12 +307,22 @@ def load_pretrained(state, src_params, config):
 
 
 # ----------------------------------------------------------------------- config from data
+def check_no_lora(config) -> None:
+    """One ConfigError line for LoRA (lora.rank > 0): init_from names the teacher, which the
+    LoRA wrapper would take as its frozen base, leaving the teacher at its random init."""
+    if lora.enabled(config):
+        raise ConfigError(f"config.lora.rank={int(config.lora.rank)} with {config.family}: "
+                          "init_from is the teacher, which LoRA would take as its frozen "
+                          "base (the teacher would stay random); distil into a full student")
+
+
 def resolve_config(config, data) -> None:
     """The on-policy keys checked; the teacher's architecture from its checkpoint
     (config.init_from), its tokenizer checked against the data's; the student's vocab =
     the teacher's; then the LM's keys."""
     beta_of(config.distill.divergence, float(config.distill.beta))
     check_on_policy(config)
+    check_no_lora(config)
     if config.init_from:
         meta = teacher_meta(config.init_from)
         same_model.check_same_tokenizer(meta, data.meta(), config.init_from, role="teacher",
