@@ -202,6 +202,18 @@ def test_a_teacher_with_another_tokenizer_is_one_error_and_nothing_is_written(ti
     assert not (work / "checkpoints").exists()
 
 
+@pytest.mark.parametrize("key, value, match", [
+    ("distill.temperature", 0.0, "temperature=0.0: must be > 0"),  # the loss would be NaN
+    ("distill.temperature", -1.0, "temperature=-1.0: must be > 0"),
+    ("distill.alpha", 1.5, r"alpha=1.5: the KL term's weight is in \[0, 1\]")])
+def test_a_temperature_or_weight_out_of_range_is_one_error_line(key, value, match):
+    config = tiny_config("distill", **{key: value})
+    config.unlock()
+    with pytest.raises(ConfigError, match=match) as e:
+        distill.resolve_config(config, None)
+    assert "\n" not in str(e.value)
+
+
 def test_lora_is_one_error_line_and_nothing_is_written(data_dir, tmp_path):
     """The LoRA wrapper takes init_from as its frozen base: the teacher would stay random."""
     config = run_config("distill", **{"lora.rank": 4, "lora.alpha": 8.0,

@@ -311,6 +311,21 @@ def test_export_refuses_a_non_empty_out_and_non_gpt2_options(imported, tmp_path)
         gpt2.hf_config(model)
 
 
+def test_aligned_and_distilled_lms_export_and_int8_weights_are_one_error_line(
+        imported, tiny_run, tmp_path):
+    """A DPO or distilled run is a transformer LM (here with options GPT-2 lacks, so the
+    export stops at them, not at the family); int8 weights are refused by name."""
+    from genjax.quantize import quantize_workdir
+    for spec in ("dpo", "distill"):
+        with pytest.raises(UserError, match="model.pos='rotary'|model.use_bias=False"):
+            gpt2_workdir.export_gpt2(str(tiny_run(spec)), str(tmp_path / spec))
+    workdir, _ = imported
+    quantize_workdir(workdir, str(tmp_path / "int8"))
+    with pytest.raises(UserError, match="int8 weights .* do not export to GPT-2") as e:
+        gpt2_workdir.export_gpt2(str(tmp_path / "int8"), str(tmp_path / "out"))
+    assert "\n" not in str(e.value) and not (tmp_path / "out").exists()
+
+
 # ------------------------------------------------------------------------- live
 @pytest.mark.transformers
 def test_live_transformers_parity_and_strict_load(tmp_path):

@@ -173,6 +173,20 @@ def test_lora_with_ema_or_targets_that_match_nothing_is_refused():
         build("gan", **LORA)
 
 
+@pytest.mark.parametrize("overrides", [{"model.use_bias": True},   # [heads, head_dim] biases
+                                       {"model.scan_layers": True}])  # [layers, D] scales
+def test_adapters_go_on_kernels_never_on_2d_biases_or_norm_scales(overrides):
+    config = tiny_config("lm", **overrides, **LORA, **{"lora.targets": ("attn_", "ln", "mlp")})
+    model = families.get("lm").make_model(config)
+    tokens = np.zeros((2, int(config.model.max_len)), np.int32)
+    base = jax.eval_shape(model.init, jax.random.key(0), tokens)["params"]
+    flat = traverse_util.flatten_dict(sharding.unbox(base))
+    two_d = {p[-1] for p, x in flat.items() if len(x.shape) >= 2}
+    assert two_d & {"bias", "scale"}, two_d  # the case exists in this model
+    names = {p[-1] for p in lora.targets(base, config)}
+    assert names == {"kernel"}, names
+
+
 def test_merge_writes_an_ordinary_checkpoint_equal_to_the_lora_run(tiny_run, tmp_path):
     from genjax import inference
     from genjax.lora import merge_workdir
@@ -194,6 +208,25 @@ def test_merge_writes_an_ordinary_checkpoint_equal_to_the_lora_run(tiny_run, tmp
         subproc.run_module("genjax.lora", "merge", f"--workdir={tiny_run('lm')}",
                            f"--out={tmp_path / 'x'}"), "not a LoRA run")
     assert not (tmp_path / "x").exists()
+
+
+def test_a_merged_or_quantized_dpo_lora_run_loads_with_the_base_as_its_reference(tiny_run,
+                                                                                 tmp_path):
+    """With LoRA the frozen base is DPO's reference; a run without LoRA keeps the reference
+    in model_state, so merging (and int8 quantizing) puts the base there."""
+    from genjax import inference
+    from genjax.lora import merge_workdir
+    from genjax.quantize import quantize_workdir
+    src = tiny_run("dpo+lora")
+    merge_workdir(str(src), str(tmp_path / "merged"))
+    quantize_workdir(str(src), str(tmp_path / "int8"))
+    base = inference.restore(str(src))[1].model_state[lora.BASE]
+    for out in ("merged", "int8"):
+        run = inference.load(str(tmp_path / out))
+        assert run.config.lora.rank == 0 and set(run.model_state) == {"reference"}
+        for x, y in zip(jax.tree_util.tree_leaves(base),
+                        jax.tree_util.tree_leaves(run.model_state["reference"])):
+            np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
 def test_fine_tuning_on_new_text_keeps_the_source_tokenizer(tiny_run, tmp_path, data_dir):

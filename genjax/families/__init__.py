@@ -105,6 +105,10 @@ CAPABILITIES = {
                    "shared between them (no batch statistics, no randomness, model_state "
                    "unchanged): each data shard's loss and gradients, averaged, are then "
                    "the batch's (config.grad_sync=flat, genjax/grad_sync.py)"),
+    "lora_merged_state": ("lora_merged_state(model_state, base)",
+                          "-> the model_state a run of this family without LoRA holds, from "
+                          "a LoRA run's (its frozen base `base` left out): where the base "
+                          "also served as a frozen model (DPO's reference), it goes there"),
     "reference_params": ("reference_params(model_state, params)",
                          "the frozen reference policy's params kept in the checkpointed "
                          "model_state, cast like `params` (the alignment evaluator)"),
@@ -125,6 +129,7 @@ _PROBES = {
     "sample_arrays": ((1, 1, 1, 1, 1), {}), "merge_params": ((1, 1), {}),
     "pretrained_target": ((1,), {}), "load_pretrained": ((1, 1, 1), {}),
     "frozen_from": ((1,), {}), "reference_params": ((1, 1), {}), "aux_params": ((1,), {}),
+    "lora_merged_state": ((1, 1), {}),
     "local_loss": ((1,), {}),
 }
 _TUPLES = ("likelihood_metrics", "sample_options", "runtime_keys")

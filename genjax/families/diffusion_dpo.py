@@ -39,6 +39,7 @@ runtime_keys = ("model.dropout",)
 load_pretrained = dpo.load_pretrained
 finalize_eval = dpo.finalize_eval
 reference_params = dpo.reference_params
+lora_merged_state = dpo.lora_merged_state
 
 
 def resolve_config(config, data) -> None:

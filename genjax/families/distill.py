@@ -75,6 +75,7 @@ DIVERGENCES = ("forward", "reverse", "jsd")
 
 # The student is an LM: everything that does not take the teacher is the LM family's.
 make_model = lm.make_model
+model_kwargs = lm.model_kwargs  # the transformer's keys (export-gpt2)
 example_batch = lm.example_batch
 make_data = lm.make_data
 finalize_eval = lm.finalize_eval
@@ -321,6 +322,13 @@ def resolve_config(config, data) -> None:
     (config.init_from), its tokenizer checked against the data's; the student's vocab =
     the teacher's; then the LM's keys."""
     beta_of(config.distill.divergence, float(config.distill.beta))
+    tau, alpha = float(config.distill.temperature), float(config.distill.alpha)
+    if not tau > 0:
+        raise ConfigError(f"config.distill.temperature={tau}: must be > 0 (both distributions "
+                          "are softmax(z / tau))")
+    if not 0.0 <= alpha <= 1.0:
+        raise ConfigError(f"config.distill.alpha={alpha}: the KL term's weight is in [0, 1] "
+                          "(1 - alpha on the next-token CE)")
     check_on_policy(config)
     check_no_lora(config)
     if config.init_from:

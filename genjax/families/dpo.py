@@ -30,6 +30,7 @@ REFERENCE = "reference"
 
 # Capabilities (genjax/families/__init__.py): the policy is an LM
 make_model = lm.make_model
+model_kwargs = lm.model_kwargs  # the transformer's keys (export-gpt2)
 text_tokenizer = lm.text_tokenizer
 sample_text = lm.sample_text
 runtime_keys = ("model.dropout", "model.attention_impl")
@@ -99,6 +100,12 @@ def reference_params(model_state, like):
     ref = model_state[REFERENCE] if REFERENCE in model_state else model_state[lora.BASE]
     return jax.tree_util.tree_map(lambda r, p: jax.lax.stop_gradient(r).astype(p.dtype),
                                   ref, like)
+
+
+def lora_merged_state(model_state, base) -> dict:
+    """A LoRA run's model_state as a run without LoRA holds it: its frozen base was the
+    reference (lora.merge and quantize write this; inference applies it)."""
+    return {**model_state, REFERENCE: base}
 
 
 def completion_logps(model, params, batch, *, train: bool, rng=None, average: bool = False):

@@ -55,15 +55,24 @@ def path_str(path: tuple) -> str:
     return "/".join(str(p) for p in path)
 
 
+NOT_KERNELS = ("bias", "scale")  # 2-d too: attention biases; norm scales under scan_layers
+
+
+def is_kernel(path: tuple, x) -> bool:
+    """A weight matrix (ndim >= 2, not a bias or norm scale): what an adapter may target."""
+    return np.ndim(x) >= 2 and str(path[-1]) not in NOT_KERNELS
+
+
 def targets(base_params, config) -> list[tuple]:
-    """Paths (tuples) of the kernels (ndim >= 2) that get an adapter; ConfigError if none."""
+    """Paths (tuples) of the kernels (is_kernel) that get an adapter; ConfigError if none."""
     patterns = [re.compile(p) for p in config.lora.targets]
     flat = traverse_util.flatten_dict(sharding.unbox(base_params))
     paths = [p for p, x in flat.items()
-             if np.ndim(x) >= 2 and any(r.search(path_str(p)) for r in patterns)]
+             if is_kernel(p, x) and any(r.search(path_str(p)) for r in patterns)]
     if not paths:
+        kernels = [path_str(p) for p, x in flat.items() if is_kernel(p, x)]
         raise ConfigError(f"config.lora.targets={tuple(config.lora.targets)} matches no kernel; "
-                          f"kernels: {[path_str(p) for p, x in flat.items() if np.ndim(x) >= 2][:12]}")
+                          f"kernels: {kernels[:12]}")
     return sorted(paths)
 
 
@@ -166,8 +175,12 @@ def wrap(family, config):
         return None
 
     def merge_params(params, model_state):
-        """(full params, the family's own model_state): what inference applies."""
-        return merged(params, model_state, config)
+        """(full params, the model_state of the family without LoRA): what inference
+        applies, and what lora.merge and quantize write."""
+        full, inner_state = merged(params, model_state, config)
+        if hasattr(family, "lora_merged_state"):
+            inner_state = family.lora_merged_state(inner_state, model_state[BASE])
+        return full, inner_state
 
     def load_pretrained(state, src_params, config):
         """init_from: the source params become the frozen base."""

@@ -72,6 +72,7 @@ REWARDS = ("model", "chars")  # config.rl.reward choices
 
 # Capabilities (genjax/families/__init__.py): the policy is an LM
 make_model = lm.make_model
+model_kwargs = lm.model_kwargs  # the transformer's keys (export-gpt2)
 text_tokenizer = lm.text_tokenizer
 sample_text = lm.sample_text
 runtime_keys = ("model.attention_impl",)
@@ -79,6 +80,7 @@ example_batch = dpo.example_batch
 make_data = dpo.make_data
 finalize_eval = dpo.finalize_eval
 reference_params = dpo.reference_params
+lora_merged_state = dpo.lora_merged_state
 
 
 def resolve_config(config, data) -> None:
