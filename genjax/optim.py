@@ -108,22 +108,22 @@ def with_frozen(labels, params, patterns: tuple[str, ...]):
 
 def make_optimizer(config: ConfigDict, labels=None) -> optax.GradientTransformation:
     """The optimizer for `params`; `labels` (pytree of str) gives one optimizer per group;
-    the FROZEN group gets optax.set_to_zero (no update, no weight decay, no state)."""
+    the FROZEN group gets optax.set_to_zero (no update, no weight decay, no state, no
+    gradient accumulator: optim.accum_steps wraps each trained group in optax.MultiSteps)."""
     total = int(config.total_steps)
+    k = int(config.optim.accum_steps)
+    accumulated = (lambda tx: optax.MultiSteps(tx, every_k_schedule=k)) if k > 1 else (  # noqa
+        lambda tx: tx)
     if labels is None:
-        tx = _single(config.optim, total)
-    else:
-        names = sorted(set(jax.tree_util.tree_leaves(labels)))
-        unknown = set(config.optim.groups.keys()) - set(names)
-        if unknown:
-            raise ConfigError(f"config.optim.groups has {sorted(unknown)}, but the model's "
-                             f"parameter groups are {names}")
-        tx = optax.multi_transform(
-            {n: optax.set_to_zero() if n == FROZEN else _single(group_settings(config, n), total)
-             for n in names}, labels)
-    if config.optim.accum_steps > 1:
-        tx = optax.MultiSteps(tx, every_k_schedule=int(config.optim.accum_steps))
-    return tx
+        return accumulated(_single(config.optim, total))
+    names = sorted(set(jax.tree_util.tree_leaves(labels)))
+    unknown = set(config.optim.groups.keys()) - set(names)
+    if unknown:
+        raise ConfigError(f"config.optim.groups has {sorted(unknown)}, but the model's "
+                         f"parameter groups are {names}")
+    return optax.multi_transform(
+        {n: optax.set_to_zero() if n == FROZEN else
+         accumulated(_single(group_settings(config, n), total)) for n in names}, labels)
 
 
 def group_schedule(config: ConfigDict, labels) -> Callable[[jax.Array], dict[str, jax.Array]] | None:

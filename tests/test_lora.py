@@ -141,6 +141,34 @@ def test_frozen_leaves_do_not_move_and_have_no_optimizer_state(tmp_path, data_di
         build(**{"optim.freeze": ("no_such_layer",)})
 
 
+def test_gradient_accumulation_keeps_no_state_for_frozen_leaves():
+    """optim.accum_steps = 4: every 4th call the trained leaves take the update of the
+    mean of the 4 gradients (the optimizer without accumulation, fed that mean); the
+    frozen ones hold no accumulator and never move."""
+    from genjax import optim
+    params = {"frozen": jnp.ones((64, 64)), "w": jnp.ones((4, 4))}
+    labels = optim.with_frozen(None, params, ("frozen",))
+    tx = optim.make_optimizer(tiny_config("lm", **{"optim.accum_steps": 4}), labels)
+    plain = optim.make_optimizer(tiny_config("lm"), labels)
+    state, plain_state = tx.init(params), plain.init(params)
+    assert nbytes(state) <= 3 * params["w"].nbytes + 64  # mu, nu, accumulator; counters
+    seen = []
+    for i in range(12):
+        grads = jax.tree_util.tree_map(
+            lambda x, i=i: jax.random.normal(jax.random.key(i), x.shape), params)
+        updates, state = tx.update(grads, state, params)
+        assert not np.any(np.asarray(updates["frozen"]))
+        seen.append(grads)
+        if len(seen) < 4:
+            assert not np.any(np.asarray(updates["w"]))
+            continue
+        mean = jax.tree_util.tree_map(lambda *g: sum(g) / 4, *seen)
+        want, plain_state = plain.update(mean, plain_state, params)
+        np.testing.assert_allclose(updates["w"], want["w"], rtol=1e-5, atol=1e-9)
+        seen = []
+    assert np.any(np.asarray(updates["w"]))  # past the warm-up's lr 0
+
+
 def test_init_from_takes_the_params_and_names_each_mismatched_leaf(tiny_run, tmp_path):
     src = tiny_run("lm")
     config = run_config("lm")
