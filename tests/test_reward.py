@@ -101,3 +101,20 @@ def test_lora_is_refused_because_it_would_freeze_the_head():
     model = family.make_model(config)
     with pytest.raises(ConfigError, match="freeze the scalar head"):
         family.init_variables(model, jax.random.key(0), family.example_batch(config, 2), config)
+
+
+def test_a_row_the_model_cannot_read_to_its_end_is_one_error_line(tmp_path, data_dir):
+    """The reward model reads a row's first max_len tokens: a row of max_len + 1 (which a
+    DPO policy takes: inputs and targets) would leave its last token unscored."""
+    from genjax.errors import UserError
+    from tests.test_dpo import load, write_pairs
+    T = int(tiny_config("reward").model.max_len)
+    prompt = "A:\n"
+    record = {"prompt": prompt, "chosen": "x" * (T + 1 - len(prompt)), "rejected": "y"}
+    path = write_pairs(tmp_path, [RECORDS[1], record])
+    assert len(load(path, seq_len=T).arrays("train")[0]) == 2  # a policy's row
+    config = tiny_config("reward", **{"data.preferences": path})
+    with pytest.raises(UserError, match=f"train.jsonl:2: prompt \\+ chosen is {T + 1} tokens, "
+                                        f"longer than the {T} the model reads") as e:
+        reward.make_data(config, process_index=0, process_count=1).arrays("train")
+    assert "\n" not in str(e.value)

@@ -111,3 +111,20 @@ def test_a_gold_reward_no_token_can_earn_is_one_error_line():
     rl.resolve_config(config, types.SimpleNamespace(tokenizer=TOK))
     assert config.rl.reward_ids and all(TOK.vocab[i] in config.rl.reward_chars
                                         for i in config.rl.reward_ids)
+
+
+def test_a_prompt_longer_than_the_room_keeps_its_last_tokens():
+    """Rollouts hold max_len - max_new_tokens prompt tokens: a longer prompt keeps the
+    tokens the completion follows (its tail), a shorter one is left as it is."""
+    tokens, mask = encode_pairs(RECORDS, TOK, 32)
+    prompts, lengths = rl.prompts_of({"tokens": jnp.asarray(tokens), "mask": jnp.asarray(mask)},
+                                     width=4)
+    for i, rec in enumerate(RECORDS):
+        want = TOK.encode(rec["prompt"])[-4:]
+        assert int(lengths[i]) == len(want)
+        assert np.asarray(prompts[i, :len(want)]).tolist() == list(want)
+    prompts, lengths = rl.prompts_of({"tokens": jnp.asarray(tokens), "mask": jnp.asarray(mask)},
+                                     width=20)
+    for i, rec in enumerate(RECORDS):
+        want = TOK.encode(rec["prompt"])
+        assert np.asarray(prompts[i, :len(want)]).tolist() == list(want)

@@ -116,9 +116,14 @@ def check_tokenizer(card: dict, tokenizer, where: str) -> None:
                         f"re-tokenise them or train with that policy")
 
 
-def encode_pairs(records: list[dict], tokenizer, seq_len: int, where: str = "pairs"):
-    """-> (tokens int32[N, 2, T + 1], mask float32[N, 2, T]), T = seq_len (module doc)."""
+def encode_pairs(records: list[dict], tokenizer, seq_len: int, where: str = "pairs",
+                 max_tokens: int = 0):
+    """-> (tokens int32[N, 2, T + 1], mask float32[N, 2, T]), T = seq_len (module doc).
+    A row may hold T + 1 tokens (a policy's inputs and targets), or `max_tokens` when set
+    (a reward model reads the T inputs only); a longer one is a UserError naming it."""
     n, T = len(records), int(seq_len)
+    limit = int(max_tokens) or T + 1
+    room = f"the context ({T} + 1)" if limit == T + 1 else f"the {limit} the model reads"
     tokens = np.full((n, 2, T + 1), PAD_ID, np.int32)
     mask = np.zeros((n, 2, T), np.float32)
     for i, r in enumerate(records):
@@ -136,9 +141,9 @@ def encode_pairs(records: list[dict], tokenizer, seq_len: int, where: str = "pai
                             f"({tokenizer.kind}, {tokenizer.vocab_size} symbols): {e}") from None
         for row, completion in enumerate(pair):
             length = len(prompt) + len(completion)
-            if length > T + 1:
+            if length > limit:
                 raise UserError(f"{at}: prompt + {FIELDS[row + 1]} is {length} tokens, longer "
-                                f"than the context ({T} + 1)")
+                                f"than {room}")
             tokens[i, row, :length] = np.concatenate([prompt, completion])
             mask[i, row, len(prompt) - 1:length - 1] = 1.0
     return tokens, mask
@@ -162,9 +167,11 @@ class PreferenceData:
     raw text synthetic pairs are cut from (only called for the synthetic source)."""
 
     def __init__(self, data_cfg, tokenizer, text, *, seq_len: int, global_batch_size: int,
-                 seed: int, process_index: int = 0, process_count: int = 1):
+                 seed: int, process_index: int = 0, process_count: int = 1,
+                 max_tokens: int = 0):
         self.source = str(data_cfg["preferences"])
         self.tokenizer, self.seq_len, self.seed = tokenizer, int(seq_len), int(seed)
+        self.max_tokens = int(max_tokens)  # encode_pairs' (0: seq_len + 1)
         self.limit = int(data_cfg["max_pairs"])
         self.global_batch_size = int(global_batch_size)
         self.process_index, self.process_count = int(process_index), int(process_count)
@@ -198,7 +205,7 @@ class PreferenceData:
         if split not in self._arrays:
             where = os.path.join(self.source, f"{split}.jsonl") if self.source else split
             self._arrays[split] = encode_pairs(self.records(split), self.tokenizer,
-                                               self.seq_len, where)
+                                               self.seq_len, where, self.max_tokens)
         return self._arrays[split]
 
     def train_iterator(self):

@@ -176,14 +176,15 @@ def load_pretrained(state, src_params, config):
 
 
 # ----------------------------------------------------------------------- data seam
-def make_data(config, *, process_index: int, process_count: int):
+def make_data(config, *, process_index: int, process_count: int, max_tokens: int = 0):
     """Preference pairs (genjax/data/preferences.py) encoded with the policy's tokenizer:
     init_from's (saved in its checkpoint meta) when set, else the text dataset's
-    (lm.make_data picks it)."""
+    (lm.make_data picks it); rows of at most max_len + 1 tokens (or `max_tokens`)."""
     from genjax.data.preferences import PreferenceData
     text = lm.make_data(config, process_index=0, process_count=1)
     return PreferenceData(config.data, text.tokenizer, text.text,
                           seq_len=int(config.model.max_len),
                           global_batch_size=int(config.batch_size), seed=int(config.seed),
-                          process_index=process_index, process_count=process_count)
+                          process_index=process_index, process_count=process_count,
+                          max_tokens=max_tokens)
 

@@ -27,7 +27,13 @@ resolve_config = lm.resolve_config
 text_tokenizer = lm.text_tokenizer
 runtime_keys = ("model.dropout", "model.attention_impl")
 example_batch = dpo.example_batch
-make_data = dpo.make_data
+
+
+def make_data(config, *, process_index: int, process_count: int):
+    """DPO's pairs, each row at most max_len tokens: the model reads the first max_len
+    (a row's last token at max_len + 1 would go unscored: one error line naming it)."""
+    return dpo.make_data(config, process_index=process_index, process_count=process_count,
+                         max_tokens=int(config.model.max_len))
 
 
 def flops_per_example(config) -> float:

@@ -238,10 +238,14 @@ def model_reward(model_state, seq_BxL, last_B, config) -> jax.Array:
 
 
 def prompts_of(batch, width: int):
-    """(prompts int32[B, width], lengths int32[B]): row 0's tokens before its completion."""
-    mask = batch["mask"][:, 0]
+    """(prompts int32[B, width], lengths int32[B]): row 0's tokens before its completion,
+    the last `width` of a longer prompt (those the completion follows)."""
+    mask, tokens = batch["mask"][:, 0], batch["tokens"][:, 0]
     lengths = jnp.argmax(mask > 0, axis=-1) + 1
-    return batch["tokens"][:, 0, :width], jnp.clip(lengths, 1, width).astype(jnp.int32)
+    start = jnp.maximum(lengths - width, 0)
+    idx = jnp.minimum(start[:, None] + jnp.arange(width)[None], tokens.shape[1] - 1)
+    return (jnp.take_along_axis(tokens, idx, axis=1),
+            jnp.clip(lengths, 1, width).astype(jnp.int32))
 
 
 def join(prompts_BxP, lengths_B, completions_BxN):
