@@ -109,11 +109,12 @@ def with_frozen(labels, params, patterns: tuple[str, ...]):
 def make_optimizer(config: ConfigDict, labels=None) -> optax.GradientTransformation:
     """The optimizer for `params`; `labels` (pytree of str) gives one optimizer per group;
     the FROZEN group gets optax.set_to_zero (no update, no weight decay, no state, no
-    gradient accumulator: optim.accum_steps wraps each trained group in optax.MultiSteps)."""
-    total = int(config.total_steps)
-    k = int(config.optim.accum_steps)
-    accumulated = (lambda tx: optax.MultiSteps(tx, every_k_schedule=k)) if k > 1 else (  # noqa
-        lambda tx: tx)
+    gradient accumulator: with frozen leaves, optim.accum_steps wraps each trained group
+    in optax.MultiSteps; otherwise one MultiSteps wraps the whole optimizer)."""
+    total, k = int(config.total_steps), int(config.optim.accum_steps)
+
+    def accumulated(tx):
+        return optax.MultiSteps(tx, every_k_schedule=k) if k > 1 else tx
     if labels is None:
         return accumulated(_single(config.optim, total))
     names = sorted(set(jax.tree_util.tree_leaves(labels)))
@@ -121,6 +122,9 @@ def make_optimizer(config: ConfigDict, labels=None) -> optax.GradientTransformat
     if unknown:
         raise ConfigError(f"config.optim.groups has {sorted(unknown)}, but the model's "
                          f"parameter groups are {names}")
+    if FROZEN not in names:  # one accumulator around all groups (GAN: k counts calls)
+        return accumulated(optax.multi_transform(
+            {n: _single(group_settings(config, n), total) for n in names}, labels))
     return optax.multi_transform(
         {n: optax.set_to_zero() if n == FROZEN else
          accumulated(_single(group_settings(config, n), total)) for n in names}, labels)

@@ -147,8 +147,8 @@ def test_settings_that_change_the_objective_are_one_error_line(overrides, match)
 
 def test_dropout_is_why_the_config_turns_it_off():
     """With dropout on the policy (training mode) and not on the reference, the step-0
-    loss is not ln 2; every preset of the DPO config turns it off (the LM's gpu preset
-    has 0.2)."""
+    loss is not ln 2; the DPO config's tiny, cpu and gpu presets turn it off (the LM's gpu
+    preset has 0.2)."""
     from configs import dpo_shakespeare
     config, model, batch, v = setup("sigmoid", **{"model.dropout": 0.3})
     loss, _ = loss_of(v["params"], {"reference": v["reference"]}, batch, config, model)

@@ -123,6 +123,8 @@ def encode_pairs(records: list[dict], tokenizer, seq_len: int, where: str = "pai
     (a reward model reads the T inputs only); a longer one is a UserError naming it."""
     n, T = len(records), int(seq_len)
     limit = int(max_tokens) or T + 1
+    if not 0 < limit <= T + 1:
+        raise ValueError(f"max_tokens={max_tokens}: a row holds at most seq_len + 1 = {T + 1}")
     room = f"the context ({T} + 1)" if limit == T + 1 else f"the {limit} the model reads"
     tokens = np.full((n, 2, T + 1), PAD_ID, np.int32)
     mask = np.zeros((n, 2, T), np.float32)

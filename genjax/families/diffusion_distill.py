@@ -46,7 +46,7 @@ from genjax import checkpoint as ckpt_lib
 from genjax import config_lib, diffusion, guidance_distill, progressive
 from genjax.errors import ConfigError, UserError
 from genjax.families import diffusion as base
-from genjax.families import distill, image_seam
+from genjax.families import image_seam, lora
 
 TEACHER = "teacher"  # model_state key of the frozen teacher params
 GUIDANCE = "guidance_embed"  # the student's params the teacher has not (genjax/models/unet.py)
@@ -272,7 +272,8 @@ def resolve_config(config, data) -> None:
     if _stage(config) not in STAGES:
         raise ConfigError(f"distill.stage={_stage(config)!r}: choose one of {STAGES}")
     guidance_distill.check_range(config.distill.guidance_min, config.distill.guidance_max)
-    distill.check_no_lora(config)
+    lora.refuse(config, "init_from is the teacher, which LoRA would take as its frozen base "
+                        "(the teacher would stay random); distil into a full student")
     if config.init_from:
         saved = config_lib.from_saved(ckpt_lib.run_meta(config.init_from)["config"])
         base.resolve_config(config, data)

@@ -308,15 +308,6 @@ def load_pretrained(state, src_params, config):
 
 
 # ----------------------------------------------------------------------- config from data
-def check_no_lora(config) -> None:
-    """One ConfigError line for LoRA (lora.rank > 0): init_from names the teacher, which the
-    LoRA wrapper would take as its frozen base, leaving the teacher at its random init."""
-    if lora.enabled(config):
-        raise ConfigError(f"config.lora.rank={int(config.lora.rank)} with {config.family}: "
-                          "init_from is the teacher, which LoRA would take as its frozen "
-                          "base (the teacher would stay random); distil into a full student")
-
-
 def resolve_config(config, data) -> None:
     """The on-policy keys checked; the teacher's architecture from its checkpoint
     (config.init_from), its tokenizer checked against the data's; the student's vocab =
@@ -330,7 +321,8 @@ def resolve_config(config, data) -> None:
         raise ConfigError(f"config.distill.alpha={alpha}: the KL term's weight is in [0, 1] "
                           "(1 - alpha on the next-token CE)")
     check_on_policy(config)
-    check_no_lora(config)
+    lora.refuse(config, "init_from is the teacher, which LoRA would take as its frozen base "
+                        "(the teacher would stay random); distil into a full student")
     if config.init_from:
         meta = teacher_meta(config.init_from)
         same_model.check_same_tokenizer(meta, data.meta(), config.init_from, role="teacher",

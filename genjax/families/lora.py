@@ -47,6 +47,12 @@ def enabled(config) -> bool:
     return "lora" in config and int(config.lora.rank) > 0
 
 
+def refuse(config, why: str) -> None:
+    """One ConfigError line naming `why` when LoRA is on for a family that cannot take it."""
+    if enabled(config):
+        raise ConfigError(f"config.lora.rank={int(config.lora.rank)} with {config.family}: {why}")
+
+
 def scale(config) -> float:
     return float(config.lora.alpha) / int(config.lora.rank)
 

@@ -7,8 +7,8 @@ train step.
   ... --config.rl.algo=ppo [--config.rl.value_head=True]       # PPO
 
 Batch: the preference batch (genjax/data/preferences.py); only the prompts are used:
-row 0's tokens before its first completion target (at most P = T - N of them, N =
-config.rl.max_new_tokens). Per step, with the step's key (so a resumed run samples the
+row 0's tokens before its first completion target (the last P = T - N of a longer
+prompt, N = config.rl.max_new_tokens). Per step, with the step's key (so a resumed run samples the
 same rollouts, bit for bit):
   1. K = config.rl.samples completions of N tokens per prompt from the jitted KV-cache
      decoder (genjax/sampling/lm.py) on stop_gradient(params), temperature 1, no filters,
