@@ -4,8 +4,8 @@ round (genjax/families/diffusion_distill.py).
   python -m genjax.train --config=configs/diffusion_distill_fmnist.py:cpu \
       --workdir=runs/dm_32 --config.init_from=runs/dm --config.distill.steps=64
 
-The teacher's model keys come from its checkpoint; the student starts as a copy of the
-teacher and predicts v (a guidance-stage student: as its teacher, so that it starts equal). Presets: diffusion_fmnist's; `tiny` (tests) has no teacher run: the
+The teacher's model keys come from its checkpoint; the student predicts v and starts as a
+copy of the teacher's weights (an eps teacher's outputs read as v: README's ablation). Presets: diffusion_fmnist's; `tiny` (tests) has no teacher run: the
 teacher is the student's own random init (distill.random_teacher), 4 -> 2 steps.
 Guidance first (`--config.distill.stage=guidance`, from a diffusion run with label
 dropout), then progressive rounds from that run, sampled with one pass a step:
@@ -25,7 +25,7 @@ def get_config(arg: str | None = None):
     c = diffusion_fmnist.get_config(arg)
     c.unlock()
     c.family = "diffusion_distill"
-    c.model.parameterization = "v"     # a progressive student's (a guidance one: the teacher's)
+    c.model.parameterization = "v"     # the student's; the teacher's is read from its run
     c.model.label_dropout = 0.0        # the teacher is distilled on the true labels
     c.model.guidance_input = False     # the net takes g (filled: True after stage guidance)
     c.sample.guidance = 1.0            # g for a student that takes it (1 = conditional)

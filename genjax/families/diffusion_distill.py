@@ -13,9 +13,8 @@ target x~ makes one DDIM step t -> t'' land on the teacher's two steps t -> t' -
 (progressive.teacher_target); the loss is max(1, SNR_t) |x^ - x~|^2. The teacher is frozen
 in `model_state["teacher"]`; `config.init_from` names it (a diffusion run or the previous
 round): `load_pretrained` places its params as teacher AND as the student's start (and
-EMA); `resolve_config` takes its model keys (a progressive student keeps
-`model.parameterization`, a guidance-stage one takes the teacher's; the teacher's goes to
-`distill.teacher_parameterization`) and requires the same image
+EMA); `resolve_config` takes its model keys (the student keeps `model.parameterization`;
+the teacher's goes to `distill.teacher_parameterization`) and requires the same image
 shape and a step count the schedule can halve (else one error line each). Without
 init_from a run is an error unless `distill.random_teacher` (the tiny preset, for tests).
 The student samples (`sample_images`, steps default N/2) by DDIM on the same grid.
@@ -25,7 +24,9 @@ guidance convention in genjax/guidance_distill.py): from a class/caption-conditi
 diffusion run trained with condition dropout, the student (the teacher's U-Net plus a
 zero-initialised embedding of the guidance scale g, `model.guidance_input`) learns the
 teacher's guided x0, x_u + g (x_c - x_u), at t uniform and g ~ U[distill.guidance_min,
-distill.guidance_max]; it starts equal to the teacher's conditional model. Progressive
+distill.guidance_max]; it starts with the teacher's weights, so as the teacher's
+conditional model when both predict the same parameterization (from an eps teacher the
+config's v student does not, and still ends better: README's ablation). Progressive
 rounds from such a run keep g as an input (copied with the teacher's model keys): teacher
 and student see the same drawn g. Its sampler (`genjax.sample --guidance=2`) passes g to
 the net: ONE network pass a step; a student without g takes no guidance but 1.
@@ -279,8 +280,6 @@ def resolve_config(config, data) -> None:
         base.resolve_config(config, data)
         _check_teacher(config, saved)
         config.distill.teacher_parameterization = saved.model.parameterization
-        if _stage(config) == "guidance":  # starts as the teacher: reads its output alike
-            config.model.parameterization = saved.model.parameterization
         for k in config.model:
             if k in saved.model and k not in ("parameterization", "dropout"):
                 config.model[k] = saved.model[k]
