@@ -193,6 +193,12 @@ def test_guidance_from_a_run_then_a_progressive_round_keeps_g_and_samples_in_one
                                        "distill.random_teacher": False})
     config.lock()
     train.train(config, str(tmp_path / "r"))
+    other = config.copy_and_resolve_references()  # another g range than the teacher's
+    other.unlock()
+    other.distill.guidance_max = 4.0
+    with pytest.raises(ConfigError, match=r"trained on g in \(1.0, 5.0\): pass") as e:
+        train.train(other, str(tmp_path / "r2"))
+    assert "\n" not in str(e.value) and not (tmp_path / "r2" / "checkpoints").exists()
     saved = json.loads((tmp_path / "r" / "config.json").read_text())
     assert saved["model"]["guidance_input"] is True
     r = inference.load(str(tmp_path / "r"))

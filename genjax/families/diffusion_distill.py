@@ -267,6 +267,20 @@ def _check_teacher(config, saved) -> None:
                         f"{image_seam.image_shape(config)}")
 
 
+def _check_guidance_range(config, saved) -> None:
+    """A round from a guided student draws g from that run's range: one error line if this
+    run names another (its g would be extrapolation for the teacher)."""
+    if not config.model.guidance_input or "distill" not in saved:
+        return
+    mine = (float(config.distill.guidance_min), float(config.distill.guidance_max))
+    theirs = (float(saved.distill.guidance_min), float(saved.distill.guidance_max))
+    if mine != theirs:
+        raise ConfigError(f"distill.guidance_min/max={mine}, but the teacher "
+                          f"{config.init_from!r} was trained on g in {theirs}: pass "
+                          f"--config.distill.guidance_min={theirs[0]} "
+                          f"--config.distill.guidance_max={theirs[1]}")
+
+
 def resolve_config(config, data) -> None:
     """The teacher's model keys from its checkpoint; same image shape; N halvable; the
     guidance range and stage valid."""
@@ -284,6 +298,7 @@ def resolve_config(config, data) -> None:
             if k in saved.model and k not in ("parameterization", "dropout"):
                 config.model[k] = saved.model[k]
         config.model.guidance_input = bool(saved.model.get("guidance_input", False))
+        _check_guidance_range(config, saved)
     elif not config.distill.random_teacher:
         raise ConfigError(f"{_stage(config)} distillation needs a teacher: "
                           "--config.init_from=TEACHER_WORKDIR (or distill.random_teacher)")
