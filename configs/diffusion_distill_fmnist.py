@@ -26,7 +26,6 @@ def get_config(arg: str | None = None):
     c.unlock()
     c.family = "diffusion_distill"
     c.model.parameterization = "v"     # the student's; the teacher's is read from its run
-    c.model.label_dropout = 0.0        # the teacher is distilled on the true labels
     c.model.guidance_input = False     # the net takes g (filled: True after stage guidance)
     c.sample.guidance = 1.0            # g for a student that takes it (1 = conditional)
     c.distill = config_lib.ConfigDict()

@@ -53,6 +53,8 @@ def get_config(arg: str | None = None):
     c.optim.b2 = 0.999
     c.optim.weight_decay = 0.0
     c.optim.ema_decay = 0.999      # samples use the EMA params (genjax.sample --params=ema)
+    c.init_from_params = "ema"     # fine-tuning, distilling or aligning from a diffusion run
+    #                                starts from the params its samples and scores use
 
     c.model.name = "unet"          # genjax/models/unet.py
     c.model.width = 64             # channels at full resolution

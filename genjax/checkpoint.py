@@ -304,7 +304,8 @@ class Checkpointer:
             raise UserError(f"init_from_params={which!r}: use raw or ema")
         saved_params = _tree_of(self.manager.metadata(step).item_metadata, "state")[key]
         if key == "ema_params" and not jax.tree_util.tree_leaves(saved_params):
-            raise UserError(f"init_from_params=ema: {self.directory} kept no EMA params")
+            raise UserError(f"init_from_params=ema: {self.directory} kept no EMA params "
+                            "(optim.ema_decay 0): --config.init_from_params=raw")
         aux = set(self.read_meta(step).get("aux_params", ())) - set(abstract_params)
         saved_params = {k: v for k, v in saved_params.items() if k not in aux}
         problems = tree_mismatches(saved_params, abstract_params)

@@ -57,7 +57,7 @@ def base_config() -> ConfigDict:
     c.deterministic = False        # GPU: --xla_gpu_deterministic_ops=true (recorded in run_meta)
     c.init_from = ""               # checkpoint dir (or dir/step) to take params from (fine-tuning)
     c.init_from_params = "raw"     # raw | ema: its trained params, or their EMA (what its
-    #                                samples use; fine-tuning a diffusion run: ema)
+    #                                samples use; the diffusion configs default to ema)
     c.compute_dtype = "float32"    # float32 | bfloat16 (params stay float32: master weights)
     c.skip_nonfinite = True        # skip an update whose gradient norm is NaN/Inf (counted)
     c.max_consecutive_skips = 10   # then act on `on_nan` (spikes count as skips too)

@@ -142,9 +142,14 @@ def guided(apply_fn: ApplyFn, x, t_B, labels, guidance: float, null_label: int):
 
 # -------------------------------------------------------------------- samplers
 def timestep_pairs(num_train_steps: int, num_steps: int) -> tuple[np.ndarray, np.ndarray]:
-    """Evenly spaced timesteps, descending, and each one's successor (-1 = clean data)."""
-    S = max(1, min(int(num_steps), num_train_steps))
-    ts = np.unique(np.round(np.linspace(0, num_train_steps - 1, S)).astype(np.int32))[::-1]
+    """Evenly spaced timesteps from T - 1 down to 0, and each one's successor (-1 = clean
+    data); one step goes from T - 1 to clean data. ConfigError outside 1..T."""
+    T, S = int(num_train_steps), int(num_steps)
+    if not 1 <= S <= T:
+        raise ConfigError(f"{S} sampling steps on a schedule of {T} timesteps: use 1..{T}")
+    if S == 1:  # linspace(0, T - 1, 1) is [0]: the noise would be read as nearly clean
+        return np.array([T - 1], np.int32), np.array([-1], np.int32)
+    ts = np.unique(np.round(np.linspace(0, T - 1, S)).astype(np.int32))[::-1]
     prev = np.concatenate([ts[1:], [-1]]).astype(np.int32)
     return ts.copy(), prev
 

@@ -121,6 +121,7 @@ def evaluate_workdir(workdir: str, *, which: str = "ema", only: list[str] | None
             if "num_samples" in loaded.config.evals[name]:
                 loaded.config.evals[name].num_samples = int(num_samples)
     apply_settings(loaded.config.evals, settings)
+    ev.check_settings(loaded.config.evals, names)
     ctx = ev.from_loaded(loaded, os.path.abspath(workdir), seed=seed, train_fn=train_lib.train)
     results = ctx.run(names)
     out = {"results": results, "skipped": skipped}
@@ -135,14 +136,14 @@ def evaluate_workdir(workdir: str, *, which: str = "ema", only: list[str] | None
     return out
 
 
-def evaluate_samples(path: str, *, config=None, only: list[str] | None = None,
-                     out_dir: str = "", num_samples: int = 0, seed: int = 0,
-                     settings: list[str] | None = None) -> dict:
+def evaluate_samples(path: str, *, config=None, config_spec: str = "--config",
+                     only: list[str] | None = None, out_dir: str = "", num_samples: int = 0,
+                     seed: int = 0, settings: list[str] | None = None) -> dict:
     """Scores the samples in file `path` (module docstring) and writes the report; returns
     {"results", "skipped", "report_md", "report_json", "plots"}. Everything is checked
     before anything is written."""
     samples = sample_files.read(path)
-    spec = "--config"
+    spec = config_spec  # what the report names as the evaluators' config
     if config is None:
         spec = DEFAULT_CONFIGS[samples.kind]
         config = config_lib.load_file(os.path.join(ROOT, spec))
@@ -160,6 +161,7 @@ def evaluate_samples(path: str, *, config=None, only: list[str] | None = None,
         if "num_samples" in config.evals[name]:
             config.evals[name].num_samples = int(num_samples) or len(samples)
     apply_settings(config.evals, settings)
+    ev.check_settings(config.evals, names, available=len(samples))
     data = families.get(config.family).make_data(
         config, process_index=jax.process_index(), process_count=jax.process_count())
     samples = sample_files.for_data(samples, data)
@@ -193,7 +195,12 @@ def main(argv) -> None:
     if bool(FLAGS.workdir) == bool(FLAGS.samples):
         raise UserError("give one of --workdir (a run) or --samples (a file of samples)")
     if FLAGS.samples:
-        out = evaluate_samples(FLAGS.samples, config=FLAGS.config, only=only, out_dir=FLAGS.out,
+        if FLAGS["params"].present:
+            raise UserError("--params goes with --workdir: a file of samples has no params")
+        from ml_collections import config_flags
+        spec = config_flags.get_config_filename(FLAGS["config"]) if FLAGS.config else ""
+        out = evaluate_samples(FLAGS.samples, config=FLAGS.config, config_spec=spec or "--config",
+                               only=only, out_dir=FLAGS.out,
                                num_samples=FLAGS.num_samples, seed=FLAGS.seed,
                                settings=FLAGS.set)
     else:

@@ -112,6 +112,8 @@ def lm_request(config_sample, opts):
 def lm_hooks(opts):
     from genjax.sampling import postprocess
     if not (opts.blocklist or opts.blocklist_regex):
+        if opts.redact:
+            raise UserError("--redact redacts --blocklist/--blocklist_regex matches: give one")
         return []
     try:
         return [postprocess.blocklist(opts.blocklist, opts.blocklist_regex,
@@ -185,12 +187,17 @@ def resolve_label(label: str | None, class_names: list[str]) -> int | None:
         if not 0 <= index < len(class_names):
             raise UserError(f"--label={label}: index out of range 0..{len(class_names) - 1}")
         return index
-    norm = {name.lower().replace("/", " ").replace("-", " "): i
-            for i, name in enumerate(class_names)}
-    key = label.lower().replace("/", " ").replace("-", " ").replace("_", " ")
-    for name, i in norm.items():
-        if key == name or key in name.split():
-            return i
+    words = lambda text: re.sub(r"[/_-]", " ", text.lower()).split()  # noqa: E731
+    key, names = words(label), [words(name) for name in class_names]
+    if key in names:  # "shirt" is Shirt, not the "shirt" inside T-shirt/top
+        return names.index(key)
+    inside = [i for i, name in enumerate(names) if key and any(
+        name[j:j + len(key)] == key for j in range(len(name)))]  # "boot", "t-shirt"
+    if len(inside) > 1:
+        raise UserError(f"--label={label!r} matches {[class_names[i] for i in inside]}: "
+                        f"give the whole name")
+    if inside:
+        return inside[0]
     raise UserError(f"--label={label!r}: not a class; choose one of {class_names}")
 
 
@@ -217,6 +224,9 @@ def image_condition(loaded, opts) -> dict:
     if conditioning == "none":
         if opts.prompt is not None or opts.label not in (None, ""):
             raise UserError("--label/--prompt: this model is unconditional; drop them")
+        if getattr(opts, "guidance", None) is not None:
+            raise UserError("--guidance: this model is unconditional (no condition to guide "
+                            "towards); drop it")
         return {"target": None, "what": "unconditional"}
     if opts.prompt is not None:
         raise UserError(f"--prompt: a {loaded.config.family} model trained on class labels "
@@ -334,7 +344,15 @@ TEXT_FLAGS = ("prompt", "max_new_tokens", "temperature", "top_k", "top_p", "min_
 IMAGE_FLAGS = ("prompt", "label", "out", "best_of", "min_confidence", "batch_size")
 ARRAY_FLAGS = ("out",)
 OPTION_FLAGS = ("guidance", "steps", "temperature", "prior")  # image sampler options some families take
-_OFF = {"truncate": "error", "best_of": 1, "batch_size": 250}  # flag values that mean "not used"
+_OFF = {"truncate": "error", "best_of": 1, "batch_size": 250,  # flag defaults: "not used"
+        "min_confidence": 0.0}
+
+
+def _given(name: str, value) -> bool:
+    """Whether a flag was set to something (0 and 0.0 are values: --guidance=0 on a GAN)."""
+    off = _OFF.get(name)
+    return not (value is None or value is False or value in ("", [], ()) or (
+        off is not None and type(value) is type(off) and value == off))
 
 
 def sampler_kind(family) -> str:
@@ -355,7 +373,7 @@ def check_flags(family, opts) -> str:
         takes |= set(getattr(family, "sample_options", ()))
     for name in dict.fromkeys((*TEXT_FLAGS, *IMAGE_FLAGS, *OPTION_FLAGS)):
         value = getattr(opts, name, None)
-        if name in takes or value in (None, False, "", [], ()) or _OFF.get(name) == value:
+        if name in takes or not _given(name, value):
             continue
         raise UserError(f"--{name}: the {kind} sampler of this family does not take it "
                         f"(it takes: {', '.join('--' + t for t in sorted(takes))})")

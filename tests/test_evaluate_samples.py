@@ -226,9 +226,12 @@ def test_text_file_formats(tmp_path):
     txt = tmp_path / "a.txt"
     txt.write_text("first\nsample\n---\nsecond\n\n---  \n\n---\n")
     assert sample_files.read(str(txt)).texts == ["first\nsample", "second\n"]
+    crlf = tmp_path / "crlf.txt"  # a file written on Windows reads the same
+    crlf.write_bytes(txt.read_bytes().replace(b"\n", b"\r\n"))
+    assert sample_files.read(str(crlf)).texts == ["first\nsample", "second\n"]
     jl = tmp_path / "a.jsonl"
-    jl.write_text('{"text": "one"}\n\n{"text": "two\\nlines"}\n')
-    assert sample_files.read(str(jl)).texts == ["one", "two\nlines"]
+    jl.write_text('{"text": "one"}\n\n{"text": "two\\nlines"}\n{"text": ""}\n')
+    assert sample_files.read(str(jl)).texts == ["one", "two\nlines", ""]
 
 
 # ------------------------------------------------------------------ bad files
@@ -252,6 +255,8 @@ def _bad_files(root):
            "empty": ("e.txt", b"", "no samples"),
            "utf8": ("u.txt", b"fine\n\xff\xfe bad\n", "line 2 is not valid UTF-8"),
            "json": ("j.jsonl", b'{"text": "a"}\n\n{"text": oops}\n', "line 3 is not valid JSON")}
+    np.savez(os.path.join(root, "few.npz"), images=x[:3])  # k-NN radii (pr_k 3) need 4
+    out["few"] = ("few.npz", "image_quality.num_samples=3")
     for name, (fname, blob, needle) in raw.items():
         with open(os.path.join(root, fname), "wb") as f:
             f.write(blob)
@@ -260,7 +265,7 @@ def _bad_files(root):
 
 
 BAD = ["float", "flat", "channels5", "size", "zero", "labels_len", "labels_range", "corrupt",
-       "empty", "utf8", "json"]
+       "empty", "utf8", "json", "few"]
 
 
 def test_every_bad_file_is_one_user_error_and_writes_nothing(tmp_path, data_dir):
@@ -274,6 +279,13 @@ def test_every_bad_file_is_one_user_error_and_writes_nothing(tmp_path, data_dir)
         assert sorted(os.listdir(tmp_path)) == before, case
 
 
+def test_settings_asking_for_more_samples_than_the_file_holds_write_nothing(tmp_path):
+    (tmp_path / "t.txt").write_text("one\n---\ntwo\n")
+    with pytest.raises(UserError, match=r"^text.num_samples=50: the file has 2 samples$"):
+        evaluate_samples(str(tmp_path / "t.txt"), settings=["text.num_samples=50"])
+    assert sorted(os.listdir(tmp_path)) == ["t.txt"]
+
+
 @pytest.mark.parametrize("case", ["float", "size", "json"])  # a subprocess each: ~10 s
 def test_a_bad_file_on_the_command_line_is_one_line_and_exit_code_2(case, tmp_path, data_dir):
     fname, needle = _bad_files(str(tmp_path))[case]
@@ -282,3 +294,12 @@ def test_a_bad_file_on_the_command_line_is_one_line_and_exit_code_2(case, tmp_pa
                       env_extra={"GENJAX_DATA_DIR": data_dir})
     assert_one_line_error(proc, needle)
     assert sorted(os.listdir(tmp_path)) == before
+
+
+def test_params_with_a_samples_file_is_one_line_and_exit_code_2(tmp_path, data_dir):
+    """A file of samples has no params: --params there was silently ignored."""
+    (tmp_path / "t.txt").write_text("one\n---\ntwo\n")
+    proc = run_module("genjax.evaluate", f"--samples={tmp_path / 't.txt'}", "--params=raw",
+                      env_extra={"GENJAX_DATA_DIR": data_dir})
+    assert_one_line_error(proc, "--params goes with --workdir")
+    assert sorted(os.listdir(tmp_path)) == ["t.txt"]

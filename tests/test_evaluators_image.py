@@ -13,6 +13,7 @@ from configs import fmnist_classifier
 from genjax import train
 from genjax.data.array_data import ArrayData
 from genjax.evaluators import cas, feature_net, image_quality as iq, novelty
+from genjax.errors import UserError
 
 
 @pytest.fixture(scope="module")
@@ -92,6 +93,15 @@ def test_frechet_distance_of_gaussians_has_the_closed_form():
     assert iq.frechet_distance(mu1, c1, mu1, c1) == pytest.approx(0.0, abs=1e-9)
 
 
+def test_frechet_distance_of_non_commuting_covariances():
+    # tr sqrt(M) of a 2x2 M with positive eigenvalues is sqrt(tr M + 2 sqrt(det M)):
+    # A B = [[2, 4], [1, 8]], tr 10, det 12. tr(sqrt(A) sqrt(B)) (the textbook bug) gives 0.804
+    a, b = np.array([[2.0, 1.0], [1.0, 2.0]]), np.diag([1.0, 4.0])
+    want = np.trace(a) + np.trace(b) - 2 * np.sqrt(10 + 2 * np.sqrt(12))
+    assert iq.frechet_distance(np.zeros(2), a, np.zeros(2), b) == pytest.approx(want, abs=1e-9)
+    assert want == pytest.approx(0.7712204, abs=1e-6)
+
+
 def test_fid_fmnist_of_a_set_with_itself_is_zero_and_grows_with_noise(net, real):
     x = real["test"][0][:1000]
     f = net.features(x)
@@ -123,6 +133,24 @@ def test_precision_recall_of_a_set_with_itself_is_one_and_of_disjoint_clusters_z
     assert p == 1.0 and 0.35 < r < 0.75
 
 
+def test_precision_recall_radii_exclude_the_point_itself():
+    # k = 1 on a line. Real radii (nearest OTHER real): 0->1, 1->1, 3->2, 7->4; fake radii:
+    # 1.9->3.6, 5.5->3.6, 10->2, 12->2. Fakes inside a real ball: 1.9, 5.5, 10 (not 12): 3/4;
+    # reals inside a fake ball: all four. A radius counting the point itself (0) gives (0, 0)
+    real = np.array([[0.0], [1.0], [3.0], [7.0]], np.float32)
+    fake = np.array([[1.9], [5.5], [10.0], [12.0]], np.float32)
+    assert iq.precision_recall(real, fake, k=1) == (0.75, 1.0)
+
+
+def test_too_few_images_for_the_k_nn_radii_is_one_user_error_line():
+    settings = iq.settings(num_samples=3, pr_k=3)
+    with pytest.raises(UserError, match=r"image_quality.num_samples=3: .*pr_k=3"):
+        iq.check_settings(settings)
+    iq.check_settings(iq.settings(num_samples=4, pr_k=3))
+    with pytest.raises(UserError, match=r"image_quality.num_real=2"):
+        iq.check_settings(iq.settings(num_samples=100, num_real=2))
+
+
 def test_conditional_prob_averages_the_requested_class_probability():
     probs = np.array([[0.7, 0.2, 0.1], [0.1, 0.6, 0.3], [0.5, 0.25, 0.25]])
     assert iq.conditional_prob(probs, [0, 2, 1]) == pytest.approx((0.7 + 0.3 + 0.25) / 3)
@@ -134,6 +162,19 @@ def test_conditional_accuracy_counts_the_requested_class():
 
 
 # ------------------------------------------------------------------ novelty
+def test_the_near_copy_floor_is_measured_on_test_images_held_out_from_the_threshold():
+    # 1-D features, one train image at 0. Even test rows (the threshold's) lie at 1..100,
+    # whose 1st percentile is 1.99; the odd rows alternate 0.5 (a repeat of the train
+    # image) and 50: a floor of 1/2, where a threshold taken over every row gave ~0.01
+    even = np.arange(1, 101, dtype=np.float32)
+    odd = np.where(np.arange(100) % 2 == 0, 0.5, 50.0).astype(np.float32)
+    test = np.stack([even, odd], 1).reshape(-1, 1)
+    s = novelty.novelty_stats(np.array([[0.2], [3.0]], np.float32),
+                              np.zeros((1, 1), np.float32), test)
+    assert s["threshold"] == pytest.approx(1.99, abs=1e-5)
+    assert s["test_near_copies"] == 0.5 and s["near_copies"] == 0.5
+
+
 def test_novelty_flags_copies_of_training_images_and_not_real_test_images(net, real):
     train_f = net.features(real["train"][0])
     test_f = net.features(real["test"][0])
@@ -144,6 +185,7 @@ def test_novelty_flags_copies_of_training_images_and_not_real_test_images(net, r
     assert other["near_copies"] < 0.04
     assert other["median_nn_distance"] == pytest.approx(other["test_median_nn_distance"],
                                                         rel=0.2)
+    assert 0 < other["test_near_copies"] < 0.04  # held-out test images: ~the percentile
     rows = np.array([5, 1, 1999])  # what the PNG shows: the images at those rows
     np.testing.assert_array_equal(
         novelty.train_images(ArrayData({"train": real["train"]}, net.class_names,

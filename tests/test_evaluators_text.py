@@ -84,6 +84,15 @@ def test_partial_copy_share_counts_windows():
     assert share == pytest.approx(51 / 151)                 # windows starting at 0..50
 
 
+def test_an_empty_sample_has_no_windows_and_no_copy():
+    """A model may stop at once: "" counts no window (it crashed the hash index)."""
+    train = random_text(500, seed=9)
+    idx = text_match.SpanIndex(train)
+    assert [len(f) for f in idx.find(["", train[:60]], 50)] == [0, 11]
+    assert text.memorised_share(idx, ["", train[:60]], 50) == 1.0
+    assert idx.longest([""], 50) is None
+
+
 def test_longest_below_the_window_is_exact(index):
     """Binary search under k agrees with a brute-force longest common substring."""
     rnd = random.Random(0)

@@ -381,6 +381,26 @@ def test_samplers_recover_the_data_point_under_an_oracle(param):
         np.testing.assert_allclose(out, jnp.broadcast_to(x_star, shape), atol=1e-4)
 
 
+def test_one_ddim_step_goes_from_t_minus_1_to_the_posterior_mean():
+    """Data N(0, s^2): E[x0 | x_t] = sqrt(ab) s^2 x_t / (ab s^2 + 1 - ab) in closed form.
+    One step from x_T must return that mean at t = T - 1 (std ~0.002 here); the grid that
+    started at t = 0 returned x_T itself (std ~1)."""
+    np.testing.assert_array_equal(diffusion.timestep_pairs(1000, 1), ([999], [-1]))
+    s = diffusion.make_schedule("linear", 1000)
+    var = 0.3 ** 2
+
+    def posterior_mean(x, t_B, labels):  # an x0-prediction net
+        ab = diffusion._b(s.alphas_cumprod[t_B], x)
+        return jnp.sqrt(ab) * var * x / (ab * var + 1.0 - ab)
+    x_T = jax.random.normal(key(3), (256, 2, 2, 1))
+    out = diffusion.ddim_sample(posterior_mean, s, key(4), x_T.shape,
+                                parameterization="x0", num_steps=1, x_T=x_T)
+    ab = float(s.alphas_cumprod[999])
+    np.testing.assert_allclose(out, np.sqrt(ab) * var * x_T / (ab * var + 1 - ab), atol=1e-6)
+    with pytest.raises(config_lib.ConfigError, match="1001 sampling steps on a schedule of 1000"):
+        diffusion.timestep_pairs(1000, 1001)
+
+
 def test_ddim_with_eta_0_is_deterministic_given_x_T():
     c = tiny("diffusion")
     b = fake_batch(c, 2)

@@ -99,6 +99,54 @@ def test_sliding_windows_after_the_first_share_one_compiled_decode(lm):
     assert lm_sampling.generate_chunk._cache_size() == compiled  # the 5 reuses the 8s'
 
 
+def reference_window_decode(lm, prompt: str, n: int):
+    """Greedy tokens and their summed log-probability from full forward passes, sliding
+    only when this prompt's own context is full (to its last max_len // 2 tokens): the
+    window semantics, written without the KV cache or batching."""
+    model, params, tok = lm
+    apply = jax.jit(model.apply)
+    history = list(tok.encode(prompt))
+    context, out, total = list(history), [], 0.0
+    for _ in range(n):
+        row = np.zeros((1, model.max_len), np.int32)  # causal: the padding after is unseen
+        row[0, :len(context)] = context
+        logits = np.asarray(apply({"params": params}, row)[0, len(context) - 1], np.float64)
+        logits[tok.vocab_size:] = -np.inf
+        t = int(np.argmax(logits))
+        total += logits[t] - np.log(np.exp(logits - logits.max()).sum()) - logits.max()
+        out.append(t), history.append(t), context.append(t)
+        if len(context) == model.max_len:
+            context = history[-(model.max_len // 2):]
+    return out, total
+
+
+def test_sliding_windows_match_a_full_forward_reference_alone_or_batched(lm):
+    """Each prompt slides where its own context fills, whatever else is in its batch (a
+    short prompt used to slide when the longest row's context was full)."""
+    _, _, tok = lm
+    req = TextRequest(max_new_tokens=30, temperature=0.0, window=True)
+    prompts = ["ab", "the cat s"]
+    with pytest.warns(UserWarning, match="window=True"):
+        batch = texts(lm, prompts, req)
+    for p, row in zip(prompts, batch):
+        want, _ = reference_window_decode(lm, p, 30)
+        assert row[0] == tok.decode(want), p
+
+
+def test_a_windowed_sample_streams_and_is_ranked_as_it_was_sampled(lm):
+    model, params, tok = lm
+    req = TextRequest(prompt="the cat s", max_new_tokens=30, temperature=0.0, window=True)
+    pieces = []
+    with pytest.warns(UserWarning, match="window=True"):
+        done = text.stream_text(*lm, req, on_text=pieces.append, chunk_size=5)
+    want, logp = reference_window_decode(lm, "the cat s", 30)
+    assert "".join(pieces) == done.text == tok.decode(want) and len(pieces) > 2
+    # best-of-n scores each token given the window it was drawn in (it raised ValueError)
+    (total,) = best_of_n.lm_loglik(model, params, reduce="sum", valid_vocab=tok.vocab_size)(
+        [done])
+    assert total == pytest.approx(logp, rel=1e-5)
+
+
 @pytest.mark.parametrize("field,value", [
     ("temperature", -0.1), ("top_p", 0.0), ("top_p", 1.5), ("top_k", -1), ("min_p", 1.0),
     ("min_p", -0.1), ("repetition_penalty", 0.0), ("num_samples", 0), ("max_new_tokens", 0),
@@ -227,3 +275,39 @@ def test_cli_wiring_prints_filter_metadata_and_applies_stops(lm, capsys):
     assert run(stream=True, stop=[full[3:5]]) == out
     with pytest.raises(UserError, match="--stream"):
         run(stream=True, blocklist=["x"])
+    with pytest.raises(UserError, match="--redact redacts --blocklist"):
+        run(redact=True)  # nothing to redact: it was accepted and did nothing
+    # the config's window=True (the presets') streams and ranks past the context
+    loaded.config.sample.window, loaded.config.sample.max_new_tokens = True, 30
+    with pytest.warns(UserWarning, match="window=True"):
+        long = run(window=None)
+        slid = texts(lm, ["hello"], dataclasses.replace(GREEDY, max_new_tokens=30, window=True))
+        assert run(window=None, stream=True) == long and f"hello{slid[0][0]}\n" in long
+        assert "rank 1 of 2" in run(window=None, best_of=2)
+
+
+def test_label_names_match_exactly_first_then_as_whole_words():
+    from genjax.sample import resolve_label
+    names = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+             "Sneaker", "Bag", "Ankle boot"]
+    got = {k: resolve_label(k, names) for k in ("shirt", "Shirt", "t-shirt", "T_SHIRT",
+                                                   "top", "boot", "ankle boot", "7")}
+    assert got == {"shirt": 6, "Shirt": 6, "t-shirt": 0, "T_SHIRT": 0, "top": 0, "boot": 9,
+                   "ankle boot": 9, "7": 7}
+    with pytest.raises(UserError, match=r"'shoe' matches \['red shoe', 'blue shoe'\]"):
+        resolve_label("shoe", ["red shoe", "blue shoe"])
+    with pytest.raises(UserError, match="not a class"):
+        resolve_label("hat", names)
+
+
+@pytest.mark.parametrize("family,flag,value", [
+    ("gan", "guidance", 0.0), ("vae", "guidance", 0.0), ("diffusion", "temperature", 0.0),
+    ("lm", "guidance", 0.0), ("lm", "min_confidence", 0.5)])
+def test_a_flag_the_sampler_does_not_take_is_refused_even_at_zero(family, flag, value):
+    from types import SimpleNamespace
+
+    from genjax import families, sample
+    defaults = dict(truncate="error", best_of=1, batch_size=250, min_confidence=0.0)
+    sample.check_flags(families.get(family), SimpleNamespace(**defaults))  # defaults: fine
+    with pytest.raises(UserError, match=f"--{flag}: the .* sampler of this family does not"):
+        sample.check_flags(families.get(family), SimpleNamespace(**{**defaults, flag: value}))

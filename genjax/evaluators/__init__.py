@@ -11,6 +11,8 @@ A plug-in is `genjax/evaluators/<name>.py` (imported with importlib; no registry
                                    "text"; genjax/evaluators/sample_files.py); without it,
                                    it needs the model (likelihood)
   ON_REQUEST = "why"               optional: in samples mode it runs only when --only names it
+  check_settings(settings) -> None optional: UserError for settings it cannot run with
+                                   (checked before anything is sampled or written)
 
 configured per run as `config.evals.<name>` (its settings: `during_training` plus its
 own keys). `evaluate` returns
@@ -111,6 +113,21 @@ def resolve(config, family, names: Sequence[str] | None = None) -> list[str]:
         if why:
             raise UserError(f"evaluator {name!r} does not apply to this run: {why}")
     return list(names)
+
+
+def check_settings(evals, names: Sequence[str], available: int | None = None) -> None:
+    """UserError (one line) for settings of evaluators `names` they cannot run with, before
+    anything is sampled or written; `available`: the samples a file holds (samples mode)."""
+    for name in names:
+        settings = evals[name]
+        n = settings.get("num_samples")
+        if n is not None and int(n) < 1:
+            raise UserError(f"{name}.num_samples={n}: must be >= 1")
+        if available is not None and n is not None and int(n) > available:
+            raise UserError(f"{name}.num_samples={n}: the file has {available} samples")
+        fn = getattr(get(name), "check_settings", None)
+        if fn is not None:
+            fn(settings)
 
 
 def given_skip_reason(module: ModuleType, has: Sequence[str], requested: bool) -> str | None:

@@ -24,6 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 from ml_collections import ConfigDict
 
+from genjax.errors import UserError
+
 NEEDS = ("sample_images",)
 SAMPLES = ("images",)  # or images given in a file (genjax.evaluate --samples); labels optional
 ROWS = 512  # query rows per distance block (and ref rows are padded to a multiple)
@@ -194,6 +196,18 @@ def settings(**overrides) -> ConfigDict:
     s.kid_subsets = 100            # ...and subsets averaged
     from genjax.evaluators import with_overrides
     return with_overrides("image_quality", s, overrides)
+
+
+def check_settings(settings) -> None:
+    """k-NN manifolds need more than pr_k points a set, KID two (one UserError line)."""
+    k = int(settings.pr_k)
+    if k < 1:
+        raise UserError(f"image_quality.pr_k={k}: must be >= 1")
+    for key in ("num_samples", "num_real"):
+        n = int(settings[key])
+        if (key == "num_samples" or n) and n <= max(k, 1):
+            raise UserError(f"image_quality.{key}={n}: precision/recall's k-NN radii "
+                            f"(pr_k={k}) need more than {max(k, 1)} images a set")
 
 
 def evaluate(ctx, settings) -> dict:

@@ -7,8 +7,10 @@
           images) or the model size (32x32, e.g. genjax's own samples, used as they are);
           C: the data's channels, or 1 <-> 3 (converted as the loader converts).
   .txt    text: samples separated by lines holding only `---`; a file without such a line
-          is one sample. UTF-8; whitespace-only samples are dropped.
-  .jsonl  text: one JSON object {"text": "..."} per line (blank lines skipped).
+          is one sample. UTF-8, any line breaks (CRLF, CR read as LF); whitespace-only
+          samples are dropped.
+  .jsonl  text: one JSON object {"text": "..."} per line (blank lines skipped; an empty
+          "text" is a sample: a model may stop at once).
 A file that cannot be read, or holds no samples or the wrong kind, is a UserError naming
 the file and what is wrong (one line, nothing written).
 """
@@ -134,7 +136,9 @@ def _decode(path: str, raw: bytes) -> str:
 
 
 def _texts_txt(path: str, raw: bytes) -> list[str]:
-    pieces = SEPARATOR.split(_decode(path, raw))
+    # Windows (CRLF) and old Mac (CR) line breaks read as "\n", as Python's text mode does
+    text = _decode(path, raw).replace("\r\n", "\n").replace("\r", "\n")
+    pieces = SEPARATOR.split(text)
     # the line breaks around a separator line belong to it, not to the samples
     pieces = [p[1:] if i and p.startswith("\n") else p for i, p in enumerate(pieces)]
     pieces = [p[:-1] if i < len(pieces) - 1 and p.endswith("\n") else p

@@ -33,7 +33,7 @@ def code_points(text: str) -> np.ndarray:
 def _powers(base: np.uint64, n: int) -> np.ndarray:
     """base^0 .. base^(n-1) mod 2^64."""
     out = np.full(n, base, np.uint64)
-    out[0] = 1
+    out[:1] = 1  # n = 0: an empty sample
     return np.cumprod(out, dtype=np.uint64)
 
 

@@ -12,10 +12,12 @@ and predicts v). Per example a student step i in [0, N/2) is drawn, z_t = q(x0, 
 target x~ makes one DDIM step t -> t'' land on the teacher's two steps t -> t' -> t''
 (progressive.teacher_target); the loss is max(1, SNR_t) |x^ - x~|^2. The teacher is frozen
 in `model_state["teacher"]`; `config.init_from` names it (a diffusion run or the previous
-round): `load_pretrained` places its params as teacher AND as the student's start (and
-EMA); `resolve_config` takes its model keys (the student keeps `model.parameterization`;
-the teacher's goes to `distill.teacher_parameterization`) and requires the same image
-shape and a step count the schedule can halve (else one error line each). Without
+round): `load_pretrained` places its params (its EMA: the diffusion configs'
+init_from_params, what that run's samples were scored with) as teacher AND as the
+student's start (and EMA); `resolve_config` takes its model keys (the student keeps
+`model.parameterization`; the teacher's goes to `distill.teacher_parameterization`) and
+requires the same image shape and a step count the schedule can halve (else one error
+line each). Without
 init_from a run is an error unless `distill.random_teacher` (the tiny preset, for tests).
 The student samples (`sample_images`, steps default N/2) by DDIM on the same grid.
 

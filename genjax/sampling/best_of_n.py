@@ -102,15 +102,25 @@ def lm_loglik(model, params, *, reduce: str = "mean", valid_vocab: int | None = 
     """score_fn: LM log-likelihood of each candidate's continuation ("sum" or "mean").
 
     tokens_of(candidate) -> (prompt ids, continuation ids); the default reads a
-    text.Completion's `prompt_tokens` and `tokens`.
+    text.Completion's `prompt_tokens` and `tokens`. A continuation longer than the
+    context (window=True) is scored as it was sampled: each token given the window the
+    sampler saw (text.window_pieces), the pieces' log-likelihoods summed.
     """
+    from genjax.sampling import text
     if reduce not in ("sum", "mean"):
         raise ValueError(f"reduce={reduce!r}: choose sum or mean")
     tokens_of = tokens_of or (lambda c: (c.prompt_tokens, c.tokens))
 
     def score(candidates):
-        prompts, conts = zip(*(tokens_of(c) for c in candidates))
-        total, mean = sequence_logprobs(model, params, prompts, conts, valid_vocab=valid_vocab)
+        owner, prompts, conts = [], [], []
+        for i, c in enumerate(candidates):
+            for context, piece in text.window_pieces(*tokens_of(c), model.max_len):
+                owner.append(i), prompts.append(context), conts.append(piece)
+        total, _ = sequence_logprobs(model, params, prompts, conts, valid_vocab=valid_vocab)
+        n = len(candidates)
+        total = np.bincount(owner, weights=total, minlength=n)
+        count = np.bincount(owner, weights=[len(c) for c in conts], minlength=n)
+        mean = np.where(count > 0, total / np.maximum(count, 1), -np.inf)
         return total if reduce == "sum" else mean
     return score
 

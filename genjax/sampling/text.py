@@ -8,8 +8,10 @@
   stream_text(model, params, tokenizer, req, on_text=print_piece)         # -> Completion
 
 All prompts of a call are decoded in one batch (right-padded to a multiple of 8 tokens,
-so nearby lengths share a compiled program). Sample j of every prompt draws from random
-stream j of `seed`: a prompt's samples do not depend on which prompts share its batch.
+so nearby lengths share a compiled program; with window=True, prompts that slide are
+decoded in one batch per prompt length, each sliding where it would alone). Sample j of
+every prompt draws from random stream j of `seed`: a prompt's samples do not depend on
+which prompts share its batch.
 
 Checks, each a `UserError` naming the field (the CLI prints it as one line, exit 2):
 empty prompts, characters outside a char vocabulary, parameters out of range, and
@@ -197,37 +199,78 @@ def _lm_kwargs(req: TextRequest, tokenizer) -> dict:
 
 
 # ----------------------------------------------------------------------------- decode
-def _decode_rows(model, params, tokenizer, rows, row_ids, req: TextRequest):
-    """Generated ids (before any stop token) and stopped flags, one per row."""
-    max_len, rng = model.max_len, jax.random.PRNGKey(req.seed)
-    kwargs = _lm_kwargs(req, tokenizer)
-    longest = max(len(r) for r in rows)
+def window_sizes(prompt_len: int, max_new_tokens: int, max_len: int) -> list[int]:
+    """Tokens each window decodes: the first continues the whole prompt up to the context,
+    each later one re-reads the last max_len // 2 tokens and fills the rest (`window=True`;
+    without sliding, one window of max_new_tokens)."""
+    sizes, remaining = [min(max_new_tokens, max_len - prompt_len)], max_new_tokens
+    remaining -= sizes[0]
+    while remaining > 0:
+        sizes.append(min(remaining, max_len - max_len // 2))
+        remaining -= sizes[-1]
+    return sizes
+
+
+def window_pieces(prompt_ids, tokens, max_len: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """[(context, tokens decoded after it)]: how a windowed decode of `prompt_ids` saw each
+    of its `tokens` (one piece when they fit the context), for scoring them as sampled."""
+    history, out, start = np.asarray(prompt_ids, np.int32), [], 0
+    tokens = np.asarray(tokens, np.int32)
+    for w, n in enumerate(window_sizes(len(history), len(tokens), max_len)):
+        context = history if w == 0 else history[-(max_len // 2):]
+        out.append((context, tokens[start:start + n]))
+        history, start = np.concatenate([history, tokens[start:start + n]]), start + n
+    return out
+
+
+def _warn_window(longest: int, req: TextRequest, max_len: int) -> None:
     if req.window and longest + req.max_new_tokens > max_len:
         warnings.warn(f"window=True: prompt {longest} + max_new_tokens {req.max_new_tokens} > "
                       f"context {max_len}; past it the model sees only the last "
-                      f"{max_len // 2} tokens", stacklevel=3)
+                      f"{max_len // 2} tokens", stacklevel=4)
+
+
+def _decode_rows(model, params, tokenizer, rows, row_ids, req: TextRequest):
+    """Generated ids (before any stop token) and stopped flags, one per row. Rows that slide
+    the window are decoded in groups of one prompt length, so each slides where it would
+    alone (a prompt's samples do not depend on its batch)."""
+    lengths = np.asarray([len(r) for r in rows])
+    _warn_window(int(lengths.max()), req, model.max_len)
+    if not req.window or lengths.max() + req.max_new_tokens <= model.max_len:
+        return _decode_group(model, params, tokenizer, rows, row_ids, req)
+    out, stopped = [None] * len(rows), np.zeros(len(rows), bool)
+    for n in np.unique(lengths):
+        idx = np.flatnonzero(lengths == n)
+        got, hit = _decode_group(model, params, tokenizer, [rows[i] for i in idx],
+                                 np.asarray(row_ids)[idx], req)
+        for j, i in enumerate(idx):
+            out[i], stopped[i] = got[j], hit[j]
+    return out, stopped
+
+
+def _decode_group(model, params, tokenizer, rows, row_ids, req: TextRequest):
+    max_len, rng = model.max_len, jax.random.PRNGKey(req.seed)
+    kwargs = _lm_kwargs(req, tokenizer)
     history = [np.asarray(r, np.int32) for r in rows]
     out = [np.zeros((0,), np.int32) for _ in rows]
     stopped = np.zeros(len(rows), bool)
-    remaining, window = req.max_new_tokens, 0
-    while remaining > 0 and not stopped.all():
+    sizes = window_sizes(max(len(r) for r in rows), req.max_new_tokens, max_len)
+    for window, n in enumerate(sizes):
+        if stopped.all():
+            break
         context = history if window == 0 else [h[-(max_len // 2):] for h in history]
-        room = max_len - max(len(c) for c in context)
-        n = min(remaining, room)
         prompts_BxP, lengths_B = _pad(context, max_len)
         # Every later window has the same prompt width and room: one compilation for all,
         # the last, shorter one included (width=room).
         dec = lm_sampling.decode(
             model, params, prompts_BxP, lengths_B, max_new_tokens=n, row_ids_B=row_ids,
             rng=rng if window == 0 else jax.random.fold_in(rng, window),
-            width=room if window else None, **kwargs)
+            width=max_len - max_len // 2 if window else None, **kwargs)
         tokens, lengths, hit = (np.asarray(x) for x in jax.device_get(dec))
         for b in np.flatnonzero(~stopped):
             out[b] = np.concatenate([out[b], tokens[b, :lengths[b]]])
             history[b] = np.concatenate([history[b], tokens[b, :n]])
         stopped |= hit
-        remaining -= n
-        window += 1
     return out, stopped
 
 
@@ -276,36 +319,43 @@ def stream_text(model, params, tokenizer, req: TextRequest, on_text: Callable[[s
                 chunk_size: int = 16) -> Completion:
     """One completion of `req.prompt`, calling on_text(piece) as each chunk is decoded.
 
-    Pieces concatenate to the returned (and `generate_text`'s) text. The last
-    max(len(stop)) - 1 characters are held back until no stop string can start there;
-    decoding ends at the first stop string. Needs num_samples=1 and window=False.
+    Pieces concatenate to the returned (and `generate_text`'s) text, windows included
+    (window=True: the same slides, the same draws). The last max(len(stop)) - 1 characters
+    are held back until no stop string can start there; decoding ends at the first stop
+    string. Needs num_samples=1.
     """
     req.validate()
     if req.num_samples != 1:
         raise UserError(f"num_samples={req.num_samples}: streaming prints one sample; use 1")
-    if req.window:
-        raise UserError("window=True cannot be streamed; drop --stream or --window")
     if chunk_size < 1:
         raise UserError(f"chunk_size={chunk_size}: must be >= 1")
     (ids,) = _prepare(model, tokenizer, [req.prompt], req)
-    prompts_BxP, lengths_B = _pad([ids], model.max_len)
+    _warn_window(len(ids), req, model.max_len)
     hold = max((len(s) for s in req.stop), default=1) - 1
-    tokens, shown, stopped = np.zeros((0,), np.int32), 0, False
-    for chunk in lm_sampling.decode_stream(
-            model, params, prompts_BxP, lengths_B, rng=jax.random.PRNGKey(req.seed),
-            max_new_tokens=req.max_new_tokens, chunk_size=chunk_size,
-            row_ids_B=np.zeros(1, np.int32), **_lm_kwargs(req, tokenizer)):
-        length, stopped = int(chunk.lengths_B[0]), bool(chunk.stopped_B[0])
-        tokens = np.concatenate([tokens, np.asarray(chunk.tokens_BxN[0])])[:length]
-        text = tokenizer.decode(tokens.tolist())
-        if find_stop(text, req.stop) is not None:
+    tokens, shown, stopped, history = np.zeros((0,), np.int32), 0, False, ids
+    for window, n in enumerate(window_sizes(len(ids), req.max_new_tokens, model.max_len)):
+        context = history if window == 0 else history[-(model.max_len // 2):]
+        prompts_BxP, lengths_B = _pad([context], model.max_len)
+        rng = jax.random.PRNGKey(req.seed)
+        start = len(tokens)
+        for chunk in lm_sampling.decode_stream(
+                model, params, prompts_BxP, lengths_B,
+                rng=rng if window == 0 else jax.random.fold_in(rng, window),
+                max_new_tokens=n, chunk_size=chunk_size, row_ids_B=np.zeros(1, np.int32),
+                **_lm_kwargs(req, tokenizer)):
+            length, stopped = int(chunk.lengths_B[0]), bool(chunk.stopped_B[0])
+            tokens = np.concatenate([tokens, np.asarray(chunk.tokens_BxN[0])])[:start + length]
+            text = tokenizer.decode(tokens.tolist())
+            if find_stop(text, req.stop) is not None:
+                break
+            safe = len(text.rstrip("\ufffd")) - hold  # an incomplete character may change
+            if safe > shown:
+                on_text(text[shown:safe])
+                shown = safe
+        if stopped or find_stop(tokenizer.decode(tokens.tolist()), req.stop) is not None:
             break
-        safe = len(text.rstrip("\ufffd")) - hold  # an incomplete character may still change
-        if safe > shown:
-            on_text(text[shown:safe])
-            shown = safe
+        history = np.concatenate([history, tokens[start:]])
     done = _finish(tokenizer, tokens, stopped, req.stop, 0, 0, ids)
     if len(done.text) > shown:
         on_text(done.text[shown:])
     return done
-
