@@ -6,7 +6,8 @@ r"""Sweep results -> one table per sweep (CSV, Markdown, LaTeX) and learning cur
 Reads every <config>/<sweep>.sweep.json manifest under the root (experiments.sweep writes
 them) and each run's W/metrics.jsonl and W/final_metrics.json. Per run: final and best
 value of each eval metric (final = W/final_metrics.json; best = the best periodic eval or
-the final one; lower is better unless the name says accuracy) and the last train loss.
+the final one; lower is better except for the names in HIGHER_IS_BETTER) and the last
+train loss.
 Per swept setting: mean +- std (sample std, ddof=1) over the finished seeds, and n.
 Writes next to the manifest:
 
@@ -32,16 +33,23 @@ from genjax.metrics_writer import read_rows
 
 # ---------------------------------------------------------------------- reading
 def read_metrics(workdir: str) -> list[dict]:
-    """metrics.jsonl rows; a step logged twice (resumed run) keeps its last row per key set."""
+    """metrics.jsonl rows by step; a step logged twice with the same keys (a resumed run)
+    keeps its last row, rows of one step with other keys (the eval loss and an evaluator's
+    row) are all kept."""
     rows: dict[tuple, dict] = {}
     for row in read_rows(os.path.join(workdir, "metrics.jsonl")):
-        kind = "eval" if any(k.startswith("eval/") for k in row) else "train"
-        rows[(row["step"], kind)] = row
-    return [rows[k] for k in sorted(rows)]
+        rows[(row["step"], tuple(sorted(row)))] = row
+    return sorted(rows.values(), key=lambda r: r["step"])
+
+
+HIGHER_IS_BETTER = ("acc", "psnr", "recall", "precision", "win_rate", "reward", "margin",
+                    "word_share", "class_share", "conditional_prob", "distinct_", "coverage")
 
 
 def higher_is_better(metric: str) -> bool:
-    return "acc" in metric or metric.endswith("is") or "psnr" in metric
+    """Accuracies, precision/recall, win rates, rewards...: the larger the better; losses,
+    bits, FIDs, near-copies and the rest: the smaller."""
+    return any(k in metric for k in HIGHER_IS_BETTER) or metric.endswith("is")
 
 
 def run_record(manifest_dir: str, run: dict, metrics: list[str]) -> dict:

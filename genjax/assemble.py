@@ -70,8 +70,6 @@ def check_batch_size(config: ConfigDict, mesh: Mesh, rules) -> None:
     if bs % ways or bs % jax.process_count():
         raise ConfigError(f"config.batch_size={bs} must be divisible by the batch mesh axes "
                           f"({ways}) and the process count ({jax.process_count()})")
-    if config.optim.accum_steps > 1 and bs % config.optim.accum_steps:
-        raise ConfigError(f"config.batch_size={bs} not divisible by optim.accum_steps")
 
 
 def assemble(config: ConfigDict, mesh: Mesh) -> Parts:

@@ -41,7 +41,8 @@ def base_config() -> ConfigDict:
     c = ConfigDict()
     c.family = ""                  # loss module: genjax/families/<family>.py (lm, ...)
     c.seed = 0                     # params init, data order and per-step randomness
-    c.total_steps = 1000           # optimizer steps
+    c.total_steps = 1000           # train steps, a batch each (optim.accum_steps = k: an
+    #                                optimizer update every k; schedules count updates)
     c.batch_size = 32              # GLOBAL batch (all processes and devices)
     c.log_every_steps = 50         # progress line + metrics.jsonl + TensorBoard
     c.eval_every_steps = 500       # eval on config.eval_split (0 = only at the end)
@@ -81,7 +82,7 @@ def base_config() -> ConfigDict:
     c.optim.name = "adamw"         # adamw | adam | sgd
     c.optim.lr = 1e-3              # peak learning rate
     c.optim.schedule = "cosine"    # cosine | linear | constant (after warmup)
-    c.optim.warmup_steps = 100
+    c.optim.warmup_steps = 100     # optimizer updates (= train steps unless accum_steps > 1)
     c.optim.min_lr_ratio = 0.1     # final lr = lr * min_lr_ratio
     c.optim.b1 = 0.9
     c.optim.b2 = 0.95
@@ -90,13 +91,14 @@ def base_config() -> ConfigDict:
     c.optim.weight_decay = 0.1     # decoupled; masked to params with ndim >= 2
     c.optim.wd_exclude = ("embedding",)  # substrings of param paths never decayed
     c.optim.clip_norm = 1.0        # global-norm clipping (0 = off)
-    c.optim.accum_steps = 1        # optax.MultiSteps gradient accumulation
+    c.optim.accum_steps = 1        # optax.MultiSteps: k batches' mean gradient per update
     c.optim.ema_decay = 0.0        # EMA of params in the state (0 = off)
     # Regexes (re.search) over "/"-joined parameter paths, e.g. ("token_embed", "block_0/"):
     # frozen leaves get no update, no weight decay and no optimizer state (optax.set_to_zero).
     c.optim.freeze = ()
     # Parameter groups (families with several players): label -> overrides of the keys
-    # above plus `every`/`offset` for alternating updates (update when step % every == offset).
+    # above (not accum_steps, ema_decay, freeze, groups: one per run) plus `every`/`offset`
+    # for alternating updates (update when step % every == offset).
     c.optim.groups = ConfigDict()
 
     # LoRA (genjax/families/lora.py): W + (alpha / rank) * A @ B on the kernels whose

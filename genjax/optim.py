@@ -18,6 +18,7 @@ from genjax.config_lib import OPTIMIZERS, SCHEDULES
 from genjax.errors import ConfigError
 
 GROUP_ONLY_KEYS = ("every", "offset")
+RUN_ONLY_KEYS = ("accum_steps", "ema_decay", "freeze", "groups")  # one value for the run
 FROZEN = "frozen"      # label of frozen leaves: optax.set_to_zero (no update, no state)
 TRAINABLE = "trainable"  # label of the others when the family has no groups
 
@@ -79,6 +80,9 @@ def group_settings(config: ConfigDict, label: str) -> ConfigDict:
     for key, value in config.optim.groups.get(label, ConfigDict()).items():
         if key in GROUP_ONLY_KEYS:
             continue
+        if key in RUN_ONLY_KEYS:
+            raise ConfigError(f"config.optim.groups.{label}.{key}: set per run, not per group "
+                              f"(config.optim.{key})")
         if key not in o:
             raise ConfigError(f"config.optim.groups.{label}.{key}: no such optimizer key")
         o[key] = value
@@ -111,7 +115,8 @@ def make_optimizer(config: ConfigDict, labels=None) -> optax.GradientTransformat
     the FROZEN group gets optax.set_to_zero (no update, no weight decay, no state, no
     gradient accumulator: with frozen leaves, optim.accum_steps wraps each trained group
     in optax.MultiSteps; otherwise one MultiSteps wraps the whole optimizer)."""
-    total, k = int(config.total_steps), int(config.optim.accum_steps)
+    k = int(config.optim.accum_steps)
+    total = updates(config)
 
     def accumulated(tx):
         return optax.MultiSteps(tx, every_k_schedule=k) if k > 1 else tx
@@ -122,6 +127,10 @@ def make_optimizer(config: ConfigDict, labels=None) -> optax.GradientTransformat
     if unknown:
         raise ConfigError(f"config.optim.groups has {sorted(unknown)}, but the model's "
                          f"parameter groups are {names}")
+    if k > 1 and group_schedule(config, labels) is not None:
+        raise ConfigError(f"optim.accum_steps={k} with alternating groups (optim.groups.*."
+                          f"every > 1): a group whose turn never falls on an update's call "
+                          f"would never train; use one or the other")
     if FROZEN not in names:  # one accumulator around all groups (GAN: k counts calls)
         return accumulated(optax.multi_transform(
             {n: _single(group_settings(config, n), total) for n in names}, labels))
@@ -148,9 +157,26 @@ def group_schedule(config: ConfigDict, labels) -> Callable[[jax.Array], dict[str
     return lambda step: {n: (step % every) == offset for n, (every, offset) in rule.items()}
 
 
-def learning_rate_fn(config: ConfigDict) -> optax.Schedule:
-    """The (first group's) learning-rate schedule, for logging."""
-    return make_schedule(config.optim, int(config.total_steps))
+def updates(config: ConfigDict) -> int:
+    """Optimizer updates of a run: total_steps train steps, one update every accum_steps
+    (the schedule, warmup included, counts updates)."""
+    return int(config.total_steps) // int(config.optim.accum_steps)
+
+
+def learning_rate_fn(config: ConfigDict) -> Callable[[int], float]:
+    """step -> the learning rate the update that train step `step` (0-based) contributes to
+    applies: the (first group's) schedule at step // accum_steps, for logging."""
+    schedule, k = make_schedule(config.optim, updates(config)), int(config.optim.accum_steps)
+    return lambda step: schedule(int(step) // k)
+
+
+def update_emitted(opt_state) -> jax.Array | None:
+    """Whether the optimizer update just made changed the params (False on the first
+    k - 1 calls of each optax.MultiSteps accumulation); None without accumulation."""
+    found = [s for s in jax.tree_util.tree_leaves(
+        opt_state, is_leaf=lambda x: isinstance(x, optax.MultiStepsState))
+        if isinstance(s, optax.MultiStepsState)]
+    return None if not found else found[0].mini_step == 0
 
 
 def ema_update(ema, params, decay: float):

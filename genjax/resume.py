@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 
 import jax
 
 from genjax import checkpoint as ckpt_lib
 from genjax import families, same_model
+from genjax.errors import UserError
 from genjax.rollback import BatchBook
 from genjax.step import TrainState
 
@@ -48,7 +50,17 @@ def check_workdir(ckpt: ckpt_lib.Checkpointer, config, family) -> None:
 def start(ckpt: ckpt_lib.Checkpointer, parts, config, train_iter) -> Start:
     """The state to train from; sets `train_iter`'s position when resuming."""
     if ckpt.latest_step() is not None:  # falls back past corrupt steps (or raises: strict)
-        restored = ckpt.restore_latest(parts.abstract_state, strict=bool(config.strict_restore))
+        try:
+            restored = ckpt.restore_latest(parts.abstract_state,
+                                           strict=bool(config.strict_restore))
+        except UserError as e:
+            changed = same_model.changed_schedule(ckpt.read_meta(ckpt.latest_step()), config)
+            if not changed or "does not fit this model" not in str(e):
+                raise
+            raise UserError(f"the checkpoint's optimizer state has another structure than "
+                            f"these settings make ({'; '.join(changed)}): resume with the "
+                            f"saved values, or train a new --workdir with "
+                            f"--config.init_from={os.path.dirname(ckpt.directory)}") from None
         if restored is not None:
             state, data_state, saved_meta, step = restored
             if data_state:

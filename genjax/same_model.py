@@ -67,7 +67,18 @@ SCHEDULE_KEYS = ("total_steps", "batch_size", "optim")
 
 
 def warn_changed_schedule(saved_meta: dict, config) -> list[str]:
-    """Resuming with changed schedule/optimizer keys is allowed, but said out loud."""
+    """Resuming with changed schedule/optimizer keys is allowed, but said out loud (a
+    change of the optimizer state's structure fails at the restore: resume.start)."""
+    diffs = changed_schedule(saved_meta, config)
+    if diffs:
+        msg = "resuming with changed schedule keys: " + "; ".join(diffs)
+        logging.warning(msg)
+        print(f"warning: {msg}", flush=True)
+    return diffs
+
+
+def changed_schedule(saved_meta: dict, config) -> list[str]:
+    """"key: old -> new" of the SCHEDULE_KEYS that differ from the saved run's."""
     now, then = config_lib.to_dict(config), saved_meta.get("config", {})
     diffs = []
     for key in SCHEDULE_KEYS:
@@ -76,8 +87,4 @@ def warn_changed_schedule(saved_meta: dict, config) -> list[str]:
                                      new_keys=False)
         elif then.get(key) != now.get(key):
             diffs.append(f"{key}: {then.get(key)!r} -> {now.get(key)!r}")
-    if diffs:
-        msg = "resuming with changed schedule keys: " + "; ".join(diffs)
-        logging.warning(msg)
-        print(f"warning: {msg}", flush=True)
     return diffs

@@ -192,8 +192,12 @@ def train_step(state: TrainState, batch: PyTree, *, loss_fn: LossFn,
             params = _select_groups(params, state.params, labels, active)
             opt_state = _select_group_opt_state(opt_state, state.opt_state, active)
         ema_params = state.ema_params
-        if ema_decay:
+        if ema_decay:  # once per optimizer update (accumulating calls leave params alone)
             ema_params = optim.ema_update(state.ema_params, params, ema_decay)
+            emitted = optim.update_emitted(opt_state)
+            if emitted is not None:
+                ema_params = jax.tree_util.tree_map(
+                    lambda new, old: jnp.where(emitted, new, old), ema_params, state.ema_params)
         return params, opt_state, ema_params, model_state
 
     old = state.params, state.opt_state, state.ema_params, state.model_state

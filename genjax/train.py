@@ -130,13 +130,13 @@ def _train(config, workdir, family, mesh, stop_after, data=None):
 def _setup(config, workdir, family, mesh, data, ckpt) -> tuple[_Run, int]:
     """The run's state (fresh or resumed), its writers and its banner; (run, start step)."""
     resume.check_workdir(ckpt, config, family)
-    if jax.process_index() == 0:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            json.dump(config_lib.to_dict(config), f, indent=2)
-    write_run_meta(workdir, config_lib.to_dict(config), mesh)
     parts = assemble_lib.assemble(config, mesh)
     train_iter = data.train_iterator()
     start = resume.start(ckpt, parts, config, train_iter)
+    if jax.process_index() == 0:  # once the state restored: a refused resume writes nothing
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            json.dump(config_lib.to_dict(config), f, indent=2)
+    write_run_meta(workdir, config_lib.to_dict(config), mesh)
     writer = MetricsWriter(workdir)
     run = _Run(config=config, workdir=workdir, family=family, parts=parts, data=data,
                train_iter=train_iter, ckpt=ckpt, writer=writer,

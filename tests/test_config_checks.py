@@ -110,6 +110,23 @@ def test_a_run_refused_after_opening_its_checkpoints_closes_them_and_deletes_not
     assert sorted(os.listdir(workdir / "checkpoints")) == before == ["3", "6"]
 
 
+def test_a_resume_whose_optimizer_state_changed_shape_is_one_line_and_writes_nothing(
+        tiny_run, tmp_path):
+    """accum_steps 1 -> 2 wraps the optimizer in MultiSteps: its state no longer fits.
+    One line naming the key; config.json and run_meta.json stay the saved run's (they
+    were rewritten with the refused settings)."""
+    workdir = tmp_path / "run"
+    shutil.copytree(tiny_run("lm"), workdir)
+    before = {f: (workdir / f).read_text() for f in ("config.json", "run_meta.json")}
+    steps = run_config("lm").total_steps
+    other = run_config("lm", **{"optim.accum_steps": 2, "total_steps": steps + 2})
+    with pytest.raises(UserError, match=r"^the checkpoint's optimizer state has another "
+                       r"structure .*optim.accum_steps: 1 -> 2.*init_from=") as e:
+        train.train(other, str(workdir))
+    assert "\n" not in str(e.value)
+    assert {f: (workdir / f).read_text() for f in before} == before
+
+
 def _parse(argv):
     from absl import flags
     from ml_collections import config_flags

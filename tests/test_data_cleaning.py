@@ -122,6 +122,20 @@ def test_filters_keep_speaker_lines_and_tidy_drops_emptied_speeches():
     assert held_out.docs == [doc]  # filters never touch held-out splits
 
 
+@pytest.mark.parametrize("speaker", ["ROMEO: ", "ROMEO:\t", "**ROMEO:**"])
+def test_a_speaker_line_is_protected_as_the_map_stages_leave_it(speaker):
+    """Protection follows the lines each filter sees: "ROMEO: " is "ROMEO:" after the
+    whitespace stage (it was judged before it and left dangling by tidy)."""
+    long_line = "But soft, what light through yonder window breaks?"
+    doc = "\n".join([speaker, long_line, "", "JULIET:", long_line, "", "NURSE:", "Anon!"])
+    result = CleaningPipeline("strip_markup,whitespace,exact_dedup,tidy").run([doc])
+    assert result.docs[0] == "\n".join(["ROMEO:", long_line, "", "NURSE:", "Anon!"])
+    name = "FIRST GENTLEMAN OF THE KING'S CHAMBER:"  # long enough for exact_dedup
+    doc = "\n".join([name + " ", "Away.", "", name + " ", "Then let us go in haste."])
+    result = CleaningPipeline("whitespace,exact_dedup,tidy").run([doc])
+    assert result.docs[0] == "\n".join([name, "Away.", "", name, "Then let us go in haste."])
+
+
 # ----------------------------------------------------------------------- map stages
 def test_invalid_utf8_bytes_are_counted_and_replaced():
     raw = b"\xef\xbb\xbfok \xff\xfe caf\xc3\xa9\r\nend \xe2\x82"
@@ -214,6 +228,19 @@ def test_bpe_chunked_encoding_equals_whole_text_encoding(text, size):
     whole = tok._tok.encode(text).ids
     parts = [i for c in chunks for i in tok._tok.encode(c).ids]
     assert parts == whole
+
+
+def test_bpe_chunks_of_text_with_blank_lines_encode_as_the_whole_text():
+    """A tokenizer that merged "\n\n": a chunk ending in "light\n\n" made it one token,
+    where inside the text "\n\n" before "JULIET" is two (GPT-2's whitespace rule)."""
+    tok = bpe.BPETokenizer.train("light\n\nJULIET: x  \nz \n\n\n  y\n" * 300, 300)
+    assert tok._tok.token_to_id("\u010a\u010a") is not None  # the merge was learned
+    for text in ["light\n\nJULIET:", "ab  \ncd\n\n\nef \n\ngh\n  ij\nk"]:
+        whole = tok._tok.encode(text).ids
+        for size in range(1, len(text)):
+            chunks = list(bpe._chunks(text, size))
+            assert "".join(chunks) == text
+            assert [i for c in chunks for i in tok._tok.encode(c).ids] == whole, (text, size)
 
 
 def test_bpe_json_is_embeddable_and_dispatched_by_kind(tmp_path):

@@ -282,6 +282,17 @@ def test_image_folder_builder(tmp_path):
     assert b3.info.features["image"].shape == (8, 8, 3)
 
 
+def test_a_16_bit_png_keeps_its_grey_levels(tmp_path):
+    """PIL's "I;16" -> "L" clips at 255 (a ramp became black and white): value >> 8."""
+    from PIL import Image
+
+    from genjax.data.image_files import load_image
+    ramp = (np.arange(256, dtype=np.uint16) * 256).reshape(16, 16)
+    Image.fromarray(ramp).save(tmp_path / "ramp.png")  # uint16: mode I;16
+    x = load_image(str(tmp_path / "ramp.png"), 16, 1)
+    np.testing.assert_array_equal(x[..., 0], np.arange(256).reshape(16, 16))
+
+
 def test_an_image_folder_with_another_data_name_is_refused_not_ignored(tmp_path):
     """image_folder set but name left at fashion_mnist would train on Fashion-MNIST."""
     from genjax.errors import ConfigError

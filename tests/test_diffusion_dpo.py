@@ -15,6 +15,7 @@ from flax import linen as nn
 from genjax import preference
 from genjax.data import image_pairs
 from genjax.families import diffusion_dpo
+from genjax.errors import ConfigError
 from tests.families import tiny_config
 from tests.test_dpo import moved
 
@@ -73,6 +74,8 @@ def test_scrambled_loser_moves_every_patch_and_keeps_every_pixel():
     assert not np.any(np.all((x == y).reshape(2, 8, 4, 8, 4).transpose(0, 1, 3, 2, 4)
                              .reshape(2, 64, 16), axis=-1))
     np.testing.assert_array_equal(image_pairs.scramble(y, np.argsort(perm), 4), x)
-    with pytest.raises(ValueError, match="not divisible"):
-        image_pairs.ImagePairs(type("D", (), {"image_shape": (30, 30, 1), "class_names": [],
-                                             "splits": []})(), patch=4, seed=0)
+    for size, patch in ((30, 4), (32, 32), (32, 0), (32, 5)):  # 32: one patch never moves
+        with pytest.raises(ConfigError, match=f"data.pair_patch={patch}: must divide"):
+            image_pairs.ImagePairs(type("D", (), {"image_shape": (size, size, 1),
+                                                 "class_names": [], "splits": []})(),
+                                   patch=patch, seed=0)

@@ -227,6 +227,15 @@ def test_good_pairs_load_and_eval_batches_pad_with_zero_masks(tmp_path):
     batches = list(data.eval_batches("validation", 2))
     assert len(batches) == 2 and batches[1]["mask"][1].sum() == 0
     assert batches[1]["mask"][0].sum() > 0
+    # 3 processes cannot split a batch of 2 (or 10): rows were silently left out
+    cfg = {"preferences": path, "max_pairs": 100}
+    with pytest.raises(ValueError, match="batch_size=2 is not divisible by process_count=3"):
+        PreferenceData(cfg, TOK, None, seq_len=32, global_batch_size=2, seed=0,
+                       process_count=3)
+    wide = PreferenceData(cfg, TOK, None, seq_len=32, global_batch_size=3, seed=0,
+                          process_count=3)
+    with pytest.raises(ValueError, match="eval batch_size=10 is not divisible"):
+        next(wide.eval_batches("validation", 10))
 
 
 def test_bad_pairs_stop_a_training_run_before_anything_is_trained(tmp_path, data_dir):

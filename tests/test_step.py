@@ -205,6 +205,52 @@ def test_gradient_accumulation_equals_one_big_batch():
     np.testing.assert_allclose(s.params["w"], big.params["w"], rtol=1e-6)
 
 
+def test_accumulation_schedules_and_logs_the_learning_rate_per_update():
+    """k = 2 over 20 train steps: 10 updates on warmup 4 then linear decay to 0, by hand
+    s = [0, .25, .5, .75, 1, 5/6, 4/6, 3/6, 2/6, 1/6] (the schedule ran over 20 calls and
+    ended half-way, at lr 0.69). SGD on loss w: each update moves w by -s(i)."""
+    config = toy_config(lr=1.0, warmup_steps=4, schedule="linear", min_lr_ratio=0.0,
+                        accum_steps=2)
+    config.total_steps = 20
+    tx = optim.make_optimizer(config)
+    s = make_state({"w": jnp.zeros(())}, tx)
+    want = [0, 0.25, 0.5, 0.75, 1, 5 / 6, 4 / 6, 3 / 6, 2 / 6, 1 / 6]
+    lr_of_step = optim.learning_rate_fn(config)
+    moves = []
+    for call in range(20):
+        before = float(s.params["w"])
+        s, _ = train_step(s, {}, loss_fn=lambda p, ms, b, r: (p["w"], ({}, ms)), tx=tx)
+        moves.append(before - float(s.params["w"]))
+        assert float(lr_of_step(call)) == pytest.approx(want[call // 2], abs=1e-6)
+    np.testing.assert_allclose(moves[0::2], 0.0, atol=1e-7)  # accumulating calls
+    np.testing.assert_allclose(moves[1::2], want, atol=1e-6)
+
+
+def test_the_ema_moves_once_per_update_under_accumulation():
+    """decay 0.5, SGD lr 1 on loss w from w = 0: after the updates w = -1, -2 the EMA is
+    0.5 (0.5 * 0 + 0.5 * -1) + 0.5 * -2 = -1.25, with or without k = 2 (it was -1.375:
+    the EMA also moved on the calls that only accumulate)."""
+    for k in (1, 2):
+        tx = optim.make_optimizer(toy_config(lr=1.0, accum_steps=k))
+        s = make_state({"w": jnp.zeros(())}, tx, ema=True)
+        for _ in range(2 * k):
+            s, _ = train_step(s, {}, loss_fn=lambda p, ms, b, r: (p["w"], ({}, ms)), tx=tx,
+                              ema_decay=0.5)
+        assert float(s.params["w"]) == -2.0 and float(s.ema_params["w"]) == -1.25, k
+
+
+def test_group_settings_that_apply_to_the_whole_run_are_refused_per_group():
+    for key, value in (("accum_steps", 4), ("ema_decay", 0.9), ("freeze", ("x",))):
+        config = toy_config()
+        config.optim.groups = ConfigDict({"a": {key: value}})
+        with pytest.raises(config_lib.ConfigError, match=f"groups.a.{key}: set per run"):
+            optim.make_optimizer(config, LABELS)
+    config = toy_config(accum_steps=2)  # b's turn (odd calls) would never be an update's
+    config.optim.groups = ConfigDict({"a": {"every": 2}, "b": {"every": 2, "offset": 1}})
+    with pytest.raises(config_lib.ConfigError, match="accum_steps=2 with alternating"):
+        optim.make_optimizer(config, LABELS)
+
+
 def test_step_key_depends_only_on_base_key_and_step():
     tx = optim.make_optimizer(toy_config())
     a = make_state({"w": jnp.ones(2)}, tx).replace(step=jnp.array(7, jnp.int32))

@@ -129,6 +129,25 @@ def test_collect_tables_from_run_directories(tmp_path, capsys):
     assert "\\toprule" in tex and "$\\pm$" in tex and "\\bottomrule" in tex
 
 
+def test_collect_keeps_every_row_of_an_eval_step_and_knows_which_way_is_better(tmp_path):
+    """At an eval step the loss row and an evaluator's row share the step: both count
+    (the evaluator's replaced the loss row, so "best" saw only the final eval); a resumed
+    run's repeat of a row replaces it."""
+    rows = [{"step": 5, "loss": 3.0}, {"step": 5, "eval/loss": 2.5},
+            {"step": 5, "eval/text/word_share": 0.6}, {"step": 10, "eval/loss": 2.9},
+            {"step": 10, "eval/loss": 2.2}]  # step 10 logged again after a resume
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    got = collect.read_metrics(str(tmp_path))
+    assert [r for r in got if "eval/loss" in r] == [rows[1], rows[4]]
+    assert rows[2] in got and rows[0] in got
+    for name in ("image_quality/recall", "image_quality/precision", "alignment/win_rate",
+                 "reward_margin", "text/word_share", "accuracy"):
+        assert collect.higher_is_better(name), name
+    for name in ("loss", "image_quality/fid_fmnist", "text/memorised_share",
+                 "novelty/near_copies", "bits_per_char"):
+        assert not collect.higher_is_better(name), name
+
+
 # ---------------------------------------------------------------------- end to end
 def _small_text(path):
     rng = np.random.default_rng(0)

@@ -23,9 +23,10 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 NUM_BYTES = 256
 CHUNK_CHARS = 1 << 16  # text is encoded in chunks of about this size, in parallel
-# A newline followed by a non-space character always ends a GPT-2 pre-token, so chunks cut
-# there encode exactly as the whole text does (tested).
-_CUT = re.compile(r"\n(?=\S)")
+# A newline between two non-space characters is a GPT-2 pre-token of its own, so chunks cut
+# after it encode exactly as the whole text does (tested). After a space or a newline it
+# is not ("\n\n" at a chunk's end would be one piece, two inside the text).
+_CUT = re.compile(r"(?<=\S)\n(?=\S)")
 
 
 def _chunks(text: str, size: int = CHUNK_CHARS) -> Iterator[str]:

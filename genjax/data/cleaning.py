@@ -345,6 +345,9 @@ class CleaningPipeline:
             fn, _, is_filter = STAGES[name]
             if is_filter and not train:
                 continue
+            # protected as the lines are now: "ROMEO: " or "**ROMEO:**" become "ROMEO:" only
+            # after the whitespace / markup stages, and filters must not touch them then
+            protected = np.array([bool(keep_re.match(l)) for l in lines], bool)
             eligible = np.array([bool(l) for l in lines], bool) & ~protected
             if is_filter and had_text is None:
                 para = _paragraphs(lines, doc)

@@ -23,6 +23,12 @@ def load_image(path: str, size: int, channels: int) -> np.ndarray:
     """uint8[size, size, channels]: centre-cropped to a square, resized (bicubic) with PIL."""
     from PIL import Image
     with _open_image(path) as im:
+        if im.mode in ("I;16", "I;16B", "I;16L", "I"):  # PIL clips these to 255: rescale
+            im = Image.fromarray((np.asarray(im).astype(np.int64) >> 8).clip(0, 255)
+                                 .astype(np.uint8))
+        elif im.mode == "F":
+            raise ValueError(f"image {path} is floating point (mode F): convert it to 8 or "
+                             f"16-bit integers")
         im = im.convert("L" if channels == 1 else "RGB")
         w, h = im.size
         s = min(w, h)

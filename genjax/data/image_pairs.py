@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from genjax.errors import ConfigError
+
 
 def patch_permutation(image_size: int, patch: int, seed: int) -> np.ndarray:
     """A permutation of the (image_size // patch)^2 patches that moves every patch."""
@@ -58,8 +60,9 @@ class ImagePairs:
 
     def __init__(self, images, *, patch: int, seed: int):
         h = images.image_shape[0]
-        if h % patch:
-            raise ValueError(f"image size {h} is not divisible by data.pair_patch={patch}")
+        if not 0 < int(patch) < h or h % int(patch):
+            raise ConfigError(f"data.pair_patch={patch}: must divide the image size {h} into "
+                              f"at least 2 x 2 patches (e.g. {h // 4})")
         self.images, self.patch = images, int(patch)
         self.perm = patch_permutation(h, self.patch, seed)
         self.image_shape, self.class_names = images.image_shape, images.class_names

@@ -177,6 +177,9 @@ class PreferenceData:
         self.limit = int(data_cfg["max_pairs"])
         self.global_batch_size = int(global_batch_size)
         self.process_index, self.process_count = int(process_index), int(process_count)
+        if self.global_batch_size % self.process_count:
+            raise ValueError(f"batch_size={self.global_batch_size} is not divisible by "
+                             f"process_count={self.process_count}")
         self.local_batch_size = self.global_batch_size // self.process_count
         self._text = text
         self._arrays: dict[str, tuple] = {}
@@ -228,6 +231,9 @@ class PreferenceData:
         with all-zero masks (eval_fn counts pairs whose mask is non-zero)."""
         tokens, mask = self.arrays(split)
         size = int(batch_size or self.global_batch_size)
+        if size % self.process_count:
+            raise ValueError(f"eval batch_size={size} is not divisible by "
+                             f"process_count={self.process_count}")
         local = size // self.process_count
         num = -(-len(tokens) // size)
         for b in range(num if max_batches is None else min(num, int(max_batches))):
