@@ -41,8 +41,7 @@ def base_config() -> ConfigDict:
     c = ConfigDict()
     c.family = ""                  # loss module: genjax/families/<family>.py (lm, ...)
     c.seed = 0                     # params init, data order and per-step randomness
-    c.total_steps = 1000           # train steps, a batch each (optim.accum_steps = k: an
-    #                                optimizer update every k; schedules count updates)
+    c.total_steps = 1000           # train steps, a batch each (accum_steps k: an update every k)
     c.batch_size = 32              # GLOBAL batch (all processes and devices)
     c.log_every_steps = 50         # progress line + metrics.jsonl + TensorBoard
     c.eval_every_steps = 500       # eval on config.eval_split (0 = only at the end)
@@ -96,9 +95,8 @@ def base_config() -> ConfigDict:
     # Regexes (re.search) over "/"-joined parameter paths, e.g. ("token_embed", "block_0/"):
     # frozen leaves get no update, no weight decay and no optimizer state (optax.set_to_zero).
     c.optim.freeze = ()
-    # Parameter groups (families with several players): label -> overrides of the keys
-    # above (not accum_steps, ema_decay, freeze, groups: one per run) plus `every`/`offset`
-    # for alternating updates (update when step % every == offset).
+    # Param groups (families with several players): label -> overrides of the keys above
+    # but accum_steps/ema_decay/freeze, plus `every`/`offset` (update when step % every == offset).
     c.optim.groups = ConfigDict()
 
     # LoRA (genjax/families/lora.py): W + (alpha / rank) * A @ B on the kernels whose
