@@ -48,8 +48,13 @@ HIGHER_IS_BETTER = ("acc", "psnr", "recall", "precision", "win_rate", "reward", 
 
 def higher_is_better(metric: str) -> bool:
     """Accuracies, precision/recall, win rates, rewards...: the larger the better; losses,
-    bits, FIDs, near-copies and the rest: the smaller."""
-    return any(k in metric for k in HIGHER_IS_BETTER) or metric.endswith("is")
+    bits, FIDs, near-copies and the rest: the smaller. The VAE's elbo and recon are
+    log-likelihood bounds (higher); its *_bpd are their negatives in bits/dim (lower)."""
+    if metric.endswith("_bpd"):
+        return False
+    leaf = metric.rsplit("/", 1)[-1]
+    return (any(k in metric for k in HIGHER_IS_BETTER) or metric.endswith("is")
+            or leaf in ("elbo", "recon"))
 
 
 def run_record(manifest_dir: str, run: dict, metrics: list[str]) -> dict:

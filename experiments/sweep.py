@@ -172,10 +172,14 @@ def _alive_elsewhere(workdir: str) -> int | None:
             pid = int(f.read())
         os.kill(pid, 0)
         with open(f"/proc/{pid}/cmdline", "rb") as f:
-            cmdline = f.read().decode(errors="replace")
+            argv = f.read().decode(errors="replace").split("\0")
+        cwd = os.readlink(f"/proc/{pid}/cwd")  # its --workdir may be relative to its cwd
     except (OSError, ValueError):
         return None
-    return pid if "genjax.train" in cmdline and os.path.abspath(workdir) in cmdline else None
+    theirs = [os.path.normpath(os.path.join(cwd, a.split("=", 1)[1])) for a in argv
+              if a.startswith("--workdir=")]
+    train = any("genjax.train" in a for a in argv)
+    return pid if train and os.path.abspath(workdir) in theirs else None
 
 
 def run_local(p: dict, todo: list[dict], parallel: int) -> int:

@@ -5,6 +5,7 @@ heads, width 64, vocab 97, every tensor perturbed) and the logits/loss HF comput
 made by tests/fixtures/make_gpt2_fixture.py; no torch is needed here. The live test at the
 end compares against `transformers` directly where torch is installed.
 """
+import dataclasses
 import json
 import os
 import pathlib
@@ -309,6 +310,38 @@ def test_export_refuses_a_non_empty_out_and_non_gpt2_options(imported, tmp_path)
                  pos="rotary", activation="swiglu")
     with pytest.raises(UserError, match="model.pos='rotary'.*model.use_bias=False.*swiglu"):
         gpt2.hf_config(model)
+    gqa = dict(gpt2.model_config(hf_folder.read_config(FIXTURE)), num_kv_heads=1)
+    with pytest.raises(UserError, match="model.num_kv_heads=1 .GPT-2: one key/value head"):
+        gpt2.hf_config(gqa)
+
+
+def test_export_writes_mlp_dim_as_n_inner():
+    """model.mlp_dim overrides mlp_ratio * embed_dim: GPT-2 calls it n_inner (HF reads
+    None as 4 * n_embd, so a 3 x D MLP must say so)."""
+    model = gpt2.model_config(hf_folder.read_config(FIXTURE))
+    D = model["embed_dim"]
+    wide = dict(model, mlp_dim=3 * D)
+    assert gpt2.hf_config(wide)["n_inner"] == 3 * D
+    assert gpt2.hf_config(dict(model, mlp_ratio=4))["n_inner"] is None
+    assert gpt2.expected_shapes(wide)["h.0.mlp.c_fc.weight"] == (D, 3 * D)
+
+
+def test_a_run_with_scanned_layers_exports_the_same_tensors(imported, tmp_path, monkeypatch):
+    """scan_layers stores the layers stacked ([L, ...] under one name): the export unstacks
+    them, giving the unscanned run's tensors bit for bit."""
+    from genjax.models import scan_convert
+    workdir, _ = imported
+    real_load = inference.load
+
+    def scanned_load(*args, **kwargs):
+        loaded = real_load(*args, **kwargs)
+        return dataclasses.replace(loaded, params=scan_convert.stack(loaded.params))
+    monkeypatch.setattr(gpt2_workdir.inference, "load", scanned_load)
+    gpt2_workdir.export_gpt2(workdir, str(tmp_path / "out"))
+    source, back = fixture_tensors(), load_file(str(tmp_path / "out" / "model.safetensors"))
+    assert sorted(back) == sorted(source)
+    for key in source:
+        np.testing.assert_array_equal(back[key], source[key], err_msg=key)
 
 
 def test_aligned_and_distilled_lms_export_and_int8_weights_are_one_error_line(

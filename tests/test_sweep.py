@@ -141,10 +141,10 @@ def test_collect_keeps_every_row_of_an_eval_step_and_knows_which_way_is_better(t
     assert [r for r in got if "eval/loss" in r] == [rows[1], rows[4]]
     assert rows[2] in got and rows[0] in got
     for name in ("image_quality/recall", "image_quality/precision", "alignment/win_rate",
-                 "reward_margin", "text/word_share", "accuracy"):
+                 "reward_margin", "text/word_share", "accuracy", "elbo", "eval/recon"):
         assert collect.higher_is_better(name), name
     for name in ("loss", "image_quality/fid_fmnist", "text/memorised_share",
-                 "novelty/near_copies", "bits_per_char"):
+                 "novelty/near_copies", "bits_per_char", "eval/elbo_bpd", "nll_bpd"):
         assert not collect.higher_is_better(name), name
 
 
@@ -239,3 +239,26 @@ def test_each_ablation_commands_its_tables_grid():
         names = re.findall(r"experiments\.sweep --config=\S+ --sweep=(\w+)", module.__doc__)
         assert names, f"{path}: its sweep command names no --sweep"
         assert len(sweep_lib.collect(module.get_sweep, names[0])) > 1, path
+
+
+@pytest.mark.parametrize("relative", [True, False])
+def test_a_live_run_in_a_workdir_is_found_whether_the_root_was_relative_or_not(
+        tmp_path, monkeypatch, relative):
+    """The default --root=runs/sweeps is relative: the child's --workdir is then relative
+    to its cwd, and a rerun must still see it (it started a second writer)."""
+    from experiments import sweep
+    monkeypatch.chdir(tmp_path)
+    w = "runs/x/seed=0" if relative else str(tmp_path / "runs/x/seed=0")
+    os.makedirs(w)
+    p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "-m",
+                          "genjax.train", f"--workdir={w}"])
+    try:
+        (tmp_path / "runs/x/seed=0/sweep_run.pid").write_text(str(p.pid))
+        assert sweep._alive_elsewhere("runs/x/seed=0") == p.pid
+        assert sweep._alive_elsewhere(str(tmp_path / "runs/x/seed=0")) == p.pid
+        os.makedirs("runs/x/seed=1")
+        (tmp_path / "runs/x/seed=1/sweep_run.pid").write_text(str(p.pid))
+        assert sweep._alive_elsewhere("runs/x/seed=1") is None  # another workdir's run
+    finally:
+        p.kill()
+        p.wait()

@@ -82,7 +82,7 @@ def hf_config(model: dict, base: dict | None = None) -> dict[str, Any]:
     D = model["embed_dim"]
     out.update(model_type="gpt2", n_layer=model["num_layers"], n_head=model["num_heads"],
                n_embd=D, n_positions=model["max_len"], vocab_size=model["vocab_size"],
-               n_inner=None if model["mlp_ratio"] == 4 else model["mlp_ratio"] * D,
+               n_inner=None if mlp_width(model) == 4 * D else mlp_width(model),
                activation_function=EXPORT_ACTIVATION[model["activation"]],
                layer_norm_epsilon=float(model["norm_eps"]),
                tie_word_embeddings=bool(model["tie_embeddings"]))
@@ -91,11 +91,19 @@ def hf_config(model: dict, base: dict | None = None) -> dict[str, Any]:
     return out
 
 
+def mlp_width(model: dict) -> int:
+    """F, the MLP's hidden width: model.mlp_dim, or mlp_ratio * embed_dim when it is 0."""
+    return int(model.get("mlp_dim") or model["mlp_ratio"] * model["embed_dim"])
+
+
 def check_exportable(model: dict) -> None:
     """UserError naming each genjax option GPT-2 cannot express."""
     want = {"norm": "layernorm", "pos": "learned", "use_bias": True}
     bad = [f"model.{k}={model.get(k)!r} (GPT-2: {v!r})" for k, v in want.items()
            if model.get(k) != v]
+    if model.get("num_kv_heads") not in (None, 0, model.get("num_heads")):
+        bad.append(f"model.num_kv_heads={model['num_kv_heads']!r} (GPT-2: one key/value "
+                   f"head per query head, {model.get('num_heads')!r})")
     if model.get("activation") not in EXPORT_ACTIVATION:
         bad.append(f"model.activation={model.get('activation')!r} (GPT-2: 'gelu')")
     if bad:
@@ -106,7 +114,7 @@ def check_exportable(model: dict) -> None:
 def expected_shapes(model: dict) -> dict[str, tuple[int, ...]]:
     """Unprefixed HF key -> shape for a genjax model config (lm_head.weight excluded)."""
     V, P, D = model["vocab_size"], model["max_len"], model["embed_dim"]
-    F = model["mlp_ratio"] * D
+    F = mlp_width(model)
     out = {"wte.weight": (V, D), "wpe.weight": (P, D), "ln_f.weight": (D,), "ln_f.bias": (D,)}
     for i in range(model["num_layers"]):
         h = f"h.{i}."

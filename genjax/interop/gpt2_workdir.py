@@ -21,6 +21,7 @@ from genjax import config_lib, inference, quantize, runtime, sharding
 from genjax import step as step_lib
 from genjax.errors import UserError
 from genjax.interop import gpt2, hf_folder
+from genjax.models import scan_convert
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEFAULT_CONFIG = os.path.join(ROOT, "configs", "lm_shakespeare.py") + ":gpt2"
@@ -110,7 +111,8 @@ def export_gpt2(workdir: str, out: str, which: str = "ema") -> list[str]:
     model = dict(loaded.family.model_kwargs(loaded.config))
     model.setdefault("norm_eps", 1e-6)  # workdirs from before the key (the flax default)
     config = gpt2.hf_config(model, loaded.meta.get("source", {}).get("hf_config"))
-    tensors = gpt2.to_hf(jax.device_get(loaded.params), model)
+    params = scan_convert.unstack(jax.device_get(loaded.params))  # scan_layers: per layer
+    tensors = gpt2.to_hf(params, model)
     tok = loaded.meta.get("data", {}).get("tokenizer", {})
     return hf_folder.write_folder(out, config, tensors,
                                   tok.get("tokenizer") if tok.get("kind") == "bpe" else None)
