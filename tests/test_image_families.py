@@ -141,6 +141,17 @@ def test_model_shapes():
     assert fake.shape == (4, 32, 32, 1) and logits.shape == (4,)
 
 
+def test_a_unet_refuses_images_its_levels_cannot_halve_in_one_line():
+    """28x28 through 4 levels would meet a 4x4 skip with 7x7 (a concatenate traceback)."""
+    from genjax.models.unet import UNet
+    x = jnp.zeros((1, 28, 28, 1))
+    with pytest.raises(config_lib.ConfigError, match="28x28 images do not halve 3 times.*multiple of 8"):
+        UNet(width=8, channel_mult=(1, 1, 1, 1), num_res_blocks=1).init(
+            jax.random.key(0), x, jnp.zeros((1,), jnp.int32))
+    UNet(width=8, channel_mult=(1, 1, 1), num_res_blocks=1).init(  # 28 -> 14 -> 7
+        jax.random.key(0), x, jnp.zeros((1,), jnp.int32))
+
+
 def test_unet_sees_the_timestep_and_the_label_at_small_widths():
     """Regression: at widths <= 32, GroupNorm has one channel per group, and an embedding
     *added* before it was normalised away: the net saw neither t nor the class."""

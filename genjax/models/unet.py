@@ -195,6 +195,12 @@ class UNet(nn.Module):
     @nn.compact
     def __call__(self, x_BxHxWxC, t_B, labels_B=None, *, guidance_B=None, train: bool = False):
         dt, w = self.dtype, self.width
+        down = 2 ** (len(self.channel_mult) - 1)  # each level after the first halves H, W
+        if x_BxHxWxC.shape[1] % down or x_BxHxWxC.shape[2] % down:
+            raise ConfigError(f"UNet: {x_BxHxWxC.shape[1]}x{x_BxHxWxC.shape[2]} images do not "
+                              f"halve {len(self.channel_mult) - 1} times (channel_mult="
+                              f"{tuple(self.channel_mult)}): pad them to a multiple of {down} "
+                              f"(config.data.image_size) or use fewer levels")
         if self.num_classes and self.text_encoder is not None:
             raise ValueError("UNet: num_classes and text_encoder are exclusive")
         if self.guidance_input != (guidance_B is not None):
