@@ -27,6 +27,7 @@ import orbax.checkpoint as ocp
 
 from genjax import config_lib, faults
 from genjax.checkpoint_checksums import checksums as _checksums
+from genjax.checkpoint_paths import parse_init_from  # noqa: F401  (its users import it here)
 from genjax.errors import (CheckpointError, ConfigError, CorruptCheckpoint,  # noqa: F401
                            UserError)
 from genjax.models import scan_convert
@@ -126,10 +127,15 @@ class Checkpointer:
     def all_steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
 
+    def _check_step(self, step: int, what: str = "step") -> None:
+        if step not in self.all_steps():
+            raise UserError(f"{what}: no step {step} in {self.directory} ({self.all_steps()})")
+
     def read_meta(self, step: int | None = None) -> dict:
         step = self.latest_step() if step is None else step
         if step is None:
             raise UserError(f"no checkpoint in {self.directory}")
+        self._check_step(step)
         out = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
         return out["meta"]
 
@@ -280,7 +286,16 @@ class Checkpointer:
         if steps:
             raise CheckpointError(f"no readable checkpoint among steps {steps} in "
                                   f"{self.directory}; refusing to restart from scratch")
+        if self.quarantined():  # an earlier run moved every step aside: still no restart
+            raise CheckpointError(f"every checkpoint in {self.directory} was moved aside as corrupt"
+                                  f" ({', '.join(self.quarantined())}); refusing to restart "
+                                  f"from scratch: delete them to start over")
         return None
+
+    def quarantined(self) -> list[str]:
+        """The `corrupt-<step>` folders that restore_latest moved aside."""
+        names = os.listdir(self.directory) if os.path.isdir(self.directory) else []
+        return sorted(n for n in names if n.startswith("corrupt-"))
 
     def _quarantine(self, step: int) -> None:
         if self.read_only or jax.process_index() != 0:
@@ -299,6 +314,7 @@ class Checkpointer:
         step = self.latest_step() if step is None else step
         if step is None:
             raise UserError(f"{source}: no checkpoint in {self.directory}")
+        self._check_step(step, source)
         key = {"raw": "params", "ema": "ema_params"}.get(which)
         if key is None:
             raise UserError(f"init_from_params={which!r}: use raw or ema")
@@ -371,19 +387,6 @@ def _check_against_saved(item_metadata, target, directory, step) -> None:
     if problems:
         raise UserError(f"checkpoint {directory}/{step} does not fit this model "
                         f"({len(problems)} leaves differ):\n  " + "\n  ".join(problems[:20]))
-
-
-def parse_init_from(path: str, key: str = "init_from") -> tuple[str, int | None]:
-    """'W' or 'W/checkpoints' or 'W/checkpoints/<step>' -> (workdir, step|None) (of `key`)."""
-    path = os.path.abspath(path.rstrip("/"))
-    step = None
-    if os.path.basename(path).isdigit():
-        step, path = int(os.path.basename(path)), os.path.dirname(path)
-    if os.path.basename(path) == "checkpoints":
-        path = os.path.dirname(path)
-    if not os.path.isdir(os.path.join(path, "checkpoints")):
-        raise UserError(f"{key}={path!r}: no checkpoints/ directory there")
-    return path, step
 
 
 def run_meta(path: str, key: str = "init_from") -> dict:

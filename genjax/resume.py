@@ -49,13 +49,16 @@ def check_workdir(ckpt: ckpt_lib.Checkpointer, config, family) -> None:
 
 def start(ckpt: ckpt_lib.Checkpointer, parts, config, train_iter) -> Start:
     """The state to train from; sets `train_iter`'s position when resuming."""
-    if ckpt.latest_step() is not None:  # falls back past corrupt steps (or raises: strict)
+    if ckpt.latest_step() is not None or ckpt.quarantined():  # falls back past corrupt
+        # steps (or raises: strict); all of them corrupt, now or in an earlier run: raises
         try:
             restored = ckpt.restore_latest(parts.abstract_state,
                                            strict=bool(config.strict_restore))
         except UserError as e:
+            if "does not fit this model" not in str(e):
+                raise
             changed = same_model.changed_schedule(ckpt.read_meta(ckpt.latest_step()), config)
-            if not changed or "does not fit this model" not in str(e):
+            if not changed:
                 raise
             raise UserError(f"the checkpoint's optimizer state has another structure than "
                             f"these settings make ({'; '.join(changed)}): resume with the "

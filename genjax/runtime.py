@@ -8,6 +8,8 @@ import os
 
 import jax
 
+from genjax.errors import UserError
+
 _initialized = False
 
 
@@ -31,6 +33,11 @@ def initialize_distributed(peer_timeout_s: int = 120) -> None:
                     heartbeat_timeout_seconds=int(peer_timeout_s),
                     shutdown_timeout_seconds=int(peer_timeout_s))
     if env.get("JAX_COORDINATOR_ADDRESS") and env.get("JAX_NUM_PROCESSES"):
+        bad = [f"{k}={env.get(k)!r}" for k in ("JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
+               if not env.get(k, "").isdigit()]
+        if bad:
+            raise UserError(f"multi-process launch: {', '.join(bad)}; set JAX_NUM_PROCESSES and "
+                            f"JAX_PROCESS_ID (0..n-1) to integers with JAX_COORDINATOR_ADDRESS")
         jax.distributed.initialize(
             coordinator_address=env["JAX_COORDINATOR_ADDRESS"],
             num_processes=int(env["JAX_NUM_PROCESSES"]),

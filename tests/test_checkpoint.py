@@ -84,6 +84,17 @@ def test_all_steps_corrupt_is_an_error_never_a_silent_restart(tmp_path):
     flip_bit(largest_file(tmp_path / "checkpoints" / "1" / "state"))
     with pytest.raises(CheckpointError, match="refusing to restart"):
         Checkpointer(tmp_path).restore_latest(abstract(make_state()))
+    # the failed restore moved step 1 aside: the same command again must not start afresh
+    assert (tmp_path / "checkpoints" / "corrupt-1").exists()
+    with pytest.raises(CheckpointError, match=r"moved aside as corrupt \(corrupt-1\)"):
+        Checkpointer(tmp_path).restore_latest(abstract(make_state()))
+    from types import SimpleNamespace
+
+    from genjax import resume
+    ck = Checkpointer(tmp_path)
+    with pytest.raises(CheckpointError, match="refusing to restart"):  # as genjax.train does
+        resume.start(ck, SimpleNamespace(abstract_state=abstract(make_state())),
+                     SimpleNamespace(strict_restore=False), None)
 
 
 def test_checksum_detects_a_single_flipped_bit():
@@ -273,3 +284,21 @@ def test_the_checkpoint_save_bench_times_both_ways_of_writing(tmp_path, capsys):
     assert all(0 < m["save_blocking_s"] <= m["save_finished_s"] for m in r["modes"])
     assert r["devices"] == 8 and r["host_isa"] in ("avx2", "avx512", None)
     assert "one writer per array" in capsys.readouterr().out
+
+
+def test_a_step_that_is_not_there_is_one_line_naming_the_steps(tmp_path):
+    save_steps(tmp_path, [5])
+    ck = Checkpointer(tmp_path, read_only=True)
+    with pytest.raises(UserError, match=r"no step 999 in .* \(\[5\]\)"):
+        ck.read_meta(999)
+    with pytest.raises(UserError, match=r"init_from: no step 999 in .* \(\[5\]\)"):
+        ck.restore_params(999, abstract(make_state()).params)
+    assert ck.read_meta(5)["config"] == {}
+
+
+def test_init_from_takes_a_workdir_named_by_digits_as_a_workdir(tmp_path):
+    from genjax.checkpoint import parse_init_from
+    save_steps(tmp_path / "123", [4])  # e.g. a Slurm job id
+    assert parse_init_from(str(tmp_path / "123")) == (str(tmp_path / "123"), None)
+    assert parse_init_from(str(tmp_path / "123" / "checkpoints" / "4")) == (
+        str(tmp_path / "123"), 4)

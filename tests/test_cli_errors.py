@@ -112,3 +112,22 @@ def test_clis_other_than_aot_do_not_load_libtpu_without_tpus():
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.split() == ["cpu", "False"], proc.stdout  # libtpu.so never loaded
     assert "worker hostname" not in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("process_id", [None, "first"])
+def test_a_multi_process_launch_without_an_integer_process_id_is_one_line(
+        monkeypatch, process_id):
+    """The coordinator and process count set, the process id missing or not a number: one
+    error naming it (was a KeyError / ValueError traceback), before any connection."""
+    from genjax import runtime
+    from genjax.errors import UserError
+    monkeypatch.setattr(runtime, "_initialized", False)
+    monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "localhost:1")
+    monkeypatch.setenv("JAX_NUM_PROCESSES", "2")
+    if process_id is None:
+        monkeypatch.delenv("JAX_PROCESS_ID", raising=False)
+    else:
+        monkeypatch.setenv("JAX_PROCESS_ID", process_id)
+    with pytest.raises(UserError, match="JAX_PROCESS_ID=") as e:
+        runtime.initialize_distributed()
+    assert "\n" not in str(e.value)
