@@ -2,6 +2,7 @@
 (finished runs skipped, interrupted ones resumed), collected into mean +- std tables."""
 import json
 import os
+import pathlib
 import signal
 import subprocess
 import sys
@@ -250,11 +251,15 @@ def test_a_live_run_in_a_workdir_is_found_whether_the_root_was_relative_or_not(
     monkeypatch.chdir(tmp_path)
     w = "runs/x/seed=0" if relative else str(tmp_path / "runs/x/seed=0")
     os.makedirs(w)
-    p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "-m",
-                          "genjax.train", f"--workdir={w}"])
+    p = subprocess.Popen([sys.executable, "-c", "import time; print('up', flush=True); "
+                          "time.sleep(60)", "-m", "genjax.train", f"--workdir={w}"],
+                         stdout=subprocess.PIPE, text=True)
     try:
+        assert p.stdout.readline() == "up\n"  # started (a loaded machine starts it slowly)
         (tmp_path / "runs/x/seed=0/sweep_run.pid").write_text(str(p.pid))
-        assert sweep._alive_elsewhere("runs/x/seed=0") == p.pid
+        seen = (pathlib.Path(f"/proc/{p.pid}/cmdline").read_text().split("\0"),
+                os.readlink(f"/proc/{p.pid}/cwd"), os.getcwd())
+        assert sweep._alive_elsewhere("runs/x/seed=0") == p.pid, seen
         assert sweep._alive_elsewhere(str(tmp_path / "runs/x/seed=0")) == p.pid
         os.makedirs("runs/x/seed=1")
         (tmp_path / "runs/x/seed=1/sweep_run.pid").write_text(str(p.pid))
@@ -262,3 +267,4 @@ def test_a_live_run_in_a_workdir_is_found_whether_the_root_was_relative_or_not(
     finally:
         p.kill()
         p.wait()
+        p.stdout.close()
