@@ -173,13 +173,20 @@ def _alive_elsewhere(workdir: str) -> int | None:
         os.kill(pid, 0)
         with open(f"/proc/{pid}/cmdline", "rb") as f:
             argv = f.read().decode(errors="replace").split("\0")
-        cwd = os.readlink(f"/proc/{pid}/cwd")  # its --workdir may be relative to its cwd
     except (OSError, ValueError):
         return None
-    theirs = [os.path.normpath(os.path.join(cwd, a.split("=", 1)[1])) for a in argv
+    # its --workdir may be relative to its own cwd: /proc/<pid>/cwd/<it> is that directory
+    theirs = [os.path.join(f"/proc/{pid}/cwd", a.split("=", 1)[1]) for a in argv
               if a.startswith("--workdir=")]
     train = any("genjax.train" in a for a in argv)
-    return pid if train and os.path.abspath(workdir) in theirs else None
+    return pid if train and any(_same_dir(t, workdir) for t in theirs) else None
+
+
+def _same_dir(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 def run_local(p: dict, todo: list[dict], parallel: int) -> int:

@@ -258,7 +258,7 @@ def test_a_live_run_in_a_workdir_is_found_whether_the_root_was_relative_or_not(
         assert p.stdout.readline() == "up\n"  # started (a loaded machine starts it slowly)
         (tmp_path / "runs/x/seed=0/sweep_run.pid").write_text(str(p.pid))
         seen = (pathlib.Path(f"/proc/{p.pid}/cmdline").read_text().split("\0"),
-                os.readlink(f"/proc/{p.pid}/cwd"), os.getcwd())
+                os.getcwd())
         assert sweep._alive_elsewhere("runs/x/seed=0") == p.pid, seen
         assert sweep._alive_elsewhere(str(tmp_path / "runs/x/seed=0")) == p.pid
         os.makedirs("runs/x/seed=1")
