@@ -248,3 +248,38 @@ def test_bad_sampling_parameters_raise_naming_the_field(model_and_params):
     with pytest.raises(ValueError, match="stop_token_ids"):
         lm.generate(model, params, PROMPTS, LENGTHS, rng=jax.random.PRNGKey(0),
                     max_new_tokens=2, stop_token_ids=[VOCAB])
+
+
+@pytest.mark.parametrize("kw, branches, sorts", [
+    (dict(temperature=0.0), 0, 0),                                  # argmax only
+    (dict(temperature=0.7, top_k=5, min_p=0.1), 0, 0),              # top-k is not a sort
+    (dict(temperature=0.7, top_p=0.9, repetition_penalty=1.2), 0, 1)])
+def test_the_per_token_loop_holds_only_the_filters_switched_on_and_no_branch(
+        model_and_params, kw, branches, sorts):
+    # On a GPU each lax.cond in the loop is a device-to-host sync that also splits the
+    # body's CUDA graph; a greedy decode has no reason to draw, sort or branch.
+    model, params = model_and_params
+    args = (jnp.asarray(PROMPTS), jnp.asarray(LENGTHS), jax.random.PRNGKey(0), jnp.arange(2))
+    state = lm.prefill(model, params, *args, num_slots=MAX_LEN)
+    s = lm._sampling(model, **{**dict(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0,
+                                      repetition_penalty=1.0), **kw},
+                     stop_token_ids=(), pad_id=0, valid_vocab=None)
+    text = lm.generate_chunk.lower(model, params, state, s, jnp.int32(4), chunk_size=4,
+                                   switches=lm.switches(**kw)).as_text()
+    assert text.count("stablehlo.case") + text.count("stablehlo.if") == branches
+    assert text.count("stablehlo.sort") == sorts
+    assert ("threefry" in text or "random_bits" in text) == (kw["temperature"] > 0)
+
+
+@pytest.mark.parametrize("scan_layers", [False, True])
+def test_weights_cast_once_to_bfloat16_give_the_bfloat16_models_own_logits_bit_for_bit(
+        scan_layers):
+    # The decode loop reads bf16 copies of the matrices instead of converting every f32
+    # weight per token; norm scales (2-d when scanned) and biases stay f32, as flax uses them.
+    model = tiny(dtype=jnp.bfloat16, use_bias=True, scan_layers=scan_layers)
+    params = jax.tree.map(jnp.asarray, random_params(model))
+    cast = lm._cast_matrices(model, params)
+    dtypes = {str(x.dtype) for x in jax.tree.leaves(cast)}
+    assert dtypes == {"bfloat16", "float32"}
+    apply = jax.jit(lambda p: model.apply({"params": p}, jnp.asarray(PROMPTS)))
+    np.testing.assert_array_equal(np.asarray(apply(cast)), np.asarray(apply(params)))

@@ -89,7 +89,7 @@ def bench_decode(model, params, B: int, P: int, N: int, cache: bool) -> dict:
                                    num_slots=lm._num_slots(model, prompts, N)).compile()
         state = prefill(params, *args)
         chunk = lm.generate_chunk.lower(model, params, state, s, jnp.int32(N), chunk_size=N,
-                                        top_k=0).compile()
+                                        switches=lm.switches(temperature=0.0)).compile()
         compile_s = time.perf_counter() - t0
         run = lambda: chunk(params, prefill(params, *args), s, jnp.int32(N))[0][0]  # noqa: E731
         prefill_s = min(_timed(prefill, params, *args) for _ in range(2))

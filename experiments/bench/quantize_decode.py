@@ -66,7 +66,7 @@ def bench(model, params, B: int, P: int, N: int) -> tuple[dict, np.ndarray]:
     prefill = lm.prefill.lower(model, params, *args, num_slots=P + N).compile()
     state = prefill(params, *args)
     chunk = lm.generate_chunk.lower(model, params, state, s, jnp.int32(N), chunk_size=N,
-                                    top_k=0).compile()
+                                    switches=lm.switches(temperature=0.0)).compile()
     compile_s = time.perf_counter() - t0
     run = lambda: chunk(params, prefill(params, *args), s, jnp.int32(N))[0]  # noqa: E731
     seconds = _best_of_3(run)

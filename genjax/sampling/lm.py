@@ -31,8 +31,11 @@ log-probability (RL rollouts).
 
 Randomness: the token of row b at step t uses fold_in(fold_in(rng, t), row_ids_B[b]),
 so a row's sample does not depend on the batch it is decoded in, and streaming in
-chunks draws exactly the tokens of one call. Sampling parameters are traced (changing
-them does not recompile); only the model, the output width and top_k are static.
+chunks draws exactly the tokens of one call. Sampling values are traced (changing them
+does not recompile); static are the model, the output width and `Switches`: which
+filters run (draw or argmax, repetition penalty, top-k, top-p, min-p). So the per-token
+loop has no branch: a greedy decode compiles to an argmax, with no draw and no sort
+(on a GPU a lax.cond costs a device-to-host sync and splits the loop body's CUDA graph).
 """
 from __future__ import annotations
 
@@ -44,92 +47,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from genjax.models.transformer import Cache, Transformer, init_cache
-
-
-# ----------------------------------------------------------------------------- filters
-def top_k_mask(logits: jax.Array, k: int) -> jax.Array:
-    """logits [..., V] with all but the k largest set to -inf; k <= 0 (or >= V) = off."""
-    if k <= 0 or k >= logits.shape[-1]:
-        return logits
-    kth_value = jax.lax.top_k(logits, k)[0][..., -1:]
-    return jnp.where(logits < kth_value, -jnp.inf, logits)
-
-
-def top_p_mask(logits: jax.Array, p: float | jax.Array) -> jax.Array:
-    """logits [..., V] outside the nucleus set to -inf; p >= 1 = off.
-
-    The nucleus is the smallest set of most likely tokens whose probability is >= p; it
-    always holds the top token (Holtzman et al. 2019).
-    """
-    sorted_desc = -jnp.sort(-logits, axis=-1)
-    probs = jax.nn.softmax(sorted_desc, axis=-1)
-    mass_before = jnp.cumsum(probs, axis=-1) - probs  # probability of strictly better ranks
-    keep = mass_before < p
-    threshold = jnp.min(jnp.where(keep, sorted_desc, jnp.inf), axis=-1, keepdims=True)
-    return jnp.where((p >= 1.0) | (logits >= threshold), logits, -jnp.inf)
-
-
-def min_p_mask(logits: jax.Array, min_p: float | jax.Array) -> jax.Array:
-    """logits [..., V] of tokens with prob < min_p * max prob set to -inf; min_p <= 0 = off.
-
-    prob_i >= min_p * prob_max  <=>  logit_i >= logit_max + log(min_p): no softmax needed.
-    """
-    floor = jnp.max(logits, axis=-1, keepdims=True) + jnp.log(jnp.maximum(min_p, 0.0))
-    return jnp.where(logits >= floor, logits, -jnp.inf)
-
-
-def repetition_penalty(logits: jax.Array, seen: jax.Array, penalty: float | jax.Array):
-    """CTRL penalty on the `seen` (bool, same shape) tokens; penalty 1 = off, > 1 discourages."""
-    penalized = jnp.where(logits > 0, logits / penalty, logits * penalty)
-    return jnp.where(seen, penalized, logits)
-
-
-def mask_invalid(logits: jax.Array, valid_vocab: int | jax.Array | None) -> jax.Array:
-    """logits [..., V] with ids >= valid_vocab (vocab padding) set to -inf; None = off."""
-    if valid_vocab is None:
-        return logits
-    return jnp.where(jnp.arange(logits.shape[-1]) >= valid_vocab, -jnp.inf, logits)
-
-
-class Sampling(NamedTuple):
-    """Traced sampling parameters (one value for the whole batch)."""
-    temperature: jax.Array         # f32[]; 0 = greedy
-    top_p: jax.Array               # f32[]; 1 = off
-    min_p: jax.Array               # f32[]; 0 = off
-    repetition_penalty: jax.Array  # f32[]; 1 = off
-    valid_vocab: jax.Array         # i32[]; ids >= this are never emitted
-    stop_ids_K: jax.Array          # i32[K]; K = 0: no stop tokens
-    pad_id: jax.Array              # i32[]; written after a row's stop token
-
-
-def filtered_logits(logits_BxV, seen_BxV, s: Sampling, top_k: int):
-    """(penalized_BxV, tempered_BxV): greedy takes the argmax of the first, sampling draws
-    from the second. Disabled filters are skipped by lax.cond (top-p sorts the vocab)."""
-    x = mask_invalid(logits_BxV.astype(jnp.float32), s.valid_vocab)
-    x = jax.lax.cond(s.repetition_penalty != 1.0,
-                     lambda x: repetition_penalty(x, seen_BxV, s.repetition_penalty),
-                     lambda x: x, x)
-    tempered = top_k_mask(x / jnp.where(s.temperature > 0, s.temperature, 1.0), top_k)
-    tempered = jax.lax.cond(s.top_p < 1.0, lambda t: top_p_mask(t, s.top_p), lambda t: t,
-                            tempered)
-    return x, min_p_mask(tempered, s.min_p)
-
-
-def sample_token(keys_B, logits_BxV, seen_BxV, s: Sampling, top_k: int) -> jax.Array:
-    """One int32 token per row: argmax if temperature == 0, else a draw with key keys_B[b]."""
-    return sample_token_logp(keys_B, logits_BxV, seen_BxV, s, top_k)[0]
-
-
-def sample_token_logp(keys_B, logits_BxV, seen_BxV, s: Sampling, top_k: int):
-    """(token int32[B], its log-probability float32[B] under the distribution drawn from)."""
-    penalized_BxV, tempered_BxV = filtered_logits(logits_BxV, seen_BxV, s, top_k)
-    token_B = jax.lax.cond(
-        s.temperature > 0,
-        lambda: jax.vmap(jax.random.categorical)(keys_B, tempered_BxV).astype(jnp.int32),
-        lambda: jnp.argmax(penalized_BxV, axis=-1).astype(jnp.int32))
-    dist_BxV = jnp.where(s.temperature > 0, tempered_BxV, penalized_BxV)
-    logp_B = jnp.take_along_axis(jax.nn.log_softmax(dist_BxV, axis=-1), token_B[:, None], -1)
-    return token_B, logp_B[:, 0]
+from genjax.sampling.filters import (  # noqa: F401  (re-exported: lm.top_p_mask, ...)
+    Sampling, Switches, filtered_logits, mask_invalid, min_p_mask, repetition_penalty,
+    sample_token, sample_token_logp, switches, top_k_mask, top_p_mask)
 
 
 # ----------------------------------------------------------------------------- state
@@ -212,7 +132,7 @@ def _prefill(model, params, prompts_BxP, lengths_B, rng, row_ids_B, num_slots) -
 
 
 def _decode_loop(model, params, state: DecodeState, s: Sampling, limit, *, width: int,
-                 top_k: int):
+                 sw: Switches):
     """Up to min(limit, width) tokens per row -> ((tokens_BxW, logprobs_BxW), tokens
     produced, state)."""
     B = state.done_B.shape[0]
@@ -224,9 +144,9 @@ def _decode_loop(model, params, state: DecodeState, s: Sampling, limit, *, width
 
     def body(carry):
         i, st, (out_BxW, logp_BxW) = carry
-        step_key = jax.random.fold_in(st.rng, st.step)
-        keys_B = jax.vmap(jax.random.fold_in, (None, 0))(step_key, st.row_ids_B)
-        token_B, logp_B = sample_token_logp(keys_B, st.logits_BxV, st.seen_BxV, s, top_k)
+        keys_B = jax.vmap(jax.random.fold_in, (None, 0))(
+            jax.random.fold_in(st.rng, st.step), st.row_ids_B) if sw.sample else None
+        token_B, logp_B = sample_token_logp(keys_B, st.logits_BxV, st.seen_BxV, s, sw)
         token_B = jnp.where(st.done_B, s.pad_id, token_B)
         logp_BxW = jax.lax.dynamic_update_slice(
             logp_BxW, jnp.where(st.done_B, 0.0, logp_B)[:, None], (0, i))
@@ -236,7 +156,8 @@ def _decode_loop(model, params, state: DecodeState, s: Sampling, limit, *, width
         logits_Bx1xV, cache = model.apply({"params": params}, token_B[:, None],
                                           positions_BxT=st.position_B[:, None], cache=st.cache)
         st = DecodeState(cache, logits_Bx1xV[:, 0].astype(jnp.float32), st.position_B + 1,
-                         st.seen_BxV.at[rows_B, token_B].set(True), st.done_B | hit_B,
+                         st.seen_BxV.at[rows_B, token_B].set(True) if sw.repetition
+                         else st.seen_BxV, st.done_B | hit_B,
                          lengths_B, st.step + 1, st.rng, st.row_ids_B)
         return i + 1, st, (out_BxW, logp_BxW)
 
@@ -295,7 +216,8 @@ def decode_with_logprobs(model: Transformer, params, prompts_BxP, prompt_lengths
     state = prefill(model, params, *_inputs(prompts_BxP, prompt_lengths_B, rng, row_ids_B),
                     num_slots=_num_slots(model, prompts_BxP, W))
     (tokens_BxW, logp_BxW), _, state = generate_chunk(
-        model, params, state, s, jnp.asarray(N, jnp.int32), chunk_size=W, top_k=int(top_k))
+        model, params, state, s, jnp.asarray(N, jnp.int32), chunk_size=W,
+        switches=switches(temperature, top_k, top_p, min_p, repetition_penalty))
     if W > N:
         tokens_BxW, logp_BxW = tokens_BxW[:, :N], logp_BxW[:, :N]
     return Decoded(tokens_BxW, state.lengths_B, state.done_B), logp_BxW
@@ -310,17 +232,32 @@ def generate(model: Transformer, params, prompts_BxP, prompt_lengths_B, **kwargs
 @functools.partial(jax.jit, static_argnames=("model", "num_slots"))
 def prefill(model, params, prompts_BxP, lengths_B, rng, row_ids_B, *, num_slots) -> DecodeState:
     """Jitted prefill: the state whose logits give each row's first new token."""
-    return _prefill(model, params, prompts_BxP, lengths_B, rng, row_ids_B, num_slots)
+    return _prefill(model, _cast_matrices(model, params), prompts_BxP, lengths_B, rng,
+                    row_ids_B, num_slots)
 
 
-@functools.partial(jax.jit, static_argnames=("model", "chunk_size", "top_k"))
+@functools.partial(jax.jit, static_argnames=("model", "chunk_size", "switches"))
 def generate_chunk(model, params, state: DecodeState, s: Sampling, limit, *, chunk_size: int,
-                   top_k: int):
+                   switches: Switches):
     """Continues from `state`: ((tokens_BxC (pad-filled past `count`), their
     logprobs_BxC), count, new state).
 
     `limit` (traced, so the last, shorter chunk does not recompile) caps the count."""
-    return _decode_loop(model, params, state, s, limit, width=chunk_size, top_k=top_k)
+    return _decode_loop(model, _cast_matrices(model, params), state, s, limit,
+                        width=chunk_size, sw=switches)
+
+
+def _cast_matrices(model, params):
+    """Float32 matrices (>= 2 dims; not a norm scale or bias) in the compute dtype, once per
+    call: the model casts them at each use, so the result is the same without a convert
+    of every weight per token. Anything but a Transformer (int8 params) as it is."""
+    def cast(path, x):
+        last = getattr(path[-1], "key", None)
+        matrix = x.ndim >= 2 and x.dtype == jnp.float32 and last not in ("bias", "scale")
+        return x.astype(model.dtype) if matrix else x
+    if not isinstance(model, Transformer) or model.dtype == jnp.float32:
+        return params
+    return jax.tree_util.tree_map_with_path(cast, params)
 
 
 def decode_stream(model: Transformer, params, prompts_BxP, prompt_lengths_B, *, rng,
@@ -348,7 +285,8 @@ def decode_stream(model: Transformer, params, prompts_BxP, prompt_lengths_B, *, 
         wanted = min(chunk_size, max_new_tokens - produced)
         (tokens_BxC, _), count, state = generate_chunk(
             model, params, state, s, jnp.asarray(wanted, jnp.int32),
-            chunk_size=int(chunk_size), top_k=int(top_k))
+            chunk_size=int(chunk_size),
+            switches=switches(temperature, top_k, top_p, min_p, repetition_penalty))
         count = int(count)
         produced += count
         yield Decoded(tokens_BxC[:, :count], state.lengths_B, state.done_B)
