@@ -16,22 +16,22 @@ Resume order (genjax/train.py):
 from __future__ import annotations
 
 import dataclasses
+import errno
 import logging
 import os
 import shutil
-from typing import Any
 
 import jax
-import numpy as np
 import orbax.checkpoint as ocp
 
 from genjax import config_lib, faults
+from genjax import checkpoint_checksums
 from genjax.checkpoint_checksums import checksums as _checksums
+from genjax.checkpoint_layout import (  # noqa: F401  (tree_mismatches: interop imports it here)
+    check_against_saved, check_layout, tree_mismatches, tree_of)
 from genjax.checkpoint_paths import parse_init_from  # noqa: F401  (its users import it here)
 from genjax.errors import (CheckpointError, ConfigError, CorruptCheckpoint,  # noqa: F401
                            UserError)
-from genjax.models import scan_convert
-from genjax.same_model import LAYOUT_KEYS
 from genjax.step import TrainState
 
 def _state_to_dict(state: TrainState) -> dict:
@@ -165,7 +165,8 @@ class Checkpointer:
         self.wait()  # one save in flight at a time; surfaces errors of the previous one
         self._apply_retention()
         state_dict = _state_to_dict(state)
-        checksums, finite = _checksums(state_dict)
+        scheme = checkpoint_checksums.SCHEME
+        checksums, finite = _checksums(state_dict, scheme)
         if not finite:
             raise CheckpointError(f"step {step}: the train state holds NaN/Inf; "
                                   f"not writing a checkpoint of it")
@@ -176,7 +177,7 @@ class Checkpointer:
             state=ocp.args.StandardSave(state_dict),
             data=ocp.args.JsonSave(data_state or {}),
             meta=ocp.args.JsonSave(dict(meta, step=int(step), checksums=checksums,
-                                        metrics=metrics)))
+                                        checksum_scheme=scheme, metrics=metrics)))
         try:
             self.manager.save(int(step), args=args, force=True)
         except Exception as e:  # noqa: BLE001
@@ -245,18 +246,24 @@ class Checkpointer:
         try:
             metadata = self.manager.metadata(step).item_metadata
         except Exception as e:  # noqa: BLE001
+            _raise_if_this_machine(e, step)
             raise CorruptCheckpoint(f"step {step}: unreadable metadata ({e})") from e
-        _check_against_saved(metadata, target, self.directory, step)
+        check_against_saved(metadata, target, self.directory, step)
         try:
             out = self.manager.restore(step, args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore(),
                 meta=ocp.args.JsonRestore()))
         except Exception as e:  # noqa: BLE001
+            _raise_if_this_machine(e, step)
             raise CorruptCheckpoint(f"step {step}: cannot be read ({type(e).__name__}: "
                                     f"{str(e).splitlines()[0] if str(e) else ''})") from e
         saved = out["meta"].get("checksums")
+        scheme = out["meta"].get("checksum_scheme", "legacy")  # none before 2026-12-04
+        if verify and saved is not None and scheme not in checkpoint_checksums.SCHEMES:
+            raise CheckpointError(f"step {step}: checksum scheme {scheme!r} is unknown to "
+                                  f"this genjax (a newer one wrote it)")
         if verify and saved is not None:
-            now, _ = _checksums(out["state"])
+            now, _ = _checksums(out["state"], scheme)
             bad = sorted(k for k in saved if now.get(k) != saved[k])
             if bad:
                 raise CorruptCheckpoint(f"step {step}: checksum mismatch in {bad[:5]}")
@@ -318,14 +325,14 @@ class Checkpointer:
         key = {"raw": "params", "ema": "ema_params"}.get(which)
         if key is None:
             raise UserError(f"init_from_params={which!r}: use raw or ema")
-        saved_params = _tree_of(self.manager.metadata(step).item_metadata, "state")[key]
+        saved_params = tree_of(self.manager.metadata(step).item_metadata, "state")[key]
         if key == "ema_params" and not jax.tree_util.tree_leaves(saved_params):
             raise UserError(f"init_from_params=ema: {self.directory} kept no EMA params "
                             "(optim.ema_decay 0): --config.init_from_params=raw")
         aux = set(self.read_meta(step).get("aux_params", ())) - set(abstract_params)
         saved_params = {k: v for k, v in saved_params.items() if k not in aux}
         problems = tree_mismatches(saved_params, abstract_params)
-        _check_layout(saved_params, abstract_params, self.directory)
+        check_layout(saved_params, abstract_params, self.directory)
         if problems:
             raise UserError(f"{source}: params do not match this model:\n  " +
                             "\n  ".join(problems[:20]))
@@ -336,57 +343,50 @@ class Checkpointer:
             lambda a: ocp.ArrayRestoreArgs(sharding=a.sharding, dtype=a.dtype), item)
         args = ocp.args.PyTreeRestore(item=item, restore_args=restore_args, partial_restore=True)
         with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as reader:
-            return reader.restore(path, args=args)[key]
+            restored = reader.restore(path, args=args)
+        self._verify_part(step, restored, source)
+        return restored[key]
+
+    def _verify_part(self, step: int, restored: dict, source: str) -> None:
+        """A partial read ({"params": ...}) checked against the save's checksums."""
+        meta = self.read_meta(step)
+        saved, scheme = meta.get("checksums"), meta.get("checksum_scheme", "legacy")
+        if not saved or scheme not in checkpoint_checksums.SCHEMES:
+            return
+        now, _ = _checksums(restored, scheme)
+        bad = sorted(k for k in now if k in saved and now[k] != saved[k])
+        if bad:
+            raise CorruptCheckpoint(f"{source}: step {step} of {self.directory} fails its "
+                                    f"checksums in {bad[:5]}: the checkpoint is corrupt")
+
+
+# Failures of the machine reading a checkpoint, not of its bytes: such a step is never
+# moved aside as corrupt (nor an older one restored in its place).
+_MACHINE_ERRNOS = {errno.ENOMEM, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EMFILE,
+                   errno.ENFILE}
+_MACHINE_TEXTS = ("RESOURCE_EXHAUSTED", "out of memory", "Out of memory")
+
+
+def _raise_if_this_machine(e: BaseException, step: int) -> None:
+    """CheckpointError (not CorruptCheckpoint) if `e`, or an error it was raised from, is
+    out of host/device memory, a permission, or no space / file handles."""
+    seen = e
+    for _ in range(16):  # e, then what it was raised from
+        if seen is None:
+            return
+        if isinstance(seen, MemoryError) or (
+                isinstance(seen, OSError) and seen.errno in _MACHINE_ERRNOS) or any(
+                t in str(seen) for t in _MACHINE_TEXTS):
+            raise CheckpointError(f"step {step}: reading it failed on this machine "
+                                  f"({type(seen).__name__}: {_first_line(seen)}); the "
+                                  f"checkpoint is left as it is") from e
+        seen = seen.__cause__ or seen.__context__
 
 
 def _first_line(e: BaseException) -> str:
     """`e` as one line (orbax's errors can span many)."""
     lines = str(e).strip().splitlines()
     return lines[0] if lines else type(e).__name__
-
-
-def _tree_of(item_metadata, name):
-    tree = item_metadata[name] if name in item_metadata else getattr(item_metadata, name)
-    return tree.tree if hasattr(tree, "tree") else tree
-
-
-def _leaves_by_path(tree) -> dict[str, Any]:
-    flat, _ = jax.tree_util.tree_flatten_with_path(
-        tree, is_leaf=lambda x: hasattr(x, "shape") and hasattr(x, "dtype"))
-    return {jax.tree_util.keystr(p, simple=True, separator="/"): x for p, x in flat}
-
-
-def tree_mismatches(saved, target) -> list[str]:
-    """Leaf paths that are missing, extra, or differ in shape/dtype (saved vs target)."""
-    a, b = _leaves_by_path(saved), _leaves_by_path(target)
-    out = [f"{k}: in checkpoint, not in this model" for k in sorted(set(a) - set(b))]
-    out += [f"{k}: in this model, not in checkpoint" for k in sorted(set(b) - set(a))]
-    for k in sorted(set(a) & set(b)):
-        sa, sb = tuple(getattr(a[k], "shape", ())), tuple(getattr(b[k], "shape", ()))
-        da, db = np.dtype(getattr(a[k], "dtype", None) or "float32"), np.dtype(b[k].dtype)
-        if sa != sb or da != db:
-            out.append(f"{k}: checkpoint {da.name}{list(sa)} vs model {db.name}{list(sb)}")
-    return out
-
-
-def _check_layout(saved, target, directory) -> None:
-    """Scanned checkpoint for an unscanned model (or back) -> one line on how to convert."""
-    was, now = scan_convert.layout(saved), scan_convert.layout(target)
-    if was and now and was != now:
-        raise UserError(f"{directory} holds {was} layer params and this model is {now} "
-                        f"(model.scan_layers); convert the checkpoint first: "
-                        f"{LAYOUT_KEYS['model.scan_layers']}")
-
-
-def _check_against_saved(item_metadata, target, directory, step) -> None:
-    saved = _tree_of(item_metadata, "state") if item_metadata is not None else None
-    if not saved:
-        raise CorruptCheckpoint(f"step {step}: the state's metadata is missing or unreadable")
-    _check_layout(saved, target, directory)
-    problems = tree_mismatches(saved, target)
-    if problems:
-        raise UserError(f"checkpoint {directory}/{step} does not fit this model "
-                        f"({len(problems)} leaves differ):\n  " + "\n  ".join(problems[:20]))
 
 
 def run_meta(path: str, key: str = "init_from") -> dict:

@@ -121,7 +121,18 @@ def test_the_host_checksums_equal_the_jitted_ones_bit_for_bit():
     assert sorted(host) == sorted(jitted) and bool(host_finite) and bool(jitted_finite)
     for k in jitted:
         np.testing.assert_array_equal(host[k], jitted[k], err_msg=k)
-    assert int(host["u32"][0]) == int(np.asarray(tree["u32"]).astype(object).sum()) % 2**32
+    # The first sum, in Python integers: sum_i fmix32(word_i + fmix32(i * 0x9E3779B9 +
+    # 0x27D4EB2F)) mod 2^32, fmix32 being MurmurHash3's 32-bit finalizer.
+    def fmix32(h):
+        h ^= h >> 16
+        h = (h * 0x85EBCA6B) & 0xFFFFFFFF
+        h ^= h >> 13
+        h = (h * 0xC2B2AE35) & 0xFFFFFFFF
+        return h ^ (h >> 16)
+    words = np.asarray(tree["u32"]).tolist()
+    expected = sum(fmix32((w + fmix32((i * 0x9E3779B9 + 0x27D4EB2F) & 0xFFFFFFFF)) & 0xFFFFFFFF)
+                   for i, w in enumerate(words)) % 2**32
+    assert int(host["u32"][0]) == expected
     tree["bf16"] = tree["bf16"].at[17].set(jnp.inf)
     assert not bool(host_fingerprint(tree)[1]) and not bool(fingerprint(tree)[1])
 
@@ -302,3 +313,86 @@ def test_init_from_takes_a_workdir_named_by_digits_as_a_workdir(tmp_path):
     assert parse_init_from(str(tmp_path / "123")) == (str(tmp_path / "123"), None)
     assert parse_init_from(str(tmp_path / "123" / "checkpoints" / "4")) == (
         str(tmp_path / "123"), 4)
+
+
+def meta_file(workdir, step):
+    return os.path.join(workdir, "checkpoints", str(step), "meta", "metadata")
+
+
+def test_checksums_see_a_zeroed_block_and_moved_words_that_plain_sums_miss():
+    # A 4 KiB block of 1.0s zeroed (what a lost disk block looks like): the plain and
+    # position-weighted word sums mod 2^32 written before 2026-12-04 both stay the same.
+    ones = np.ones(4096, np.float32)
+    zeroed = ones.copy()
+    zeroed[1024:2048] = 0.0
+    legacy = [host_fingerprint({"x": x}, "legacy")[0]["x"] for x in (ones, zeroed)]
+    np.testing.assert_array_equal(*legacy)
+    assert not np.array_equal(host_fingerprint({"x": ones})[0]["x"],
+                              host_fingerprint({"x": zeroed})[0]["x"])
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(1000).astype(np.float32)
+    moved = x.copy()
+    moved[[10, 500]] = x[[500, 10]]
+    changed = [moved] + [ones.copy() for _ in range(32)]
+    for bit, y in enumerate(changed[1:]):  # every bit of one word, one at a time
+        y.view(np.uint32)[bit * 97] ^= np.uint32(1 << bit)
+    for y, base in zip(changed, [x] + [ones] * 32):
+        a, b = host_fingerprint({"x": base})[0]["x"], host_fingerprint({"x": y})[0]["x"]
+        assert (a != b).all()  # both sums: a changed word always changes each of them
+
+
+def test_a_checkpoint_written_before_the_checksum_scheme_still_verifies(tmp_path, monkeypatch):
+    import json
+
+    from genjax import checkpoint_checksums
+    monkeypatch.setattr(checkpoint_checksums, "SCHEME", "legacy")
+    save_steps(tmp_path, [1, 2])
+    monkeypatch.undo()
+    for step in (1, 2):  # as such a checkpoint is on disk: no checksum_scheme key
+        with open(meta_file(tmp_path, step)) as f:
+            meta = json.load(f)
+        assert meta.pop("checksum_scheme") == "legacy"
+        with open(meta_file(tmp_path, step), "w") as f:
+            json.dump(meta, f)
+    state, _, _ = Checkpointer(tmp_path).restore(2, abstract(make_state()))
+    np.testing.assert_array_equal(state.params["w"], make_state(2.0).params["w"])
+    meta["checksums"]["params/w"][0] ^= 1  # and a mismatch under the old sums is caught
+    with open(meta_file(tmp_path, 2), "w") as f:
+        json.dump(meta, f)
+    state, _, _, step = Checkpointer(tmp_path).restore_latest(abstract(make_state()))
+    assert step == 1 and (tmp_path / "checkpoints" / "corrupt-2").exists()
+
+
+def test_init_from_params_are_verified_against_their_checksums(tmp_path):
+    import json
+    save_steps(tmp_path, [1])
+    params = abstract(make_state()).params
+    ck = Checkpointer(tmp_path, read_only=True)
+    np.testing.assert_array_equal(ck.restore_params(1, params)["w"], make_state(1.0).params["w"])
+    with open(meta_file(tmp_path, 1)) as f:
+        meta = json.load(f)
+    meta["checksums"]["params/w"][1] ^= 1 << 31  # what the bytes of params/w no longer give
+    with open(meta_file(tmp_path, 1), "w") as f:
+        json.dump(meta, f)
+    with pytest.raises(CheckpointError, match=r"init_from: step 1 .*checksums in \['params/w'\]"):
+        Checkpointer(tmp_path, read_only=True).restore_params(1, params)
+
+
+@pytest.mark.parametrize("error", [
+    MemoryError(), PermissionError(13, "Permission denied"), OSError(28, "No space left"),
+    RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 8.00GiB")])
+def test_a_read_that_fails_on_this_machine_moves_nothing_aside(tmp_path, error):
+    # Out of memory or a permission says nothing about the files: quarantining the step
+    # and resuming from an older one would throw work away.
+    save_steps(tmp_path, [1, 2])
+    ck = Checkpointer(tmp_path)
+
+    def fail(*args, **kwargs):
+        try:
+            raise error
+        except Exception as e:  # as orbax wraps what it meets
+            raise ValueError("restore failed") from e
+    ck.manager.restore = fail
+    with pytest.raises(CheckpointError, match="step 2: reading it failed on this machine"):
+        ck.restore_latest(abstract(make_state()))
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["1", "2"]
