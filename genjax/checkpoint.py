@@ -16,8 +16,8 @@ Resume order (genjax/train.py):
 from __future__ import annotations
 
 import dataclasses
-import errno
 import logging
+import math
 import os
 import shutil
 
@@ -31,7 +31,7 @@ from genjax.checkpoint_layout import (  # noqa: F401  (tree_mismatches: interop 
     check_against_saved, check_layout, tree_mismatches, tree_of)
 from genjax.checkpoint_paths import parse_init_from  # noqa: F401  (its users import it here)
 from genjax.errors import (CheckpointError, ConfigError, CorruptCheckpoint,  # noqa: F401
-                           UserError)
+                           UserError, machine_failure)
 from genjax.step import TrainState
 
 def _state_to_dict(state: TrainState) -> dict:
@@ -154,7 +154,7 @@ class Checkpointer:
                 value = self.read_meta(step).get("metrics", {}).get(self.best_metric)
             except Exception:  # noqa: BLE001 - unreadable meta: no score
                 value = None
-            self._metric_of[step] = None if value is None else float(value)
+            self._metric_of[step] = _score(value)
         return self._metric_of[step]
 
     # ------------------------------------------------------------------ save
@@ -172,7 +172,7 @@ class Checkpointer:
                                   f"not writing a checkpoint of it")
         metrics = {k: float(v) for k, v in (metrics or {}).items()}
         if self.best_metric in metrics:
-            self._metric_of[int(step)] = metrics[self.best_metric]
+            self._metric_of[int(step)] = _score(metrics[self.best_metric])
         args = ocp.args.Composite(
             state=ocp.args.StandardSave(state_dict),
             data=ocp.args.JsonSave(data_state or {}),
@@ -360,27 +360,19 @@ class Checkpointer:
                                     f"checksums in {bad[:5]}: the checkpoint is corrupt")
 
 
-# Failures of the machine reading a checkpoint, not of its bytes: such a step is never
-# moved aside as corrupt (nor an older one restored in its place).
-_MACHINE_ERRNOS = {errno.ENOMEM, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EMFILE,
-                   errno.ENFILE}
-_MACHINE_TEXTS = ("RESOURCE_EXHAUSTED", "out of memory", "Out of memory")
-
-
 def _raise_if_this_machine(e: BaseException, step: int) -> None:
-    """CheckpointError (not CorruptCheckpoint) if `e`, or an error it was raised from, is
-    out of host/device memory, a permission, or no space / file handles."""
-    seen = e
-    for _ in range(16):  # e, then what it was raised from
-        if seen is None:
-            return
-        if isinstance(seen, MemoryError) or (
-                isinstance(seen, OSError) and seen.errno in _MACHINE_ERRNOS) or any(
-                t in str(seen) for t in _MACHINE_TEXTS):
-            raise CheckpointError(f"step {step}: reading it failed on this machine "
-                                  f"({type(seen).__name__}: {_first_line(seen)}); the "
-                                  f"checkpoint is left as it is") from e
-        seen = seen.__cause__ or seen.__context__
+    """CheckpointError, not CorruptCheckpoint, when the machine failed rather than the
+    files: such a step is never moved aside (nor an older one restored in its place)."""
+    cause = machine_failure(e)
+    if cause is not None:
+        raise CheckpointError(f"step {step}: reading it failed on this machine "
+                              f"({type(cause).__name__}: {_first_line(cause)}); the "
+                              f"checkpoint is left as it is") from e
+
+
+def _score(value) -> float | None:
+    """A step's best_metric for ranking; NaN/Inf rank as unscored (a NaN sorts anywhere)."""
+    return float(value) if value is not None and math.isfinite(float(value)) else None
 
 
 def _first_line(e: BaseException) -> str:

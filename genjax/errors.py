@@ -1,4 +1,4 @@
-"""Errors and exit codes of every genjax command (the bottom module: imports nothing).
+"""Errors and exit codes of every genjax command (the bottom module: imports no genjax module).
 
 The command-line runner (genjax/cli.py) prints these as one `error:` line:
   UserError, ConfigError   bad input (flags, config, data, workdir)       exit 2
@@ -7,6 +7,8 @@ The command-line runner (genjax/cli.py) prints these as one `error:` line:
   Preempted                SIGTERM: checkpointed, asks to be requeued     exit 143
 """
 from __future__ import annotations
+
+import errno
 
 EXIT_USER = 2
 EXIT_FAILED = 1
@@ -42,3 +44,22 @@ class Preempted(SystemExit):
 
     def __init__(self):
         super().__init__(EXIT_PREEMPTED)
+
+
+# What the machine did, not bad input or bad files: out of host or device memory, a
+# permission, no space or file handles.
+_MACHINE_ERRNOS = {errno.ENOMEM, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EMFILE,
+                   errno.ENFILE}
+_MACHINE_TEXTS = ("RESOURCE_EXHAUSTED", "out of memory", "Out of memory")
+
+
+def machine_failure(e: BaseException) -> BaseException | None:
+    """The exception in `e` or what it was raised from that is the machine's failure."""
+    for _ in range(16):
+        if e is None:
+            return None
+        oserror = isinstance(e, OSError) and e.errno in _MACHINE_ERRNOS
+        if isinstance(e, MemoryError) or oserror or any(t in str(e) for t in _MACHINE_TEXTS):
+            return e
+        e = e.__cause__ or e.__context__
+    return None

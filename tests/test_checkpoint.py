@@ -396,3 +396,14 @@ def test_a_read_that_fails_on_this_machine_moves_nothing_aside(tmp_path, error):
     with pytest.raises(CheckpointError, match="step 2: reading it failed on this machine"):
         ck.restore_latest(abstract(make_state()))
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["1", "2"]
+
+
+def test_a_nan_or_inf_score_never_displaces_the_best_step(tmp_path):
+    # sorted() puts a NaN anywhere: ranked as a score, it kept step 1 as "best" and
+    # deleted step 3, the true best.
+    ck = Checkpointer(tmp_path, keep=1, keep_best=1, best_metric="eval/loss", best_mode="min")
+    for s, loss in {1: float("nan"), 2: 0.5, 3: 0.1, 4: float("-inf"), 5: 0.7, 6: 0.9}.items():
+        ck.save(s, make_state(float(s)), {}, {}, metrics={"eval/loss": loss})
+    ck.close()
+    assert ck.all_steps() == [3, 6] and ck.best_step() == 3
+    assert Checkpointer(tmp_path, keep=1, keep_best=1, best_metric="eval/loss").best_step() == 3
