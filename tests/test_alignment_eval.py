@@ -18,6 +18,7 @@ import pytest
 from genjax import evaluators as ev
 from genjax import families, inference
 from genjax.data import sample_preferences as sp
+from genjax.errors import UserError
 from genjax.evaluators import alignment, gold_reward, words
 from genjax.families import lm
 from genjax.sampling import completions
@@ -199,3 +200,12 @@ def test_alignment_on_a_tiny_dpo_run_against_its_frozen_reference(tiny_run):
     assert m["win_rate"] == alignment.win_rate(d["policy_gold"], d["reference_gold"])
     assert m["kl"] == pytest.approx(np.mean(d["log_ratio"]))
     assert "frozen reference" in d["reference"] and set(r["floors"]) >= {"gold_reward"}
+
+
+@pytest.mark.parametrize("key, value", [("num_prompts", 0), ("num_prompts", -3),
+                                        ("max_new_tokens", 0), ("span_chars", 0)])
+def test_counts_it_cannot_run_with_are_one_line_and_no_prompts_is_no_win_rate(key, value):
+    s = alignment.settings(**{key: value})
+    with pytest.raises(UserError, match=f"alignment.{key}={value}: must be >= 1"):
+        ev.check_settings({"alignment": s}, ["alignment"])
+    assert math.isnan(alignment.win_rate([], [])) and math.isnan(alignment.kl_estimate([], []))

@@ -79,3 +79,20 @@ def test_scrambled_loser_moves_every_patch_and_keeps_every_pixel():
             image_pairs.ImagePairs(type("D", (), {"image_shape": (size, size, 1),
                                                  "class_names": [], "splits": []})(),
                                    patch=patch, seed=0)
+
+
+@pytest.mark.parametrize("overrides, match", [
+    ({"diffusion_dpo.beta": 0.0}, "diffusion_dpo.beta=0.0: must be > 0"),
+    ({"diffusion_dpo.beta": math.inf}, "diffusion_dpo.beta=inf: must be > 0 and finite"),
+    ({"model.label_dropout": 0.5}, "model.label_dropout=0.5: Diffusion-DPO keeps both")])
+def test_settings_the_loss_would_break_or_ignore_are_one_error_line(overrides, match):
+    with pytest.raises(ConfigError, match=match) as e:
+        diffusion_dpo.check_settings(tiny_config("diffusion_dpo", **overrides))
+    assert "\n" not in str(e.value)
+    # beta = inf: the step-0 loss is NaN, not ln 2
+    assert math.isnan(float(preference.diffusion_dpo_loss(0.1, 0.1, 0.1, 0.1, math.inf)))
+    config, model, batch, v = setup()  # a label dropout would change nothing: ignored
+    dropped = tiny_config("diffusion_dpo", **{"model.label_dropout": 0.5})
+    assert loss_of(v["params"], v, batch, dropped, model) == loss_of(
+        v["params"], v, batch, config, model)
+    diffusion_dpo.check_settings(config)

@@ -135,6 +135,7 @@ def test_unknown_loss_type_in_the_config_is_an_error():
 @pytest.mark.parametrize("overrides, match", [
     ({"dpo.beta": 0.0}, r"dpo.beta=0.0: must be > 0"),  # IPO would divide by it
     ({"dpo.beta": -0.1}, r"dpo.beta=-0.1: must be > 0"),  # would reverse the preference
+    ({"dpo.beta": math.inf}, r"dpo.beta=inf: must be > 0 and finite"),  # step 0: NaN, not ln 2
     ({"dpo.label_smoothing": 0.5}, r"label_smoothing=0.5: .* in \[0, 0.5\)"),
     ({"dpo.loss_type": "hinge", "dpo.label_smoothing": 0.1},
      "only the sigmoid loss smooths labels"),

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
-from genjax import families
+from genjax import families, preference
 from genjax.data.preferences import encode_pairs
 from genjax.errors import ConfigError
 from genjax.families import reward
@@ -118,3 +118,15 @@ def test_a_row_the_model_cannot_read_to_its_end_is_one_error_line(tmp_path, data
                                         f"longer than the {T} the model reads") as e:
         reward.make_data(config, process_index=0, process_count=1).arrays("train")
     assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("key, value", [("reward.center", -0.1), ("reward.center", math.nan),
+                                        ("reward.center", math.inf),
+                                        ("reward.margin", math.nan)])
+def test_a_center_or_margin_that_leaves_the_loss_unbounded_or_undefined_is_one_line(key, value):
+    # With center c < 0 the loss of a pair scored (r, r) is ln 2 + 4 c r^2: -> -inf as r grows.
+    assert float(preference.bradley_terry_loss(jnp.array(1e3), jnp.array(1e3), 0.0, -0.1)) < -1e5
+    with pytest.raises(ConfigError, match=f"config.{key}=") as e:
+        reward.check_settings(tiny_config("reward", **{key: value}))
+    assert "\n" not in str(e.value)
+    reward.check_settings(tiny_config("reward", **{"reward.center": 0.01}))  # TRL's

@@ -49,6 +49,14 @@ def settings(**overrides) -> ConfigDict:
     return with_overrides("alignment", s, overrides)
 
 
+def check_settings(s) -> None:
+    """One UserError line for counts it cannot run with (0 prompts would report a win rate
+    of 0, as if the policy always lost)."""
+    for key in ("num_prompts", "max_new_tokens", "span_chars"):
+        if int(s[key]) < 1:
+            raise UserError(f"alignment.{key}={s[key]}: must be >= 1")
+
+
 def skip_reason(family, config) -> str | None:
     if families.has(family, "reference_params"):
         return None
@@ -59,17 +67,17 @@ def skip_reason(family, config) -> str | None:
 
 # ----------------------------------------------------------------------- metrics
 def win_rate(policy: list[float], reference: list[float]) -> float:
-    """Mean over pairs of 1 (policy higher), 1/2 (tie), 0 (reference higher)."""
+    """Mean over pairs of 1 (policy higher), 1/2 (tie), 0 (reference higher); NaN: none."""
     p, r = np.asarray(policy, np.float64), np.asarray(reference, np.float64)
     if not len(p):
-        return 0.0
+        return float("nan")
     return float(np.mean((p > r) + 0.5 * (p == r)))
 
 
 def kl_estimate(logp_policy, logp_reference) -> float:
     """Mean of log pi(y) - log pi_ref(y) over samples y of the policy (nats/sequence)."""
     d = np.asarray(logp_policy, np.float64) - np.asarray(logp_reference, np.float64)
-    return float(d.mean()) if d.size else 0.0
+    return float(d.mean()) if d.size else float("nan")
 
 
 def side_metrics(texts: list[str], vocab, index, span_chars: int) -> dict[str, float]:

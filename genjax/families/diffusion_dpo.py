@@ -19,6 +19,8 @@ label). Sampling and evaluators: the diffusion family's, on the tuned U-Net.
 """
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -43,12 +45,22 @@ lora_merged_state = dpo.lora_merged_state
 
 
 def resolve_config(config, data) -> None:
-    """The U-Net's settings from the data; diffusion_dpo.beta > 0 and no dropout (as DPO:
-    dpo.dropout_problem), else one ConfigError line."""
+    """The U-Net's settings from the data; config.diffusion_dpo checked (check_settings)."""
     diffusion.resolve_config(config, data)
+    check_settings(config)
+
+
+def check_settings(config) -> None:
+    """One ConfigError line unless diffusion_dpo.beta is > 0 and finite, there is no
+    dropout (as DPO: dpo.dropout_problem) and no label dropout (both images keep their
+    label: a model.label_dropout would be ignored)."""
     beta = float(config.diffusion_dpo.beta)
-    problem = (f"diffusion_dpo.beta={beta}: must be > 0 (a negative one reverses the "
-               "preference)" if not beta > 0 else dpo.dropout_problem(config))
+    problem = (f"diffusion_dpo.beta={beta}: must be > 0 and finite (a negative one reverses"
+               " the preference)" if not (beta > 0 and math.isfinite(beta))
+               else dpo.dropout_problem(config))
+    if not problem and float(config.model.label_dropout):
+        problem = (f"model.label_dropout={float(config.model.label_dropout)}: Diffusion-DPO"
+                   " keeps both images' label (set 0)")
     if problem:
         raise ConfigError(f"config.{problem}")
 

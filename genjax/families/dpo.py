@@ -18,6 +18,8 @@ margin, the implicit reward accuracy (chosen reward > rejected), the policy log-
 """
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -50,8 +52,8 @@ def check_settings(config) -> None:
     d = config.dpo
     loss_type = preference.check_loss_type(str(d.loss_type))
     beta, eps = float(d.beta), float(d.label_smoothing)
-    if not beta > 0:
-        problem = f"dpo.beta={beta}: must be > 0 (the KL leash; TRL's default is 0.1)"
+    if not (beta > 0 and math.isfinite(beta)):
+        problem = f"dpo.beta={beta}: must be > 0 and finite (the KL leash; TRL's is 0.1)"
     elif not 0 <= eps < 0.5:
         problem = f"dpo.label_smoothing={eps}: a label's flip probability, in [0, 0.5)"
     elif eps and loss_type != "sigmoid":

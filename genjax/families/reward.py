@@ -14,6 +14,8 @@ LoRA is refused: it would freeze the head (a vector, not a kernel).
 """
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 
@@ -23,7 +25,23 @@ from genjax.families import dpo, lm, lora
 from genjax.models import reward_model
 
 # Capabilities (genjax/families/__init__.py)
-resolve_config = lm.resolve_config
+def resolve_config(config, data) -> None:
+    """The LM's vocabulary; config.reward checked (check_settings)."""
+    lm.resolve_config(config, data)
+    check_settings(config)
+
+
+def check_settings(config) -> None:
+    """reward.center >= 0 and a finite reward.margin, else one ConfigError line: with a
+    negative center the loss is unbounded below as both rewards grow together."""
+    center, margin = float(config.reward.center), float(config.reward.margin)
+    if not (center >= 0 and math.isfinite(center)):
+        raise ConfigError(f"config.reward.center={center}: must be >= 0 and finite (it "
+                          "pulls r_w + r_l to 0; TRL's center_rewards_coefficient is 0.01)")
+    if not math.isfinite(margin):
+        raise ConfigError(f"config.reward.margin={margin}: must be finite")
+
+
 text_tokenizer = lm.text_tokenizer
 runtime_keys = ("model.dropout", "model.attention_impl")
 example_batch = dpo.example_batch
