@@ -40,6 +40,7 @@ def get_config(arg: str | None = None):
     c.rl.reward_model = config_lib.ConfigDict(config_lib.to_dict(c.model))
     c.rl.reward_chars = "abcdefghijklmnopqrstuvwxyz "  # gold reward: share of these
     c.rl.reward_ids = ()           # () = from reward_chars with the tokenizer (resolve_config)
+    c.rl.valid_vocab = 0           # ids the tokenizer has (resolve_config); above: never drawn
     # The algorithm (genjax/families/rl_ppo.py; trl experimental/ppo's values):
     c.rl.algo = "rloo"             # rloo: REINFORCE, leave-one-out | ppo: clipped, E steps/rollout
     c.rl.ppo_epochs = 4            # ppo: optimizer steps on each rollout batch (E >= 1)

@@ -63,7 +63,8 @@ def policy_loss(logp_RxL, logp_old_RxL, adv_RxL, mask_RxL, clip: float):
     """(L_pg, stats): the clipped surrogate (module doc); stats: clipfrac (share of tokens
     where the clipped term is the larger: its gradient is 0), approx_kl (mean of
     (log rho)^2 / 2, trl's), ratio_mean / ratio_min / ratio_max over the mask."""
-    log_ratio = logp_RxL - logp_old_RxL
+    # 0 off the mask: exp of a large masked log-ratio would be inf, and inf * 0 is NaN
+    log_ratio = jnp.where(mask_RxL > 0, logp_RxL - logp_old_RxL, 0.0)
     ratio = jnp.exp(log_ratio)
     unclipped = -adv_RxL * ratio
     clipped = -adv_RxL * jnp.clip(ratio, 1.0 - clip, 1.0 + clip)

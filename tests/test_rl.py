@@ -88,8 +88,16 @@ def test_rollouts_depend_on_the_step_key_only():
 
 @pytest.mark.parametrize("overrides, match", [
     ({"rl.max_new_tokens": 32}, r"rl.max_new_tokens=32: must be in \[1, 31\]"),
-    ({"rl.max_new_tokens": 0}, r"rl.max_new_tokens=0: must be in \[1, 31\]")])
-def test_completions_that_leave_no_room_for_a_prompt_are_one_error_line(overrides, match):
+    ({"rl.max_new_tokens": 0}, r"rl.max_new_tokens=0: must be in \[1, 31\]"),
+    ({"rl.beta": -1.0}, r"rl.beta=-1.0: must be >= 0 and finite"),  # pays for leaving
+    ({"rl.beta": float("nan")}, r"rl.beta=nan: must be >= 0 and finite"),
+    ({"rl.samples": 1}, r"rl.samples=1: must be >= 2 \(RLOO"),  # was: at the first trace
+    ({"rl.samples": 0}, r"rl.samples=0: must be >= 2"),  # was: ZeroDivisionError
+    ({"rl.algo": "ppo", "rl.value_head": True, "rl.samples": 0}, r"rl.samples=0: must be >= 1"),
+    ({"rl.reward_ids": (3, 1000)}, r"rl.reward_ids=\(3, 1000\): ids of this tokenizer are"),
+    ({"rl.reward_model.vocab_size": 8, "rl.random_reward_model": True, "rl.reward": "model"},
+     r"the reward model reads ids < 8 but the tokenizer's go up to")])
+def test_settings_the_run_cannot_train_with_are_one_error_line(overrides, match):
     config = tiny_config("rl", **{"model.max_len": 32, **overrides})
     config.unlock()
     with pytest.raises(ConfigError, match=match) as e:
@@ -128,3 +136,33 @@ def test_a_prompt_longer_than_the_room_keeps_its_last_tokens():
     for i, rec in enumerate(RECORDS):
         want = TOK.encode(rec["prompt"])
         assert np.asarray(prompts[i, :len(want)]).tolist() == list(want)
+
+
+def test_a_value_head_run_with_one_sample_per_prompt_evaluates():
+    config = tiny_config("rl", **{"rl.algo": "ppo", "rl.value_head": True, "rl.samples": 1})
+    config.unlock()
+    rl.resolve_config(config, types.SimpleNamespace(tokenizer=TOK))  # accepted
+    config.lock()
+    _, model, batch, v = setup(**{"rl.algo": "ppo", "rl.value_head": True, "rl.samples": 1})
+    sums = rl.eval_fn(v["params"], {"reference": v["reference"]}, batch, model=model,
+                      config=config)  # was: "RLOO needs K >= 2" at the final evaluation
+    assert float(sums["count"]) == len(RECORDS) and float(sums["kl"]) == 0.0
+
+
+def test_rollouts_draw_only_the_tokenizers_ids_and_are_scored_over_them():
+    # The model's vocabulary is padded (64 here) past the tokenizer's: those ids are not
+    # text. Drawn and teacher-forced log-probs are both over the valid ids, so the first
+    # importance ratio is still 1.
+    config, model, batch, v = setup(**{"model.vocab_size": 64, "rl.valid_vocab": 40,
+                                       "rl.max_new_tokens": 12})
+    ro = rl.sample_rollouts(v["params"], {"reference": v["reference"]}, batch,
+                            jax.random.key(2), model=model, config=config)
+    completions = np.asarray(ro["seq"])[:, 1:][np.asarray(ro["mask"]) > 0]
+    assert completions.size == 12 * len(RECORDS) * config.rl.samples and completions.max() < 40
+    _, per = rl.rollout_terms(v["params"], {"reference": v["reference"]}, batch,
+                              jax.random.key(2), model=model, config=config)
+    assert float(jnp.max(per["ratio_error"])) < 1e-5
+    config0, *_ = setup(**{"model.vocab_size": 64, "rl.max_new_tokens": 12})  # no mask
+    ro0 = rl.sample_rollouts(v["params"], {"reference": v["reference"]}, batch,
+                             jax.random.key(2), model=model, config=config0)
+    assert np.asarray(ro0["seq"])[:, 1:][np.asarray(ro0["mask"]) > 0].max() >= 40

@@ -342,3 +342,18 @@ def test_a_bad_key_stops_the_run_before_anything_is_written(data_dir, tmp_path):
         train.train(config, str(tmp_path / "w"))
     assert not any((tmp_path / "w" / name).exists()
                    for name in ("checkpoints", "config.json", "metrics.jsonl"))
+
+
+def test_a_huge_log_ratio_off_the_mask_changes_neither_the_loss_nor_its_gradient():
+    # exp(95) overflows float32; multiplied by a 0 mask it was NaN, in value and gradient.
+    logp = jnp.array([[-1.0, -2.0, -0.5]])
+    old, adv, mask = jnp.array([[-1.2, -2.0, -95.5]]), jnp.array([[1.0, -0.5, 3.0]]), \
+        jnp.array([[1.0, 1.0, 0.0]])
+    loss, stats = ppo.policy_loss(logp, old, adv, mask, 0.2)
+    r = np.exp([0.2, 0.0])  # the two real tokens, by hand
+    want = np.mean(np.maximum(-np.array([1.0, -0.5]) * r,
+                              -np.array([1.0, -0.5]) * np.clip(r, 0.8, 1.2)))
+    assert float(loss) == pytest.approx(want, rel=1e-6)
+    g = jax.grad(lambda lp: ppo.policy_loss(lp, old, adv, mask, 0.2)[0])(logp)
+    assert np.isfinite(np.asarray(g)).all() and float(g[0, 2]) == 0.0
+    assert float(stats["approx_kl"]) == pytest.approx(0.5 * 0.2 ** 2 / 2, rel=1e-5)

@@ -11,10 +11,11 @@ row 0's tokens before its first completion target (the last P = T - N of a longe
 prompt, N = config.rl.max_new_tokens). Per step, with the step's key (so a resumed run samples the
 same rollouts, bit for bit):
   1. K = config.rl.samples completions of N tokens per prompt from the jitted KV-cache
-     decoder (genjax/sampling/lm.py) on stop_gradient(params), temperature 1, no filters,
-     no stop tokens; it returns each drawn token's log-prob.
-  2. Teacher-forced log-probs of the same tokens under the policy (differentiated) and
-     the frozen reference (model_state["reference"]; the LoRA base under LoRA). At step 0
+     decoder (genjax/sampling/lm.py) on stop_gradient(params), temperature 1, no filters
+     but the tokenizer's ids (rl.valid_vocab: a padded vocabulary's extra ids are not
+     text), no stop tokens; it returns each drawn token's log-prob.
+  2. Teacher-forced log-probs of the same tokens, over the same ids, under the policy
+     (differentiated) and the frozen reference (model_state["reference"]; the LoRA base under LoRA). At step 0
      the decoder's and the teacher-forced log-probs agree (1e-5): the first importance
      ratio is 1 (logged as ratio_error, max |log ratio| per token).
   3. Reward r (config.rl.reward):
@@ -88,10 +89,8 @@ def resolve_config(config, data) -> None:
     model's architecture from rl.reward_from's checkpoint, checked (module docstring)."""
     lm.resolve_config(config, data)
     c = config.rl
-    T, N = int(config.model.max_len), int(c.max_new_tokens)
-    if not 1 <= N < T:
-        raise ConfigError(f"config.rl.max_new_tokens={N}: must be in [1, {T - 1}] (a rollout "
-                          f"is its prompt and completion within model.max_len={T})")
+    c.valid_vocab = V = int(data.tokenizer.vocab_size)
+    check_counts(config)
     if not c.reward_ids:
         vocab = getattr(data.tokenizer, "vocab", [])
         c.reward_ids = tuple(i for i, ch in enumerate(vocab) if ch in c.reward_chars)
@@ -100,7 +99,9 @@ def resolve_config(config, data) -> None:
         raise ConfigError(f"config.rl.reward_chars={c.reward_chars!r}: no token of this "
                           f"{type(data.tokenizer).__name__} is one of them, so every rollout "
                           "would score 0; set config.rl.reward_ids or use rl.reward=model")
-    rl_ppo.settings(config)  # the algorithm's keys, checked
+    if any(not 0 <= int(i) < V for i in c.reward_ids):
+        raise ConfigError(f"config.rl.reward_ids={tuple(c.reward_ids)}: ids of this "
+                          f"tokenizer are in [0, {V})")
     if c.reward_from:
         meta = reward_meta(c.reward_from)
         same_model.check_same_tokenizer(meta, data.meta(), c.reward_from,
@@ -117,11 +118,34 @@ def resolve_config(config, data) -> None:
     if uses_reward_model(config):
         if not c.reward_model.vocab_size:
             c.reward_model.vocab_size = config.model.vocab_size
+        if int(c.reward_model.vocab_size) < V:
+            raise ConfigError(f"config.rl: the reward model reads ids < "
+                              f"{c.reward_model.vocab_size} but the tokenizer's go up to "
+                              f"{V - 1}: it needs this tokenizer's vocabulary")
         T, R = int(config.model.max_len), int(c.reward_model.max_len)
         if R < T:
             raise ConfigError(f"config.rl: rollouts are model.max_len={T} tokens (prompt + "
                               f"rl.max_new_tokens) but the reward model reads at most {R} "
                               f"(its max_len): use a policy with model.max_len <= {R}")
+
+
+def check_counts(config) -> None:
+    """rl.max_new_tokens, rl.beta and rl.samples (the algorithm's keys with them), each a
+    ConfigError line before anything is written."""
+    c, T = config.rl, int(config.model.max_len)
+    N, K, beta = int(c.max_new_tokens), int(c.samples), float(c.beta)
+    s = rl_ppo.settings(config)  # the algorithm's keys, checked
+    need = 1 if s.value_head else 2  # RLOO's baseline is the other samples of the prompt
+    if not 1 <= N < T:
+        raise ConfigError(f"config.rl.max_new_tokens={N}: must be in [1, {T - 1}] (a rollout "
+                          f"is its prompt and completion within model.max_len={T})")
+    if not (beta >= 0 and math.isfinite(beta)):
+        raise ConfigError(f"config.rl.beta={beta}: must be >= 0 and finite (the KL penalty; "
+                          "a negative one pays the policy to leave the reference)")
+    if K < need:
+        raise ConfigError(f"config.rl.samples={K}: must be >= {need}" + (
+            " (RLOO's baseline for a sample is the other samples of its prompt)"
+            if need == 2 else ""))
 
 
 def reward_kind(config) -> str:
@@ -265,11 +289,11 @@ def join(prompts_BxP, lengths_B, completions_BxN):
     return seq.astype(jnp.int32), mask.astype(jnp.float32)
 
 
-def token_logps(model, params, seq_BxL):
-    """Teacher-forced log-prob of every next token, float32[B, L - 1]."""
-    nll, _ = lm.token_nll(model.apply({"params": params}, seq_BxL[:, :-1], train=False),
-                          seq_BxL[:, 1:])
-    return -nll
+def token_logps(model, params, seq_BxL, valid_vocab: int = 0):
+    """Teacher-forced log-prob of every next token, float32[B, L - 1], over the ids below
+    valid_vocab (0: all; as the decoder draws them)."""
+    return rl_ppo.logps_of(model.apply({"params": params}, seq_BxL[:, :-1], train=False),
+                           seq_BxL, valid_vocab)
 
 
 def gold_reward(completions_BxN, reward_ids) -> jax.Array:
@@ -288,11 +312,12 @@ def sample_rollouts(params, model_state, batch, rng, *, model, config) -> dict:
     K, N = int(c.samples), int(c.max_new_tokens)
     prompts, lengths = prompts_of(batch, int(config.model.max_len) - N)
     prompts, lengths = jnp.repeat(prompts, K, 0), jnp.repeat(lengths, K, 0)
+    V = int(c.get("valid_vocab", 0))
     out, drawn_BxN = decoder.decode_with_logprobs(
         model, params, prompts, lengths, rng=jax.random.key_data(rng),
-        max_new_tokens=N, temperature=1.0)
+        max_new_tokens=N, temperature=1.0, valid_vocab=V or None)
     seq, mask = join(prompts, lengths, out.tokens_BxN)
-    ref = token_logps(model, dpo.reference_params(model_state, params), seq)
+    ref = token_logps(model, dpo.reference_params(model_state, params), seq, V)
     scores = {"reward_chars": gold_reward(out.tokens_BxN, c.reward_ids)}
     if uses_reward_model(config):
         scores["reward_model"] = model_reward(model_state, seq, lengths + N - 1, config)
@@ -307,12 +332,14 @@ def rollout_terms(params, model_state, batch, rng, *, model, config):
     ro = sample_rollouts(jax.lax.stop_gradient(params), model_state, batch, rng, model=model,
                          config=config)
     seq, mask, lengths, drawn_BxN = ro["seq"], ro["mask"], ro["lengths"], ro["drawn"]
-    logp = token_logps(model, params, seq)
+    logp = token_logps(model, params, seq, int(c.get("valid_vocab", 0)))
     logp_seq, ref_seq = jnp.sum(logp * mask, -1), jnp.sum(ro["ref"] * mask, -1)
     scores = {k: ro[k] for k in ("reward_chars", "reward_model") if k in ro}
     shaped = preference.kl_shaped_reward(ro["reward"], jax.lax.stop_gradient(logp_seq),
                                          ref_seq, float(c.beta))
-    adv = preference.rloo_advantages(shaped.reshape(-1, int(c.samples))).reshape(-1)
+    K = int(c.samples)  # K = 1 (a value head's evaluation) needs no advantage
+    adv = (preference.rloo_advantages(shaped.reshape(-1, K)).reshape(-1) if K > 1
+           else jnp.zeros_like(shaped))
     drawn = jnp.sum(drawn_BxN, -1)
     per_token_gap = jnp.abs(jax.lax.stop_gradient(logp) - _scatter(drawn_BxN, lengths,
                                                                    logp.shape)) * mask
