@@ -37,6 +37,7 @@ def get_config(arg: str | None = None):
     c.distill.on_policy = 0.0          # fraction in [0, 1]; 0 = off (plain distillation)
     c.distill.on_policy_tokens = 32    # N in [1, max_len - 1]; the decode loop runs N steps
     c.distill.on_policy_temperature = 1.0  # sampling temperature (0 = greedy; tau is separate)
+    c.distill.valid_vocab = 0          # ids the tokenizer has (resolve_config); never drawn above
     # The teacher's model keys (filled from its checkpoint when init_from is set).
     c.distill.teacher_model = config_lib.ConfigDict(config_lib.to_dict(c.model))
     config_lib.apply_preset(c, STUDENT, arg)

@@ -145,6 +145,10 @@ def _at_least(low):
     return (lambda v: v >= low), f"must be >= {low}"
 
 
+def _positive():
+    return (lambda v: 0 < v < float("inf")), "must be > 0 and finite"
+
+
 def _in(low, high):
     return (lambda v: low <= v < high), f"must be in [{low}, {high})"
 
@@ -170,6 +174,7 @@ DOMAINS = {
     "on_nan": _one_of(ON_NAN), "max_rollbacks": _at_least(0), "spike_k": _at_least(0),
     "spike_warmup": _at_least(0), "spike_decay": _in(0, 1), "peer_timeout_s": _at_least(1),
     "peak_flops_per_device": _at_least(0), "lora.rank": _at_least(0),
+    "lora.alpha": _positive(),
     "optim.name": _one_of(OPTIMIZERS), "optim.schedule": _one_of(SCHEDULES),
     "optim.lr": _at_least(0), "optim.warmup_steps": _at_least(0),
     "optim.min_lr_ratio": _between(0, 1), "optim.b1": _in(0, 1), "optim.b2": _in(0, 1),

@@ -36,7 +36,7 @@ OUTSIDE_AND_EDGE = {
     "optim.min_lr_ratio": (1.5, 1.0), "optim.b2": (1.0, 0.999),
     "compute_dtype": ("float16", "bfloat16"), "on_nan": ("ignore", "rollback"),
     "best_mode": ("lowest", "max"), "optim.name": ("lion", "sgd"),
-    "optim.schedule": ("step", "constant"),
+    "optim.schedule": ("step", "constant"), "lora.alpha": (0.0, 0.5),  # alpha 0: no gradient
 }
 
 

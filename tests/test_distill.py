@@ -231,3 +231,19 @@ def test_no_teacher_and_no_random_teacher_is_a_config_error(data_dir, tmp_path):
     config.lock()
     with pytest.raises(ConfigError, match="needs a teacher"):
         train.train(config, str(tmp_path))
+
+
+def test_a_teacher_with_a_shorter_context_than_the_student_is_one_error_line(tiny_run, tmp_path):
+    # Its learned positions end at its max_len: past them every teacher logit was NaN.
+    config = run_config("distill")
+    teacher = tiny_run("lm")
+    longer = 2 * int(Checkpointer(str(teacher), read_only=True).read_meta()["config"]["model"]
+                     ["max_len"])
+    config.unlock()
+    config.update_from_flattened_dict({"init_from": str(teacher), "model.max_len": longer,
+                                       "distill.random_teacher": False})
+    config.lock()
+    with pytest.raises(ConfigError, match=f"model.max_len={longer} but the teacher reads at "
+                                          "most") as e:
+        train.train(config, str(tmp_path / "w"))
+    assert "\n" not in str(e.value) and not (tmp_path / "w" / "checkpoints").exists()

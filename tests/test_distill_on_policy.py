@@ -146,3 +146,17 @@ def test_a_fraction_outside_0_1_is_one_error_line_and_nothing_is_written(fractio
         train.train(config, str(tmp_path))
     assert "\n" not in str(e.value)
     assert not (tmp_path / "config.json").exists() and not (tmp_path / "checkpoints").exists()
+
+
+def test_on_policy_samples_are_ids_the_tokenizer_has():
+    # The model's vocabulary is padded past the tokenizer's; a fresh student put about
+    # half its samples on those ids, which are not text.
+    config, parts, state, batch = setup(**{"distill.on_policy": 0.5})
+    V = parts.model.vocab_size // 2
+    K, T = 4, batch["tokens"].shape[1] - 1
+    for valid, below in ((V, True), (0, False)):
+        got, masks = distill.on_policy_batch(parts.model, state.params, batch["tokens"],
+                                             jax.random.key(5), rows=K, new_tokens=N,
+                                             temperature=1.0, valid_vocab=valid)
+        drawn = np.asarray(got)[:K, 1:T + 1][np.asarray(masks.sampled_BxT)[:K] > 0]
+        assert drawn.size == K * N and (drawn.max() < V) == below

@@ -197,6 +197,8 @@ def test_lora_with_ema_or_targets_that_match_nothing_is_refused():
         build(**{**LORA, "optim.ema_decay": 0.9})
     with pytest.raises(ConfigError, match="matches no kernel"):
         build(**{**LORA, "lora.targets": ("nothing_here",)})
+    with pytest.raises(ConfigError, match=r"lora.targets=\('\(kernel',\): not a regular exp"):
+        build(**{**LORA, "lora.targets": ("(kernel",)})
     with pytest.raises(ConfigError, match="parameter groups"):
         build("gan", **LORA)
 

@@ -214,17 +214,18 @@ def check_on_policy(config) -> None:
 
 
 def on_policy_batch(model, params, tokens_BxL, rng, *, rows: int, new_tokens: int,
-                    temperature: float):
+                    temperature: float, valid_vocab: int = 0):
     """(tokens int32[B, L], OnPolicyMasks) with L = T + 1: the first `rows` rows become
-    their first P = T - N tokens, N = `new_tokens` student samples (decoder key
-    key_data(rng)) and one pad token (0); the other rows are unchanged."""
+    their first P = T - N tokens, N = `new_tokens` student samples of ids below
+    `valid_vocab` (0: any; decoder key key_data(rng)) and one pad token (0); the other rows
+    are unchanged."""
     B, L = tokens_BxL.shape
     P, T = L - 1 - new_tokens, L - 1
     prompts_KxP = tokens_BxL[:rows, :P]
     lengths_K = np.full((rows,), P, np.int32)
     out = decoder.decode(model, jax.lax.stop_gradient(params), prompts_KxP, lengths_K,
                          rng=jax.random.key_data(rng), max_new_tokens=new_tokens,
-                         temperature=temperature)
+                         temperature=temperature, valid_vocab=valid_vocab or None)
     seq_KxT, sampled_KxTm1 = rl.join(prompts_KxP, lengths_K, out.tokens_BxN)
     tokens = jnp.concatenate([jnp.pad(seq_KxT, ((0, 0), (0, 1))), tokens_BxL[rows:]], 0)
     sampled = jnp.concatenate([jnp.pad(sampled_KxTm1, ((0, 0), (0, 1))),
@@ -267,7 +268,8 @@ def loss_fn(params, model_state, batch, rng, *, model, config):
     if rows:  # the module docstring's on-policy rows
         rng, sample_rng = jax.random.split(rng)
         tokens, masks = on_policy_batch(model, params, tokens, sample_rng, rows=rows,
-                                        new_tokens=n, temperature=temperature)
+                                        new_tokens=n, temperature=temperature,
+                                        valid_vocab=int(d.get("valid_vocab", 0)))
     logits = model.apply({"params": params}, tokens[:, :-1], train=True, rngs={"dropout": rng})
     teacher = _teacher_logits(model_state, tokens[:, :-1], config)
     loss, metrics = distill_loss(logits, teacher, tokens[:, 1:], alpha=float(d.alpha),
@@ -335,10 +337,14 @@ def resolve_config(config, data) -> None:
             raise ConfigError(f"config.model.vocab_size={config.model.vocab_size} but the "
                               f"teacher's is {saved['vocab_size']}: leave it 0")
         config.model.vocab_size = saved["vocab_size"]
+        if int(saved["max_len"]) < int(config.model.max_len):
+            raise ConfigError(f"config.model.max_len={config.model.max_len} but the teacher "
+                              f"reads at most {saved['max_len']} tokens: use <= that")
     elif not config.distill.random_teacher:
         raise ConfigError("distillation needs a teacher: --config.init_from=TEACHER_WORKDIR "
                           "(or config.distill.random_teacher=True for tests)")
     lm.resolve_config(config, data)
+    config.distill.valid_vocab = int(data.tokenizer.vocab_size)
 
 
 def teacher_meta(init_from: str) -> dict:

@@ -71,7 +71,11 @@ def is_kernel(path: tuple, x) -> bool:
 
 def targets(base_params, config) -> list[tuple]:
     """Paths (tuples) of the kernels (is_kernel) that get an adapter; ConfigError if none."""
-    patterns = [re.compile(p) for p in config.lora.targets]
+    try:
+        patterns = [re.compile(p) for p in config.lora.targets]
+    except re.error as e:
+        raise ConfigError(f"config.lora.targets={tuple(config.lora.targets)}: not a regular "
+                          f"expression ({e})") from None
     flat = traverse_util.flatten_dict(sharding.unbox(base_params))
     paths = [p for p, x in flat.items()
              if is_kernel(p, x) and any(r.search(path_str(p)) for r in patterns)]
