@@ -89,6 +89,9 @@ def test_settings_the_loss_would_break_or_ignore_are_one_error_line(overrides, m
     with pytest.raises(ConfigError, match=match) as e:
         diffusion_dpo.check_settings(tiny_config("diffusion_dpo", **overrides))
     assert "\n" not in str(e.value)
+
+
+def test_why_those_settings_are_refused_an_infinite_beta_and_an_ignored_label_dropout():
     # beta = inf: the step-0 loss is NaN, not ln 2
     assert math.isnan(float(preference.diffusion_dpo_loss(0.1, 0.1, 0.1, 0.1, math.inf)))
     config, model, batch, v = setup()  # a label dropout would change nothing: ignored
