@@ -141,10 +141,21 @@ def status(run: dict) -> str:
 
 
 def write_manifest(p: dict) -> str:
+    from genjax.errors import UserError
     from genjax.workdir import make_workdir
     make_workdir(p["dir"], "--root")  # a file in the way: one error line
     path = os.path.join(p["dir"], p["sweep"] + MANIFEST_SUFFIX)
     manifest = {k: p[k] for k in ("config", "sweep", "keys", "common")}
+    try:
+        with open(path) as f:
+            old = json.load(f)
+    except (OSError, ValueError):
+        old = {}
+    for key in ("config", "common"):  # its runs would be reported as this sweep's
+        if key in old and old[key] != manifest[key]:
+            raise UserError(f"{path} was planned with {key} {old[key]!r}, this command has "
+                            f"{manifest[key]!r}: its runs are not this sweep's; use another "
+                            "--root, or the same config and overrides")
     manifest["runs"] = [{"name": r["name"], "overrides": r["overrides"], "seed": r["seed"],
                          "workdir": os.path.relpath(r["workdir"], p["dir"])} for r in p["runs"]]
     manifest["command"] = shlex.join(["python", "-m", "experiments.sweep", *sys.argv[1:]])

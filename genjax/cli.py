@@ -31,7 +31,7 @@ def parse_flags(argv: Sequence[str], flag_values=None):
     except (TypeError, ValueError) as e:
         raise ConfigError(f"bad config override: {e}") from None
     cfg = getattr(flag_values, "config", None)
-    if cfg is not None and not isinstance(cfg, ConfigDict):
+    if cfg is not None and not isinstance(cfg, (ConfigDict, str)):  # str: a plain flag
         try:  # ml_collections defers load errors into an _ErrorConfig object
             cfg.lock()
         except Exception as e:  # noqa: BLE001

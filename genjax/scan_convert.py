@@ -10,7 +10,6 @@ data position is kept, so `python -m genjax.train --workdir=<out> --config...
 """
 from __future__ import annotations
 
-import os
 
 from genjax import config_lib, inference
 from genjax import workdir as workdir_lib
@@ -19,9 +18,8 @@ from genjax.models import scan_convert
 
 
 def convert_checkpoint(workdir: str, out: str, step: int | None = None) -> int:
-    """Writes the converted step to `out`; returns the step."""
-    if os.path.isdir(os.path.join(out, "checkpoints")):
-        raise UserError(f"--out={out!r} already has checkpoints: pick a new directory")
+    """Writes the converted step to `out` (a new or empty folder); returns the step."""
+    workdir_lib.refuse_nonempty(out)
     parts, state, data_state, meta, step = inference.restore(workdir, step)
     config = config_lib.from_saved(meta["config"])  # as saved (its mesh), not as restored
     if "scan_layers" not in config.model:

@@ -147,6 +147,8 @@ def write_run_meta(workdir: str, config_dict: dict, mesh) -> dict:
 
 def refuse_nonempty(out: str) -> None:
     """A tool's --out must be a new folder (or an empty one): UserError otherwise."""
+    if not str(out).strip():
+        raise UserError("--out is empty; name a new folder")
     if os.path.exists(out) and not os.path.isdir(out):
         raise UserError(f"--out={out!r} is a file; choose a new folder")
     if os.path.exists(out) and os.listdir(out):

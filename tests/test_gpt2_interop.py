@@ -234,7 +234,10 @@ BAD = {
     "no tokenizer": (dict(drop=["tokenizer.json"]), "no tokenizer"),
     "tokenizer not readable": (dict(files={"tokenizer.json": "{}"}),
                                "tokenizer files not readable"),
-    "no n_head": (dict(config={"n_head": None}), "missing integer keys ['n_head']"),
+    "no n_head": (dict(config={"n_head": None}), "['n_head'] must be integers >= 1"),
+    "n_head 0": (dict(config={"n_head": 0}), "['n_head'] must be integers >= 1"),  # was / 0
+    "epsilon not a number": (dict(config={"layer_norm_epsilon": "abc"}),
+                             "layer_norm_epsilon='abc' must be a number > 0"),
     "n_inner not a multiple of n_embd": (dict(config={"n_inner": 100}), "n_inner=100"),
     "another architecture": (dict(config={"model_type": "llama"}), "model_type='llama'"),
     "relu": (dict(config={"activation_function": "relu"}), "activation_function='relu'"),
@@ -277,6 +280,20 @@ def test_cli_bad_folder_is_one_error_line_and_no_workdir(tmp_path):
                               f"--workdir={workdir}")
     subproc.assert_one_line_error(proc, "model_type='bert'", "not 'gpt2'")
     assert not workdir.exists()
+
+
+def test_cli_takes_a_base_config_and_refuses_a_file_as_workdir_or_out(tmp_path):
+    proc = subproc.run_module("genjax.interop", "import-gpt2", f"--from={FIXTURE}",
+                              f"--workdir={tmp_path / 'w'}",
+                              "--config=configs/lm_shakespeare.py:gpt2")  # was: "no .lock"
+    assert proc.returncode == 0 and "imported GPT-2" in proc.stdout, proc.stderr[-2000:]
+    (tmp_path / "file").write_text("keep")
+    proc = subproc.run_module("genjax.interop", "import-gpt2", f"--from={FIXTURE}",
+                              f"--workdir={tmp_path / 'file'}")
+    subproc.assert_one_line_error(proc, "is a file, not a directory")
+    with pytest.raises(UserError, match="is a file; choose a new folder"):
+        gpt2_workdir.export_gpt2(str(tmp_path / "w"), str(tmp_path / "file"))
+    assert (tmp_path / "file").read_text() == "keep"
 
 
 def test_cli_missing_flag_is_one_error_line(tmp_path):

@@ -2,6 +2,7 @@
 numpy absmax scales, the rounding bound |W - q s| <= s / 2, the lowered HLO's parameter
 types, decode with the dequantized float weights, and a real workdir round trip.
 """
+import os
 import re
 
 import jax
@@ -145,3 +146,16 @@ def test_a_diffusion_unet_quantizes_and_samples_like_its_dequantized_float_weigh
     want = parts.family.sample_images(parts.model, quantize.dequantize_params(qparams), config,
                                       key, 2, **kw)
     np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
+def test_an_empty_or_occupied_out_is_refused_before_anything_is_written(tmp_path, monkeypatch):
+    # --out= was the current directory: its config.json was overwritten.
+    from genjax import scan_convert
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "config.json").write_text("mine")
+    with pytest.raises(UserError, match="--out is empty"):
+        quantize.quantize_workdir(str(tmp_path / "no_run"), "")
+    with pytest.raises(UserError, match="exists and is not empty"):  # scan_convert too
+        scan_convert.convert_checkpoint(str(tmp_path / "no_run"), str(tmp_path))
+    assert os.listdir(tmp_path) == ["config.json"]
+    assert (tmp_path / "config.json").read_text() == "mine"

@@ -64,6 +64,13 @@ def test_dry_run_and_emitted_commands(tmp_path):
                         f"--workdir={tmp_path}/lm_shakespeare.tiny/optim.lr=0.0003/seed=0")
     manifest = json.loads((tmp_path / "lm_shakespeare.tiny" / "lr.sweep.json").read_text())
     assert manifest["keys"] == ["optim.lr"] and manifest["common"] == {"total_steps": 7}
+    # The same sweep under the same root with other common overrides would report the
+    # old runs as its own: refused, the manifest kept.
+    proc = run_quick("--sweep=lr", f"--root={tmp_path}", "--emit=commands",
+                     "--config.total_steps=9")
+    assert proc.returncode == 2 and "was planned with common {'total_steps': 7}" in proc.stderr
+    assert json.loads((tmp_path / "lm_shakespeare.tiny" / "lr.sweep.json").read_text()) == \
+        manifest
 
 
 def test_seeds_without_a_sweep_run_the_config_itself(tmp_path):

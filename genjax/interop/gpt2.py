@@ -48,9 +48,12 @@ def model_config(hf: dict) -> dict[str, Any]:
         raise UserError(f"config.json: model_type={hf.get('model_type')!r}, not 'gpt2' "
                         f"(only GPT-2 checkpoints can be imported)")
     missing = [k for k in ("n_layer", "n_head", "n_embd", "vocab_size", "n_positions")
-               if not isinstance(hf.get(k), int)]
+               if not isinstance(hf.get(k), int) or hf[k] < 1]
     if missing:
-        raise UserError(f"config.json: missing integer keys {missing}")
+        raise UserError(f"config.json: {missing} must be integers >= 1")
+    eps = hf.get("layer_norm_epsilon", 1e-5)
+    if not isinstance(eps, (int, float)) or not 0 < eps < float("inf"):
+        raise UserError(f"config.json: layer_norm_epsilon={eps!r} must be a number > 0")
     D, N = hf["n_embd"], hf["n_head"]
     F = hf.get("n_inner") or 4 * D
     if D % N or F % D:

@@ -19,6 +19,7 @@ from genjax import assemble as assemble_lib
 from genjax import checkpoint as ckpt_lib
 from genjax import config_lib, inference, quantize, runtime, sharding
 from genjax import step as step_lib
+from genjax import workdir as workdir_lib
 from genjax.errors import UserError
 from genjax.interop import gpt2, hf_folder
 from genjax.models import scan_convert
@@ -71,6 +72,7 @@ def import_gpt2(folder: str, workdir: str, base_config=None) -> dict:
         config.data.tokenizer_from = os.path.abspath(workdir)
         config.lock()
     params_np = gpt2.from_hf(hf_folder.read_weights(folder), gpt2.model_config(hf))
+    workdir = workdir_lib.make_workdir(workdir)  # a file in the way: one line
     if os.path.isdir(os.path.join(workdir, "checkpoints")) and os.listdir(
             os.path.join(workdir, "checkpoints")):
         raise UserError(f"--workdir={workdir!r} already holds checkpoints; use a new one")
@@ -99,8 +101,7 @@ def import_gpt2(folder: str, workdir: str, base_config=None) -> dict:
 
 def export_gpt2(workdir: str, out: str, which: str = "ema") -> list[str]:
     """Writes the latest checkpoint of `workdir` as a HF GPT-2 folder `out` (must be new)."""
-    if os.path.exists(out) and os.listdir(out):
-        raise UserError(f"--out={out!r} exists and is not empty; nothing overwritten")
+    workdir_lib.refuse_nonempty(out)
     loaded = inference.load(workdir, which=which)
     if quantize.is_quantized_meta(loaded.meta):
         raise UserError(f"{workdir}: int8 weights (genjax.quantize) do not export to GPT-2; "
@@ -114,5 +115,6 @@ def export_gpt2(workdir: str, out: str, which: str = "ema") -> list[str]:
     params = scan_convert.unstack(jax.device_get(loaded.params))  # scan_layers: per layer
     tensors = gpt2.to_hf(params, model)
     tok = loaded.meta.get("data", {}).get("tokenizer", {})
+    workdir_lib.make_workdir(out, "--out")
     return hf_folder.write_folder(out, config, tensors,
                                   tok.get("tokenizer") if tok.get("kind") == "bpe" else None)
