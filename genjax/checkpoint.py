@@ -136,7 +136,12 @@ class Checkpointer:
         if step is None:
             raise UserError(f"no checkpoint in {self.directory}")
         self._check_step(step)
-        out = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+        try:
+            out = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+        except Exception as e:  # noqa: BLE001
+            _raise_if_this_machine(e, step)
+            raise CorruptCheckpoint(f"step {step} of {self.directory}: its meta cannot be read "
+                                    f"({type(e).__name__}: {_first_line(e)})") from e
         return out["meta"]
 
     def best_step(self) -> int | None:

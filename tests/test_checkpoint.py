@@ -407,3 +407,12 @@ def test_a_nan_or_inf_score_never_displaces_the_best_step(tmp_path):
     ck.close()
     assert ck.all_steps() == [3, 6] and ck.best_step() == 3
     assert Checkpointer(tmp_path, keep=1, keep_best=1, best_metric="eval/loss").best_step() == 3
+
+
+def test_an_unreadable_meta_is_one_line_naming_the_step(tmp_path):
+    save_steps(tmp_path, [1])
+    with open(meta_file(tmp_path, 1), "w") as f:
+        f.write("garbage")  # genjax.sample showed a JSONDecodeError traceback
+    with pytest.raises(CheckpointError, match=r"step 1 of .*: its meta cannot be read") as e:
+        Checkpointer(tmp_path, read_only=True).read_meta(1)
+    assert "\n" not in str(e.value)

@@ -171,6 +171,15 @@ def test_settings_reject_unknown_keys():
         likelihood.settings(max_batch=3)
 
 
+@pytest.mark.parametrize("key", ["max_batches", "batch_size"])
+def test_a_negative_count_is_one_line_before_anything_runs(key):
+    # likelihood.max_batches=-1 ran no batch and overwrote a good report with empty cells
+    evals = {"likelihood": likelihood.settings(**{key: -1})}
+    with pytest.raises(UserError, match=f"likelihood.{key}=-1: must be >= 0"):
+        ev.check_settings(evals, ["likelihood"])
+    ev.check_settings({"likelihood": likelihood.settings(**{key: 0})}, ["likelihood"])
+
+
 def test_set_overrides_one_setting_and_names_what_is_wrong():
     from genjax.evaluate import apply_settings
     evals = _config("lm", likelihood=likelihood.settings()).evals

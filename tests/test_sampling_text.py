@@ -311,3 +311,27 @@ def test_a_flag_the_sampler_does_not_take_is_refused_even_at_zero(family, flag, 
     sample.check_flags(families.get(family), SimpleNamespace(**defaults))  # defaults: fine
     with pytest.raises(UserError, match=f"--{flag}: the .* sampler of this family does not"):
         sample.check_flags(families.get(family), SimpleNamespace(**{**defaults, flag: value}))
+
+
+@pytest.mark.parametrize("family,flag,value,match", [
+    ("diffusion", "guidance", float("nan"), "--guidance=nan: must be a finite number"),
+    ("lm", "temperature", float("inf"), "--temperature=inf: must be a finite number"),
+    ("diffusion", "min_confidence", float("nan"), "--min_confidence=nan: must be a finite"),
+    ("diffusion", "out", "x.json", r"--out=x.json: end it with .png or .npz"),
+    ("diffusion", "out", "grids/", r"--out=grids/: end it with .png or .npz"),
+    ("vae", "out", "{file}/grid.png", "a file stands where its folder should be")])
+def test_a_value_the_sampler_cannot_use_is_refused_before_sampling(family, flag, value, match,
+                                                                    tmp_path):
+    # NaN guidance gave a garbage grid, --out=x.json failed in PIL after sampling (its
+    # x.json.json written), a file where --out's folder goes failed after sampling.
+    from types import SimpleNamespace
+
+    from genjax import families, sample
+    (tmp_path / "file").write_text("")
+    value = value.format(file=tmp_path / "file") if isinstance(value, str) else value
+    defaults = dict(truncate="error", best_of=1, batch_size=250, min_confidence=0.0)
+    with pytest.raises(UserError, match=match):
+        sample.check_flags(families.get(family), SimpleNamespace(**{**defaults, flag: value}))
+    if family != "lm":
+        sample.check_flags(families.get(family), SimpleNamespace(
+            **defaults, out=str(tmp_path / "new" / "grid.png")))

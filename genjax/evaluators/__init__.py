@@ -120,6 +120,9 @@ def check_settings(evals, names: Sequence[str], available: int | None = None) ->
     anything is sampled or written; `available`: the samples a file holds (samples mode)."""
     for name in names:
         settings = evals[name]
+        for key, value in settings.items():  # counts, sizes, steps: 0 may mean "all"
+            if type(value) is int and value < 0 and key != "seed":
+                raise UserError(f"{name}.{key}={value}: must be >= 0")
         n = settings.get("num_samples")
         if n is not None and int(n) < 1:
             raise UserError(f"{name}.num_samples={n}: must be >= 1")
