@@ -57,13 +57,22 @@ def higher_is_better(metric: str) -> bool:
             or leaf in ("elbo", "recon"))
 
 
+def read_json(path: str):
+    """The JSON at `path`; UserError naming the file if it is not readable JSON."""
+    from genjax.errors import UserError
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path}: not readable JSON ({e})") from None
+
+
 def run_record(manifest_dir: str, run: dict, metrics: list[str]) -> dict:
     workdir = os.path.join(manifest_dir, run["workdir"])
     rows = read_metrics(workdir)
     final = {}
     if os.path.exists(os.path.join(workdir, "final_metrics.json")):
-        with open(os.path.join(workdir, "final_metrics.json")) as f:
-            final = json.load(f)
+        final = read_json(os.path.join(workdir, "final_metrics.json"))
     rec = {"name": run["name"], "overrides": run["overrides"], "seed": run["seed"],
            "workdir": workdir, "done": bool(final), "rows": rows,
            "steps": max((r["step"] for r in rows), default=0)}
@@ -84,8 +93,13 @@ def load_sweeps(root: str) -> list[tuple[str, dict]]:
     paths = sorted(glob.glob(os.path.join(root, "**", "*" + MANIFEST_SUFFIX), recursive=True))
     out = []
     for path in paths:
-        with open(path) as f:
-            out.append((path, json.load(f)))
+        manifest = read_json(path)
+        missing = [k for k in ("config", "sweep", "keys", "common", "runs")
+                   if not isinstance(manifest, dict) or k not in manifest]
+        if missing:
+            from genjax.errors import UserError
+            raise UserError(f"{path}: not a sweep manifest (no {', '.join(missing)})")
+        out.append((path, manifest))
     return out
 
 
@@ -208,8 +222,7 @@ def plot_curves(path: str, records: list[dict], keys: list[str], metric: str, ti
             ev = [(r["step"], r[f"eval/{metric}"]) for r in rec["rows"] if f"eval/{metric}" in r]
             final = os.path.join(rec["workdir"], "final_metrics.json")
             if rec["done"] and os.path.exists(final):
-                with open(final) as f:
-                    value = json.load(f).get(metric)
+                value = read_json(final).get(metric)
                 if value is not None:
                     ev.append((rec["steps"], value))
             if ev:
@@ -295,8 +308,13 @@ def main(argv=None) -> int:
     if not os.path.isdir(root):
         print(f"error: no directory {root!r}", file=sys.stderr)
         return 2
-    done = collect(root, [m for m in args.metrics.split(",") if m], args.sweep,
-                   plots=args.plots and not args.no_plots)
+    from genjax.errors import UserError
+    try:
+        done = collect(root, [m for m in args.metrics.split(",") if m], args.sweep,
+                       plots=args.plots and not args.no_plots)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if not done:
         print(f"error: no *{MANIFEST_SUFFIX} under {root!r} (run experiments.sweep first)",
               file=sys.stderr)

@@ -389,6 +389,8 @@ def test_cli_flags_are_absl_flags_and_bad_ones_are_one_line():
                          (["inspect", "x.txt", "--examples=-2"], "--examples=-2"),
                          (["prepare", "pets/", "--channels=2"], "--channels=2"),
                          (["prepare", "pets/", "--test_percent=100"], "--test_percent=100"),
+                         (["prepare", "pets/", "--test_percent=0"], "--test_percent=0"),
+                         (["prepare", "pets/", "--image_size=100000"], "--image_size=100000"),
                          (["inspect", "x.txt", "--nope=1"], "'nope'"),
                          (["frob", "x.txt"], "prepare|inspect")]:
         with pytest.raises(CliError, match=needle):

@@ -111,6 +111,13 @@ def test_collect_flags_are_absl_flags_and_bad_input_is_one_line(tmp_path, capsys
     errors = capsys.readouterr().err.splitlines()
     assert len(errors) == 3 and all(e.startswith("error: ") for e in errors), errors
     assert "no *.sweep.json" in errors[0] and "metrics" in errors[1] and "ROOT" in errors[2]
+    (tmp_path / "lm.tiny").mkdir()
+    for content, needle in [('{"config": "c"', "not readable JSON"),   # truncated
+                            ('{"config": "c"}', "not a sweep manifest (no sweep, keys")]:
+        (tmp_path / "lm.tiny" / "lr.sweep.json").write_text(content)
+        assert collect.main([str(tmp_path), "--noplots"]) == 2   # was: a traceback
+        err = capsys.readouterr().err.splitlines()
+        assert len(err) == 1 and err[0].startswith("error: ") and needle in err[0], err
 
 
 def test_collect_tables_from_run_directories(tmp_path, capsys):

@@ -115,10 +115,10 @@ def parse(argv: list[str]) -> types.SimpleNamespace:
                         flag_values=fv)
     flags.DEFINE_string("source_dir", "", "Fashion-MNIST IDX folder", flag_values=fv)
     flags.DEFINE_integer("image_size", 0, "image folders: side in pixels (0 = native)",
-                         lower_bound=0, flag_values=fv)
+                         lower_bound=0, upper_bound=2048, flag_values=fv)
     flags.DEFINE_enum("channels", "0", ["0", "1", "3"], "image folders: 1 | 3 (0 = native)",
                       flag_values=fv)
-    flags.DEFINE_integer("test_percent", 10, "image folders: test split", lower_bound=0,
+    flags.DEFINE_integer("test_percent", 10, "image folders: test split", lower_bound=1,
                          upper_bound=99, flag_values=fv)
     flags.DEFINE_integer("examples", 3, "examples shown by inspect", lower_bound=0,
                          flag_values=fv)
