@@ -297,3 +297,13 @@ def test_report_table_and_links(tmp_path):
     assert "| img/n | 12,345 | \u2014 |" in md
     assert "![fig.png](fig.png)" in md and "hello" in md
     assert json.loads(read(json_path))["evaluators"]["img"]["figures"] == ["fig.png"]
+
+
+def test_a_file_where_the_report_folder_goes_is_one_line_and_kept(tmp_path):
+    (tmp_path / "eval").write_text("mine")  # was: FileExistsError from os.makedirs
+    with pytest.raises(UserError, match="the report folder=.* is a file, not a directory"):
+        ev.EvalContext(config=_config("gan"), family=None, model=None, params=None,
+                       model_state=None, meta={}, step=0, workdir=str(tmp_path),
+                       out_dir=str(tmp_path / "eval"), which="raw", seed=0, data=None,
+                       parts=None)
+    assert (tmp_path / "eval").read_text() == "mine"

@@ -227,7 +227,8 @@ class EvalContext:
     _sample_pool: dict = dataclasses.field(default_factory=dict, repr=False)
 
     def __post_init__(self):
-        os.makedirs(self.out_dir, exist_ok=True)
+        from genjax.workdir import make_workdir
+        make_workdir(self.out_dir, "the report folder")  # a file in the way: one line
 
     # ------------------------------------------------------------------ family eval
     def evaluate(self, batches: Iterable[dict], eval_kwargs: dict | None = None) -> dict:
