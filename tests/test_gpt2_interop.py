@@ -299,6 +299,9 @@ def test_cli_takes_a_base_config_and_refuses_a_file_as_workdir_or_out(tmp_path):
 def test_cli_missing_flag_is_one_error_line(tmp_path):
     proc = subproc.run_module("genjax.interop", "import-gpt2", f"--workdir={tmp_path / 'w'}")
     subproc.assert_one_line_error(proc, "--from required")
+    proc = subproc.run_module("genjax.interop", "import-gpt2", f"--from={FIXTURE}",
+                              f"--workdir={tmp_path / 'w'}", f"--out={tmp_path / 'o'}")
+    subproc.assert_one_line_error(proc, "import-gpt2 does not take --out")  # was: ignored
     assert not (tmp_path / "w").exists()
 
 

@@ -37,6 +37,13 @@ def _need(*names):
         raise UserError(f"{' and '.join(missing)} required")
 
 
+def _refuse(command: str, *names):
+    """Flags of the other command, given to this one: an error, never ignored."""
+    given = [f"--{n}" for n in names if FLAGS[n].present]
+    if given:
+        raise UserError(f"{command} does not take {', '.join(given)}")
+
+
 def main(argv) -> None:
     if len(argv) != 2 or argv[1] not in COMMANDS:
         raise UserError(f"usage: python -m genjax.interop {{{'|'.join(COMMANDS)}}} --flags "
@@ -45,6 +52,7 @@ def main(argv) -> None:
     runtime.setup_logging()
     if argv[1] == "import-gpt2":
         _need("from", "workdir")
+        _refuse("import-gpt2", "out", "params")
         base = gpt2_workdir.load_config_file(FLAGS.config) if FLAGS.config else None
         summary = gpt2_workdir.import_gpt2(FLAGS["from"].value, FLAGS.workdir, base)
         m = summary["model"]
@@ -53,6 +61,7 @@ def main(argv) -> None:
               f"{summary['tokenizer']} tokens) into {FLAGS.workdir} as step 0", flush=True)
     else:
         _need("workdir", "out")
+        _refuse("export-gpt2", "from", "config")
         written = gpt2_workdir.export_gpt2(FLAGS.workdir, FLAGS.out, which=FLAGS.params)
         print("wrote " + ", ".join(written), flush=True)
 
