@@ -27,6 +27,7 @@ import sys
 import numpy as np
 
 from experiments.sweep import MANIFEST_SUFFIX
+from genjax.errors import UserError
 from genjax.sweep_lib import format_value
 from genjax.metrics_writer import read_rows
 
@@ -59,7 +60,6 @@ def higher_is_better(metric: str) -> bool:
 
 def read_json(path: str):
     """The JSON at `path`; UserError naming the file if it is not readable JSON."""
-    from genjax.errors import UserError
     try:
         with open(path) as f:
             return json.load(f)
@@ -97,7 +97,6 @@ def load_sweeps(root: str) -> list[tuple[str, dict]]:
         missing = [k for k in ("config", "sweep", "keys", "common", "runs")
                    if not isinstance(manifest, dict) or k not in manifest]
         if missing:
-            from genjax.errors import UserError
             raise UserError(f"{path}: not a sweep manifest (no {', '.join(missing)})")
         out.append((path, manifest))
     return out
@@ -308,7 +307,6 @@ def main(argv=None) -> int:
     if not os.path.isdir(root):
         print(f"error: no directory {root!r}", file=sys.stderr)
         return 2
-    from genjax.errors import UserError
     try:
         done = collect(root, [m for m in args.metrics.split(",") if m], args.sweep,
                        plots=args.plots and not args.no_plots)

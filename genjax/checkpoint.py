@@ -262,16 +262,9 @@ class Checkpointer:
             _raise_if_this_machine(e, step)
             raise CorruptCheckpoint(f"step {step}: cannot be read ({type(e).__name__}: "
                                     f"{str(e).splitlines()[0] if str(e) else ''})") from e
-        saved = out["meta"].get("checksums")
-        scheme = out["meta"].get("checksum_scheme", "legacy")  # none before 2026-12-04
-        if verify and saved is not None and scheme not in checkpoint_checksums.SCHEMES:
-            raise CheckpointError(f"step {step}: checksum scheme {scheme!r} is unknown to "
-                                  f"this genjax (a newer one wrote it)")
-        if verify and saved is not None:
-            now, _ = _checksums(out["state"], scheme)
-            bad = sorted(k for k in saved if now.get(k) != saved[k])
-            if bad:
-                raise CorruptCheckpoint(f"step {step}: checksum mismatch in {bad[:5]}")
+        bad = _checksum_mismatches(out["meta"], out["state"], step) if verify else []
+        if bad:
+            raise CorruptCheckpoint(f"step {step}: checksum mismatch in {bad[:5]}")
         return TrainState(**out["state"]), out["data"], out["meta"]
 
     def restore_latest(self, abstract_state: TrainState, *, strict: bool = False):
@@ -334,7 +327,8 @@ class Checkpointer:
         if key == "ema_params" and not jax.tree_util.tree_leaves(saved_params):
             raise UserError(f"init_from_params=ema: {self.directory} kept no EMA params "
                             "(optim.ema_decay 0): --config.init_from_params=raw")
-        aux = set(self.read_meta(step).get("aux_params", ())) - set(abstract_params)
+        meta = self.read_meta(step)
+        aux = set(meta.get("aux_params", ())) - set(abstract_params)
         saved_params = {k: v for k, v in saved_params.items() if k not in aux}
         problems = tree_mismatches(saved_params, abstract_params)
         check_layout(saved_params, abstract_params, self.directory)
@@ -349,20 +343,25 @@ class Checkpointer:
         args = ocp.args.PyTreeRestore(item=item, restore_args=restore_args, partial_restore=True)
         with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as reader:
             restored = reader.restore(path, args=args)
-        self._verify_part(step, restored, source)
-        return restored[key]
-
-    def _verify_part(self, step: int, restored: dict, source: str) -> None:
-        """A partial read ({"params": ...}) checked against the save's checksums."""
-        meta = self.read_meta(step)
-        saved, scheme = meta.get("checksums"), meta.get("checksum_scheme", "legacy")
-        if not saved or scheme not in checkpoint_checksums.SCHEMES:
-            return
-        now, _ = _checksums(restored, scheme)
-        bad = sorted(k for k in now if k in saved and now[k] != saved[k])
+        bad = _checksum_mismatches(meta, restored, step)
         if bad:
             raise CorruptCheckpoint(f"{source}: step {step} of {self.directory} fails its "
                                     f"checksums in {bad[:5]}: the checkpoint is corrupt")
+        return restored[key]
+
+
+def _checksum_mismatches(meta: dict, tree: dict, step: int) -> list[str]:
+    """Leaf paths of `tree` (the state dict, or the part a partial read holds) whose
+    checksums differ from those the save stored in `meta` ([] if it stored none)."""
+    saved = meta.get("checksums")
+    if not saved:
+        return []
+    scheme = meta.get("checksum_scheme", "legacy")  # none before 2026-12-04
+    if scheme not in checkpoint_checksums.SCHEMES:
+        raise CheckpointError(f"step {step}: checksum scheme {scheme!r} is unknown to this "
+                              f"genjax (a newer one wrote it)")
+    now, _ = _checksums(tree, scheme)
+    return sorted(k for k in now if now[k] != saved.get(k))
 
 
 def _raise_if_this_machine(e: BaseException, step: int) -> None:

@@ -46,6 +46,7 @@ from genjax import step as step_lib
 from genjax import workdir as workdir_lib
 from genjax.errors import UserError
 from genjax.families import lora as lora_lib
+from genjax.models.param_kinds import is_matrix
 
 FORMAT = "int8-absmax-per-channel"
 Q, S = "int8", "scale"
@@ -77,13 +78,9 @@ def is_quantized_leaf(x) -> bool:
     return isinstance(x, dict) and set(x) == {Q, S}
 
 
-FLOAT_NAMES = ("bias", "scale")  # kept float whatever their rank (attention biases are 2-d)
-
-
 def quantizes(path: tuple, x) -> bool:
-    """Which leaves become int8: floating, >= 2 dims, not a bias or norm scale."""
-    return (np.ndim(x) >= 2 and jnp.issubdtype(jnp.result_type(x), jnp.floating)
-            and str(path[-1]) not in FLOAT_NAMES)
+    """Which leaves become int8: floating weight matrices (genjax/models/param_kinds.py)."""
+    return is_matrix(path[-1], x) and jnp.issubdtype(jnp.result_type(x), jnp.floating)
 
 
 def quantize_params(params, names: dict[tuple, tuple | None]):

@@ -40,19 +40,17 @@ def sampler_kind(family) -> str:
 
 
 def check_flags(family, opts) -> str:
-    """The sampler kind; UserError naming the first flag given that it does not take."""
+    """The sampler kind; UserError naming the first flag given that it does not take, or
+    that is not a finite number, or an --out it cannot write."""
     kind = sampler_kind(family)
     takes = set({"text": TEXT_FLAGS, "images": IMAGE_FLAGS, "arrays": ARRAY_FLAGS}[kind])
     if kind == "images":
         takes |= set(getattr(family, "sample_options", ()))
     for name in dict.fromkeys((*TEXT_FLAGS, *IMAGE_FLAGS, *OPTION_FLAGS)):
         value = getattr(opts, name, None)
-        if name in takes or not _given(name, value):
-            continue
-        raise UserError(f"--{name}: the {kind} sampler of this family does not take it "
-                        f"(it takes: {', '.join('--' + t for t in sorted(takes))})")
-    for name in dict.fromkeys((*TEXT_FLAGS, *IMAGE_FLAGS, *OPTION_FLAGS)):
-        value = getattr(opts, name, None)
+        if name not in takes and _given(name, value):
+            raise UserError(f"--{name}: the {kind} sampler of this family does not take it "
+                            f"(it takes: {', '.join('--' + t for t in sorted(takes))})")
         if isinstance(value, float) and not math.isfinite(value):
             raise UserError(f"--{name}={value}: must be a finite number")
     out = getattr(opts, "out", None)

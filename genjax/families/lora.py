@@ -34,6 +34,7 @@ from flax import traverse_util
 
 from genjax import sharding
 from genjax.errors import ConfigError
+from genjax.models.param_kinds import is_matrix
 
 BASE = "lora_base"  # model_state key of the frozen base params
 # Exports of the wrapped family passed through unchanged (none of them takes params).
@@ -61,12 +62,9 @@ def path_str(path: tuple) -> str:
     return "/".join(str(p) for p in path)
 
 
-NOT_KERNELS = ("bias", "scale")  # 2-d too: attention biases; norm scales under scan_layers
-
-
 def is_kernel(path: tuple, x) -> bool:
-    """A weight matrix (ndim >= 2, not a bias or norm scale): what an adapter may target."""
-    return np.ndim(x) >= 2 and str(path[-1]) not in NOT_KERNELS
+    """A weight matrix (genjax/models/param_kinds.py): what an adapter may target."""
+    return is_matrix(path[-1], x)
 
 
 def targets(base_params, config) -> list[tuple]:

@@ -46,6 +46,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from genjax.models.param_kinds import is_matrix
 from genjax.models.transformer import Cache, Transformer, init_cache
 from genjax.sampling.filters import (  # noqa: F401  (re-exported: lm.top_p_mask, ...)
     Sampling, Switches, filtered_logits, mask_invalid, min_p_mask, repetition_penalty,
@@ -252,8 +253,7 @@ def _cast_matrices(model, params):
     call: the model casts them at each use, so the result is the same without a convert
     of every weight per token. Anything but a Transformer (int8 params) as it is."""
     def cast(path, x):
-        last = getattr(path[-1], "key", None)
-        matrix = x.ndim >= 2 and x.dtype == jnp.float32 and last not in ("bias", "scale")
+        matrix = x.dtype == jnp.float32 and is_matrix(getattr(path[-1], "key", None), x)
         return x.astype(model.dtype) if matrix else x
     if not isinstance(model, Transformer) or model.dtype == jnp.float32:
         return params
