@@ -31,7 +31,7 @@ from genjax.checkpoint_layout import (  # noqa: F401  (tree_mismatches: interop 
     check_against_saved, check_layout, tree_mismatches, tree_of)
 from genjax.checkpoint_paths import parse_init_from  # noqa: F401  (its users import it here)
 from genjax.errors import (CheckpointError, ConfigError, CorruptCheckpoint,  # noqa: F401
-                           UserError, machine_failure)
+                           UserError, machine_failure, warn)
 from genjax.step import TrainState
 
 def _state_to_dict(state: TrainState) -> dict:
@@ -282,8 +282,7 @@ class Checkpointer:
                 if strict:
                     raise CheckpointError(f"{e} (strict: not falling back)") from e
                 msg = f"checkpoint {e}; falling back to the previous step"
-                logging.warning(msg)
-                print(f"warning: {msg}", flush=True)
+                warn(msg)
                 self._quarantine(step)
                 continue
             self.protect = step

@@ -63,3 +63,19 @@ def machine_failure(e: BaseException) -> BaseException | None:
             return e
         e = e.__cause__ or e.__context__
     return None
+
+
+def warn(msg: str) -> None:
+    """One `warning: <msg>` line on stdout, where genjax prints its progress. A program
+    whose absl log goes to a file (`absl.logging.get_absl_handler().use_absl_log_file()`)
+    gets it there too; a log on the terminal does not: the terminal shows it once."""
+    import logging
+    import sys
+    print(f"warning: {msg}", flush=True)
+    try:
+        from absl import logging as absl_logging
+        stream = absl_logging.get_absl_handler().python_handler.stream
+    except Exception:  # noqa: BLE001  (no absl: nothing logs to a file)
+        return
+    if stream not in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+        logging.warning(msg)

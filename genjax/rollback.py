@@ -10,11 +10,10 @@ resumed run discards exactly the same batches.
 from __future__ import annotations
 
 import dataclasses
-import logging
 from typing import Any, Iterator
 
 from genjax import faults
-from genjax.errors import NonFinite  # noqa: F401  (re-exported)
+from genjax.errors import NonFinite, warn  # noqa: F401  (NonFinite: re-exported)
 
 
 @dataclasses.dataclass
@@ -81,7 +80,6 @@ def roll_back(bad: NonFinite, *, config, ckpt, abstract_state, book: BatchBook,
     book = book.rolled_back_to(BatchBook.from_meta(saved_meta, target))
     msg = (f"{bad}; rolled back to step {target}, skipping batches {ordinals} "
            f"(rollback {book.rollbacks}/{config.max_rollbacks})")
-    logging.warning(msg)
-    print(f"warning: {msg}", flush=True)
+    warn(msg)
     writer.write(target, {"rollback/to_step": target, "rollback/count": book.rollbacks})
     return state, book, target

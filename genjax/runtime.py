@@ -83,6 +83,18 @@ def setup_logging() -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def available_host_bytes() -> int | None:
+    """Host memory available to a new allocation now (Linux MemAvailable), None elsewhere."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
 def version() -> str:
     try:
         from importlib.metadata import version as v

@@ -10,10 +10,9 @@ trained with the tokenizer of this run's data?
 """
 from __future__ import annotations
 
-import logging
 
 from genjax import config_lib
-from genjax.errors import UserError
+from genjax.errors import UserError, warn
 
 ARCH_KEYS = ("family", "model")
 # These change the params' layout: the message says how to convert.
@@ -72,8 +71,7 @@ def warn_changed_schedule(saved_meta: dict, config) -> list[str]:
     diffs = changed_schedule(saved_meta, config)
     if diffs:
         msg = "resuming with changed schedule keys: " + "; ".join(diffs)
-        logging.warning(msg)
-        print(f"warning: {msg}", flush=True)
+        warn(msg)
     return diffs
 
 

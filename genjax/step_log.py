@@ -4,13 +4,12 @@ skipped) and, every `log_every_steps`, write metrics.jsonl / TensorBoard and the
 progress line (throughput, MFU, ETA)."""
 from __future__ import annotations
 
-import logging
 import math
 
 import jax
 
 from genjax import families, flops, optim
-from genjax.errors import NonFinite
+from genjax.errors import NonFinite, warn
 from genjax.metrics_writer import MetricsWriter, Progress
 
 
@@ -32,9 +31,9 @@ class StepLog:
         config = self.config
         m = jax.device_get(metrics)
         if int(m.get("skipped", 0)):
-            logging.warning("step %d: non-finite gradients, update skipped", step)
+            warn(f"step {step}: non-finite gradients, update skipped")
         if int(m.get("spike", 0)):
-            logging.warning("step %d: loss spike (%.4g), update skipped", step, float(m["loss"]))
+            warn(f"step {step}: loss spike ({float(m['loss']):.4g}), update skipped")
         consecutive = int(m.get("consecutive_skips", 0))
         if not math.isfinite(float(m.get("param_norm", 0.0))):
             raise NonFinite(f"step {step}: parameters became non-finite (last good "

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
 import socket
 import subprocess
@@ -13,7 +12,7 @@ from importlib import metadata
 import jax
 
 from genjax import checkpoint as ckpt_lib
-from genjax.errors import UserError
+from genjax.errors import UserError, warn
 
 LOCK_NAME = ".lock"
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain",
@@ -87,7 +86,7 @@ class WorkdirLock:
                 if not same_host and owner.get("host"):
                     raise UserError(f"{self.path} is held by host {owner['host']} "
                                     f"(pid {owner.get('pid')}); delete it if that run is dead")
-                logging.warning("taking over a stale lock %s (%s)", self.path, owner)
+                warn(f"taking over a stale lock {self.path} ({owner})")
                 os.unlink(self.path)
                 continue
             with os.fdopen(fd, "w") as f:

@@ -209,3 +209,20 @@ def test_counts_it_cannot_run_with_are_one_line_and_no_prompts_is_no_win_rate(ke
     with pytest.raises(UserError, match=f"alignment.{key}={value}: must be >= [01]"):
         ev.check_settings({"alignment": s}, ["alignment"])
     assert math.isnan(alignment.win_rate([], [])) and math.isnan(alignment.kl_estimate([], []))
+
+
+def test_the_reward_vs_kl_script_stops_with_one_line_when_an_evaluation_fails(tmp_path):
+    import os
+    import subprocess
+    import sys
+    run = tmp_path / "sweep" / "0" / "dpo.beta=0.1" / "seed=0"
+    run.mkdir(parents=True)
+    (run / "final_metrics.json").write_text("{}")  # finished, but no checkpoint to evaluate
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    p = subprocess.run([sys.executable, "experiments/2026-12-01_align/reward_vs_kl.py",
+                        f"--root={tmp_path / 'sweep'}", f"--out={tmp_path / 'curve'}",
+                        "--max_new_tokens=8"], cwd=root, capture_output=True, text=True,
+                       timeout=300)
+    assert p.returncode != 0 and "Traceback" not in p.stderr, p.stderr
+    assert p.stderr.strip().splitlines()[-1].startswith(f"reward_vs_kl: evaluating {run}")
+    assert not list(tmp_path.glob("curve*"))  # nothing half-written

@@ -131,3 +131,30 @@ def test_a_multi_process_launch_without_an_integer_process_id_is_one_line(
     with pytest.raises(UserError, match="JAX_PROCESS_ID=") as e:
         runtime.initialize_distributed()
     assert "\n" not in str(e.value)
+
+
+_WARN_ONCE = '''
+import sys
+from absl import app, logging
+from genjax.errors import warn
+def main(argv):
+    if "--log_dir" in " ".join(sys.argv):
+        logging.get_absl_handler().use_absl_log_file()
+    warn("checkpoint 7 is unreadable")
+app.run(main)
+'''
+
+
+@pytest.mark.parametrize("log_dir", [False, True])
+def test_a_warning_shows_once_on_the_terminal_and_in_a_log_file(tmp_path, log_dir):
+    import subprocess
+    import sys
+    args = [f"--log_dir={tmp_path}"] if log_dir else []
+    p = subprocess.run([sys.executable, "-c", _WARN_ONCE, *args], capture_output=True,
+                       text=True, timeout=60, cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert p.returncode == 0, p.stderr
+    terminal = p.stdout + p.stderr
+    assert terminal.count("checkpoint 7 is unreadable") == 1, terminal
+    assert "warning: checkpoint 7 is unreadable" in p.stdout
+    logged = "".join(f.read_text() for f in tmp_path.glob("*.log*") if f.is_file())
+    assert ("checkpoint 7 is unreadable" in logged) == log_dir

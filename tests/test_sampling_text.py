@@ -41,6 +41,31 @@ def test_a_batch_of_prompts_of_different_lengths_equals_decoding_each_alone(lm):
     assert len({row[0] for row in batch}) == 3 and all(len(row[0]) == 8 for row in batch)
 
 
+def test_many_samples_are_decoded_a_call_at_a_time_with_the_same_texts(lm, monkeypatch):
+    """Each row draws from its own stream, so splitting the rows over several decode calls
+    (each holding only its own KV cache) gives the texts of one call."""
+    req = TextRequest(max_new_tokens=8, temperature=1.0, num_samples=5, seed=3)
+    whole = texts(lm, ["ab", "c"], req)
+    calls = []
+    decode = lm_sampling.decode
+    monkeypatch.setattr(lm_sampling, "decode",
+                        lambda *a, **k: calls.append(len(a[2])) or decode(*a, **k))
+    monkeypatch.setattr(text, "ROWS_PER_CALL", 4)
+    assert texts(lm, ["ab", "c"], req) == whole
+    assert calls == [4, 4, 2]
+
+
+def test_samples_that_cannot_fit_in_host_memory_are_refused_before_decoding(lm, monkeypatch):
+    with monkeypatch.context() as m:  # 2,000 samples of 10 ids: ~2.3 MiB on the bound
+        m.setattr(text.runtime, "available_host_bytes", lambda: 2**21)
+        with pytest.raises(UserError, match=r"need ~0.0 GiB of host memory; 0.0 GiB are"):
+            text.generate_texts(*lm, ["ab"], TextRequest(max_new_tokens=8, num_samples=2000))
+    req = TextRequest(max_new_tokens=8, num_samples=10**9)  # this machine, as it is
+    with pytest.raises(UserError, match=r"num_samples=1000000000 x 1 prompt\(s\): "
+                                        r"1000000000 samples of up to 10 tokens need ~"):
+        text.generate_texts(*lm, ["ab"], req)
+
+
 def test_same_seed_same_samples_and_samples_differ_from_each_other(lm):
     req = TextRequest(max_new_tokens=8, temperature=1.5, num_samples=3, seed=7)
     first = texts(lm, ["the cat"], req)[0]

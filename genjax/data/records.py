@@ -6,10 +6,9 @@ depends only on the files, so the skipping is the same in every run and every re
 """
 from __future__ import annotations
 
-import logging
 import threading
 
-from genjax.errors import UserError
+from genjax.errors import UserError, warn
 
 
 class BadRecordError(UserError):
@@ -52,7 +51,5 @@ class Budget:
             if count > self.max_bad:
                 raise BadRecordError(f"unreadable {where} ({count} bad records, "
                                      f"config.data.max_bad_records={self.max_bad})") from e
-            logging.warning("skipping unreadable %s (%d of %d allowed)", where, count,
-                            self.max_bad)
-            print(f"warning: skipping unreadable {where}", flush=True)
+            warn(f"skipping unreadable {where} ({count} of {self.max_bad} allowed)")
             return None

@@ -196,7 +196,6 @@ def _build(config, directory: str, digest: str, preset: str, cache_dir: str,
     tmp = tempfile.mkdtemp(prefix=f".building-{os.path.basename(directory)}-", dir=cache_dir)
     msg = (f"feature net: training configs/fmnist_classifier.py:{preset} into {directory} "
            f"(first use; later runs reuse it)")
-    logging.warning(msg)
     print(msg, flush=True)
     try:
         t0 = time.time()

@@ -41,11 +41,16 @@ from typing import Callable, Sequence
 import jax
 import numpy as np
 
+from genjax import runtime
 from genjax.errors import UserError
 from genjax.sampling import lm as lm_sampling
 
 TRUNCATE = ("error", "left")
 PROMPT_BUCKET = 8  # prompts are padded to a multiple of this many tokens
+ROWS_PER_CALL = 256  # rows per decode call: its KV cache, not all samples', is on the device
+# What a finished sample holds on the host (its ids twice, its text, the objects around
+# them), an upper bound used to refuse a request that cannot fit before decoding it.
+HOST_BYTES_PER_TOKEN, HOST_BYTES_PER_ROW = 16, 1024
 
 
 @dataclasses.dataclass(frozen=True)
@@ -230,10 +235,29 @@ def _warn_window(longest: int, req: TextRequest, max_len: int) -> None:
                       f"{max_len // 2} tokens", stacklevel=4)
 
 
+def check_host_memory(num_rows: int, tokens_per_row: int, what: str) -> None:
+    """UserError (one line) when `num_rows` samples of `tokens_per_row` ids cannot fit in
+    the host memory available now (Linux; elsewhere nothing is checked)."""
+    need = num_rows * (HOST_BYTES_PER_TOKEN * tokens_per_row + HOST_BYTES_PER_ROW)
+    have = runtime.available_host_bytes()
+    if have is not None and need > have:
+        raise UserError(f"{what}: {num_rows} samples of up to {tokens_per_row} tokens need "
+                        f"~{need / 2**30:.1f} GiB of host memory; {have / 2**30:.1f} GiB "
+                        f"are available: ask for fewer or shorter samples")
+
+
 def _decode_rows(model, params, tokenizer, rows, row_ids, req: TextRequest):
-    """Generated ids (before any stop token) and stopped flags, one per row. Rows that slide
-    the window are decoded in groups of one prompt length, so each slides where it would
-    alone (a prompt's samples do not depend on its batch)."""
+    """Generated ids (before any stop token) and stopped flags, one per row, decoded
+    ROWS_PER_CALL rows at a time. Rows that slide the window are decoded in groups of one
+    prompt length, so each slides where it would alone (a prompt's samples do not depend on
+    its batch: each row draws from its own stream, row_ids)."""
+    if len(rows) > ROWS_PER_CALL:
+        out, stopped = [], []
+        for start in range(0, len(rows), ROWS_PER_CALL):
+            part = slice(start, start + ROWS_PER_CALL)
+            got, hit = _decode_rows(model, params, tokenizer, rows[part], row_ids[part], req)
+            out, stopped = out + list(got), stopped + list(hit)
+        return out, np.asarray(stopped, bool)
     lengths = np.asarray([len(r) for r in rows])
     _warn_window(int(lengths.max()), req, model.max_len)
     if not req.window or lengths.max() + req.max_new_tokens <= model.max_len:
@@ -302,6 +326,8 @@ def generate_texts(model, params, tokenizer, prompts: Sequence[str],
     """`req.num_samples` completions of each prompt (req.prompt is ignored), one batch."""
     fitted = _prepare(model, tokenizer, prompts, req)
     S = req.num_samples
+    check_host_memory(S * len(fitted), max(map(len, fitted)) + req.max_new_tokens,
+                      f"num_samples={S} x {len(fitted)} prompt(s)")
     rows = [ids for ids in fitted for _ in range(S)]
     row_ids = np.tile(np.arange(S, dtype=np.int32), len(fitted))
     out, stopped = _decode_rows(model, params, tokenizer, rows, row_ids, req)
