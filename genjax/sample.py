@@ -308,14 +308,14 @@ def sample_images(loaded, opts=None, probs_fn=None) -> str | None:
             print("[filtered] " + json.dumps(row), flush=True)
     kept = [r["image"] for r in records if not r["rejected"]]
     meta["kept"] = len(kept)
+    if not kept:  # an earlier grid and its .json stay as they were, a matching pair
+        print(f"all {n} samples were rejected (--min_confidence={opts.min_confidence}; "
+              f"reasons above); nothing written to {out}", flush=True)
+        return None
     workdir_lib.make_parent(out)
+    save_grid(np.stack(kept), out)
     with open(out + ".json", "w") as f:
         json.dump(meta, f, indent=1)
-    if not kept:
-        print(f"all {n} samples were rejected (--min_confidence={opts.min_confidence}); "
-              f"no grid written; see {out}.json", flush=True)
-        return None
-    save_grid(np.stack(kept), out)
     extra = f", best {n} of {opts.best_of}" if opts.best_of > 1 else ""
     print(f"wrote {len(kept)} samples ({cond['what']}{extra}, step {loaded.step}) to {out}",
           flush=True)

@@ -75,6 +75,22 @@ def test_sample_cli_label_and_guidance_reach_the_sampler(family, tiny_run, tmp_p
         np.testing.assert_array_equal(by_index, unguided)
 
 
+def test_a_sample_run_that_rejects_every_image_leaves_the_earlier_grid_and_record(
+        tiny_run, tmp_path, capsys):
+    loaded = inference.load(str(tiny_run("gan")))
+    out = tmp_path / "grid.png"
+    flags = dict(workdir=str(tiny_run("gan")), prompt=None, label=None, num_samples=2,
+                 seed=0, best_of=1, out=str(out), guidance=None, steps=None)
+    uniform = lambda x: np.full((len(x), 10), 0.1)  # noqa: E731  (confidence 0.1 each)
+    sample.sample_images(loaded, SimpleNamespace(**flags, min_confidence=0.0),
+                         probs_fn=uniform)
+    before = {p: p.read_bytes() for p in (out, tmp_path / "grid.png.json")}
+    assert sample.sample_images(loaded, SimpleNamespace(**{**flags, "seed": 1},
+                                                        min_confidence=0.5),
+                                probs_fn=uniform) is None
+    assert "all 2 samples were rejected" in capsys.readouterr().out
+    assert {p: p.read_bytes() for p in before} == before
+
 def test_keep_best_by_a_metric_the_eval_does_not_report_is_a_config_error(tmp_path, data_dir):
     from genjax.errors import ConfigError
     config = tiny_config("vae", **{"total_steps": 2, "eval_every_steps": 1, "eval_batches": 1,
