@@ -2,6 +2,7 @@
 their tiny configs, and one short run of each (tests/conftest.py: `tiny_run`) that
 several test modules read. A new family must add its config module here (a test checks
 that the registry and this table agree)."""
+import contextlib
 import importlib
 
 from genjax import families
@@ -104,3 +105,13 @@ def run_config(spec: str, **overrides):
     family, variant = spec_parts(spec)
     return tiny_config(family, **{**RUN_OVERRIDES, **RUN_FAMILY_OVERRIDES[family], **variant,
                                   **overrides})
+
+
+@contextlib.contextmanager
+def one_error_line(error: type[BaseException], match: str | None = None):
+    """pytest.raises(error, match=match) that also requires a one-line message (what the
+    command-line tools print as `error: ...`)."""
+    import pytest
+    with pytest.raises(error, match=match) as e:
+        yield e
+    assert "\n" not in str(e.value), str(e.value)

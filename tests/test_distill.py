@@ -18,7 +18,7 @@ from genjax import assemble, config_lib, sharding, train
 from genjax.checkpoint import Checkpointer
 from genjax.errors import ConfigError, UserError
 from genjax.families import distill, lm
-from tests.families import run_config, tiny_config
+from tests.families import run_config, tiny_config, one_error_line
 from tests.test_families import random_batch
 
 
@@ -196,9 +196,8 @@ def test_a_teacher_with_another_tokenizer_is_one_error_and_nothing_is_written(ti
                                        "distill.random_teacher": False})
     config.lock()
     work = tmp_path / "w"
-    with pytest.raises(UserError, match="another tokenizer") as e:
+    with one_error_line(UserError, match="another tokenizer"):
         train.train(config, str(work))
-    assert "\n" not in str(e.value)
     assert not (work / "checkpoints").exists()
 
 
@@ -209,9 +208,8 @@ def test_a_teacher_with_another_tokenizer_is_one_error_and_nothing_is_written(ti
 def test_a_temperature_or_weight_out_of_range_is_one_error_line(key, value, match):
     config = tiny_config("distill", **{key: value})
     config.unlock()
-    with pytest.raises(ConfigError, match=match) as e:
+    with one_error_line(ConfigError, match=match):
         distill.resolve_config(config, None)
-    assert "\n" not in str(e.value)
 
 
 def test_lora_is_one_error_line_and_nothing_is_written(data_dir, tmp_path):

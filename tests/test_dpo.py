@@ -22,7 +22,7 @@ from genjax.data.preferences import PreferenceData, encode_pairs
 from genjax.data.tokenizer import CharTokenizer
 from genjax.errors import ConfigError, UserError
 from genjax.families import dpo, lm, lora
-from tests.families import LORA, tiny_config
+from tests.families import LORA, tiny_config, one_error_line
 
 TOK = CharTokenizer("\nabcdefghijklmnopqrstuvwxyz :ABCDEFGHIJKLMNOPQRSTUVWXYZ")
 PAIR = ("chosen", "rejected")
@@ -141,9 +141,8 @@ def test_unknown_loss_type_in_the_config_is_an_error():
      "only the sigmoid loss smooths labels"),
     ({"model.dropout": 0.1}, "model.dropout=0.1: preference tuning scores the policy and")])
 def test_settings_that_change_the_objective_are_one_error_line(overrides, match):
-    with pytest.raises(ConfigError, match=match) as e:
+    with one_error_line(ConfigError, match=match):
         dpo.check_settings(tiny_config("dpo", **overrides))
-    assert "\n" not in str(e.value)
 
 
 def test_dropout_is_why_the_config_turns_it_off():
@@ -212,9 +211,8 @@ def test_masks_cover_the_completion_targets_only():
     (RECORDS[0], {"tokenizer": {"kind": "char", "vocab": list("ab")}}, "another tokenizer")])
 def test_bad_pairs_are_one_line_errors(tmp_path, record, card, match):
     path = write_pairs(tmp_path, [RECORDS[1], record], card)
-    with pytest.raises(UserError, match=match) as e:
+    with one_error_line(UserError, match=match) as e:
         load(path)
-    assert "\n" not in str(e.value)
     if card is None:
         assert "train.jsonl:2" in str(e.value)
 

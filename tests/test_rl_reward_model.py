@@ -25,7 +25,7 @@ from genjax.errors import ConfigError, UserError
 from genjax.families import lm, reward, rl
 from genjax.metrics_writer import read_rows
 from genjax.sampling import lm as decoder
-from tests.families import run_config, tiny_config
+from tests.families import run_config, tiny_config, one_error_line
 from tests.test_dpo import RECORDS, TOK
 
 SPEC = "rl+reward_model"  # tests/families.py: rl.reward=model, a random reward model
@@ -147,9 +147,8 @@ def _fake_run(workdir, family: str, tokenizer: dict):
 
 
 def _refused(config, work, error, match):
-    with pytest.raises(error, match=match) as e:
+    with one_error_line(error, match=match):
         train.train(config, str(work))
-    assert "\n" not in str(e.value)
     assert not any((work / name).exists() for name in ("checkpoints", "config.json",
                                                        "metrics.jsonl"))
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from absl import flags
 
-from genjax import cli, config_lib, runtime
+from genjax import cli, runtime
 from genjax.errors import UserError
 
 FLAGS = flags.FLAGS
