@@ -70,7 +70,8 @@ def define_flags():
     flags.DEFINE_enum("prior", None, ["fitted", "standard"], "VAE: the mixture fitted to the "
                       "training codes, or N(0, I)")
     flags.DEFINE_string("out", None, "image families: PNG grid (default W/samples.png) or "
-                        ".npz (uint8 images + labels, for genjax.evaluate --samples)")
+                        ".npz (uint8 images + labels, for genjax.evaluate --samples); "
+                        "an existing file is replaced")
     flags.DEFINE_integer("batch_size", 250, "images: samples per sampler call for an .npz")
     flags.DEFINE_float("min_confidence", 0.0, "images: reject samples whose classifier "
                        "probability for the prompted class (else its top class) is below "
