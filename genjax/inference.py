@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from typing import Any
+
+import jax
 
 from genjax import assemble as assemble_lib
 from genjax import checkpoint as ckpt_lib
@@ -42,6 +45,13 @@ def load(workdir: str, *, which: str = "ema", step: int | None = None) -> Loaded
                   step_model_state=state.model_state)
 
 
+def inference_data_axis(config) -> int:
+    """Data parallelism over every device (-1), or, in one process, over as many as divide
+    the run's batch size (an RL run of batch 4 samples on 8 devices)."""
+    n, batch = jax.device_count(), int(config.batch_size)
+    return -1 if batch % n == 0 or jax.process_count() > 1 else math.gcd(n, batch)
+
+
 def restore(workdir: str, step: int | None = None):
     """(parts, state, data position, meta, step) of the latest (or `step`) checkpoint of
     `workdir`, assembled on all local devices (data parallel)."""
@@ -56,7 +66,7 @@ def restore(workdir: str, step: int | None = None):
     meta = ckpt.read_meta(step)
     config = config_lib.from_saved(meta["config"])
     families.get(config["family"])  # the contract is checked before anything is built
-    config.mesh = config_lib.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+    config.mesh = config_lib.ConfigDict(dict(data=inference_data_axis(config), fsdp=1, tensor=1))
     config.lock()
     mesh = sharding.make_mesh(config.mesh)
     parts = assemble_lib.assemble(config, mesh)

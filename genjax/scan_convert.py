@@ -3,15 +3,17 @@ r"""Convert a checkpoint between unscanned and scanned layer layouts (model.scan
   python -m genjax.scan_convert --workdir=runs/lm --out=runs/lm_scanned [--step=N]
 
 Restores step N (default: the latest) of --workdir, stacks (or unstacks) the layers of
-its params, optimizer moments and EMA (genjax.models.scan_convert, bit for bit), and
-writes it as step N of --out with model.scan_layers flipped in its saved config; the
-data position is kept, so `python -m genjax.train --workdir=<out> --config...
+its params, optimizer moments, EMA and the frozen copies of the same model (a DPO
+reference, a LoRA base; LoRA adapters too) (genjax.models.scan_convert, bit for bit), and
+writes it as step N of --out with model.scan_layers flipped in its saved config. Frozen
+models of their own config (a distillation teacher, an RL reward model) keep their layout,
+as their source runs give it. The data position is kept, so `python -m genjax.train --workdir=<out> --config...
 --config.model.scan_layers=<new>` resumes exactly where the old run stopped.
 """
 from __future__ import annotations
 
 
-from genjax import config_lib, inference
+from genjax import assemble, config_lib, inference, sharding
 from genjax import workdir as workdir_lib
 from genjax.errors import UserError
 from genjax.models import scan_convert
@@ -25,11 +27,14 @@ def convert_checkpoint(workdir: str, out: str, step: int | None = None) -> int:
     if "scan_layers" not in config.model:
         raise UserError(f"the checkpoint in {workdir!r} has no model.scan_layers setting "
                         f"(family {meta.get('family')!r}): nothing to convert")
-    to = "unscanned" if config.model.scan_layers else "scanned"
     config.model.scan_layers = not config.model.scan_layers
+    # The new config's state says which params dicts change layout (the trained model's).
+    flipped = config_lib.ConfigDict(config_lib.to_dict(parts.config))
+    flipped.model.scan_layers = config.model.scan_layers
+    target = assemble.assemble(flipped, sharding.make_mesh(flipped.mesh)).abstract_state
     # save() writes the new step's checksums and metrics over the source's
-    workdir_lib.write_run(out, step, scan_convert.convert(state, to), data_state, meta,
-                          config_lib.to_dict(config))
+    workdir_lib.write_run(out, step, scan_convert.convert_like(state, target), data_state,
+                          meta, config_lib.to_dict(config))
     return step
 
 

@@ -197,3 +197,23 @@ def test_grouped_query_attention_equals_multi_head_attention_with_repeated_key_v
     np.testing.assert_allclose(jnp.concatenate(stepwise, 1), want, rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="num_kv_heads=3 must divide num_heads=4"):
         tr.Transformer(num_kv_heads=3, **kw)
+
+
+@pytest.mark.parametrize("spec", ["distill", "rl+reward_model", "lm+lora"])
+def test_a_run_with_frozen_models_or_adapters_converts_and_loads_both_ways(spec, tiny_run,
+                                                                            tmp_path):
+    """The trained model (params, moments, EMA; LoRA adapters and their frozen base)
+    switches layout; a teacher or reward model of its own config keeps the layout its
+    source run gives it, so the converted run loads as the new config builds it."""
+    from genjax import inference
+    from genjax.models import scan_convert
+    run = tiny_run(spec)
+    there, back = tmp_path / "there", tmp_path / "back"
+    convert_checkpoint(str(run), str(there))
+    _, converted, _, meta, step = inference.restore(str(there))  # the flipped config's state
+    assert meta["config"]["model"]["scan_layers"] is True
+    assert scan_convert.layout(converted.params) == "scanned"
+    convert_checkpoint(str(there), str(back))
+    _, original, data0, _, _ = inference.restore(str(run), step)
+    _, again, data2, _, _ = inference.restore(str(back), step)
+    assert leaves_equal(original, again) and data0 == data2

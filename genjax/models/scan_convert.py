@@ -22,12 +22,14 @@ from genjax.models.transformer import BLOCK_PARTS, SCAN_NAME
 
 
 def is_unscanned(d) -> bool:
-    return isinstance(d, Mapping) and f"{BLOCK_PARTS[1]}_0" in d
+    """A params dict with per-layer entries ("attn_0", ...; LoRA adapters may hold only
+    "mlp_0")."""
+    return isinstance(d, Mapping) and any(f"{p}_0" in d for p in BLOCK_PARTS)
 
 
 def is_scanned(d) -> bool:
     return (isinstance(d, Mapping) and isinstance(d.get(SCAN_NAME), Mapping)
-            and BLOCK_PARTS[1] in d[SCAN_NAME])
+            and any(p in d[SCAN_NAME] for p in BLOCK_PARTS))
 
 
 def layout(tree) -> str | None:
@@ -59,10 +61,17 @@ def _unstack_leaf(x, i):
     return x[i]
 
 
+def _parts(d: Mapping) -> list[str]:
+    """The block parts a params dict holds per layer: all four for a model, fewer for LoRA
+    adapters (no norm scales)."""
+    inner = d.get(SCAN_NAME, {}) if is_scanned(d) else {k[:-2]: 0 for k in d if k.endswith("_0")}
+    return [p for p in BLOCK_PARTS if p in inner]
+
+
 def _check_same_shapes(d: Mapping, num_layers: int) -> None:
     """Layers of different shapes cannot share one scanned body: one line naming the first."""
     shape = lambda x: tuple((x.value if _is_box(x) else x).shape)  # noqa: E731
-    for part in BLOCK_PARTS:
+    for part in _parts(d):
         first = jax.tree_util.tree_flatten_with_path(d[f"{part}_0"], is_leaf=_is_box)[0]
         for i in range(1, num_layers):
             for (path, a), (_, b) in zip(first, jax.tree_util.tree_flatten_with_path(
@@ -75,13 +84,14 @@ def _check_same_shapes(d: Mapping, num_layers: int) -> None:
 
 def _stack_dict(d: Mapping, num_layers: int) -> dict:
     _check_same_shapes(d, num_layers)
+    parts = _parts(d)
     out = {k: v for k, v in d.items()
-           if not any(k == f"{p}_{i}" for p in BLOCK_PARTS for i in range(num_layers))}
+           if not any(k == f"{p}_{i}" for p in parts for i in range(num_layers))}
     out[SCAN_NAME] = {
         part: jax.tree_util.tree_map(_stack_leaves,
                                      *[d[f"{part}_{i}"] for i in range(num_layers)],
                                      is_leaf=_is_box)
-        for part in BLOCK_PARTS}
+        for part in parts}
     return out
 
 
@@ -90,7 +100,7 @@ def _unstack_dict(d: Mapping) -> dict:
     leaves = jax.tree_util.tree_leaves(stacked, is_leaf=_is_box)
     num_layers = (leaves[0].value if _is_box(leaves[0]) else leaves[0]).shape[0]
     out = {k: v for k, v in d.items() if k != SCAN_NAME}
-    for part in BLOCK_PARTS:
+    for part in _parts(d):
         for i in range(num_layers):
             out[f"{part}_{i}"] = jax.tree_util.tree_map(lambda x: _unstack_leaf(x, i),
                                                         stacked[part], is_leaf=_is_box)
@@ -98,7 +108,8 @@ def _unstack_dict(d: Mapping) -> dict:
 
 
 def _num_layers(d: Mapping) -> int:
-    return sum(1 for k in d if k.startswith(f"{BLOCK_PARTS[1]}_"))
+    part = _parts(d)[0]
+    return sum(1 for k in d if k.rpartition("_")[0] == part and k.rpartition("_")[2].isdigit())
 
 
 def stack(tree, num_layers: int | None = None):
@@ -119,3 +130,16 @@ def convert(tree, to: str):
     if to not in ("scanned", "unscanned"):
         raise ValueError(f"to={to!r}: choose scanned or unscanned")
     return stack(tree) if to == "scanned" else unstack(tree)
+
+
+def convert_like(tree, target):
+    """`tree` with each params dict in the layout of its counterpart in `target` (a tree of
+    the same structure above the params dicts, e.g. the abstract TrainState of the new
+    config): a frozen model of its own config (a distillation teacher, an RL reward model)
+    keeps its layout while the trained model's params, moments and EMA switch."""
+    def follow(d, t):
+        if not (is_unscanned(d) or is_scanned(d)) or layout(t) in (None, layout(d)):
+            return d
+        return convert(d, layout(t))
+    return jax.tree_util.tree_map(follow, tree, target,
+                                  is_leaf=lambda x: is_unscanned(x) or is_scanned(x))
