@@ -38,7 +38,8 @@ where=(--zone="$zone" ${project:+--project="$project"} --worker=all)
 if (( setup )); then
   repo="$(cd "$(dirname "$0")/../.." && pwd)"
   jax_version="$(python -c 'import jax; print(jax.__version__)')"
-  tar -C "$repo" --exclude=.venv --exclude=runs --exclude=.git --exclude=data -czf /tmp/genjax_src.tgz .
+  # Anchored: a bare --exclude=data would also drop the genjax/data package.
+  tar -C "$repo" --exclude=./.venv --exclude=./runs --exclude=./.git --exclude=./data -czf /tmp/genjax_src.tgz .
   "${gc[@]}" scp /tmp/genjax_src.tgz "$tpu":/tmp/genjax_src.tgz "${where[@]}"
   "${gc[@]}" ssh "$tpu" "${where[@]}" --command="mkdir -p $dir && tar -xzf /tmp/genjax_src.tgz -C $dir \
     && cd $dir && python3 -m pip install -q -e . 'jax[tpu]==$jax_version'"
