@@ -22,7 +22,7 @@ Re-running the same command is always safe: finished runs (W/final_metrics.json)
 skipped, interrupted ones resume from their checkpoints (genjax.train resumes any workdir).
 SIGTERM or Ctrl-C: every running child gets SIGTERM, checkpoints at its next step and
 exits 143; so does a child whose sweep process dies (Linux). Exit code: 0 when every run
-finished, 1 if one failed, 143 when interrupted.
+finished, 1 if one failed, 143 when interrupted or a run was (a child preempted on its own).
 """
 from __future__ import annotations
 
@@ -202,7 +202,7 @@ def _same_dir(a: str, b: str) -> bool:
 
 def run_local(p: dict, todo: list[dict], parallel: int) -> int:
     """Runs `todo` `parallel` at a time; returns the exit code of the sweep."""
-    interrupted = []
+    interrupted, unfinished = [], []
 
     def on_signal(signum, frame):
         interrupted.append(signum)
@@ -254,8 +254,13 @@ def run_local(p: dict, todo: list[dict], parallel: int) -> int:
                     print(f"[{finished}/{n}] done   {run['name']} ({secs:.0f} s){_final(run)}",
                           flush=True)
                 elif rc == EXIT_PREEMPTED:
+                    unfinished.append(run)
                     print(f"[{finished}/{n}] saved  {run['name']} (interrupted; re-run resumes)",
                           flush=True)
+                elif interrupted and rc in (-signal.SIGTERM, -signal.SIGINT):
+                    unfinished.append(run)  # stopped before train installed its handler
+                    print(f"[{finished}/{n}] stopped {run['name']} (interrupted while "
+                          f"starting; re-run starts it)", flush=True)
                 else:
                     failed.append(run)
                     print(f"[{finished}/{n}] FAILED {run['name']} (exit {rc}); end of "
@@ -264,11 +269,13 @@ def run_local(p: dict, todo: list[dict], parallel: int) -> int:
     finally:
         for s, h in old.items():
             signal.signal(s, h)
-    if interrupted:
-        print(f"interrupted: {len(queue)} runs not started; re-run the same command to "
-              f"continue", flush=True)
+    if failed:
+        return 1
+    if interrupted or unfinished:
+        print(f"interrupted: {len(unfinished)} runs stopped, {len(queue)} not started; "
+              f"re-run the same command to continue", flush=True)
         return EXIT_PREEMPTED
-    return 1 if failed else 0
+    return 0
 
 
 def _final(run: dict) -> str:

@@ -282,3 +282,27 @@ def test_a_live_run_in_a_workdir_is_found_whether_the_root_was_relative_or_not(
         p.kill()
         p.wait()
         p.stdout.close()
+
+
+def test_a_run_preempted_from_outside_makes_the_sweep_exit_143_not_0(tmp_path, monkeypatch,
+                                                                      capsys):
+    """A child that checkpointed and exited 143 (its own SIGTERM, e.g. a scheduler's) is
+    unfinished: the sweep says so and exits 143; children that finished exit it 0."""
+    from experiments import sweep
+    runs = [{"name": n, "workdir": str(tmp_path / n), "status": "new", "overrides": {},
+             "total_steps": 1}
+            for n in ("a", "b")]
+    exits = {"a": 0, "b": 143}
+
+    def child(p, run, python):  # a finished run writes what status() reads
+        w = run["workdir"]
+        done = (f"import json; json.dump({{'total_steps': 1}}, open('{w}/config.json', 'w'));"
+                f"json.dump({{'step': 1}}, open('{w}/final_metrics.json', 'w'))")
+        return [python, "-c", (done if exits[run["name"]] == 0 else "pass")
+                + f"; raise SystemExit({exits[run['name']]})"]
+    monkeypatch.setattr(sweep, "train_command", child)
+    assert sweep.run_local({}, runs, parallel=2) == 143
+    out = capsys.readouterr().out
+    assert "saved  b (interrupted; re-run resumes)" in out and "1 runs stopped" in out
+    exits["b"] = 0
+    assert sweep.run_local({}, runs[1:], parallel=1) == 0
