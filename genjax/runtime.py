@@ -29,15 +29,14 @@ def initialize_distributed(peer_timeout_s: int = 120) -> None:
     if _initialized:
         return
     env = os.environ
-    timeouts = dict(initialization_timeout=int(env.get("GENJAX_INIT_TIMEOUT", "300")),
+    init_timeout = env.get("GENJAX_INIT_TIMEOUT", "300")
+    if not init_timeout.isdigit() or int(init_timeout) < 1:
+        raise UserError(f"GENJAX_INIT_TIMEOUT={init_timeout!r}: seconds, an integer >= 1")
+    timeouts = dict(initialization_timeout=int(init_timeout),
                     heartbeat_timeout_seconds=int(peer_timeout_s),
                     shutdown_timeout_seconds=int(peer_timeout_s))
     if env.get("JAX_COORDINATOR_ADDRESS") and env.get("JAX_NUM_PROCESSES"):
-        bad = [f"{k}={env.get(k)!r}" for k in ("JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
-               if not env.get(k, "").isdigit()]
-        if bad:
-            raise UserError(f"multi-process launch: {', '.join(bad)}; set JAX_NUM_PROCESSES and "
-                            f"JAX_PROCESS_ID (0..n-1) to integers with JAX_COORDINATOR_ADDRESS")
+        check_launch_env(env)
         jax.distributed.initialize(
             coordinator_address=env["JAX_COORDINATOR_ADDRESS"],
             num_processes=int(env["JAX_NUM_PROCESSES"]),
@@ -45,6 +44,25 @@ def initialize_distributed(peer_timeout_s: int = 120) -> None:
     elif env.get("GENJAX_DISTRIBUTED") == "1":
         jax.distributed.initialize(**timeouts)
     _initialized = True
+
+
+def check_launch_env(env) -> None:
+    """UserError (one line) unless JAX_NUM_PROCESSES = n >= 1, JAX_PROCESS_ID in 0..n-1 and
+    JAX_COORDINATOR_ADDRESS = host:port."""
+    n, i = env.get("JAX_NUM_PROCESSES", ""), env.get("JAX_PROCESS_ID", "")
+    bad = [f"{k}={env.get(k)!r}" for k, v in (("JAX_NUM_PROCESSES", n), ("JAX_PROCESS_ID", i))
+           if not v.isdigit()]
+    if not bad and int(n) < 1:
+        bad = [f"JAX_NUM_PROCESSES={n!r}"]
+    if not bad and int(i) >= int(n):
+        bad = [f"JAX_PROCESS_ID={i!r} with JAX_NUM_PROCESSES={n!r}"]
+    if bad:
+        raise UserError(f"multi-process launch: {', '.join(bad)}; set JAX_NUM_PROCESSES (n >= 1) "
+                        f"and JAX_PROCESS_ID (0..n-1) to integers with JAX_COORDINATOR_ADDRESS")
+    host, _, port = env["JAX_COORDINATOR_ADDRESS"].rpartition(":")
+    if not host or not port.isdigit():
+        raise UserError(f"JAX_COORDINATOR_ADDRESS={env['JAX_COORDINATOR_ADDRESS']!r}: give "
+                        f"host:port (process 0's address and a free port)")
 
 
 def skip_tpu_without_tpus() -> None:

@@ -1,5 +1,6 @@
 """Bad input gets one clear error line (exit 2, no traceback) and loses nothing."""
 import os
+import re
 
 import pytest
 
@@ -132,6 +133,24 @@ def test_a_multi_process_launch_without_an_integer_process_id_is_one_line(
     with one_error_line(UserError, match="JAX_PROCESS_ID="):
         runtime.initialize_distributed()
 
+
+
+@pytest.mark.parametrize("env, needle", [
+    ({"JAX_PROCESS_ID": "5"}, "JAX_PROCESS_ID='5' with JAX_NUM_PROCESSES='2'"),
+    ({"JAX_NUM_PROCESSES": "0", "JAX_PROCESS_ID": "0"}, "JAX_NUM_PROCESSES='0'"),
+    ({"JAX_COORDINATOR_ADDRESS": "localhost"}, "give host:port"),
+    ({"GENJAX_INIT_TIMEOUT": "5m"}, "GENJAX_INIT_TIMEOUT='5m': seconds")])
+def test_a_launch_environment_out_of_range_is_one_error_line_before_connecting(
+        monkeypatch, env, needle):
+    from genjax import runtime
+    from genjax.errors import UserError
+    monkeypatch.setattr(runtime, "_initialized", False)
+    monkeypatch.setattr(runtime.jax.distributed, "initialize", None)  # never reached
+    for k, v in {"JAX_COORDINATOR_ADDRESS": "localhost:1", "JAX_NUM_PROCESSES": "2",
+                 "JAX_PROCESS_ID": "1", **env}.items():
+        monkeypatch.setenv(k, v)
+    with one_error_line(UserError, match=re.escape(needle)):
+        runtime.initialize_distributed()
 
 _WARN_ONCE = '''
 import sys
