@@ -31,6 +31,7 @@ import numpy as np
 
 from genjax import assemble as assemble_lib
 from genjax import cli, config_lib, sharding
+from genjax import workdir as workdir_lib
 from genjax.errors import ConfigError, UserError
 
 GiB = 1024 ** 3
@@ -199,6 +200,10 @@ def main(argv) -> None:
         raise UserError(f"unexpected arguments: {argv[1:]}")
     if FLAGS.config is None:
         raise UserError("--config is required, e.g. --config=configs/lm_shakespeare.py:gpt2_124m")
+    if FLAGS.json:  # before compiling: exit 1 means "does not fit", bad input is 2
+        if os.path.isdir(FLAGS.json):
+            raise UserError(f"--json={FLAGS.json!r} is a folder: give a file name")
+        workdir_lib.make_parent(FLAGS.json, "--json")
     topology = FLAGS.topology
     if topology != "local":
         parse_topology(topology)  # bad input fails before libtpu loads
@@ -216,8 +221,11 @@ def main(argv) -> None:
     r.update(topology=topology, config=_config_spec(sys.argv))
     print(report(r, f"genjax.aot: {r['config']} on {topology}"), flush=True)
     if FLAGS.json:
-        with open(FLAGS.json, "w") as f:
-            json.dump(r, f, indent=2)
+        try:
+            with open(FLAGS.json, "w") as f:
+                json.dump(r, f, indent=2)
+        except OSError as e:
+            raise UserError(f"--json={FLAGS.json!r}: cannot write it: {e.strerror or e}") from None
     if r["fits"] is False:
         sys.exit(1)
 

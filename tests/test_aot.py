@@ -60,6 +60,18 @@ def test_aot_cli_bad_topology_is_one_line():
     assert "v9z:4x4" in proc.stderr
 
 
+def test_a_json_path_it_cannot_write_is_exit_2_before_compiling(tmp_path):
+    """Exit 1 means "does not fit"; a folder or a file in the way of the folder given as
+    --json is bad input (2), found before the step is compiled (no report printed)."""
+    (tmp_path / "a_file").write_text("")
+    for bad in (tmp_path, tmp_path / "a_file" / "aot.json"):
+        proc = subprocess.run([sys.executable, "-m", "genjax.aot",
+                               "--config=configs/lm_shakespeare.py:tiny", f"--json={bad}"],
+                              cwd=ROOT, env=subproc.env(), capture_output=True, text=True,
+                              timeout=120)
+        subproc.assert_one_line_error(proc, "--json=")
+        assert "genjax.aot:" not in proc.stdout  # nothing compiled
+
 @pytest.mark.skipif(importlib.util.find_spec("libtpu") is None,
                     reason="libtpu not installed (pip install -e '.[tpu-aot]')")
 @pytest.mark.parametrize("topology,chips,hbm_gib", [("v5e:2x2", 4, 16), ("v5p:2x2x1", 4, 95)])
