@@ -65,11 +65,22 @@ def _opt_state_shardings(abstract_opt_state, abstract_params, params_sh, mesh: M
 
 
 def check_batch_size(config: ConfigDict, mesh: Mesh, rules) -> None:
-    ways = sharding.batch_axis_size(mesh, rules)
+    """The batch splits evenly over the batch mesh axes and the processes, and (several
+    processes: each loads its own rows) those axes span every process's devices."""
+    ways, procs = sharding.batch_axis_size(mesh, rules), jax.process_count()
     bs = int(config.batch_size)
-    if bs % ways or bs % jax.process_count():
+    if bs % ways or bs % procs:
         raise ConfigError(f"config.batch_size={bs} must be divisible by the batch mesh axes "
-                          f"({ways}) and the process count ({jax.process_count()})")
+                          f"({ways}) and the process count ({procs})")
+    if procs > 1:
+        left_out = sorted(set(range(procs)) - {d.process_index for d in mesh.devices.flat})
+        if left_out:
+            raise ConfigError(f"config.mesh {dict(mesh.shape)} leaves out the devices of "
+                              f"process(es) {left_out}: with {procs} processes use them all")
+        if ways % procs:
+            raise ConfigError(f"config.mesh {dict(mesh.shape)}: the batch axes ({ways} ways) "
+                              f"must split over the {procs} processes, each of which loads its "
+                              f"own rows (put data or fsdp >= {procs})")
 
 
 def assemble(config: ConfigDict, mesh: Mesh) -> Parts:

@@ -105,6 +105,28 @@ def test_bad_mesh_is_a_one_line_config_error(mesh, needle):
         sharding.make_mesh(mesh)
 
 
+@pytest.mark.parametrize("shape, procs_of_devices, needle", [
+    # pure tensor parallelism over 2 processes: each would feed its own half batch into a
+    # "replicated" one (silently wrong losses)
+    (dict(data=1, fsdp=1, tensor=8), [0] * 4 + [1] * 4, r"batch axes \(1 ways\) must split"),
+    # a mesh on process 0's devices only: process 1 cannot feed it
+    (dict(data=4, fsdp=1, tensor=1), [0] * 4, r"leaves out the devices of process\(es\) \[1\]"),
+])
+def test_a_multi_process_mesh_whose_batch_axes_miss_a_process_is_one_config_error(
+        monkeypatch, shape, procs_of_devices, needle):
+    from types import SimpleNamespace
+    mesh = SimpleNamespace(shape=shape, axis_names=tuple(shape), devices=np.array(
+        [SimpleNamespace(process_index=p) for p in procs_of_devices]))
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    rules = sharding.rules_from_config(lm_shakespeare.get_config("tiny").sharding_rules)
+    config = lm_shakespeare.get_config("tiny")
+    with one_error_line(config_lib.ConfigError, match=needle):
+        assemble.check_batch_size(config, mesh, rules)
+    good = SimpleNamespace(shape=dict(data=2, fsdp=1, tensor=4), axis_names=("data", "fsdp",
+                           "tensor"), devices=np.array([SimpleNamespace(process_index=p)
+                                                        for p in [0] * 4 + [1] * 4]))
+    assemble.check_batch_size(config, good, rules)  # data spans the processes: fine
+
 def test_a_shape_the_topology_refuses_is_a_config_error_not_a_silent_reshape(monkeypatch):
     def refuse(*args, **kwargs):
         raise ValueError("cannot split the physical axes\n(details)")
