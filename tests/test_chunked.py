@@ -50,10 +50,38 @@ def test_chunked_attention_never_builds_a_TxT_score_matrix():
     assert f"{B},{N},4,{T}" in shapes and f"{B},{N},{T},{T}" not in shapes
 
 
-def test_chunk_that_does_not_divide_the_length_is_an_error():
-    q, k, v, _ = qkv()
-    with pytest.raises(ValueError, match="attention_chunk=5 must be > 0 and divide"):
-        chunked_attention.attention(q, k, v, chunk=5)
+def _values_and_grads(attend, q, k, v, w):
+    out = attend(q, k, v)
+    return out, jax.grad(lambda *a: jnp.sum(attend(*a) * w), (0, 1, 2))(q, k, v)
+
+
+@pytest.mark.parametrize("chunk", [5, 3])
+def test_a_chunk_that_does_not_divide_the_length_pads_it_with_the_same_result(chunk):
+    """T = 16 in blocks of 5 or 3 (an RL rollout's max_len - 1 tokens is odd)."""
+    q, k, v, w = qkv()
+    valid = jnp.arange(T)[None, :] < jnp.array([[T], [11]])
+    got = _values_and_grads(lambda *a: chunked_attention.attention(
+        *a, chunk=chunk, valid_BxT=valid), q, k, v, w)
+    want = _values_and_grads(lambda *a: plain_attention(*a, valid), q, k, v, w)
+    for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="attention_chunk=0 must be > 0"):
+        chunked_attention.attention(q, k, v, chunk=0)
+
+
+def test_a_query_with_no_valid_key_averages_every_value_as_xla_does():
+    """Left padding: row 1's first 3 queries see only padding keys. XLA's softmax over
+    equal masked scores is uniform: the output is the mean of all T values, and q and k
+    get no gradient from such a row (its scores are constants)."""
+    q, k, v, w = qkv(1)
+    valid = jnp.arange(T)[None, :] >= jnp.array([[0], [3]])
+    got = _values_and_grads(lambda *a: chunked_attention.attention(
+        *a, chunk=4, valid_BxT=valid), q, k, v, w)
+    want = _values_and_grads(lambda *a: plain_attention(*a, valid), q, k, v, w)
+    np.testing.assert_allclose(got[0][1, :3], np.broadcast_to(v[1].mean(0), (3, N, H)),
+                               rtol=1e-5, atol=1e-6)  # the mean, computed apart
+    for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_chunked_cross_entropy_equals_plain_values_and_grads():

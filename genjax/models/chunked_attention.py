@@ -9,7 +9,9 @@ row), and keeps only the output and the per-row log-sum-exp; the backward (custo
 the FlashAttention-2 recurrences of Dao 2023) recomputes each block's probabilities from
 them. Memory O(B N C T) instead of O(B N T^2); the math equals softmax(q k^T / sqrt(H)) v.
 Masked scores get the same large finite negative as jax.nn.dot_product_attention, so a
-row with no valid key averages all values, as XLA's does.
+row with no valid key averages all values, as XLA's does (and sends no gradient to q or
+k). A length that C does not divide is padded to the next multiple of C (the padding keys
+lie after every real query, so the causal mask hides them).
 """
 from __future__ import annotations
 
@@ -35,22 +37,35 @@ def _unblocks(x):
     return x.reshape(x.shape[0], -1, *x.shape[3:])
 
 
+_MASKED = -0.7 * float(jnp.finfo(_F32).max)
+
+
 def _scores(q_BxCxNxH, k_BxTxNxH, start, valid_BxT):
-    """Scaled, masked scores float32[B, N, C, T] of one query block starting at `start`."""
+    """(Scaled, masked scores float32[B, N, C, T] of one query block starting at `start`,
+    the kept-entry mask bool[B, N, C, T])."""
     C, T, H = q_BxCxNxH.shape[1], k_BxTxNxH.shape[1], q_BxCxNxH.shape[-1]
     s = jnp.einsum("bcnh,btnh->bnct", q_BxCxNxH, k_BxTxNxH, preferred_element_type=_F32)
     s = s * (1.0 / H ** 0.5)
     keep_CxT = jnp.arange(T)[None, :] <= (start + jnp.arange(C))[:, None]
     keep = keep_CxT[None, None] & valid_BxT[:, None, None, :]
-    return jnp.where(keep, s, -0.7 * jnp.finfo(_F32).max)
+    return jnp.where(keep, s, _MASKED), keep
+
+
+def _probs(s_BxNxCxT, lse_BxNxC):
+    """softmax rows from their log-sum-exp. A row with no kept entry has every score and
+    its lse equal to _MASKED (lse = _MASKED + log T rounds back to it in float32): exp(0)
+    = 1 per key, so it is divided by T to average, as XLA's softmax does."""
+    p = jnp.exp(s_BxNxCxT - lse_BxNxC[..., None])
+    empty = lse_BxNxC[..., None] < 0.5 * _MASKED
+    return jnp.where(empty, p / s_BxNxCxT.shape[-1], p)
 
 
 def _forward(q, k, v, valid, chunk):
     def block(args):
         q_blk, start = args
-        s_BxNxCxT = _scores(q_blk, k, start, valid)
+        s_BxNxCxT, _ = _scores(q_blk, k, start, valid)
         lse_BxNxC = jax.nn.logsumexp(s_BxNxCxT, axis=-1)
-        p = jnp.exp(s_BxNxCxT - lse_BxNxC[..., None])
+        p = _probs(s_BxNxCxT, lse_BxNxC)
         o = jnp.einsum("bnct,btnh->bcnh", p.astype(v.dtype), v, preferred_element_type=_F32)
         return o.astype(q.dtype), lse_BxNxC
     starts = jnp.arange(q.shape[1] // chunk) * chunk
@@ -78,10 +93,12 @@ def _attention_bwd(chunk, res, do):
     def block(carry, args):
         dk, dv = carry
         q_blk, do_blk, lse, d, start = args
-        p = jnp.exp(_scores(q_blk, k, start, valid) - lse[..., None])  # [B, N, C, T]
+        s, keep = _scores(q_blk, k, start, valid)
+        p = _probs(s, lse)  # [B, N, C, T]
         dv = dv + jnp.einsum("bnct,bcnh->btnh", p, do_blk.astype(_F32))
         dp = jnp.einsum("bcnh,btnh->bnct", do_blk, v, preferred_element_type=_F32)
-        ds = p * (dp - d[..., None]) * (1.0 / H ** 0.5)
+        # a masked score is a constant: no gradient (p is 0 there, but 1/T in an empty row)
+        ds = jnp.where(keep, p * (dp - d[..., None]) * (1.0 / H ** 0.5), 0.0)
         dq_blk = jnp.einsum("bnct,btnh->bcnh", ds, k.astype(_F32))
         dk = dk + jnp.einsum("bnct,bcnh->btnh", ds, q_blk.astype(_F32))
         return (dk, dv), dq_blk
@@ -97,11 +114,17 @@ _attention.defvjp(_attention_fwd, _attention_bwd)
 
 
 def attention(q_BxTxNxH, k_BxTxNxH, v_BxTxNxH, *, chunk: int, valid_BxT=None):
-    """Causal self-attention in query blocks of `chunk` (T itself when T <= chunk)."""
+    """Causal self-attention in query blocks of `chunk` (T itself when T <= chunk); T is
+    padded to a multiple of the chunk."""
     B, T = q_BxTxNxH.shape[:2]
+    if int(chunk) <= 0:
+        raise ConfigError(f"attention_chunk={chunk} must be > 0")
     chunk = min(int(chunk), T)
-    if chunk <= 0 or T % chunk:
-        raise ConfigError(f"attention_chunk={chunk} must be > 0 and divide the sequence "
-                         f"length {T}")
     valid = jnp.ones((B, T), bool) if valid_BxT is None else valid_BxT.astype(bool)
-    return _attention(q_BxTxNxH, k_BxTxNxH, v_BxTxNxH, valid, chunk)
+    pad = -T % chunk
+    if pad:
+        widths = ((0, 0), (0, pad), (0, 0), (0, 0))
+        q_BxTxNxH, k_BxTxNxH, v_BxTxNxH = (jnp.pad(x, widths) for x in
+                                           (q_BxTxNxH, k_BxTxNxH, v_BxTxNxH))
+        valid = jnp.pad(valid, ((0, 0), (0, pad)))
+    return _attention(q_BxTxNxH, k_BxTxNxH, v_BxTxNxH, valid, chunk)[:, :T]
