@@ -4,6 +4,7 @@ GENJAX_FAULTS is a comma-separated list of `<fault>@<n>`:
   kill@N             SIGKILL after step N was dispatched (and its save started, if due)
   kill_mid_save@N    SIGKILL after the async save of step N started, before it is finalised
   kill_after_save@N  SIGKILL once the save of step N is finalised
+  term@N             SIGTERM (a preemption notice) after step N was dispatched
   nan@K              batch K (0-based count of batches drawn) is poisoned: float leaves NaN,
                      integer leaves out of range (a token id past the vocabulary embeds as NaN)
   drop@K             batch K is discarded as if on_nan=rollback had marked it (reference runs)
@@ -16,7 +17,7 @@ import signal
 import numpy as np
 
 ENV = "GENJAX_FAULTS"
-KINDS = ("kill", "kill_mid_save", "kill_after_save", "nan", "drop")
+KINDS = ("kill", "kill_mid_save", "kill_after_save", "term", "nan", "drop")
 
 
 def parse(spec: str) -> dict[str, set[int]]:
@@ -40,9 +41,10 @@ def at(kind: str, n: int) -> bool:
 
 
 def kill_if(kind: str, step: int) -> None:
-    """SIGKILL this process if `kind@step` is set (no cleanup, no atexit: a real crash)."""
+    """SIGKILL this process if `kind@step` is set (no cleanup, no atexit: a real crash);
+    kind "term": SIGTERM, which the handler turns into a checkpoint and exit 143."""
     if at(kind, step):
-        os.kill(os.getpid(), signal.SIGKILL)
+        os.kill(os.getpid(), signal.SIGTERM if kind == "term" else signal.SIGKILL)
 
 
 def poison_if(ordinal: int, batch: dict) -> dict:

@@ -23,8 +23,8 @@ import numpy as np
 
 from genjax import assemble as assemble_lib
 from genjax import checkpoint as ckpt_lib
-from genjax import (cli, config_lib, eval_sums, evaluators, faults, families, resume, rollback,
-                    runtime, sharding)
+from genjax import (cli, config_lib, eval_sums, evaluators, faults, families, preemption, resume,
+                    rollback, runtime, sharding)
 from genjax.errors import EXIT_PREEMPTED, ConfigError, NonFinite, Preempted, UserError
 from genjax.image_grid import save_grid
 from genjax.metrics_writer import MetricsWriter
@@ -156,6 +156,7 @@ def _loop(run: _Run, step: int, stop_after: int | None, sigterm: _SigtermFlag) -
     config, total = run.config, int(run.config.total_steps)
     keep_ordinals = int(config.max_consecutive_skips) + 2
     pending, last_step, steps_this_call = None, step, 0
+    stop = preemption.StopStep(total)  # several processes stop at one step
     while step < total:
         step += 1
         ordinal, local = run.book.draw(run.train_iter, step, keep_ordinals)
@@ -166,7 +167,9 @@ def _loop(run: _Run, step: int, stop_after: int | None, sigterm: _SigtermFlag) -
             jax.block_until_ready(metrics)
             run.log.show(f"step {step}: compiled and ran in "
                          f"{run.log.progress.first_step_done(step):.1f} s")
-        preempted = sigterm.raised  # read once: a later signal waits for the next step
+        faults.kill_if("term", step)
+        # read once: a later signal waits for the next step
+        preempted = stop.should_stop(step, sigterm.raised)
         stopping = preempted or (stop_after is not None and steps_this_call >= stop_after)
         evaluating = (bool(config.eval_every_steps) and step % config.eval_every_steps == 0
                       and step < total)
@@ -199,6 +202,7 @@ def _loop(run: _Run, step: int, stop_after: int | None, sigterm: _SigtermFlag) -
             break
     if pending is not None:
         run.log.handle(*pending, run.ckpt.latest_step())
+    stop.finished(last_step)
     return last_step
 
 

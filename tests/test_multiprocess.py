@@ -99,6 +99,27 @@ def test_two_processes_train_and_resume_like_one(tmp_path, text, data_dir):
 
 
 @pytest.mark.slow
+def test_a_sigterm_to_one_process_stops_both_at_one_checkpoint_and_resumes_like_one(
+        tmp_path, text, data_dir):
+    """Only process 0 is told to stop (after step 3): both save the same step, exit 143,
+    and the resumed pair ends where one process does. With each process stopping on its own
+    signal alone, process 1 waited in the next step's collective forever."""
+    [(rc, _)] = _launch(tmp_path / "one", text, data_dir, 1, 8)
+    assert rc == 0
+    stopped = _launch(tmp_path / "two", text, data_dir, 2, 4, faults=("term@3", ""),
+                      hang_s=120)
+    saved = [out.split("preempted: saved step ")[1].split(",")[0] if "preempted: saved" in out
+             else None for _, out in stopped]
+    assert [rc for rc, _ in stopped] == [143, 143] and saved[0] == saved[1], \
+        "\n".join(f"exit {rc}: {o[-2000:]}" for rc, o in stopped)
+    assert 3 < int(saved[0]) < 8
+    resumed = _launch(tmp_path / "two", text, data_dir, 2, 4)
+    assert all(rc == 0 and f"resumed from step {saved[0]}" in out for rc, out in resumed)
+    want, got = losses_by_step(tmp_path / "one"), losses_by_step(tmp_path / "two")
+    np.testing.assert_allclose([got[s] for s in sorted(got)], [want[s] for s in sorted(want)],
+                               rtol=1e-5)
+
+@pytest.mark.slow
 def test_a_dead_peer_ends_the_survivor_non_zero_within_the_timeout(tmp_path, text, data_dir):
     """Process 1 is SIGKILLed at step 3; process 0, waiting for it in the next collective,
     must not hang: the coordination service misses its heartbeats for peer_timeout_s and

@@ -1,0 +1,67 @@
+"""One stop step for every process after any of them is told to stop (SIGTERM).
+
+A single process stops at the step boundary after its signal. Several processes must
+checkpoint the same step (orbax saves collectively) and leave the loop together: one that
+stopped alone would leave the others waiting in the next step's collective forever, and
+none may wait for another's answer either (that one may need this one's next step to get
+to its own boundary). So, through jax.distributed's key-value store, without blocking:
+  * the signalled process posts a request;
+  * at each step boundary every process looks for one, and the first time it sees it
+    posts the step it is at (a process that ends the loop posts its last step too);
+  * once all have posted, each stops at max(posts) + 2, or runs to the end if that is
+    past total_steps.
+No process can be past that step when it sees the last post: a process is at most one
+step ahead of any other (each step's collective needs them all, and the loop reads a
+step's metrics at the next boundary), so it sees a post at most 2 steps after it was made.
+One or two store reads per process per step boundary; none in a single process.
+"""
+from __future__ import annotations
+
+import jax
+
+_REQUEST, _AT = "genjax/preempt/request/", "genjax/preempt/at/"
+MARGIN = 2  # steps past the last post (see above)
+
+
+def _client():
+    """jax.distributed's client (None when the run is one process)."""
+    if jax.process_count() == 1:
+        return None
+    from jax._src import distributed
+    return distributed.global_state.client
+
+
+class StopStep:
+    """`should_stop(step, signalled)` is True at the same step on every process."""
+
+    def __init__(self, total_steps: int):
+        self.client, self.total = _client(), int(total_steps)
+        self.stop_at: int | None = None
+        self._posted = False
+        self._seen = False
+
+    def should_stop(self, step: int, signalled: bool) -> bool:
+        if self.client is None:
+            return signalled
+        me, n = jax.process_index(), jax.process_count()
+        if signalled and not self._seen:
+            self.client.key_value_set(f"{_REQUEST}{me}", "1")
+            self._seen = True
+        if not self._seen and self.client.key_value_dir_get(_REQUEST):
+            self._seen = True
+        if self._seen and not self._posted:
+            self._post(step)
+        if self._posted and self.stop_at is None:
+            posts = self.client.key_value_dir_get(_AT)
+            if len(posts) == n:
+                self.stop_at = max(int(v) for _, v in posts) + MARGIN
+        return self.stop_at is not None and self.stop_at < self.total and step >= self.stop_at
+
+    def finished(self, step: int) -> None:
+        """The loop ended at `step`: a stop agreed on now resolves to the end of the run."""
+        if self.client is not None and not self._posted:
+            self._post(step)
+
+    def _post(self, step: int) -> None:
+        self.client.key_value_set(f"{_AT}{jax.process_index()}", str(int(step)))
+        self._posted = True
