@@ -302,13 +302,18 @@ class Checkpointer:
         return sorted(n for n in names if n.startswith("corrupt-"))
 
     def _quarantine(self, step: int) -> None:
-        if self.read_only or jax.process_index() != 0:
+        """Process 0 moves the step aside; every process waits for it, then re-lists the
+        steps (one that kept the old list would refuse to save that step again)."""
+        if self.read_only:
             return
         src = os.path.join(self.directory, str(step))
         dst = os.path.join(self.directory, f"corrupt-{step}")
-        if os.path.exists(src):
+        if jax.process_index() == 0 and os.path.exists(src):
             shutil.rmtree(dst, ignore_errors=True)
             os.rename(src, dst)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+            multihost_utils.sync_global_devices(f"genjax: checkpoint {step} moved aside")
         self.manager.reload()
 
     def restore_params(self, step: int | None, abstract_params, which="raw", source="init_from"):

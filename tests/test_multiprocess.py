@@ -120,6 +120,24 @@ def test_a_sigterm_to_one_process_stops_both_at_one_checkpoint_and_resumes_like_
                                rtol=1e-5)
 
 @pytest.mark.slow
+def test_a_corrupt_last_checkpoint_is_set_aside_and_both_processes_finish_the_run(
+        tmp_path, text, data_dir):
+    """Step 8's largest file damaged: both processes fall back to step 6 and train to 8
+    again, ending where they did (process 1 used to keep step 8 in its list after process
+    0 moved it aside, and refused to save it: "already exists")."""
+    from tests.test_checkpoint import flip_bit, largest_file
+    first = _launch(tmp_path, text, data_dir, 2, 4)
+    assert [rc for rc, _ in first] == [0, 0]
+    before = json.loads((tmp_path / "final_metrics.json").read_text())
+    flip_bit(largest_file(tmp_path / "checkpoints" / "8" / "state"))
+    again = _launch(tmp_path, text, data_dir, 2, 4)
+    assert [rc for rc, _ in again] == [0, 0], "\n".join(o[-2000:] for _, o in again)
+    assert all("resumed from step 6" in out for _, out in again)
+    assert (tmp_path / "checkpoints" / "corrupt-8").is_dir()
+    after = json.loads((tmp_path / "final_metrics.json").read_text())
+    np.testing.assert_allclose(after["loss"], before["loss"], rtol=1e-6)
+
+@pytest.mark.slow
 def test_a_dead_peer_ends_the_survivor_non_zero_within_the_timeout(tmp_path, text, data_dir):
     """Process 1 is SIGKILLed at step 3; process 0, waiting for it in the next collective,
     must not hang: the coordination service misses its heartbeats for peer_timeout_s and
