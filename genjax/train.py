@@ -256,15 +256,21 @@ def _periodic_eval(run: _Run, step: int) -> None:
 
 
 def _write_grid(run: _Run, step: int) -> None:
-    """A sample grid W/samples/step_<step>.png from the EMA params (raw without EMA)."""
+    """A sample grid W/samples/step_<step>.png from the EMA params (raw without EMA). Every
+    process samples (the params may be sharded over all of them); process 0 writes."""
     n = int(run.config.sample.grid_samples)
     family = families.for_inference(run.family)
-    if not (jax.process_index() == 0 and n and families.has(family, "sample_images")):
+    if not (n and families.has(family, "sample_images")):
         return
     params, model_state, _ = assemble_lib.inference_params(run.parts, run.state, "ema")
     images = family.sample_images(run.parts.model, params, run.config,
                                   jax.random.PRNGKey(run.config.seed), n, model_state=model_state)
-    save_grid(jax.device_get(images), os.path.join(run.workdir, "samples", f"step_{step}.png"))
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        images = multihost_utils.process_allgather(images, tiled=True)
+    if jax.process_index() == 0:
+        save_grid(jax.device_get(images), os.path.join(run.workdir, "samples",
+                                                       f"step_{step}.png"))
 
 
 def _run_evaluators(run: _Run, step: int) -> None:

@@ -138,6 +138,30 @@ def test_a_corrupt_last_checkpoint_is_set_aside_and_both_processes_finish_the_ru
     np.testing.assert_allclose(after["loss"], before["loss"], rtol=1e-6)
 
 @pytest.mark.slow
+def test_an_image_family_with_fsdp_params_samples_its_grid_on_every_process(tmp_path,
+                                                                               data_dir):
+    """The VAE's params sharded over both processes (fsdp): the eval grid's sampler is a
+    collective, so both run it and process 0 writes the PNG (process 0 alone hung and
+    aborted both)."""
+    port, procs = _free_port(), []
+    for i in range(2):
+        env = subproc.env(2, GENJAX_DATA_DIR=data_dir, JAX_COORDINATOR_ADDRESS=f"localhost:{port}",
+                          JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i), GENJAX_INIT_TIMEOUT="60")
+        cmd = [sys.executable, "-m", "genjax.train", "--config=configs/vae_fmnist.py:tiny",
+               f"--workdir={tmp_path}", "--config.mesh.data=1", "--config.mesh.fsdp=-1",
+               "--config.total_steps=2", "--config.eval_every_steps=0",
+               "--config.final_eval_batches=1", "--config.peer_timeout_s=30"]
+        procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env, text=True,
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
+    try:
+        outs = [p.communicate(timeout=HANG_S)[0] for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    assert [p.returncode for p in procs] == [0, 0], "\n".join(o[-2000:] for o in outs)
+    assert (tmp_path / "samples" / "step_2.png").stat().st_size > 0
+
+@pytest.mark.slow
 def test_a_dead_peer_ends_the_survivor_non_zero_within_the_timeout(tmp_path, text, data_dir):
     """Process 1 is SIGKILLed at step 3; process 0, waiting for it in the next collective,
     must not hang: the coordination service misses its heartbeats for peer_timeout_s and
