@@ -127,7 +127,7 @@ def check(config, devices: list, hbm: int | None = None) -> dict[str, Any]:
         "params_count": sum(int(np.prod(x.shape)) for x in
                             jax.tree_util.tree_leaves(parts.abstract_state.params)),
         "params": state["params"], "opt_state": state["opt_state"], "ema_params": state["ema_params"],
-        "batch": _shard_bytes(batch), "compile_s": compile_s, "compile_cpu_s": compile_cpu_s,
+        "model_state": state["model_state"], "batch": _shard_bytes(batch), "compile_s": compile_s, "compile_cpu_s": compile_cpu_s,
         "hbm": hbm,
     }
     if refused is not None:
@@ -138,8 +138,7 @@ def check(config, devices: list, hbm: int | None = None) -> dict[str, Any]:
         usable = _bytes_in(refused, "available HBM")
         if usable is not None:
             out["usable_hbm"] = usable
-        out["total"] = (out["params"] + out["opt_state"] + out["ema_params"] + out["batch"] +
-                        out.get("temporaries", 0))
+        out["total"] = _state_and_batch(out) + out.get("temporaries", 0)
         out["fits"] = False
         return out
     if mem is not None:
@@ -151,9 +150,13 @@ def check(config, devices: list, hbm: int | None = None) -> dict[str, Any]:
         out["total"] = (out["arguments"] + out["outputs"] - out["aliased"] +
                         out["temporaries"] + out["code"])
     else:  # a backend without memory analysis: the state alone
-        out["total"] = out["params"] + out["opt_state"] + out["ema_params"] + out["batch"]
+        out["total"] = _state_and_batch(out)
     out["fits"] = None if hbm is None else bool(out["total"] <= hbm)
     return out
+
+
+def _state_and_batch(r: dict) -> int:
+    return r["params"] + r["opt_state"] + r["ema_params"] + r["model_state"] + r["batch"]
 
 
 def _bytes_in(message: str, what: str) -> int | None:
@@ -167,7 +170,8 @@ def _bytes_in(message: str, what: str) -> int | None:
 def report(r: dict, title: str) -> str:
     mib = lambda b: f"{b / 2**20:12,.1f}"  # noqa: E731
     rows = [("parameters", r["params"]), ("optimizer state", r["opt_state"]),
-            ("EMA parameters", r["ema_params"]), ("batch", r["batch"])]
+            ("EMA parameters", r["ema_params"]),
+            ("frozen models (model_state)", r.get("model_state", 0)), ("batch", r["batch"])]
     if "refused" in r:
         rows += [("activations + temporaries", r.get("temporaries", 0))]
     elif "temporaries" in r:

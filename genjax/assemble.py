@@ -196,7 +196,8 @@ def skip_by(mesh) -> str:
 
 
 def state_bytes_per_device(parts: Parts) -> dict[str, int]:
-    """Per-device bytes of params and optimizer state implied by the shardings."""
+    """Per-device bytes of params, optimizer state, EMA and the frozen models kept in
+    model_state (a LoRA base, a reference, a teacher, a reward model) by their shardings."""
     def nbytes(abstract):
         total = 0
         for leaf in jax.tree_util.tree_leaves(abstract):
@@ -205,7 +206,8 @@ def state_bytes_per_device(parts: Parts) -> dict[str, int]:
         return total
     return {"params": nbytes(parts.abstract_state.params),
             "opt_state": nbytes(parts.abstract_state.opt_state),
-            "ema_params": nbytes(parts.abstract_state.ema_params)}
+            "ema_params": nbytes(parts.abstract_state.ema_params),
+            "model_state": nbytes(parts.abstract_state.model_state)}
 
 
 def shard_batch(parts: Parts, local_batch) -> Any:

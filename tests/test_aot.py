@@ -51,6 +51,19 @@ def test_local_fsdp_bytes_match_a_hand_count():
     assert r["temporaries"] > 0 and r["total"] >= r["arguments"]
 
 
+def test_a_lora_runs_frozen_base_is_counted_in_the_breakdown():
+    """LoRA keeps the base in model_state: it is a full (data-parallel: replicated) copy of
+    the hand-counted params, a row of the report, and part of XLA's arguments."""
+    c = tiny_config(data=8, fsdp=1, tensor=1)
+    c.unlock()
+    c.lora.rank, c.lora.alpha, c.optim.ema_decay = 4, 8.0, 0.0
+    c.lock()
+    r = aot.check(c, jax.devices())
+    n = hand_count_params(V, T=32, D=32, L=2, mlp_ratio=4)
+    assert r["model_state"] == n * 4 and r["params"] == 4608 * 4  # rank-4 adapters
+    assert r["arguments"] >= r["params"] + r["opt_state"] + r["model_state"] + r["batch"]
+    assert "frozen models (model_state)" in aot.report(r, "lora")
+
 def test_aot_cli_bad_topology_is_one_line():
     env = subproc.env()
     proc = subprocess.run([sys.executable, "-m", "genjax.aot",
