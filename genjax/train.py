@@ -89,6 +89,7 @@ class _Run:
     state: Any
     book: BatchBook
     last_eval: dict = dataclasses.field(default_factory=dict)  # {step: metrics} of the last eval
+    records_written: bool = False  # W/config.json, W/run_meta.json (_write_records)
 
 
 def _train(config, workdir, family, mesh, stop_after, data=None):
@@ -133,10 +134,6 @@ def _setup(config, workdir, family, mesh, data, ckpt) -> tuple[_Run, int]:
     parts = assemble_lib.assemble(config, mesh)
     train_iter = data.train_iterator()
     start = resume.start(ckpt, parts, config, train_iter)
-    if jax.process_index() == 0:  # once the state restored: a refused resume writes nothing
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            json.dump(config_lib.to_dict(config), f, indent=2)
-    write_run_meta(workdir, config_lib.to_dict(config), mesh)
     writer = MetricsWriter(workdir)
     run = _Run(config=config, workdir=workdir, family=family, parts=parts, data=data,
                train_iter=train_iter, ckpt=ckpt, writer=writer,
@@ -165,6 +162,7 @@ def _loop(run: _Run, step: int, stop_after: int | None, sigterm: _SigtermFlag) -
         last_step, steps_this_call = step, steps_this_call + 1
         if steps_this_call == 1:  # compile time once; throughput from steady steps only
             jax.block_until_ready(metrics)
+            _write_records(run)
             run.log.show(f"step {step}: compiled and ran in "
                          f"{run.log.progress.first_step_done(step):.1f} s")
         faults.kill_if("term", step)
@@ -203,7 +201,20 @@ def _loop(run: _Run, step: int, stop_after: int | None, sigterm: _SigtermFlag) -
     if pending is not None:
         run.log.handle(*pending, run.ckpt.latest_step())
     stop.finished(last_step)
+    _write_records(run)  # a run with no step left to take
     return last_step
+
+
+def _write_records(run: _Run) -> None:
+    """W/config.json and W/run_meta.json of this call, once its first step has run: a
+    resume refused or failing to compile leaves the records of the run as it was."""
+    if run.records_written:
+        return
+    if jax.process_index() == 0:
+        with open(os.path.join(run.workdir, "config.json"), "w") as f:
+            json.dump(config_lib.to_dict(run.config), f, indent=2)
+    write_run_meta(run.workdir, config_lib.to_dict(run.config), run.parts.mesh)
+    run.records_written = True
 
 
 # ---------------------------------------------------------------------- pieces of the loop

@@ -2,6 +2,7 @@
 touches its workdir; every preset genjax ships lies inside the domains."""
 import glob
 import importlib
+import json
 import os
 import shutil
 
@@ -125,6 +126,23 @@ def test_a_resume_whose_optimizer_state_changed_shape_is_one_line_and_writes_not
         train.train(other, str(workdir))
     assert "\n" not in str(e.value)
     assert {f: (workdir / f).read_text() for f in before} == before
+
+
+def test_a_resume_that_fails_to_compile_leaves_the_runs_records_as_they_were(tiny_run, tmp_path):
+    """loss_chunk=24 does not divide the context (32): the step fails when it is traced,
+    after the state was restored. config.json and run_meta.json are written once a step
+    has run, so they still describe the run that made the checkpoints."""
+    from genjax.errors import ConfigError
+    workdir = tmp_path / "run"
+    shutil.copytree(tiny_run("lm"), workdir)
+    before = {f: (workdir / f).read_text() for f in ("config.json", "run_meta.json")}
+    steps = run_config("lm").total_steps
+    other = run_config("lm", **{"model.loss_chunk": 24, "total_steps": steps + 2})
+    with pytest.raises(ConfigError, match="loss_chunk=24"):
+        train.train(other, str(workdir))
+    assert {f: (workdir / f).read_text() for f in before} == before
+    train.train(run_config("lm", total_steps=steps + 2), str(workdir))  # a good resume writes
+    assert json.loads((workdir / "config.json").read_text())["total_steps"] == steps + 2
 
 
 def _parse(argv):
