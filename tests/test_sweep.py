@@ -306,3 +306,20 @@ def test_a_run_preempted_from_outside_makes_the_sweep_exit_143_not_0(tmp_path, m
     assert "saved  b (interrupted; re-run resumes)" in out and "1 runs stopped" in out
     exits["b"] = 0
     assert sweep.run_local({}, runs[1:], parallel=1) == 0
+
+
+def test_children_stopped_by_ctrl_c_before_their_handler_are_interrupted_not_failed(
+        tmp_path, monkeypatch, capsys):
+    """The sweep gets SIGTERM while its children are still starting (no handler of
+    theirs yet: they die of the signal, exit -15): they are reported as stopped and the
+    sweep exits 143, as for children that checkpointed."""
+    import threading
+    from experiments import sweep
+    runs = [{"name": n, "workdir": str(tmp_path / n), "status": "new", "overrides": {},
+             "total_steps": 1} for n in ("a", "b")]
+    monkeypatch.setattr(sweep, "train_command",
+                        lambda p, run, python: [python, "-c", "import time; time.sleep(60)"])
+    threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM)).start()
+    assert sweep.run_local({}, runs, parallel=2) == 143
+    out = capsys.readouterr().out
+    assert out.count("(interrupted while starting") == 2 and "FAILED" not in out, out
