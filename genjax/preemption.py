@@ -8,19 +8,22 @@ to its own boundary). So, through jax.distributed's key-value store, without blo
   * the signalled process posts a request;
   * at each step boundary every process looks for one, and the first time it sees it
     posts the step it is at (a process that ends the loop posts its last step too);
-  * once all have posted, each stops at max(posts) + 2, or runs to the end if that is
+  * once all have posted, each stops at max(posts) + 3, or runs to the end if that is
     past total_steps.
-No process can be past that step when it sees the last post: a process is at most one
-step ahead of any other (each step's collective needs them all, and the loop reads a
-step's metrics at the next boundary), so it sees a post at most 2 steps after it was made.
-One or two store reads per process per step boundary; none in a single process.
+No process can be past that step when it sees the last post. At its boundary of step k a
+process has read the metrics of step k - 2 (k - 1's are read after the check), so every
+other process has dispatched step k - 2, but maybe not reached its own boundary of it: a
+process can be two boundaries past another's, so it sees that one's post (made at its
+boundary m, having dispatched m) at its boundary m + 3 at the latest.
+One or two store reads per process per step boundary; none in a single process. Each
+loop of the job (train may be called more than once) has its own keys.
 """
 from __future__ import annotations
 
 import jax
 
-_REQUEST, _AT = "genjax/preempt/request/", "genjax/preempt/at/"
-MARGIN = 2  # steps past the last post (see above)
+MARGIN = 3  # steps past the last post (see above)
+_loops = 0  # StopSteps made in this process: every process makes them in the same order
 
 
 def _client():
@@ -35,6 +38,10 @@ class StopStep:
     """`should_stop(step, signalled)` is True at the same step on every process."""
 
     def __init__(self, total_steps: int):
+        global _loops
+        _loops += 1
+        self._request = f"genjax/preempt/{_loops}/request/"
+        self._at = f"genjax/preempt/{_loops}/at/"
         self.client, self.total = _client(), int(total_steps)
         self.stop_at: int | None = None
         self._posted = False
@@ -45,14 +52,14 @@ class StopStep:
             return signalled
         me, n = jax.process_index(), jax.process_count()
         if signalled and not self._seen:
-            self.client.key_value_set(f"{_REQUEST}{me}", "1")
+            self.client.key_value_set(f"{self._request}{me}", "1")
             self._seen = True
-        if not self._seen and self.client.key_value_dir_get(_REQUEST):
+        if not self._seen and self.client.key_value_dir_get(self._request):
             self._seen = True
         if self._seen and not self._posted:
             self._post(step)
         if self._posted and self.stop_at is None:
-            posts = self.client.key_value_dir_get(_AT)
+            posts = self.client.key_value_dir_get(self._at)
             if len(posts) == n:
                 self.stop_at = max(int(v) for _, v in posts) + MARGIN
         return self.stop_at is not None and self.stop_at < self.total and step >= self.stop_at
@@ -63,5 +70,5 @@ class StopStep:
             self._post(step)
 
     def _post(self, step: int) -> None:
-        self.client.key_value_set(f"{_AT}{jax.process_index()}", str(int(step)))
+        self.client.key_value_set(f"{self._at}{jax.process_index()}", str(int(step)))
         self._posted = True

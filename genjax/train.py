@@ -201,13 +201,13 @@ def _loop(run: _Run, step: int, stop_after: int | None, sigterm: _SigtermFlag) -
     if pending is not None:
         run.log.handle(*pending, run.ckpt.latest_step())
     stop.finished(last_step)
-    _write_records(run)  # a run with no step left to take
     return last_step
 
 
 def _write_records(run: _Run) -> None:
     """W/config.json and W/run_meta.json of this call, once its first step has run: a
-    resume refused or failing to compile leaves the records of the run as it was."""
+    resume refused or failing to compile, or one with no step left to take, leaves the
+    records of the run that made the checkpoints."""
     if run.records_written:
         return
     if jax.process_index() == 0:

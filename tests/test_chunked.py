@@ -69,14 +69,16 @@ def test_a_chunk_that_does_not_divide_the_length_pads_it_with_the_same_result(ch
         chunked_attention.attention(q, k, v, chunk=0)
 
 
-def test_a_query_with_no_valid_key_averages_every_value_as_xla_does():
+@pytest.mark.parametrize("chunk", [4, 5])
+def test_a_query_with_no_valid_key_averages_every_value_as_xla_does(chunk):
     """Left padding: row 1's first 3 queries see only padding keys. XLA's softmax over
-    equal masked scores is uniform: the output is the mean of all T values, and q and k
-    get no gradient from such a row (its scores are constants)."""
+    equal masked scores is uniform: the output is the mean of all T values (not of the
+    padding a chunk of 5 adds), and q and k get no gradient from such a row (its scores
+    are constants)."""
     q, k, v, w = qkv(1)
     valid = jnp.arange(T)[None, :] >= jnp.array([[0], [3]])
     got = _values_and_grads(lambda *a: chunked_attention.attention(
-        *a, chunk=4, valid_BxT=valid), q, k, v, w)
+        *a, chunk=chunk, valid_BxT=valid), q, k, v, w)
     want = _values_and_grads(lambda *a: plain_attention(*a, valid), q, k, v, w)
     np.testing.assert_allclose(got[0][1, :3], np.broadcast_to(v[1].mean(0), (3, N, H)),
                                rtol=1e-5, atol=1e-6)  # the mean, computed apart

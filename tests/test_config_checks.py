@@ -141,6 +141,8 @@ def test_a_resume_that_fails_to_compile_leaves_the_runs_records_as_they_were(tin
     with pytest.raises(ConfigError, match="loss_chunk=24"):
         train.train(other, str(workdir))
     assert {f: (workdir / f).read_text() for f in before} == before
+    train.train(run_config("lm", **{"model.loss_chunk": 24}), str(workdir))  # no step to take
+    assert {f: (workdir / f).read_text() for f in before} == before
     train.train(run_config("lm", total_steps=steps + 2), str(workdir))  # a good resume writes
     assert json.loads((workdir / "config.json").read_text())["total_steps"] == steps + 2
 

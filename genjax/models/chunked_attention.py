@@ -51,21 +51,24 @@ def _scores(q_BxCxNxH, k_BxTxNxH, start, valid_BxT):
     return jnp.where(keep, s, _MASKED), keep
 
 
-def _probs(s_BxNxCxT, lse_BxNxC):
+def _probs(s_BxNxCxT, lse_BxNxC, length: int):
     """softmax rows from their log-sum-exp. A row with no kept entry has every score and
     its lse equal to _MASKED (lse = _MASKED + log T rounds back to it in float32): exp(0)
-    = 1 per key, so it is divided by T to average, as XLA's softmax does."""
+    = 1 per key, so it is replaced by 1/length on the `length` real keys (not the padding
+    after them): the average XLA's softmax takes."""
     p = jnp.exp(s_BxNxCxT - lse_BxNxC[..., None])
     empty = lse_BxNxC[..., None] < 0.5 * _MASKED
-    return jnp.where(empty, p / s_BxNxCxT.shape[-1], p)
+    uniform_T = jnp.where(jnp.arange(s_BxNxCxT.shape[-1]) < length, 1.0 / length, 0.0)
+    return jnp.where(empty, uniform_T, p)
 
 
-def _forward(q, k, v, valid, chunk):
+def _forward(q, k, v, valid, blocks):
+    chunk, length = blocks
     def block(args):
         q_blk, start = args
         s_BxNxCxT, _ = _scores(q_blk, k, start, valid)
         lse_BxNxC = jax.nn.logsumexp(s_BxNxCxT, axis=-1)
-        p = _probs(s_BxNxCxT, lse_BxNxC)
+        p = _probs(s_BxNxCxT, lse_BxNxC, length)
         o = jnp.einsum("bnct,btnh->bcnh", p.astype(v.dtype), v, preferred_element_type=_F32)
         return o.astype(q.dtype), lse_BxNxC
     starts = jnp.arange(q.shape[1] // chunk) * chunk
@@ -74,16 +77,18 @@ def _forward(q, k, v, valid, chunk):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
-def _attention(q, k, v, valid, chunk):
-    return _forward(q, k, v, valid, chunk)[0]
+def _attention(q, k, v, valid, blocks):
+    """blocks: (chunk C, length T before padding to a multiple of C)."""
+    return _forward(q, k, v, valid, blocks)[0]
 
 
-def _attention_fwd(q, k, v, valid, chunk):
-    o, lse = _forward(q, k, v, valid, chunk)
+def _attention_fwd(q, k, v, valid, blocks):
+    o, lse = _forward(q, k, v, valid, blocks)
     return o, (q, k, v, valid, o, lse)
 
 
-def _attention_bwd(chunk, res, do):
+def _attention_bwd(blocks, res, do):
+    chunk, length = blocks
     q, k, v, valid, o, lse_blocks = res
     H = q.shape[-1]
     # D = rowsum(dO * O): the softmax Jacobian's correction term, [T/C, B, N, C].
@@ -94,7 +99,7 @@ def _attention_bwd(chunk, res, do):
         dk, dv = carry
         q_blk, do_blk, lse, d, start = args
         s, keep = _scores(q_blk, k, start, valid)
-        p = _probs(s, lse)  # [B, N, C, T]
+        p = _probs(s, lse, length)  # [B, N, C, T]
         dv = dv + jnp.einsum("bnct,bcnh->btnh", p, do_blk.astype(_F32))
         dp = jnp.einsum("bcnh,btnh->bnct", do_blk, v, preferred_element_type=_F32)
         # a masked score is a constant: no gradient (p is 0 there, but 1/T in an empty row)
@@ -127,4 +132,4 @@ def attention(q_BxTxNxH, k_BxTxNxH, v_BxTxNxH, *, chunk: int, valid_BxT=None):
         q_BxTxNxH, k_BxTxNxH, v_BxTxNxH = (jnp.pad(x, widths) for x in
                                            (q_BxTxNxH, k_BxTxNxH, v_BxTxNxH))
         valid = jnp.pad(valid, ((0, 0), (0, pad)))
-    return _attention(q_BxTxNxH, k_BxTxNxH, v_BxTxNxH, valid, chunk)[:, :T]
+    return _attention(q_BxTxNxH, k_BxTxNxH, v_BxTxNxH, valid, (chunk, T))[:, :T]
