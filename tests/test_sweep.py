@@ -284,42 +284,53 @@ def test_a_live_run_in_a_workdir_is_found_whether_the_root_was_relative_or_not(
         p.stdout.close()
 
 
-def test_a_run_preempted_from_outside_makes_the_sweep_exit_143_not_0(tmp_path, monkeypatch,
-                                                                      capsys):
+
+def _run_local(script: str, tmp_path) -> tuple[int, str]:
+    """experiments.sweep.run_local in a fresh process (it forks its children; a pytest
+    worker has JAX's threads): `script` sets `runs` and `sweep.train_command`, and the
+    process exits with run_local's code."""
+    code = ("import os, signal, sys, threading\n"
+            "from experiments import sweep\n"
+            f"tmp = {str(tmp_path)!r}\n" + script +
+            "\nsys.exit(sweep.run_local({}, runs, parallel=2))\n")
+    p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                       timeout=120)
+    assert "Traceback" not in p.stderr, p.stderr
+    return p.returncode, p.stdout
+
+
+def _runs(names) -> str:
+    return (f"runs = [dict(name=n, workdir=os.path.join(tmp, n), status='new', overrides={{}}, "
+            f"total_steps=1) for n in {list(names)!r}]\n")
+
+
+def test_a_run_preempted_from_outside_makes_the_sweep_exit_143_not_0(tmp_path):
     """A child that checkpointed and exited 143 (its own SIGTERM, e.g. a scheduler's) is
     unfinished: the sweep says so and exits 143; children that finished exit it 0."""
-    from experiments import sweep
-    runs = [{"name": n, "workdir": str(tmp_path / n), "status": "new", "overrides": {},
-             "total_steps": 1}
-            for n in ("a", "b")]
-    exits = {"a": 0, "b": 143}
-
-    def child(p, run, python):  # a finished run writes what status() reads
-        w = run["workdir"]
-        done = (f"import json; json.dump({{'total_steps': 1}}, open('{w}/config.json', 'w'));"
-                f"json.dump({{'step': 1}}, open('{w}/final_metrics.json', 'w'))")
-        return [python, "-c", (done if exits[run["name"]] == 0 else "pass")
-                + f"; raise SystemExit({exits[run['name']]})"]
-    monkeypatch.setattr(sweep, "train_command", child)
-    assert sweep.run_local({}, runs, parallel=2) == 143
-    out = capsys.readouterr().out
-    assert "saved  b (interrupted; re-run resumes)" in out and "1 runs stopped" in out
-    exits["b"] = 0
-    assert sweep.run_local({}, runs[1:], parallel=1) == 0
+    (tmp_path / "child.py").write_text(  # a train that finishes (0) or was preempted (143)
+        "import json, os, sys\n"
+        "w, code = sys.argv[1], int(sys.argv[2])\n"
+        "if code == 0:\n"
+        "    json.dump({'total_steps': 1}, open(os.path.join(w, 'config.json'), 'w'))\n"
+        "    json.dump({'step': 1}, open(os.path.join(w, 'final_metrics.json'), 'w'))\n"
+        "sys.exit(code)\n")
+    child = ("sweep.train_command = lambda p, run, python: [python, os.path.join(tmp, 'child.py'),"
+             " run['workdir'], str({exits}[run['name']])]\n")
+    rc, out = _run_local(_runs("ab") + child.format(exits={"a": 0, "b": 143}), tmp_path)
+    assert rc == 143 and "saved  b (interrupted; re-run resumes)" in out, out
+    assert "1 runs stopped" in out
+    rc, out = _run_local(_runs("b") + child.format(exits={"a": 0, "b": 0}), tmp_path)
+    assert rc == 0, out
 
 
-def test_children_stopped_by_ctrl_c_before_their_handler_are_interrupted_not_failed(
-        tmp_path, monkeypatch, capsys):
+def test_children_stopped_by_ctrl_c_before_their_handler_are_interrupted_not_failed(tmp_path):
     """The sweep gets SIGTERM while its children are still starting (no handler of
     theirs yet: they die of the signal, exit -15): they are reported as stopped and the
     sweep exits 143, as for children that checkpointed."""
-    import threading
-    from experiments import sweep
-    runs = [{"name": n, "workdir": str(tmp_path / n), "status": "new", "overrides": {},
-             "total_steps": 1} for n in ("a", "b")]
-    monkeypatch.setattr(sweep, "train_command",
-                        lambda p, run, python: [python, "-c", "import time; time.sleep(60)"])
-    threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM)).start()
-    assert sweep.run_local({}, runs, parallel=2) == 143
-    out = capsys.readouterr().out
+    script = _runs("ab") + (
+        "sweep.train_command = lambda p, run, python: [python, '-c', "
+        "'import time; time.sleep(60)']\n"
+        "threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM)).start()\n")
+    rc, out = _run_local(script, tmp_path)
+    assert rc == 143, out
     assert out.count("(interrupted while starting") == 2 and "FAILED" not in out, out
