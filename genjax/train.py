@@ -233,6 +233,7 @@ def _check_data(config, family, data):
     if families.has(family, "resolve_config"):
         family.resolve_config(config, data)
     config.lock()
+    evaluators.check_during_training(config, families.for_inference(family), jax.process_count())
     return data
 
 

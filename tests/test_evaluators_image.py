@@ -244,3 +244,19 @@ def test_evaluate_runs_the_image_evaluators_on_a_tiny_run(family, tiny_run, net,
     with open(out["report_md"]) as f:
         report = f.read()
     assert "fid_fmnist" in report and "near_copies" in report and "cas_accuracy" in report
+
+
+def test_a_feature_net_evaluator_during_multi_process_training_is_one_config_error():
+    """image_quality and novelty read one process's view of the data (and build nets
+    in folders of their own), so with several processes they run after training."""
+    from genjax import evaluators, families
+    from genjax.errors import ConfigError
+    from tests.families import tiny_config
+    family = families.for_inference(families.get("vae"))
+    for name in ("image_quality", "novelty"):  # (cas runs only when --only names it)
+        config = tiny_config("vae", **{f"evals.{name}.during_training": True})
+        evaluators.check_during_training(config, family, process_count=1)  # one process: fine
+        with pytest.raises(ConfigError, match=rf"evals.{name}.during_training=True with 2 "
+                                              rf"processes: .*--only={name} after training"):
+            evaluators.check_during_training(config, family, process_count=2)
+    evaluators.check_during_training(tiny_config("vae"), family, process_count=2)  # defaults

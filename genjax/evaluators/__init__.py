@@ -48,7 +48,7 @@ import numpy as np
 
 from genjax import assemble, eval_sums, families
 from genjax import step as step_lib
-from genjax.errors import UserError
+from genjax.errors import ConfigError, UserError
 
 NOT_PLUGINS = ("report", "plots", "feature_net", "text_match", "sample_files", "words",
                "gold_reward", "ship_feature_net", "reward_classifier")  # helpers, not plug-ins
@@ -168,6 +168,20 @@ def resolve_given(config, has: Sequence[str],
 def during_training(config, family) -> list[str]:
     """Configured evaluators that apply and have during_training=True."""
     return [n for n in resolve(config, family) if bool(config.evals[n].during_training)]
+
+
+def check_during_training(config, family, process_count: int) -> None:
+    """ConfigError (one line, before training) for an evaluator set to run during training
+    that runs on one process only (its module's ONE_PROCESS says why) in a multi-process
+    run: genjax.evaluate scores the checkpoints afterwards."""
+    if process_count == 1:
+        return
+    for name in during_training(config, family):
+        why = getattr(get(name), "ONE_PROCESS", None)
+        if why:
+            raise ConfigError(f"config.evals.{name}.during_training=True with {process_count} "
+                              f"processes: {why}; set it False and run python -m "
+                              f"genjax.evaluate --workdir=W --only={name} after training")
 
 
 # ----------------------------------------------------------------------- results

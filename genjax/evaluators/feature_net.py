@@ -121,7 +121,7 @@ class FeatureNet:
     def __post_init__(self):
         # One device: on a multi-device mesh, replicated params would make every device
         # compute the whole batch.
-        self.params = jax.device_put(jax.device_get(self.params), jax.devices()[0])
+        self.params = jax.device_put(jax.device_get(self.params), jax.local_devices()[0])
         model = self.model
         self._features = jax.jit(lambda p, x: model.apply({"params": p}, x, method="features"))
         self._probs = jax.jit(lambda p, x: jax.nn.softmax(model.apply({"params": p}, x), -1))

@@ -28,6 +28,8 @@ from genjax.errors import UserError
 
 NEEDS = ("sample_images",)
 SAMPLES = ("images",)  # or images given in a file (genjax.evaluate --samples); labels optional
+ONE_PROCESS = ("it builds the feature net and caches the real images' features from one "
+               "process's view of the data")  # during training: refused on several
 ROWS = 512  # query rows per distance block (and ref rows are padded to a multiple)
 
 
@@ -107,7 +109,7 @@ def _blocks(fn, q_NxD, *args):
     """fn over ROWS-row blocks of q (the last block padded: one compiled shape)."""
     q = np.asarray(q_NxD, np.float32)
     n, b = len(q), ROWS
-    dev = jax.devices()[0]  # one device: see FeatureNet
+    dev = jax.local_devices()[0]  # one device of this process: see FeatureNet
     args = [jax.device_put(np.asarray(a), dev) for a in args]
     outs = []
     for i in range(0, n, b):

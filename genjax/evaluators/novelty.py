@@ -22,6 +22,7 @@ from genjax.evaluators.image_quality import nearest
 
 NEEDS = ("sample_images",)
 SAMPLES = ("images",)  # or images given in a file (genjax.evaluate --samples)
+ONE_PROCESS = ("it indexes the training images from one process's batches")  # see image_quality
 PERCENTILE = 1.0
 
 
