@@ -70,10 +70,17 @@ def text(tmp_path_factory, data_dir):
     return path
 
 
-@pytest.mark.slow
-def test_two_processes_train_and_resume_like_one(tmp_path, text, data_dir):
-    [(rc, out)] = _launch(tmp_path / "one", text, data_dir, 1, 8)
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory, text, data_dir):
+    """The reference: the same run as 1 process x 8 devices (its workdir)."""
+    workdir = tmp_path_factory.mktemp("one_process")
+    [(rc, out)] = _launch(workdir, text, data_dir, 1, 8)
     assert rc == 0, out[-3000:]
+    return workdir
+
+
+@pytest.mark.slow
+def test_two_processes_train_and_resume_like_one(tmp_path, text, data_dir, one_process):
 
     # Two processes, killed -9 at step 5 (after the step-4 checkpoint was started) ... The
     # one that gets there second may be ended first by the distributed runtime, whose
@@ -89,23 +96,21 @@ def test_two_processes_train_and_resume_like_one(tmp_path, text, data_dir):
         assert "resumed from step" in out
     assert "8 x cpu" in resumed[0][1]  # one global mesh of 2 x 4 devices
 
-    want, got = losses_by_step(tmp_path / "one"), losses_by_step(tmp_path / "two")
+    want, got = losses_by_step(one_process), losses_by_step(tmp_path / "two")
     assert sorted(want) == sorted(got) == list(range(1, 9))
     np.testing.assert_allclose([got[s] for s in sorted(got)], [want[s] for s in sorted(want)],
                                rtol=1e-5)
-    final_one = json.loads((tmp_path / "one" / "final_metrics.json").read_text())
+    final_one = json.loads((one_process / "final_metrics.json").read_text())
     final_two = json.loads((tmp_path / "two" / "final_metrics.json").read_text())
     np.testing.assert_allclose(final_two["loss"], final_one["loss"], rtol=1e-5)
 
 
 @pytest.mark.slow
 def test_a_sigterm_to_one_process_stops_both_at_one_checkpoint_and_resumes_like_one(
-        tmp_path, text, data_dir):
+        tmp_path, text, data_dir, one_process):
     """Only process 0 is told to stop (after step 3): both save the same step, exit 143,
     and the resumed pair ends where one process does. With each process stopping on its own
     signal alone, process 1 waited in the next step's collective forever."""
-    [(rc, _)] = _launch(tmp_path / "one", text, data_dir, 1, 8)
-    assert rc == 0
     stopped = _launch(tmp_path / "two", text, data_dir, 2, 4, faults=("term@3", ""),
                       hang_s=120)
     saved = [out.split("preempted: saved step ")[1].split(",")[0] if "preempted: saved" in out
@@ -115,9 +120,10 @@ def test_a_sigterm_to_one_process_stops_both_at_one_checkpoint_and_resumes_like_
     assert 3 < int(saved[0]) < 8
     resumed = _launch(tmp_path / "two", text, data_dir, 2, 4)
     assert all(rc == 0 and f"resumed from step {saved[0]}" in out for rc, out in resumed)
-    want, got = losses_by_step(tmp_path / "one"), losses_by_step(tmp_path / "two")
+    want, got = losses_by_step(one_process), losses_by_step(tmp_path / "two")
     np.testing.assert_allclose([got[s] for s in sorted(got)], [want[s] for s in sorted(want)],
                                rtol=1e-5)
+
 
 @pytest.mark.slow
 def test_a_corrupt_last_checkpoint_is_set_aside_and_both_processes_finish_the_run(
