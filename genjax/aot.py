@@ -127,8 +127,8 @@ def check(config, devices: list, hbm: int | None = None) -> dict[str, Any]:
         "params_count": sum(int(np.prod(x.shape)) for x in
                             jax.tree_util.tree_leaves(parts.abstract_state.params)),
         "params": state["params"], "opt_state": state["opt_state"], "ema_params": state["ema_params"],
-        "model_state": state["model_state"], "batch": _shard_bytes(batch), "compile_s": compile_s, "compile_cpu_s": compile_cpu_s,
-        "hbm": hbm,
+        "model_state": state["model_state"], "batch": _shard_bytes(batch),
+        "compile_s": compile_s, "compile_cpu_s": compile_cpu_s, "hbm": hbm,
     }
     if refused is not None:
         out["refused"] = refused

@@ -9,6 +9,8 @@ The command-line runner (genjax/cli.py) prints these as one `error:` line:
 from __future__ import annotations
 
 import errno
+import logging
+import sys
 
 EXIT_USER = 2
 EXIT_FAILED = 1
@@ -69,8 +71,6 @@ def warn(msg: str) -> None:
     """One `warning: <msg>` line on stdout, where genjax prints its progress. A program
     whose absl log goes to a file (`absl.logging.get_absl_handler().use_absl_log_file()`)
     gets it there too; a log on the terminal does not: the terminal shows it once."""
-    import logging
-    import sys
     print(f"warning: {msg}", flush=True)
     try:
         from absl import logging as absl_logging

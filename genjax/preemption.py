@@ -44,23 +44,19 @@ class StopStep:
         self._at = f"genjax/preempt/{_loops}/at/"
         self.client, self.total = _client(), int(total_steps)
         self.stop_at: int | None = None
-        self._posted = False
-        self._seen = False
+        self._posted = False  # this process's step is in the store
 
     def should_stop(self, step: int, signalled: bool) -> bool:
         if self.client is None:
             return signalled
-        me, n = jax.process_index(), jax.process_count()
-        if signalled and not self._seen:
-            self.client.key_value_set(f"{self._request}{me}", "1")
-            self._seen = True
-        if not self._seen and self.client.key_value_dir_get(self._request):
-            self._seen = True
-        if self._seen and not self._posted:
-            self._post(step)
+        if not self._posted:
+            if signalled:
+                self.client.key_value_set(f"{self._request}{jax.process_index()}", "1")
+            if signalled or self.client.key_value_dir_get(self._request):
+                self._post(step)
         if self._posted and self.stop_at is None:
             posts = self.client.key_value_dir_get(self._at)
-            if len(posts) == n:
+            if len(posts) == jax.process_count():
                 self.stop_at = max(int(v) for _, v in posts) + MARGIN
         return self.stop_at is not None and self.stop_at < self.total and step >= self.stop_at
 

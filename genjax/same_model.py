@@ -10,7 +10,6 @@ trained with the tokenizer of this run's data?
 """
 from __future__ import annotations
 
-
 from genjax import config_lib
 from genjax.errors import UserError, warn
 

@@ -7,8 +7,9 @@ its params, optimizer moments, EMA and the frozen copies of the same model (a DP
 reference, a LoRA base; LoRA adapters too) (genjax.models.scan_convert, bit for bit), and
 writes it as step N of --out with model.scan_layers flipped in its saved config. Frozen
 models of their own config (a distillation teacher, an RL reward model) keep their layout,
-as their source runs give it. The data position is kept, so `python -m genjax.train --workdir=<out> --config...
---config.model.scan_layers=<new>` resumes exactly where the old run stopped.
+as their source runs give it. The data position is kept, so `python -m genjax.train
+--workdir=<out> --config... --config.model.scan_layers=<new>` resumes exactly where the
+old run stopped.
 """
 from __future__ import annotations
 

@@ -89,7 +89,6 @@ class _Run:
     state: Any
     book: BatchBook
     last_eval: dict = dataclasses.field(default_factory=dict)  # {step: metrics} of the last eval
-    records_written: bool = False  # W/config.json, W/run_meta.json (_write_records)
 
 
 def _train(config, workdir, family, mesh, stop_after, data=None):
@@ -208,13 +207,10 @@ def _write_records(run: _Run) -> None:
     """W/config.json and W/run_meta.json of this call, once its first step has run: a
     resume refused or failing to compile, or one with no step left to take, leaves the
     records of the run that made the checkpoints."""
-    if run.records_written:
-        return
     if jax.process_index() == 0:
         with open(os.path.join(run.workdir, "config.json"), "w") as f:
             json.dump(config_lib.to_dict(run.config), f, indent=2)
     write_run_meta(run.workdir, config_lib.to_dict(run.config), run.parts.mesh)
-    run.records_written = True
 
 
 # ---------------------------------------------------------------------- pieces of the loop

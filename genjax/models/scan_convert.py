@@ -64,8 +64,8 @@ def _unstack_leaf(x, i):
 def _parts(d: Mapping) -> list[str]:
     """The block parts a params dict holds per layer: all four for a model, fewer for LoRA
     adapters (no norm scales)."""
-    inner = d.get(SCAN_NAME, {}) if is_scanned(d) else {k[:-2]: 0 for k in d if k.endswith("_0")}
-    return [p for p in BLOCK_PARTS if p in inner]
+    present = d[SCAN_NAME] if is_scanned(d) else {k[:-2] for k in d if k.endswith("_0")}
+    return [p for p in BLOCK_PARTS if p in present]
 
 
 def _check_same_shapes(d: Mapping, num_layers: int) -> None:
@@ -108,8 +108,10 @@ def _unstack_dict(d: Mapping) -> dict:
 
 
 def _num_layers(d: Mapping) -> int:
-    part = _parts(d)[0]
-    return sum(1 for k in d if k.rpartition("_")[0] == part and k.rpartition("_")[2].isdigit())
+    part, n = _parts(d)[0], 0
+    while f"{part}_{n}" in d:
+        n += 1
+    return n
 
 
 def stack(tree, num_layers: int | None = None):

@@ -256,7 +256,8 @@ def _decode_rows(model, params, tokenizer, rows, row_ids, req: TextRequest):
         for start in range(0, len(rows), ROWS_PER_CALL):
             part = slice(start, start + ROWS_PER_CALL)
             got, hit = _decode_rows(model, params, tokenizer, rows[part], row_ids[part], req)
-            out, stopped = out + list(got), stopped + list(hit)
+            out.extend(got)
+            stopped.extend(hit)
         return out, np.asarray(stopped, bool)
     lengths = np.asarray([len(r) for r in rows])
     _warn_window(int(lengths.max()), req, model.max_len)
