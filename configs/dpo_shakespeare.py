@@ -33,6 +33,7 @@ def get_config(arg: str | None = None):
     c.dpo.beta = 0.1               # KL leash: loss sees beta * (log-ratio margin)
     c.dpo.loss_type = "sigmoid"    # sigmoid | ipo | hinge (anything else: an error)
     c.dpo.label_smoothing = 0.0    # cDPO: probability that a label is flipped (sigmoid)
+    c.dpo.valid_vocab = 0          # ids the tokenizer has (resolve_config); log-probs over them
     c.data.preferences = ""        # "" = synthetic Shakespeare pairs; DIR = DIR/<split>.jsonl
     c.data.max_pairs = 4000        # synthetic: at most this many pairs per split
     # policy vs the frozen reference under the gold preference: win rate, KL, distinct-2

@@ -113,6 +113,34 @@ def test_padding_tokens_change_nothing():
     np.testing.assert_allclose(float(other), float(base), rtol=1e-6)
 
 
+def test_log_probs_are_normalised_over_the_tokenizers_ids_only():
+    """The tokenizer has 55 ids, the model's padded vocabulary 64. resolve_config sets
+    dpo.valid_vocab; the completion log-probs are then a float64 numpy log-softmax over the
+    first 55 logits, and the padded ids' embedding rows (which only ever score) change
+    nothing, however large."""
+    config, model, batch, v = setup()
+    config.unlock()
+    dpo.resolve_config(config, dataclasses.make_dataclass("Data", ["tokenizer"])(TOK))
+    V = int(config.dpo.valid_vocab)
+    assert V == TOK.vocab_size == 55 < int(config.model.vocab_size)
+    policy, state = moved(v["params"]), {"reference": v["reference"]}
+    tokens = np.asarray(batch["tokens"]).reshape(-1, batch["tokens"].shape[-1])
+    logits = np.asarray(model.apply({"params": policy}, jnp.asarray(tokens[:, :-1])), np.float64)
+    z = logits[..., :V]
+    logp = z - (np.log(np.exp(z - z.max(-1, keepdims=True)).sum(-1)) + z.max(-1))[..., None]
+    target = np.take_along_axis(logp, tokens[:, 1:, None], -1)[..., 0]
+    want = (target * np.asarray(batch["mask"]).reshape(target.shape)).sum(-1).reshape(-1, 2)
+    got, _ = dpo.completion_logps(model, policy, batch, train=False, valid_vocab=V)
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5)
+
+    def loud(p):  # the padded ids' rows of the tied embedding, 30x larger
+        emb = p["token_embed"].value
+        return {**p, "token_embed": p["token_embed"].replace_boxed(emb.at[V:].multiply(30.0))}
+    base, _ = loss_of(policy, state, batch, config, model)
+    other, _ = loss_of(loud(policy), {"reference": loud(v["reference"])}, batch, config, model)
+    np.testing.assert_allclose(float(other), float(base), rtol=1e-6)
+
+
 def test_step_zero_gradient_is_minus_half_beta_times_the_log_ratio_gradient():
     config, model, batch, v = setup()
     state, beta = {"reference": v["reference"]}, float(config.dpo.beta)

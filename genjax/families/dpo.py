@@ -3,7 +3,8 @@
 Batch (genjax/data/preferences.py): {"tokens": int32[B, 2, T + 1], "mask": float32[B, 2, T]},
 row 0 the chosen completion, row 1 the rejected one, both after the same prompt; a pair
 stays on one device (the batch axis is B). A completion's log-probability is the sum of
-its tokens' log-probs where mask = 1 (IPO: their mean), nats.
+its tokens' log-probs where mask = 1 (IPO: their mean), nats, normalised over the
+tokenizer's ids (dpo.valid_vocab; the padded vocabulary's extra ids take no mass).
 
 The reference is the policy at step 0, frozen in model_state["reference"] (checkpointed,
 sharded like params, never differentiated). `config.init_from` places the pretrained
@@ -39,8 +40,11 @@ runtime_keys = ("model.dropout", "model.attention_impl")
 
 
 def resolve_config(config, data) -> None:
-    """The LM's vocabulary; config.dpo and model.dropout checked (check_settings)."""
+    """The LM's vocabulary (dpo.valid_vocab: the tokenizer's ids, over which log-probs
+    are normalised, as the decoder and the alignment evaluator normalise them); config.dpo
+    and model.dropout checked (check_settings)."""
     lm.resolve_config(config, data)
+    config.dpo.valid_vocab = int(data.tokenizer.vocab_size)
     check_settings(config)
 
 
@@ -110,16 +114,18 @@ def lora_merged_state(model_state, base) -> dict:
     return {**model_state, REFERENCE: base}
 
 
-def completion_logps(model, params, batch, *, train: bool, rng=None, average: bool = False):
-    """Summed (average=True: mean) completion log-probs float32[B, 2] and token counts."""
+def completion_logps(model, params, batch, *, train: bool, rng=None, average: bool = False,
+                     valid_vocab: int = 0):
+    """Summed (average=True: mean) completion log-probs float32[B, 2] and token counts,
+    over the ids below valid_vocab (0: all)."""
     tokens, mask = batch["tokens"], batch["mask"].astype(jnp.float32)
     B, _, T1 = tokens.shape
     flat = tokens.reshape(B * 2, T1)
     rngs = {"dropout": rng} if rng is not None else None
     logits = model.apply({"params": params}, flat[:, :-1], train=train, rngs=rngs)
-    nll, _ = lm.token_nll(logits, flat[:, 1:])
     m = mask.reshape(B * 2, T1 - 1)
-    logp, count = -jnp.sum(nll * m, -1), jnp.sum(m, -1)
+    logp = jnp.sum(lm.next_token_logps(logits, flat, valid_vocab) * m, -1)
+    count = jnp.sum(m, -1)
     if average:
         logp = logp / jnp.maximum(count, 1.0)
     return logp.reshape(B, 2), count.reshape(B, 2)
@@ -129,10 +135,11 @@ def pair_terms(params, model_state, batch, rng, *, model, config, train: bool):
     """(per-pair loss [B], metrics of the pair [B] each) of the config's DPO loss."""
     d = config.dpo
     loss_type = preference.check_loss_type(str(d.loss_type))
-    average = loss_type == "ipo"
-    logp, _ = completion_logps(model, params, batch, train=train, rng=rng, average=average)
+    average, V = loss_type == "ipo", int(d.get("valid_vocab", 0))
+    logp, _ = completion_logps(model, params, batch, train=train, rng=rng, average=average,
+                               valid_vocab=V)
     ref, _ = completion_logps(model, reference_params(model_state, params), batch,
-                              train=False, average=average)
+                              train=False, average=average, valid_vocab=V)
     delta = preference.log_ratio_margin(logp[:, 0], logp[:, 1], ref[:, 0], ref[:, 1])
     loss = preference.dpo_loss(delta, float(d.beta), loss_type, float(d.label_smoothing))
     rewards = preference.implicit_rewards(logp, ref, float(d.beta))

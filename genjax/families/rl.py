@@ -292,8 +292,8 @@ def join(prompts_BxP, lengths_B, completions_BxN):
 def token_logps(model, params, seq_BxL, valid_vocab: int = 0):
     """Teacher-forced log-prob of every next token, float32[B, L - 1], over the ids below
     valid_vocab (0: all; as the decoder draws them)."""
-    return rl_ppo.logps_of(model.apply({"params": params}, seq_BxL[:, :-1], train=False),
-                           seq_BxL, valid_vocab)
+    return lm.next_token_logps(model.apply({"params": params}, seq_BxL[:, :-1], train=False),
+                                seq_BxL, valid_vocab)
 
 
 def gold_reward(completions_BxN, reward_ids) -> jax.Array:

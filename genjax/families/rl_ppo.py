@@ -44,7 +44,6 @@ from flax import linen as nn
 from genjax import ppo, preference
 from genjax.errors import ConfigError
 from genjax.families import lm, lora
-from genjax.sampling.filters import mask_invalid
 
 ALGOS = ("rloo", "ppo")
 ROLLOUT = "rollout"           # model_state key of the rollout buffer
@@ -96,14 +95,6 @@ def settings(config) -> Settings:
     return s
 
 
-def logps_of(logits_BxTxV, seq_BxL, valid_vocab: int = 0):
-    """log-prob float32[B, L - 1] of each next token of seq under the logits, over the ids
-    below valid_vocab (0: all): the distribution the decoder draws from."""
-    if valid_vocab:
-        logits_BxTxV = mask_invalid(logits_BxTxV.astype(jnp.float32), valid_vocab)
-    return -lm.token_nll(logits_BxTxV, seq_BxL[:, 1:])[0]
-
-
 def split(params):
     """(the LM's params, the value head's or None)."""
     if isinstance(params, dict) and VALUE_HEAD in params:
@@ -149,7 +140,7 @@ def loss_fn(params, model_state, batch, rng, *, model, config, rollouts):
     ro = jax.lax.cond(refresh, fresh, lambda: {k: v for k, v in buf.items() if k not in OWN})
     mask, beta = ro["mask"], float(c.beta)
     logits = model.apply({"params": policy}, ro["seq"][:, :-1], train=False)
-    logp = logps_of(logits, ro["seq"], int(c.get("valid_vocab", 0)))
+    logp = lm.next_token_logps(logits, ro["seq"], int(c.get("valid_vocab", 0)))
     logp_old = jnp.where(refresh, sg(logp), buf["logp_old"])
     logp_seq, ref_seq = jnp.sum(logp_old * mask, -1), jnp.sum(ro["ref"] * mask, -1)
     shaped = preference.kl_shaped_reward(ro["reward"], logp_seq, ref_seq, beta)
