@@ -4,6 +4,7 @@ JAX_NUM_PROCESSES / JAX_PROCESS_ID (genjax/runtime.py); each process loads its o
 every global batch (genjax/data/lm_loader.py)."""
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -79,29 +80,38 @@ def one_process(tmp_path_factory, text, data_dir):
     return workdir
 
 
-@pytest.mark.slow
-def test_two_processes_train_and_resume_like_one(tmp_path, text, data_dir, one_process):
+@pytest.fixture(scope="module")
+def two_processes(tmp_path_factory, text, data_dir):
+    """(workdir, outputs of the killed launch, outputs of the resumed one): two processes
+    killed -9 at step 5 (after the step-4 checkpoint was started), then the same command
+    again, which finishes the 8 steps (and leaves checkpoints 6 and 8)."""
+    workdir = tmp_path_factory.mktemp("two")
+    killed = _launch(workdir, text, data_dir, 2, 4, faults=("kill@5", "kill@5"))
+    resumed = _launch(workdir, text, data_dir, 2, 4)
+    return workdir, killed, resumed
 
-    # Two processes, killed -9 at step 5 (after the step-4 checkpoint was started) ... The
-    # one that gets there second may be ended first by the distributed runtime, whose
-    # coordination service went with process 0 (as a host that loses its peer would).
-    killed = _launch(tmp_path / "two", text, data_dir, 2, 4, faults=("kill@5", "kill@5"))
+
+@pytest.mark.slow
+def test_two_processes_train_and_resume_like_one(two_processes, one_process):
+    workdir, killed, resumed = two_processes
+    # Killed at step 5: the one that gets there second may be ended first by the
+    # distributed runtime, whose coordination service went with process 0 (as a host that
+    # loses its peer would).
     assert -9 in [rc for rc, _ in killed] and all(
         rc == -9 or (rc != 0 and "coordination service" in out) for rc, out in killed), \
         "\n".join(f"exit {rc}: {o[-2000:]}" for rc, o in killed)
     # ... then the same command: both resume from the last complete checkpoint.
-    resumed = _launch(tmp_path / "two", text, data_dir, 2, 4)
     for rc, out in resumed:
         assert rc == 0, out[-3000:]
         assert "resumed from step" in out
     assert "8 x cpu" in resumed[0][1]  # one global mesh of 2 x 4 devices
 
-    want, got = losses_by_step(one_process), losses_by_step(tmp_path / "two")
+    want, got = losses_by_step(one_process), losses_by_step(workdir)
     assert sorted(want) == sorted(got) == list(range(1, 9))
     np.testing.assert_allclose([got[s] for s in sorted(got)], [want[s] for s in sorted(want)],
                                rtol=1e-5)
     final_one = json.loads((one_process / "final_metrics.json").read_text())
-    final_two = json.loads((tmp_path / "two" / "final_metrics.json").read_text())
+    final_two = json.loads((workdir / "final_metrics.json").read_text())
     np.testing.assert_allclose(final_two["loss"], final_one["loss"], rtol=1e-5)
 
 
@@ -127,13 +137,16 @@ def test_a_sigterm_to_one_process_stops_both_at_one_checkpoint_and_resumes_like_
 
 @pytest.mark.slow
 def test_a_corrupt_last_checkpoint_is_set_aside_and_both_processes_finish_the_run(
-        tmp_path, text, data_dir):
-    """Step 8's largest file damaged: both processes fall back to step 6 and train to 8
-    again, ending where they did (process 1 used to keep step 8 in its list after process
-    0 moved it aside, and refused to save it: "already exists")."""
+        tmp_path, text, data_dir, two_processes):
+    """A copy of the finished two-process run with step 8's largest file damaged: both
+    processes fall back to step 6 and train to 8 again, ending where they did (process 1
+    used to keep step 8 in its list after process 0 moved it aside, and refused to save
+    it: "already exists")."""
     from tests.test_checkpoint import flip_bit, largest_file
-    first = _launch(tmp_path, text, data_dir, 2, 4)
-    assert [rc for rc, _ in first] == [0, 0]
+    workdir, _, resumed = two_processes
+    assert [rc for rc, _ in resumed] == [0, 0]
+    tmp_path = tmp_path / "copy"
+    shutil.copytree(workdir, tmp_path)
     before = json.loads((tmp_path / "final_metrics.json").read_text())
     flip_bit(largest_file(tmp_path / "checkpoints" / "8" / "state"))
     again = _launch(tmp_path, text, data_dir, 2, 4)
