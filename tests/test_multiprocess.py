@@ -95,11 +95,12 @@ def two_processes(tmp_path_factory, text, data_dir):
 def test_two_processes_train_and_resume_like_one(two_processes, one_process):
     workdir, killed, resumed = two_processes
     # Killed at step 5: the one that gets there second may be ended first by the
-    # distributed runtime, whose coordination service went with process 0 (as a host that
-    # loses its peer would).
+    # distributed runtime, whose coordination service went with process 0, or by the CPU
+    # collectives' transport (gloo aborts: seen once, a message of the dead peer's all-reduce
+    # read where the survivor expected another), as a host that loses its peer would be.
     assert -9 in [rc for rc, _ in killed] and all(
-        rc == -9 or (rc != 0 and "coordination service" in out) for rc, out in killed), \
-        "\n".join(f"exit {rc}: {o[-2000:]}" for rc, o in killed)
+        rc == -9 or (rc != 0 and ("coordination service" in out or "gloo::" in out))
+        for rc, out in killed), "\n".join(f"exit {rc}: {o[-2000:]}" for rc, o in killed)
     # ... then the same command: both resume from the last complete checkpoint.
     for rc, out in resumed:
         assert rc == 0, out[-3000:]
