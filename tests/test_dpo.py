@@ -139,6 +139,12 @@ def test_log_probs_are_normalised_over_the_tokenizers_ids_only():
     base, _ = loss_of(policy, state, batch, config, model)
     other, _ = loss_of(loud(policy), {"reference": loud(v["reference"])}, batch, config, model)
     np.testing.assert_allclose(float(other), float(base), rtol=1e-6)
+    # a padded position may hold any id, one the tokenizer lacks too: still nothing changes
+    tokens = np.asarray(batch["tokens"]).copy()
+    tokens[:, :, -1] = V + 3  # every row is shorter than the window (setup's pairs)
+    assert np.asarray(batch["mask"])[:, :, -1].max() == 0
+    odd, _ = loss_of(policy, state, {**batch, "tokens": jnp.asarray(tokens)}, config, model)
+    np.testing.assert_allclose(float(odd), float(base), rtol=1e-6)
 
 
 def test_step_zero_gradient_is_minus_half_beta_times_the_log_ratio_gradient():

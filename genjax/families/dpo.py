@@ -124,7 +124,8 @@ def completion_logps(model, params, batch, *, train: bool, rng=None, average: bo
     rngs = {"dropout": rng} if rng is not None else None
     logits = model.apply({"params": params}, flat[:, :-1], train=train, rngs=rngs)
     m = mask.reshape(B * 2, T1 - 1)
-    logp = jnp.sum(lm.next_token_logps(logits, flat, valid_vocab) * m, -1)
+    # where, not a product: a padded position's target may be any id (-inf at ids >= V)
+    logp = jnp.sum(jnp.where(m > 0, lm.next_token_logps(logits, flat, valid_vocab), 0.0), -1)
     count = jnp.sum(m, -1)
     if average:
         logp = logp / jnp.maximum(count, 1.0)
