@@ -28,6 +28,7 @@ import numpy as np
 from genjax import preference
 from genjax.errors import ConfigError
 from genjax.families import lm, lora
+from genjax.sampling.filters import next_token_logps
 
 REFERENCE = "reference"
 
@@ -125,7 +126,8 @@ def completion_logps(model, params, batch, *, train: bool, rng=None, average: bo
     logits = model.apply({"params": params}, flat[:, :-1], train=train, rngs=rngs)
     m = mask.reshape(B * 2, T1 - 1)
     # where, not a product: a padded position's target may be any id (-inf at ids >= V)
-    logp = jnp.sum(jnp.where(m > 0, lm.next_token_logps(logits, flat, valid_vocab), 0.0), -1)
+    logp_BxT = next_token_logps(logits, flat, valid_vocab or None)
+    logp = jnp.sum(jnp.where(m > 0, logp_BxT, 0.0), -1)
     count = jnp.sum(m, -1)
     if average:
         logp = logp / jnp.maximum(count, 1.0)

@@ -17,7 +17,6 @@ from genjax import checkpoint as ckpt_lib
 from genjax.data.tokenizer import tokenizer_from_json
 from genjax.errors import ConfigError, UserError
 from genjax.models import chunked_logits, scan_convert, transformer
-from genjax.sampling.filters import mask_invalid
 
 MODEL_KEYS = ("vocab_size", "num_layers", "num_heads", "embed_dim", "mlp_ratio", "max_len",
               "norm", "pos", "activation", "tie_embeddings", "dropout", "use_bias",
@@ -80,15 +79,6 @@ def token_nll(logits_BxTxV: jax.Array, targets_BxT: jax.Array) -> tuple[jax.Arra
     logz_BxT = jax.nn.logsumexp(logits, axis=-1)
     target_logit = jnp.take_along_axis(logits, targets_BxT[..., None], axis=-1)[..., 0]
     return logz_BxT - target_logit, logz_BxT
-
-
-def next_token_logps(logits_BxTxV: jax.Array, seq_BxL: jax.Array, valid_vocab: int = 0):
-    """log-prob float32[B, L - 1] of each next token of seq (logits of seq[:, :-1]), over the
-    ids below valid_vocab (0: all): a padded vocabulary's extra ids, which the decoder
-    never draws, take no probability mass."""
-    if valid_vocab:
-        logits_BxTxV = mask_invalid(logits_BxTxV.astype(jnp.float32), valid_vocab)
-    return -token_nll(logits_BxTxV, seq_BxL[:, 1:])[0]
 
 
 def loss_fn(params, model_state, batch, rng, *, model, config):

@@ -67,6 +67,7 @@ from genjax import config_lib, optim, preference, same_model
 from genjax.errors import ConfigError, UserError
 from genjax.families import dpo, lm, reward, rl_ppo
 from genjax.sampling import lm as decoder
+from genjax.sampling.filters import next_token_logps
 
 REWARD = "reward"             # model_state key of the frozen reward model's params
 REWARDS = ("model", "chars")  # config.rl.reward choices
@@ -292,8 +293,8 @@ def join(prompts_BxP, lengths_B, completions_BxN):
 def token_logps(model, params, seq_BxL, valid_vocab: int = 0):
     """Teacher-forced log-prob of every next token, float32[B, L - 1], over the ids below
     valid_vocab (0: all; as the decoder draws them)."""
-    return lm.next_token_logps(model.apply({"params": params}, seq_BxL[:, :-1], train=False),
-                                seq_BxL, valid_vocab)
+    return next_token_logps(model.apply({"params": params}, seq_BxL[:, :-1], train=False),
+                            seq_BxL, valid_vocab or None)
 
 
 def gold_reward(completions_BxN, reward_ids) -> jax.Array:

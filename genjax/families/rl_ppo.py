@@ -43,7 +43,8 @@ from flax import linen as nn
 
 from genjax import ppo, preference
 from genjax.errors import ConfigError
-from genjax.families import lm, lora
+from genjax.families import lora
+from genjax.sampling.filters import next_token_logps
 
 ALGOS = ("rloo", "ppo")
 ROLLOUT = "rollout"           # model_state key of the rollout buffer
@@ -140,7 +141,7 @@ def loss_fn(params, model_state, batch, rng, *, model, config, rollouts):
     ro = jax.lax.cond(refresh, fresh, lambda: {k: v for k, v in buf.items() if k not in OWN})
     mask, beta = ro["mask"], float(c.beta)
     logits = model.apply({"params": policy}, ro["seq"][:, :-1], train=False)
-    logp = lm.next_token_logps(logits, ro["seq"], int(c.get("valid_vocab", 0)))
+    logp = next_token_logps(logits, ro["seq"], int(c.get("valid_vocab", 0)) or None)
     logp_old = jnp.where(refresh, sg(logp), buf["logp_old"])
     logp_seq, ref_seq = jnp.sum(logp_old * mask, -1), jnp.sum(ro["ref"] * mask, -1)
     shaped = preference.kl_shaped_reward(ro["reward"], logp_seq, ref_seq, beta)

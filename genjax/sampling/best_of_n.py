@@ -27,6 +27,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from genjax.sampling.filters import next_token_logps
+
 GenerateFn = Callable[[int, int], Sequence[Any]]       # (n, seed) -> candidates
 ScoreFn = Callable[[Sequence[Any]], Sequence[float]]   # candidates -> scores
 
@@ -56,10 +58,8 @@ def per_item(fn: Callable[[Any], float]) -> ScoreFn:
 @functools.partial(jax.jit, static_argnames=("model",))
 def _token_logprobs(model, params, tokens_NxW, valid_vocab):
     """log p(tokens[:, t+1] | tokens[:, :t+1]) for every t: [N, W-1]."""
-    logits = model.apply({"params": params}, tokens_NxW).astype(jnp.float32)
-    logits = jnp.where(jnp.arange(logits.shape[-1]) >= valid_vocab, -jnp.inf, logits)
-    logp_NxWxV = jax.nn.log_softmax(logits[:, :-1], axis=-1)
-    return jnp.take_along_axis(logp_NxWxV, tokens_NxW[:, 1:, None], axis=-1)[..., 0]
+    logits = model.apply({"params": params}, tokens_NxW)
+    return next_token_logps(logits[:, :-1], tokens_NxW, valid_vocab)
 
 
 def sequence_logprobs(model, params, prompts: Sequence[np.ndarray],

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from genjax.sampling import lm
+from genjax.sampling.filters import next_token_logps
 
 BATCH_ROWS = 256  # rows per decode / forward call (the last batch is padded to this)
 
@@ -63,9 +64,8 @@ def sample(model, params, prompt_ids: Sequence[np.ndarray], *, k: int, max_new_t
 
 @functools.partial(jax.jit, static_argnames=("model",))
 def _masked_logps(model, params, seq_BxL, mask_BxT, valid_vocab):
-    logits_BxTxV = model.apply({"params": params}, seq_BxL[:, :-1]).astype(jnp.float32)
-    logp_BxTxV = jax.nn.log_softmax(lm.mask_invalid(logits_BxTxV, valid_vocab), axis=-1)
-    tok_BxT = jnp.take_along_axis(logp_BxTxV, seq_BxL[:, 1:, None], axis=-1)[..., 0]
+    tok_BxT = next_token_logps(model.apply({"params": params}, seq_BxL[:, :-1]), seq_BxL,
+                               valid_vocab)
     return jnp.sum(jnp.where(mask_BxT > 0, tok_BxT, 0.0), axis=-1)
 
 

@@ -56,6 +56,16 @@ def mask_invalid(logits: jax.Array, valid_vocab: int | jax.Array | None) -> jax.
     return jnp.where(jnp.arange(logits.shape[-1]) >= valid_vocab, -jnp.inf, logits)
 
 
+def next_token_logps(logits_BxTxV: jax.Array, seq_BxL: jax.Array,
+                     valid_vocab: int | jax.Array | None = None) -> jax.Array:
+    """log-prob float32[B, L - 1] of each next token of seq under the logits of
+    seq[:, :-1], over the ids below valid_vocab (None: all): the distribution the decoder
+    draws from (a padded vocabulary's extra ids take no mass)."""
+    logits = mask_invalid(logits_BxTxV.astype(jnp.float32), valid_vocab)
+    target = jnp.take_along_axis(logits, seq_BxL[:, 1:, None], axis=-1)[..., 0]
+    return target - jax.nn.logsumexp(logits, axis=-1)
+
+
 class Switches(NamedTuple):
     """The filters a decode compiles (static); their values live in `Sampling`."""
     sample: bool       # temperature > 0: draw from the tempered logits; else argmax
