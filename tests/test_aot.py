@@ -64,6 +64,7 @@ def test_a_lora_runs_frozen_base_is_counted_in_the_breakdown():
     assert r["arguments"] >= r["params"] + r["opt_state"] + r["model_state"] + r["batch"]
     assert "frozen models (model_state)" in aot.report(r, "lora")
 
+
 def test_aot_cli_bad_topology_is_one_line():
     env = subproc.env()
     proc = subprocess.run([sys.executable, "-m", "genjax.aot",
@@ -84,6 +85,7 @@ def test_a_json_path_it_cannot_write_is_exit_2_before_compiling(tmp_path):
                               timeout=120)
         subproc.assert_one_line_error(proc, "--json=")
         assert "genjax.aot:" not in proc.stdout  # nothing compiled
+
 
 @pytest.mark.skipif(importlib.util.find_spec("libtpu") is None,
                     reason="libtpu not installed (pip install -e '.[tpu-aot]')")

@@ -134,7 +134,6 @@ def test_a_multi_process_launch_without_an_integer_process_id_is_one_line(
         runtime.initialize_distributed()
 
 
-
 @pytest.mark.parametrize("env, needle", [
     ({"JAX_PROCESS_ID": "5"}, "JAX_PROCESS_ID='5' with JAX_NUM_PROCESSES='2'"),
     ({"JAX_NUM_PROCESSES": "0", "JAX_PROCESS_ID": "0"}, "JAX_NUM_PROCESSES='0'"),
@@ -151,6 +150,7 @@ def test_a_launch_environment_out_of_range_is_one_error_line_before_connecting(
         monkeypatch.setenv(k, v)
     with one_error_line(UserError, match=re.escape(needle)):
         runtime.initialize_distributed()
+
 
 _WARN_ONCE = '''
 import sys

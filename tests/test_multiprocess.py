@@ -35,9 +35,9 @@ def _cmd(workdir, text, *extra):
 
 
 def _launch(workdir, text, data_dir, num_processes, devices_per_process, faults=(), extra=(),
-            hang_s=HANG_S):
-    """Runs the train command as `num_processes` processes; returns their outputs.
-    faults[i]: GENJAX_FAULTS of process i (genjax/faults.py)."""
+            hang_s=HANG_S, cmd=None):
+    """Runs the train command (`cmd`, default _cmd's) as `num_processes` processes; returns
+    their outputs. faults[i]: GENJAX_FAULTS of process i (genjax/faults.py)."""
     port = _free_port()
     procs = []
     for i in range(num_processes):
@@ -46,8 +46,9 @@ def _launch(workdir, text, data_dir, num_processes, devices_per_process, faults=
         if num_processes > 1:
             env.update(JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES=str(num_processes),
                        JAX_PROCESS_ID=str(i), GENJAX_INIT_TIMEOUT="60")
-        procs.append(subprocess.Popen(_cmd(workdir, text, *extra), cwd=ROOT, env=env, text=True,
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
+        procs.append(subprocess.Popen(cmd or _cmd(workdir, text, *extra), cwd=ROOT, env=env,
+                                      text=True, stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT))
     outs = []
     try:
         for p in procs:
@@ -146,16 +147,17 @@ def test_a_corrupt_last_checkpoint_is_set_aside_and_both_processes_finish_the_ru
     from tests.test_checkpoint import flip_bit, largest_file
     workdir, _, resumed = two_processes
     assert [rc for rc, _ in resumed] == [0, 0]
-    tmp_path = tmp_path / "copy"
-    shutil.copytree(workdir, tmp_path)
-    before = json.loads((tmp_path / "final_metrics.json").read_text())
-    flip_bit(largest_file(tmp_path / "checkpoints" / "8" / "state"))
-    again = _launch(tmp_path, text, data_dir, 2, 4)
+    run = tmp_path / "copy"
+    shutil.copytree(workdir, run)
+    before = json.loads((run / "final_metrics.json").read_text())
+    flip_bit(largest_file(run / "checkpoints" / "8" / "state"))
+    again = _launch(run, text, data_dir, 2, 4)
     assert [rc for rc, _ in again] == [0, 0], "\n".join(o[-2000:] for _, o in again)
     assert all("resumed from step 6" in out for _, out in again)
-    assert (tmp_path / "checkpoints" / "corrupt-8").is_dir()
-    after = json.loads((tmp_path / "final_metrics.json").read_text())
+    assert (run / "checkpoints" / "corrupt-8").is_dir()
+    after = json.loads((run / "final_metrics.json").read_text())
     np.testing.assert_allclose(after["loss"], before["loss"], rtol=1e-6)
+
 
 @pytest.mark.slow
 def test_an_image_family_with_fsdp_params_samples_its_grid_on_every_process(tmp_path,
@@ -163,23 +165,14 @@ def test_an_image_family_with_fsdp_params_samples_its_grid_on_every_process(tmp_
     """The VAE's params sharded over both processes (fsdp): the eval grid's sampler is a
     collective, so both run it and process 0 writes the PNG (process 0 alone hung and
     aborted both)."""
-    port, procs = _free_port(), []
-    for i in range(2):
-        env = subproc.env(2, GENJAX_DATA_DIR=data_dir, JAX_COORDINATOR_ADDRESS=f"localhost:{port}",
-                          JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i), GENJAX_INIT_TIMEOUT="60")
-        cmd = [sys.executable, "-m", "genjax.train", "--config=configs/vae_fmnist.py:tiny",
-               f"--workdir={tmp_path}", "--config.mesh.data=1", "--config.mesh.fsdp=-1",
-               "--config.total_steps=2", "--config.eval_every_steps=0",
-               "--config.final_eval_batches=1", "--config.peer_timeout_s=30"]
-        procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env, text=True,
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
-    try:
-        outs = [p.communicate(timeout=HANG_S)[0] for p in procs]
-    finally:
-        for p in procs:
-            p.kill()
-    assert [p.returncode for p in procs] == [0, 0], "\n".join(o[-2000:] for o in outs)
+    cmd = [sys.executable, "-m", "genjax.train", "--config=configs/vae_fmnist.py:tiny",
+           f"--workdir={tmp_path}", "--config.mesh.data=1", "--config.mesh.fsdp=-1",
+           "--config.total_steps=2", "--config.eval_every_steps=0",
+           "--config.final_eval_batches=1", "--config.peer_timeout_s=30"]
+    outs = _launch(tmp_path, None, data_dir, 2, 2, cmd=cmd)
+    assert [rc for rc, _ in outs] == [0, 0], "\n".join(o[-2000:] for _, o in outs)
     assert (tmp_path / "samples" / "step_2.png").stat().st_size > 0
+
 
 @pytest.mark.slow
 def test_a_dead_peer_ends_the_survivor_non_zero_within_the_timeout(tmp_path, text, data_dir):

@@ -127,6 +127,7 @@ def test_a_multi_process_mesh_whose_batch_axes_miss_a_process_is_one_config_erro
                                                         for p in [0] * 4 + [1] * 4]))
     assemble.check_batch_size(config, good, rules)  # data spans the processes: fine
 
+
 def test_a_shape_the_topology_refuses_is_a_config_error_not_a_silent_reshape(monkeypatch):
     def refuse(*args, **kwargs):
         raise ValueError("cannot split the physical axes\n(details)")

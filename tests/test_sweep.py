@@ -284,7 +284,6 @@ def test_a_live_run_in_a_workdir_is_found_whether_the_root_was_relative_or_not(
         p.stdout.close()
 
 
-
 def _run_local(script: str, tmp_path) -> tuple[int, str]:
     """experiments.sweep.run_local in a fresh process (it forks its children; a pytest
     worker has JAX's threads): `script` sets `runs` and `sweep.train_command`, and the
