@@ -95,9 +95,11 @@ def help_text(main, flag_values=None) -> str:
     return "\n".join(lines)
 
 
-def run(main, argv=None, *, tpu_compiler: bool = False) -> None:
+def run(main, argv=None, *, tpu_compiler: bool = False, multi_process: bool = False) -> None:
     """Runs `main(argv)` after flag parsing; without `tpu_compiler` (genjax.aot), JAX
     does not load libtpu on a machine without TPUs (runtime.skip_tpu_without_tpus).
+    Without `multi_process` (all but genjax.train) a launch of several processes is
+    refused (runtime.refuse_multi_process_launch).
 
     -h / --help -> the module's docstring and flags on stdout, exit 0. Bad input -> one
     `error:` line on stderr, exit 2; a run that fails for a reason it can name (failed
@@ -110,6 +112,8 @@ def run(main, argv=None, *, tpu_compiler: bool = False) -> None:
     if not tpu_compiler:
         runtime.skip_tpu_without_tpus()
     try:
+        if not multi_process:
+            runtime.refuse_multi_process_launch(tool_name(main))
         rest = parse_flags(argv)
         main(rest)
     except (ConfigError, UserError) as e:
@@ -123,6 +127,14 @@ def run(main, argv=None, *, tpu_compiler: bool = False) -> None:
         logging.shutdown()
         _exit_now_if_threads_hang(EXIT_FAILED)
         sys.exit(EXIT_FAILED)
+
+
+def tool_name(main) -> str:
+    """`genjax.sample` for the main of `python -m genjax.sample` (whose module is __main__)."""
+    module = sys.modules.get(main.__module__)
+    spec = getattr(module, "__spec__", None)
+    name = spec.name if spec is not None else main.__module__
+    return name.removesuffix(".__main__")
 
 
 def _exit_now_if_threads_hang(code: int) -> None:

@@ -46,6 +46,21 @@ def initialize_distributed(peer_timeout_s: int = 120) -> None:
     _initialized = True
 
 
+def refuse_multi_process_launch(tool: str, env=None) -> None:
+    """UserError (one line) when `tool`, a one-process tool (everything but genjax.train),
+    is started by a launch of several processes (JAX_NUM_PROCESSES > 1 or
+    GENJAX_DISTRIBUTED=1): it would never join them, so every process would compute the
+    same thing and write the same files."""
+    env = os.environ if env is None else env
+    n = env.get("JAX_NUM_PROCESSES", "")
+    why = ("GENJAX_DISTRIBUTED=1" if env.get("GENJAX_DISTRIBUTED") == "1" else
+           f"JAX_NUM_PROCESSES={n}" if n.isdigit() and int(n) > 1 else "")
+    if why:
+        raise UserError(f"{tool} runs as one process and this is a launch of several ({why}): "
+                        f"run it once, on one host, without the launcher's environment "
+                        f"(experiments/launch/tpu_vm.sh --worker=0)")
+
+
 def check_launch_env(env) -> None:
     """UserError (one line) unless JAX_NUM_PROCESSES = n >= 1, JAX_PROCESS_ID in 0..n-1 and
     JAX_COORDINATOR_ADDRESS = host:port."""

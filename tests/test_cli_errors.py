@@ -94,6 +94,27 @@ def test_checkpoint_of_another_model_is_refused_and_kept(trained_tiny, data_dir)
         {k: v for k, v in before.items() if "metrics" not in k}
 
 
+@pytest.mark.parametrize("tool, launch, needle", [
+    ("genjax.sample", {"JAX_COORDINATOR_ADDRESS": "localhost:1", "JAX_NUM_PROCESSES": "2",
+                       "JAX_PROCESS_ID": "1"}, "JAX_NUM_PROCESSES=2"),
+    ("genjax.evaluate", {"GENJAX_DISTRIBUTED": "1"}, "GENJAX_DISTRIBUTED=1")])
+def test_a_one_process_tool_launched_as_several_processes_is_one_line(
+        trained_tiny, tool, launch, needle):
+    """genjax.sample/evaluate never join jax.distributed: started by a multi-process launch,
+    every process would write the same files. One line, the workdir untouched."""
+    before = _snapshot(trained_tiny)
+    proc = run(tool, f"--workdir={trained_tiny}", env_extra=launch)
+    assert_one_line_error(proc, tool, "runs as one process", needle)
+    assert _snapshot(trained_tiny) == before
+
+
+def test_a_launch_of_one_process_is_not_a_multi_process_launch():
+    from genjax import runtime
+    runtime.refuse_multi_process_launch("genjax.sample", {"JAX_NUM_PROCESSES": "1"})
+    runtime.refuse_multi_process_launch("genjax.sample", {"GENJAX_DISTRIBUTED": "0"})
+    runtime.refuse_multi_process_launch("genjax.sample", {})
+
+
 def test_clis_other_than_aot_do_not_load_libtpu_without_tpus():
     """With the tpu-aot extra installed and JAX_PLATFORMS unset, a CLI on a machine
     without TPUs must not start libtpu (it prints `E0000 ... unexpected worker hostname`)."""
