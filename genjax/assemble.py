@@ -66,7 +66,9 @@ def _opt_state_shardings(abstract_opt_state, abstract_params, params_sh, mesh: M
 
 def check_batch_size(config: ConfigDict, mesh: Mesh, rules) -> None:
     """The batch splits evenly over the batch mesh axes and the processes, and (several
-    processes: each loads its own rows) those axes span every process's devices."""
+    processes: each loads its own rows) those axes span every process's devices. Which
+    shards a process holds needs no check: make_array_from_process_local_data maps its
+    rows onto them in order, contiguous or interleaved, so every row is used once."""
     ways, procs = sharding.batch_axis_size(mesh, rules), jax.process_count()
     bs = int(config.batch_size)
     if bs % ways or bs % procs:

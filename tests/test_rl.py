@@ -4,7 +4,8 @@ Known answers: the decoder's drawn-token log-probs equal the teacher-forced ones
 so the first importance ratio is 1; at temperature tau they are log softmax(logits / tau);
 at step 0 the KL to the reference is 0 exactly; a constant reward with beta = 0 gives a
 zero gradient; the gold reward of a completion is its share of reward tokens; the loss's
-value is -(mean shaped reward).
+value is -(mean shaped reward); with a policy moved off its reference, the reference's
+log-probs, the k1 KL, the loss and the RLOO gradient equal a float64 recomputation.
 """
 import types
 
@@ -74,6 +75,60 @@ def test_constant_reward_without_kl_gives_zero_gradient_and_a_real_reward_does_n
     assert all(np.all(np.asarray(g) == 0) for g in grads(config))
     config2 = tiny_config("rl", **{"rl.beta": 0.0})
     assert max(float(jnp.abs(g).max()) for g in grads(config2)) > 1e-4
+
+
+def moved(tree, seed=7, scale=0.05):
+    """`tree` with every leaf moved by N(0, scale^2) noise: a policy that left its reference."""
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    keys = jax.random.split(jax.random.key(seed), len(leaves))
+    return treedef.unflatten([x + scale * jax.random.normal(k, x.shape, x.dtype)
+                              for x, k in zip(leaves, keys)])
+
+
+def logps64(model, params, seq):
+    """Teacher-forced per-token log-probs float64[R, T - 1]: numpy log-softmax of the
+    logits over the whole vocabulary."""
+    logits = np.asarray(model.apply({"params": params}, seq[:, :-1]), np.float64)
+    logits -= logits.max(-1, keepdims=True)
+    logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    return np.take_along_axis(logp, np.asarray(seq)[:, 1:, None], -1)[..., 0]
+
+
+def test_a_moved_policy_has_the_float64_kl_loss_and_rloo_gradient():
+    """Policy != reference, so the KL leash is live: the reference's log-probs, the k1 KL,
+    the loss -mean(r - beta KL) and the gradient -mean_r A_r grad sum_t log pi(y_rt), with
+    A the leave-one-out advantages of the shaped reward, all recomputed here in float64
+    from the rollout's tokens (the decoder is pinned by the tests above)."""
+    config, model, batch, v = setup(**{"rl.beta": 0.5})
+    policy, state = moved(v["params"]), {"reference": v["reference"]}
+    f = lambda p: rl.loss_fn(p, state, batch, jax.random.key(1), model=model,  # noqa: E731
+                             config=config)
+    (loss, (m, _)), grads = jax.jit(jax.value_and_grad(f, has_aux=True))(policy)
+    ro = jax.device_get(rl.sample_rollouts(policy, state, batch, jax.random.key(1),
+                                           model=model, config=config))
+    seq, mask = jnp.asarray(ro["seq"]), np.asarray(ro["mask"], np.float64)
+    lp, ref = logps64(model, policy, seq), logps64(model, v["reference"], seq)
+    np.testing.assert_allclose(ro["ref"] * mask, ref * mask, atol=2e-5)
+    kl = ((lp - ref) * mask).sum(1)
+    N, ids = int(config.rl.max_new_tokens), np.asarray(config.rl.reward_ids)
+    reward = np.array([np.isin(row[n:n + N], ids).mean()
+                       for row, n in zip(np.asarray(seq), ro["lengths"])])
+    beta, K = float(config.rl.beta), int(config.rl.samples)
+    shaped = (reward - beta * kl).reshape(-1, K)
+    adv = (shaped - (shaped.sum(1, keepdims=True) - shaped) / (K - 1)).reshape(-1)
+    assert np.abs(beta * kl).min() > 0.05  # the leash moves every row's reward
+    np.testing.assert_allclose(float(m["kl"]), kl.mean(), rtol=1e-4)
+    assert float(loss) == pytest.approx(-shaped.mean(), abs=1e-5)
+    assert not config.rl.get("valid_vocab", 0)  # log-softmax over the whole vocabulary
+
+    def objective(p):
+        logp = jax.nn.log_softmax(model.apply({"params": p}, seq[:, :-1]), -1)
+        logp = jnp.take_along_axis(logp, seq[:, 1:, None], -1)[..., 0]
+        return -jnp.mean(jnp.asarray(adv, jnp.float32) * jnp.sum(
+            logp * jnp.asarray(mask, jnp.float32), -1))
+    want = jax.jit(jax.grad(objective))(policy)
+    for a, b in zip(jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(want)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-6, rtol=2e-4)
 
 
 def test_rollouts_depend_on_the_step_key_only():

@@ -3,9 +3,9 @@
 Known answers: GAE equals a float64 numpy backward loop (gamma = lam = 1: reward-to-go
 minus the value); the clipped surrogate's gradient is exactly 0 for a token whose ratio
 left [1 - eps, 1 + eps] on the side its advantage pushes, and the unclipped one elsewhere;
-the clipped value loss by hand; at a refresh step the family's gradient is the per-token
-policy gradient -mean_t A_t grad log pi(y_t) with A computed here in float64 (RLOO of the
-shaped reward; with a value head: whitened GAE, plus the value head's regression
+the clipped value loss by hand; at a refresh step, with a reference the policy has left
+(so the KL term counts), the family's gradient is the per-token policy gradient
+-mean_t A_t grad log pi(y_t) with A computed here in float64 (RLOO of the shaped reward; with a value head: whitened GAE, plus the value head's regression
 gradient); a bandit trained by PPO reaches the KL-regularised optimum
 softmax(log pi_ref + r / beta); the buffer's tokens are decoded with the refresh step's
 key and reused, untouched, by the next E - 1 steps; a PPO checkpoint with a value head
@@ -28,6 +28,7 @@ from genjax.sampling import lm as decoder
 from tests.families import run_config, tiny_config, one_error_line
 from tests.subproc import run_module
 from tests.test_dpo import RECORDS, TOK
+from tests.test_rl import logps64, moved
 
 PPO = {"rl.algo": "ppo", "rl.ppo_epochs": 3, "rl.beta": 0.1}
 
@@ -182,8 +183,11 @@ def whiten64(x, m):
 
 @pytest.mark.parametrize("value_head", [False, True])
 def test_at_a_refresh_step_the_gradient_is_the_per_token_policy_gradient(value_head):
-    config, model, batch, params, state = setup(**{"rl.value_head": value_head})
+    config, model, batch, params, state = setup(**{"rl.value_head": value_head,
+                                                   "rl.beta": 0.5})
     params = dict(params)
+    # a reference the policy has left, so the KL leash is live (beta KL > 0.05 a row below)
+    state = {**state, "reference": moved(state["reference"])}
     if value_head:  # a head that predicts something (zero would hide the value gradient)
         V = params["value_head"]["w"].shape[0]
         params["value_head"] = {"w": jax.random.normal(jax.random.key(5), (V,)) * 0.01,
@@ -203,8 +207,11 @@ def test_at_a_refresh_step_the_gradient_is_the_per_token_policy_gradient(value_h
     np.testing.assert_allclose(buf["logp_old"] * mask, logp * mask, atol=1e-5)
     # the advantages, float64, from the rollout's rewards and log-probs
     beta, K = float(config.rl.beta), int(config.rl.samples)
-    lp, ref = np.asarray(logp, np.float64), np.asarray(buf["ref"], np.float64)
+    lp, ref = np.asarray(logp, np.float64), logps64(model, state["reference"], seq)
+    np.testing.assert_allclose(buf["ref"] * mask, ref * mask, atol=2e-5)
+    assert np.abs(beta * ((lp - ref) * mask).sum(1)).min() > 0.05
     shaped = buf["reward"] - beta * ((lp - ref) * mask).sum(1)
+    np.testing.assert_allclose(float(m["kl"]), ((lp - ref) * mask).sum(1).mean(), rtol=1e-4)
     assert float(loss) == pytest.approx(-shaped.mean(), abs=1e-6)
     if not value_head:
         g = shaped.reshape(-1, K)
