@@ -2,15 +2,16 @@
 
 Known answers: GAE equals a float64 numpy backward loop (gamma = lam = 1: reward-to-go
 minus the value); the clipped surrogate's gradient is exactly 0 for a token whose ratio
-left [1 - eps, 1 + eps] on the side its advantage pushes, and the unclipped one elsewhere;
-the clipped value loss by hand; at a refresh step, with a reference the policy has left
-(so the KL term counts), the family's gradient is the per-token policy gradient
--mean_t A_t grad log pi(y_t) with A computed here in float64 (RLOO of the shaped reward;
-with a value head: whitened GAE, plus the value head's regression gradient); a bandit
-trained by PPO reaches the KL-regularised optimum softmax(log pi_ref + r / beta); the buffer's tokens are decoded with the refresh step's
-key and reused, untouched, by the next E - 1 steps; a PPO checkpoint with a value head
-loads, samples and evaluates as an LM and another run's init_from restores its LM; bad
-keys are one error line.
+left [1 - eps, 1 + eps] on the side its advantage pushes, and the unclipped one
+elsewhere; the clipped value loss by hand; at a refresh step, with a reference the
+policy has left (so the KL term counts), the family's gradient is the per-token policy
+gradient -mean_t A_t grad log pi(y_t) with A computed here in float64 (RLOO of the
+shaped reward; with a value head: whitened GAE, plus the value head's regression
+gradient); a bandit trained by PPO reaches the KL-regularised optimum softmax(log pi_ref
++ r / beta); the buffer's tokens are decoded with the refresh step's key and reused,
+untouched, by the next E - 1 steps; a PPO checkpoint with a value head loads, samples
+and evaluates as an LM and another run's init_from restores its LM; bad keys are one
+error line.
 """
 import jax
 import jax.numpy as jnp
