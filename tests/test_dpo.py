@@ -78,19 +78,29 @@ def _nll(model, params, ids):
     return lm.token_nll(model.apply({"params": params}, ids[:, :-1]), ids[:, 1:])[0]
 
 
-def test_loss_of_a_moved_policy_equals_the_chain_rule_answer():
-    config, model, batch, v = setup()
+# Each loss of a pair's delta h (Rafailov et al. 2023; Azar et al. 2023: IPO's log-probs
+# are per-token means; Zhao et al. 2023: hinge), written from the papers.
+LOSS_OF_DELTA = {"sigmoid": lambda h, beta: math.log1p(math.exp(-beta * h)),
+                 "ipo": lambda h, beta: (h - 1 / (2 * beta)) ** 2,
+                 "hinge": lambda h, beta: max(0.0, 1 - beta * h)}
+
+
+@pytest.mark.parametrize("loss_type", sorted(LOSS_OF_DELTA))
+def test_loss_of_a_moved_policy_equals_the_chain_rule_answer(loss_type):
+    config, model, batch, v = setup(loss_type)
     policy, ref = moved(v["params"]), v["reference"]
     beta = float(config.dpo.beta)
     deltas, chosen = [], []
     for r in RECORDS:
-        lw, ll = (_chain_rule_logp(model, policy, r["prompt"], r[k]) for k in PAIR)
-        rw, rl = (_chain_rule_logp(model, ref, r["prompt"], r[k]) for k in PAIR)
+        n = {k: len(TOK.encode(r[k])) if loss_type == "ipo" else 1 for k in PAIR}
+        lw, ll = (_chain_rule_logp(model, policy, r["prompt"], r[k]) / n[k] for k in PAIR)
+        rw, rl = (_chain_rule_logp(model, ref, r["prompt"], r[k]) / n[k] for k in PAIR)
         deltas.append((lw - rw) - (ll - rl))
         chosen.append(lw)
-    want = np.mean([math.log1p(math.exp(-beta * d)) for d in deltas])
+    want = np.mean([LOSS_OF_DELTA[loss_type](d, beta) for d in deltas])
+    step0 = LOSS_OF_DELTA[loss_type](0.0, beta)
     loss, metrics = loss_of(policy, {"reference": ref}, batch, config, model)
-    assert abs(float(loss) - want) < 1e-5 and abs(want - math.log(2)) > 1e-3
+    assert abs(float(loss) - want) < 1e-5 * max(1.0, want) and abs(want - step0) > 1e-3
     # the shared prompt cancels in delta; the logged log-probs show it is not counted
     assert abs(float(metrics["logp_chosen"]) - np.mean(chosen)) < 1e-4
     acc = np.mean([d > 0 for d in deltas])

@@ -20,7 +20,7 @@ from genjax.errors import ConfigError
 from genjax.families import rl
 from genjax.sampling import lm as decoder
 from tests.families import tiny_config, one_error_line
-from tests.test_dpo import RECORDS, TOK
+from tests.test_dpo import RECORDS, TOK, moved
 
 
 def setup(**overrides):
@@ -75,14 +75,6 @@ def test_constant_reward_without_kl_gives_zero_gradient_and_a_real_reward_does_n
     assert all(np.all(np.asarray(g) == 0) for g in grads(config))
     config2 = tiny_config("rl", **{"rl.beta": 0.0})
     assert max(float(jnp.abs(g).max()) for g in grads(config2)) > 1e-4
-
-
-def moved(tree, seed=7, scale=0.05):
-    """`tree` with every leaf moved by N(0, scale^2) noise: a policy that left its reference."""
-    leaves, treedef = jax.tree_util.tree_flatten(tree)
-    keys = jax.random.split(jax.random.key(seed), len(leaves))
-    return treedef.unflatten([x + scale * jax.random.normal(k, x.shape, x.dtype)
-                              for x, k in zip(leaves, keys)])
 
 
 def logps64(model, params, seq):

@@ -28,8 +28,8 @@ from genjax.families import rl, rl_ppo
 from genjax.sampling import lm as decoder
 from tests.families import run_config, tiny_config, one_error_line
 from tests.subproc import run_module
-from tests.test_dpo import RECORDS, TOK
-from tests.test_rl import logps64, moved
+from tests.test_dpo import RECORDS, TOK, moved
+from tests.test_rl import logps64
 
 PPO = {"rl.algo": "ppo", "rl.ppo_epochs": 3, "rl.beta": 0.1}
 
