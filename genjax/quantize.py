@@ -41,7 +41,7 @@ from flax import traverse_util
 
 from genjax import assemble as assemble_lib
 from genjax import checkpoint as ckpt_lib
-from genjax import cli, config_lib, families, runtime, sharding
+from genjax import config_lib, families, runtime, sharding
 from genjax import step as step_lib
 from genjax import workdir as workdir_lib
 from genjax.errors import UserError
@@ -221,5 +221,6 @@ def define_flags():
 
 
 if __name__ == "__main__":
+    from genjax import cli  # the tool's runner; inference imports this module without it
     define_flags()
     cli.run(main)

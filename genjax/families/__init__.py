@@ -109,6 +109,9 @@ CAPABILITIES = {
                           "-> the model_state a run of this family without LoRA holds, from "
                           "a LoRA run's (its frozen base `base` left out): where the base "
                           "also served as a frozen model (DPO's reference), it goes there"),
+    "model_kwargs": ("model_kwargs(config)",
+                     "-> the genjax.models.transformer.Transformer keyword arguments of a "
+                     "transformer LM (export to GPT-2)"),
     "reference_params": ("reference_params(model_state, params)",
                          "the frozen reference policy's params kept in the checkpointed "
                          "model_state, cast like `params` (the alignment evaluator)"),
@@ -130,7 +133,7 @@ _PROBES = {
     "pretrained_target": ((1,), {}), "load_pretrained": ((1, 1, 1), {}),
     "frozen_from": ((1,), {}), "reference_params": ((1, 1), {}), "aux_params": ((1,), {}),
     "lora_merged_state": ((1, 1), {}),
-    "local_loss": ((1,), {}),
+    "local_loss": ((1,), {}), "model_kwargs": ((1,), {}),
 }
 _TUPLES = ("likelihood_metrics", "sample_options", "runtime_keys")
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from genjax import assemble as assemble_lib
 from genjax import checkpoint as ckpt_lib
-from genjax import config_lib, inference, quantize, runtime, sharding
+from genjax import config_lib, families, inference, quantize, runtime, sharding
 from genjax import step as step_lib
 from genjax import workdir as workdir_lib
 from genjax.errors import UserError
@@ -106,7 +106,7 @@ def export_gpt2(workdir: str, out: str, which: str = "ema") -> list[str]:
     if quantize.is_quantized_meta(loaded.meta):
         raise UserError(f"{workdir}: int8 weights (genjax.quantize) do not export to GPT-2; "
                         f"export the float run {loaded.meta['quantized'].get('from')!r}")
-    if not hasattr(loaded.family, "model_kwargs"):
+    if not families.has(loaded.family, "model_kwargs"):
         raise UserError(f"{workdir}: a {loaded.config.family!r} model is not a transformer "
                         f"LM; only those export to GPT-2")
     model = dict(loaded.family.model_kwargs(loaded.config))
