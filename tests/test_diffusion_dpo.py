@@ -2,7 +2,8 @@
 
 Known answers: ln 2 when the model is the reference; the gradient there is
 (beta / 4) grad(mse_w - mse_l); swapping winner and loser negates the inner term; the
-pair shares t and noise, so identical images give identical errors (ln 2 for any model).
+pair shares t and noise, so identical images give identical errors (ln 2 for any model);
+a moved policy's loss equals the paper's formula recomputed in float64 numpy.
 """
 import math
 
@@ -65,6 +66,41 @@ def test_family_step_zero_is_ln2_and_a_pair_shares_timestep_and_noise():
     _, m2 = loss_of(policy, v, swapped, config, model)
     assert float(m["inner"]) != 0
     np.testing.assert_allclose(float(m2["inner"]), -float(m["inner"]), rtol=1e-5)
+
+
+def cosine_alphas_cumprod(T, s=0.008):
+    """Nichol & Dhariwal 2021, eq. 17, float64; betas clipped at 0.999 as their code does."""
+    f = np.cos((np.arange(T + 1) / T + s) / (1 + s) * math.pi / 2) ** 2
+    return np.cumprod(1 - np.minimum(1 - f[1:] / f[:-1], 0.999))
+
+
+def test_a_moved_policys_loss_is_the_papers_formula_recomputed_in_numpy():
+    """Policy != reference: at the step's (t, eps) (one per pair, from the noise key, the
+    first half of the step key), x_t = sqrt(ab_t) x0 + sqrt(1 - ab_t) eps in float64, each
+    model's eps-prediction error averaged over pixels, and
+    -log sigmoid(-(beta / 2) [(mse_w - mse_l) - (ref_w - ref_l)]) averaged over pairs."""
+    config, model, batch, v = setup()
+    assert (config.model.schedule, config.model.parameterization) == ("cosine", "eps")
+    policy = moved(v["params"], scale=0.02)
+    loss, m = loss_of(policy, v, batch, config, model)
+    t, eps = diffusion_dpo.shared_noise(batch, jax.random.split(jax.random.key(1))[0], config)
+    t, eps = np.asarray(t), np.asarray(eps, np.float64)
+    np.testing.assert_array_equal(eps[:, 0], eps[:, 1])  # one noise per pair
+    ab = cosine_alphas_cumprod(int(config.model.timesteps))[t][:, None, None, None]
+    x0 = np.asarray(batch["image"], np.float64)
+
+    def mse(params, i):  # image i (0 winner, 1 loser) of every pair, float64 [B]
+        x_t = np.sqrt(ab) * x0[:, i] + np.sqrt(1 - ab) * eps[:, i]
+        pred = model.apply({"params": params}, jnp.asarray(x_t, jnp.float32),
+                           jnp.asarray(t), batch["label"], train=False)
+        return ((np.asarray(pred, np.float64) - eps[:, i]) ** 2).mean(axis=(1, 2, 3))
+    (mw, ml), (rw, rl) = [(mse(p, 0), mse(p, 1)) for p in (policy, v["reference"])]
+    inner = -float(config.diffusion_dpo.beta) / 2 * ((mw - ml) - (rw - rl))
+    want = np.mean(np.log1p(np.exp(-inner)))
+    np.testing.assert_allclose(float(m["mse_winner"]), mw.mean(), rtol=1e-4)
+    np.testing.assert_allclose(float(m["inner"]), inner.mean(), rtol=1e-3, atol=1e-5)
+    assert abs(want - math.log(2)) > 1e-3
+    np.testing.assert_allclose(loss, want, rtol=1e-4)
 
 
 def test_scrambled_loser_moves_every_patch_and_keeps_every_pixel():
