@@ -1,6 +1,7 @@
 """Progressive distillation targets (genjax/progressive.py) against their defining
 properties: one student DDIM step with the target lands on the teacher's two-step result;
-an oracle teacher (returns the true x0) gives target = x0; grids halve; bad step counts fail.
+an oracle teacher (returns the true x0) gives target = x0; grids halve; bad step counts fail;
+the family's loss with teacher and student apart equals the paper's, recomputed in numpy.
 """
 import jax
 import jax.numpy as jnp
@@ -140,3 +141,56 @@ def test_bad_rounds_are_one_error_line_and_write_nothing(tiny_run, tmp_path, ove
     with one_error_line((ConfigError, UserError), match=needle):
         train.train(_distill_config(tiny_run("diffusion"), **overrides), str(work))
     assert not (work / "checkpoints").exists()
+
+
+def test_the_family_loss_of_a_moved_student_is_the_papers_formula_in_numpy():
+    """Teacher and student apart (both moved off the init), no dropout: the family's loss
+    equals Salimans & Ho's recomputed in float64 numpy at the step key's draws (student
+    step i, noise): grids round(k T / N) - 1, z_t = alpha_t x0 + sigma_t eps, the
+    teacher's two DDIM steps t -> t' -> t'' from its v-predictions (x0 = alpha z -
+    sigma v), the x~ that one step t -> t'' needs, and the loss
+    mean_b max(1, alpha_t^2 / sigma_t^2) mean_pixels (x0_student - x~)^2."""
+    from flax import linen as nn
+    from genjax.families import diffusion_distill as family
+    from tests.families import tiny_config
+    from tests.test_diffusion_dpo import cosine_alphas_cumprod
+    from tests.test_dpo import moved
+    config = tiny_config("diffusion_distill", **{"model.dropout": 0.0})
+    assert (config.model.parameterization, config.model.schedule) == ("v", "cosine")
+    assert config.distill.teacher_parameterization in ("", "v")  # "": the student's
+    model, rng = family.make_model(config), np.random.default_rng(0)
+    batch = {"image": jnp.asarray(rng.uniform(-1, 1, (6, 32, 32, 1)), jnp.float32),
+             "label": jnp.arange(6, dtype=jnp.int32)}
+    v = nn.meta.unbox(family.init_variables(model, jax.random.key(0), batch, config))
+    student, teacher = moved(v["params"], seed=1, scale=0.02), moved(v["params"], seed=2,
+                                                                     scale=0.02)
+    loss, _ = family.loss_fn(student, {"teacher": teacher}, batch, jax.random.key(4),
+                             model=model, config=config)
+    # the step's draws, as the family takes them from its key
+    i_key, n_key, _ = jax.random.split(jax.random.key(4), 3)
+    T, N, B = int(config.model.timesteps), int(config.distill.steps), 6
+    idx = np.asarray(jax.random.randint(i_key, (B,), 0, N // 2))
+    noise = np.asarray(jax.random.normal(n_key, (B, 32, 32, 1)), np.float64)
+    grid = lambda n: np.floor(np.arange(n, -1, -1) * T / n + 0.5).astype(int) - 1  # noqa
+    t, t_mid, t_end = grid(N // 2)[idx], grid(N)[2 * idx + 1], grid(N // 2)[idx + 1]
+    ab = np.append(cosine_alphas_cumprod(T), 1.0)  # ab[-1] = 1: the clean end
+    a, s = (lambda tt: np.sqrt(ab[tt])[:, None, None, None],
+            lambda tt: np.sqrt(1 - ab[tt])[:, None, None, None])
+
+    def x0_of(params, z, tt):  # v-prediction -> x0
+        out = model.apply({"params": params}, jnp.asarray(z, jnp.float32), jnp.asarray(tt),
+                          batch["label"], train=False)
+        return a(tt) * z - s(tt) * np.asarray(out, np.float64)
+
+    def ddim(x0, z, tt, ss):
+        return a(ss) * x0 + s(ss) * (z - a(tt) * x0) / s(tt)
+    x0 = np.asarray(batch["image"], np.float64)
+    z_t = a(t) * x0 + s(t) * noise
+    z_mid = ddim(x0_of(teacher, z_t, t), z_t, t, t_mid)
+    z_end = ddim(x0_of(teacher, z_mid, t_mid), z_mid, t_mid, t_end)
+    r = s(t_end) / s(t)
+    x_tilde = (z_end - r * z_t) / (a(t_end) - r * a(t))
+    w = np.maximum(1.0, (a(t) / s(t)) ** 2).reshape(-1)
+    want = np.mean(w * ((x0_of(student, z_t, t) - x_tilde) ** 2).mean(axis=(1, 2, 3)))
+    assert set(idx) == {0, 1} and want > 1e-4  # both student steps, incl. the clean end
+    np.testing.assert_allclose(float(loss), want, rtol=2e-4)
