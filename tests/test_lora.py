@@ -6,6 +6,7 @@ gradient of A is exactly 0 and the gradient of B is (alpha / r) A^T G, G the ful
 fine-tune gradient of the kernel on the same batch and key; merging equals the LoRA
 forward pass; training moves only the adapters (base checksum unchanged) and the optimizer
 holds 2x the adapter bytes; frozen leaves are bit-identical and have no optimizer state.
+The gradient and merge answers hold per layer under scan_layers too.
 """
 import jax
 import jax.numpy as jnp
@@ -33,11 +34,18 @@ def nbytes(tree) -> int:
     return sum(x.size * x.dtype.itemsize for x in jax.tree_util.tree_leaves(tree))
 
 
-@pytest.fixture(scope="module")
-def lm_lora():
-    parts = build(**LORA)
+@pytest.fixture(scope="module", params=[False, True], ids=["layers", "scan_layers"])
+def lm_lora(request):
+    """The tiny LM with adapters; scan_layers: kernels and adapters [L, ...] (one per layer)."""
+    parts = build(**LORA, **{"model.scan_layers": request.param})
     state = jax.device_get(parts.init_state())
     return parts, state, random_batch(parts)
+
+
+def per_layer(x, parts):
+    """An adapter or kernel as a list of its layers' arrays (one array when not scanned)."""
+    x = np.asarray(x, np.float64)
+    return list(x) if parts.config.model.scan_layers else [x]
 
 
 def _losses_and_grads(parts, state, batch):
@@ -70,11 +78,15 @@ def test_first_step_gradients_are_zero_for_a_and_scaled_a_transpose_g_for_b(lm_l
     flat_g = traverse_util.flatten_dict(g_full)
     adapters = traverse_util.flatten_dict(state.params["lora"], is_leaf=lambda _, x: "a" in x)
     grads = traverse_util.flatten_dict(g_lora["lora"], is_leaf=lambda _, x: "a" in x)
-    assert len(adapters) == 12  # q, k, v, out, up, down in 2 layers
+    # q, k, v, out, up, down in 2 layers (scanned: one [2, ...] adapter each)
+    assert len(adapters) == (6 if parts.config.model.scan_layers else 12)
     for path, ab in adapters.items():
-        a, g = np.asarray(ab["a"], np.float64), np.asarray(flat_g[path], np.float64)
-        n_in = a.ndim - 1
-        want_b = (ALPHA / RANK) * np.tensordot(a, g, axes=(list(range(n_in)), list(range(n_in))))
+        want_b = []
+        for a, g in zip(per_layer(ab["a"], parts), per_layer(flat_g[path], parts)):
+            n_in = a.ndim - 1
+            want_b.append((ALPHA / RANK) * np.tensordot(a, g, axes=(list(range(n_in)),
+                                                                    list(range(n_in)))))
+        want_b = np.stack(want_b) if parts.config.model.scan_layers else want_b[0]
         assert np.all(np.asarray(grads[path]["a"]) == 0.0), path
         np.testing.assert_allclose(grads[path]["b"], want_b, rtol=1e-4, atol=1e-7,
                                    err_msg="/".join(path))
@@ -90,8 +102,8 @@ def test_merged_params_equal_the_lora_forward_pass_after_b_moves(lm_lora):
     # the forward pass with W + s A B built here by hand, kernel by kernel
     flat = traverse_util.flatten_dict(state.model_state[lora.BASE])
     for path, ab in traverse_util.flatten_dict(params["lora"], is_leaf=lambda _, x: "a" in x).items():
-        a, b = np.asarray(ab["a"], np.float64), np.asarray(ab["b"], np.float64)
-        delta = a.reshape(-1, RANK) @ b.reshape(RANK, -1)
+        delta = np.stack([a.reshape(-1, RANK) @ b.reshape(RANK, -1) for a, b in
+                          zip(per_layer(ab["a"], parts), per_layer(ab["b"], parts))])
         flat[path] = (np.asarray(flat[path], np.float64) + ALPHA / RANK * delta.reshape(
             flat[path].shape)).astype(np.float32)
     by_hand = traverse_util.unflatten_dict(flat)

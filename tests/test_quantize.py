@@ -20,30 +20,39 @@ from tests.subproc import assert_one_line_error, run_module
 from tests.test_families import random_batch
 
 
-@pytest.fixture(scope="module")
-def lm_parts():
-    config = tiny_config("lm", **{"model.use_bias": True})
+def quantized_lm(**overrides):
+    config = tiny_config("lm", **{"model.use_bias": True, **overrides})
     parts = assemble.assemble(config, sharding.make_mesh(config.mesh))
     params = jax.device_get(parts.init_state().params)
     names = quantize.logical_names(parts.family, parts.model, config)
     return parts, params, names, quantize.quantize_params(params, names)
 
 
-def test_scales_are_numpy_absmax_per_output_channel_and_error_is_at_most_half_a_step(lm_parts):
-    _, params, names, qparams = lm_parts
+@pytest.fixture(scope="module")
+def lm_parts():
+    return quantized_lm()
+
+
+@pytest.mark.parametrize("scan_layers", [False, True])
+def test_scales_are_numpy_absmax_per_output_channel_and_error_is_at_most_half_a_step(
+        lm_parts, scan_layers):
+    """scan_layers: kernels [L, ...], one scale per layer and output channel."""
+    _, params, names, qparams = quantized_lm(**{"model.scan_layers": True}) if scan_layers \
+        else lm_parts
     flat, qflat = traverse_util.flatten_dict(params), quantize._flat(qparams)
     # the axes the absmax runs over, written out for this Transformer's leaves
     want_axes = {"token_embed": (1,), "pos_embed": (0,), "kernel": None}
     checked = 0
     for path, w in flat.items():
         w = np.asarray(w, np.float64)
-        if w.ndim < 2 or path[-1] == "bias":  # norms and biases stay float, untouched
+        if w.ndim < 2 or path[-1] in ("bias", "scale"):  # norms, biases: float, untouched
             assert qflat[path] is w or np.array_equal(qflat[path], w), path
             continue
         leaf = qflat[path]
         axes = want_axes[path[-1]]
         if axes is None:  # Dense [in, out] / DenseGeneral [D, heads, kv] / [heads, kv, D]
             axes = {"out": (0, 1)}.get(path[-2], (0,))
+            axes = tuple(a + 1 for a in axes) if scan_layers else axes  # after [L]
         s = np.max(np.abs(w), axis=axes, keepdims=True) / 127
         assert leaf["int8"].dtype == np.int8 and leaf["scale"].dtype == np.float32
         np.testing.assert_allclose(leaf["scale"], s, rtol=1e-6, err_msg=str(path))
@@ -51,7 +60,7 @@ def test_scales_are_numpy_absmax_per_output_channel_and_error_is_at_most_half_a_
         assert np.all(err <= leaf["scale"] / 2 * (1 + 1e-5)), path
         assert np.abs(leaf["int8"]).max() == 127, path  # the absmax maps to +-127
         checked += 1
-    assert checked >= 10
+    assert checked >= (5 if scan_layers else 10)  # scanned: 2 layers' kernels in one leaf
     assert qflat[("token_embed",)]["scale"].shape == (flat[("token_embed",)].shape[0], 1)
 
 
