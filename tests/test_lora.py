@@ -101,7 +101,8 @@ def test_merged_params_equal_the_lora_forward_pass_after_b_moves(lm_lora):
     merged, _ = parts.family.merge_params(params, state.model_state)
     # the forward pass with W + s A B built here by hand, kernel by kernel
     flat = traverse_util.flatten_dict(state.model_state[lora.BASE])
-    for path, ab in traverse_util.flatten_dict(params["lora"], is_leaf=lambda _, x: "a" in x).items():
+    adapters = traverse_util.flatten_dict(params["lora"], is_leaf=lambda _, x: "a" in x)
+    for path, ab in adapters.items():
         delta = np.stack([a.reshape(-1, RANK) @ b.reshape(RANK, -1) for a, b in
                           zip(per_layer(ab["a"], parts), per_layer(ab["b"], parts))])
         flat[path] = (np.asarray(flat[path], np.float64) + ALPHA / RANK * delta.reshape(
