@@ -12,8 +12,14 @@ from genjax.models import scan_convert
 from genjax.same_model import LAYOUT_KEYS
 
 
-def tree_of(item_metadata, name):
-    tree = item_metadata[name] if name in item_metadata else getattr(item_metadata, name)
+def tree_of(item_metadata, name, where: str = "a checkpoint"):
+    """The saved tree of item `name`; CorruptCheckpoint when the step lacks it (its folder
+    deleted or never written)."""
+    try:
+        tree = item_metadata[name] if name in item_metadata else getattr(item_metadata, name)
+    except (KeyError, AttributeError):
+        raise CorruptCheckpoint(f"{where}: its {name!r} item is missing (a damaged or "
+                                f"incomplete checkpoint)") from None
     return tree.tree if hasattr(tree, "tree") else tree
 
 
@@ -46,7 +52,8 @@ def check_layout(saved, target, directory) -> None:
 
 
 def check_against_saved(item_metadata, target, directory, step) -> None:
-    saved = tree_of(item_metadata, "state") if item_metadata is not None else None
+    saved = (tree_of(item_metadata, "state", f"step {step} of {directory}")
+             if item_metadata is not None else None)
     if not saved:
         raise CorruptCheckpoint(f"step {step}: the state's metadata is missing or unreadable")
     check_layout(saved, target, directory)

@@ -58,11 +58,18 @@ def delete_metadata(step_dir):
     os.remove(os.path.join(step_dir, "state", "_METADATA"))
 
 
-@pytest.mark.parametrize("damage", [flip_bit, truncate, delete_metadata])
+def delete_state_item(step_dir):
+    """The whole state/ folder gone (meta and data kept): was a KeyError traceback."""
+    import shutil
+    shutil.rmtree(os.path.join(step_dir, "state"))
+
+
+@pytest.mark.parametrize("damage", [flip_bit, truncate, delete_metadata, delete_state_item])
 def test_corrupt_latest_falls_back_to_previous_step_with_a_warning(tmp_path, damage, capsys):
     save_steps(tmp_path, [1, 2])
     step_dir = tmp_path / "checkpoints" / "2"
-    damage(step_dir if damage is delete_metadata else largest_file(step_dir / "state"))
+    whole_step = damage in (delete_metadata, delete_state_item)
+    damage(step_dir if whole_step else largest_file(step_dir / "state"))
     ck = Checkpointer(tmp_path)
     state, data, meta, step = ck.restore_latest(abstract(make_state()))
     assert step == 1 and data == {"pos": 1}
