@@ -18,3 +18,5 @@ def records(path: str, lines: Iterable[str]) -> Iterator[tuple[int, Any]]:
             yield i, json.loads(line)
         except json.JSONDecodeError as e:
             raise UserError(f"{path}: line {i} is not valid JSON ({e.msg})") from None
+        except RecursionError:  # the decoder recurses once per nested [ or {
+            raise UserError(f"{path}: line {i} nests its JSON too deeply to read") from None

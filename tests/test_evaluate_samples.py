@@ -255,7 +255,9 @@ def _bad_files(root):
     raw = {"corrupt": ("k.npz", b"PK\x03\x04 not a zip", "not a readable .npz"),
            "empty": ("e.txt", b"", "no samples"),
            "utf8": ("u.txt", b"fine\n\xff\xfe bad\n", "line 2 is not valid UTF-8"),
-           "json": ("j.jsonl", b'{"text": "a"}\n\n{"text": oops}\n', "line 3 is not valid JSON")}
+           "json": ("j.jsonl", b'{"text": "a"}\n\n{"text": oops}\n', "line 3 is not valid JSON"),
+           "deep": ("d.jsonl", b"[" * 100_000 + b"\n", "line 1 nests its JSON too deeply"),
+           "surrogate": ("h.jsonl", b'{"text": "ROMEO \\ud800 x"}\n', "lone surrogate")}
     np.savez(os.path.join(root, "few.npz"), images=x[:3])  # k-NN radii (pr_k 3) need 4
     out["few"] = ("few.npz", "image_quality.num_samples=3")
     for name, (fname, blob, needle) in raw.items():
@@ -266,7 +268,7 @@ def _bad_files(root):
 
 
 BAD = ["float", "flat", "channels5", "size", "zero", "labels_len", "labels_range", "corrupt",
-       "empty", "utf8", "json", "few"]
+       "empty", "utf8", "json", "deep", "surrogate", "few"]
 
 
 def test_every_bad_file_is_one_user_error_and_writes_nothing(tmp_path, data_dir):

@@ -151,5 +151,10 @@ def _texts_jsonl(path: str, raw: bytes) -> list[str]:
     for i, obj in jsonl.records(path, _decode(path, raw).splitlines()):
         if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
             raise UserError(f"{path}: line {i} is not an object with a string \"text\"")
+        try:  # a JSON escape can name half a surrogate pair, which is no character
+            obj["text"].encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise UserError(f"{path}: line {i}'s \"text\" holds a lone surrogate "
+                            f"({obj['text'][e.start]!a}), not a character") from None
         texts.append(obj["text"])
     return texts
