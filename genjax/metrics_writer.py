@@ -14,12 +14,12 @@ import jax
 
 def read_rows(path: str, *, missing_ok: bool = True) -> list[dict]:
     """The rows of a metrics.jsonl in file order (a resumed run logs some steps twice),
-    without blank lines and without a last line cut by a kill. A missing file: [] when
-    `missing_ok`, else FileNotFoundError."""
+    without blank lines, a last line cut by a kill, or a line whose bytes are not UTF-8
+    (a damaged disk block). A missing file: [] when `missing_ok`, else FileNotFoundError."""
     if missing_ok and not os.path.isfile(path):
         return []
     rows = []
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8", errors="replace") as f:  # bad bytes: U+FFFD, no JSON
         for line in f:
             line = line.strip()
             if not line:

@@ -264,6 +264,15 @@ def test_read_metrics_keeps_the_last_value_of_a_step(metrics_file):
                                          "text": ["eval/text/distinct_1"]}
 
 
+def test_a_line_of_bytes_that_are_not_utf8_is_skipped_like_a_cut_one(metrics_file):
+    """A damaged block in metrics.jsonl drops its lines from the plots, never the report
+    (was a UnicodeDecodeError traceback from genjax.evaluate)."""
+    with open(metrics_file, "r+b") as f:
+        f.write(b"\xff\xfe\xff")  # over the start of the step-1 row
+    series = plots.read_metrics(metrics_file)
+    assert sorted(series["loss"]) == list(range(2, 11))
+
+
 def test_plots_are_written(metrics_file, tmp_path):
     out = tmp_path / "out"
     assert plots.loss_curves(metrics_file, str(out / "loss.png")) == str(out / "loss.png")
