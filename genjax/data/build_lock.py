@@ -9,11 +9,16 @@ import contextlib
 import fcntl
 import os
 
+from genjax.errors import UserError
+
 
 @contextlib.contextmanager
 def building(data_dir: str, dataset_dir: str):
     """Holds `<data_dir>/.build-<dataset_dir relative to data_dir, '/' -> '_'>.lock`
     for the `with` block; `dataset_dir` is the builder's (unprepared) data_dir."""
+    if os.path.exists(data_dir) and not os.path.isdir(data_dir):
+        raise UserError(f"the data directory {data_dir} is a file, not a folder "
+                        f"(config.data.data_dir, else $GENJAX_DATA_DIR)")
     os.makedirs(data_dir, exist_ok=True)
     name = os.path.relpath(dataset_dir, data_dir).replace(os.sep, "_")
     with open(os.path.join(data_dir, f".build-{name}.lock"), "w") as f:
