@@ -128,7 +128,8 @@ def test_quantized_workdir_loads_samples_and_evaluates_like_the_float_run(tiny_r
     assert text_q[0][0].text == text_f[0][0].text
 
 
-def test_quantizing_a_quantized_workdir_is_one_error_line_and_writes_nothing(tiny_run, tmp_path):
+def test_quantizing_or_converting_a_quantized_workdir_is_one_error_line_and_writes_nothing(
+        tiny_run, tmp_path):
     w8, again = tmp_path / "w8", tmp_path / "again"
     quantize.quantize_workdir(str(tiny_run("lm")), str(w8))
     with one_error_line(UserError, match="already int8-quantized"):
@@ -136,6 +137,11 @@ def test_quantizing_a_quantized_workdir_is_one_error_line_and_writes_nothing(tin
     assert not again.exists()
     proc = run_module("genjax.quantize", f"--workdir={w8}", f"--out={again}")  # the CLI
     assert_one_line_error(proc, "already int8-quantized")
+    assert not again.exists()
+    # nor does an int8 run convert to the other layer layout (was a pytree traceback)
+    from genjax import scan_convert
+    with one_error_line(UserError, match="int8 weights .* are not converted"):
+        scan_convert.convert_checkpoint(str(w8), str(again))
     assert not again.exists()
 
 
