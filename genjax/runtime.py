@@ -110,8 +110,15 @@ def request_deterministic_ops() -> None:
 
 
 def setup_logging() -> None:
-    logging.basicConfig(level=os.environ.get("GENJAX_LOG_LEVEL", "WARNING"),
-                        format="%(levelname)s %(asctime)s %(name)s: %(message)s")
+    """Python logging at $GENJAX_LOG_LEVEL (default WARNING; INFO adds resume and data
+    notes, DEBUG sharding decisions); another name is one UserError line."""
+    name = os.environ.get("GENJAX_LOG_LEVEL", "WARNING")
+    level = logging.getLevelName(name.upper())
+    if not isinstance(level, int):
+        raise UserError(f"GENJAX_LOG_LEVEL={name!r}: use DEBUG, INFO, WARNING, ERROR or "
+                        f"CRITICAL")
+    logging.basicConfig(level=level, format="%(levelname)s %(asctime)s %(name)s: %(message)s")
+    logging.getLogger().setLevel(level)  # basicConfig does nothing once a handler exists
     for noisy in ("absl", "orbax", "jax._src"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 

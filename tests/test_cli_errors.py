@@ -115,6 +115,20 @@ def test_a_launch_of_one_process_is_not_a_multi_process_launch():
     runtime.refuse_multi_process_launch("genjax.sample", {})
 
 
+def test_the_log_level_comes_from_the_environment_and_a_bad_one_is_one_line(monkeypatch):
+    import logging
+    from genjax import runtime
+    from genjax.errors import UserError
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "level", root.level)  # restored after the test
+    monkeypatch.setenv("GENJAX_LOG_LEVEL", "info")
+    runtime.setup_logging()
+    assert root.level == logging.INFO  # even with a handler already on the root logger
+    monkeypatch.setenv("GENJAX_LOG_LEVEL", "bogus")
+    with one_error_line(UserError, match="GENJAX_LOG_LEVEL='bogus': use DEBUG, INFO"):
+        runtime.setup_logging()
+
+
 def test_clis_other_than_aot_do_not_load_libtpu_without_tpus():
     """With the tpu-aot extra installed and JAX_PLATFORMS unset, a CLI on a machine
     without TPUs must not start libtpu (it prints `E0000 ... unexpected worker hostname`)."""
