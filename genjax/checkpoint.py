@@ -16,7 +16,6 @@ Resume order (genjax/train.py):
 from __future__ import annotations
 
 import dataclasses
-import logging
 import math
 import os
 import shutil
@@ -24,7 +23,7 @@ import shutil
 import jax
 import orbax.checkpoint as ocp
 
-from genjax import config_lib, faults
+from genjax import config_lib, faults, runtime
 from genjax import checkpoint_checksums
 from genjax.checkpoint_checksums import checksums as _checksums
 from genjax.checkpoint_layout import (  # noqa: F401  (tree_mismatches: interop imports it here)
@@ -79,18 +78,6 @@ def _handler_registry() -> ocp.handlers.DefaultCheckpointHandlerRegistry:
 ORBAX_NOTICES = ("Given directory is read only", "Type handler registry type")
 
 
-class _DropOrbaxNotices(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith(ORBAX_NOTICES)
-
-
-def _quiet_orbax_notices() -> None:
-    """Drops ORBAX_NOTICES from absl's log (where orbax logs), once per process."""
-    absl_logger = logging.getLogger("absl")
-    if not any(isinstance(f, _DropOrbaxNotices) for f in absl_logger.filters):
-        absl_logger.addFilter(_DropOrbaxNotices())
-
-
 class Checkpointer:
     """Async, atomic checkpoints of (state, data position, meta) in `workdir/checkpoints`.
 
@@ -114,7 +101,7 @@ class Checkpointer:
             max_to_keep=None, create=not read_only, read_only=read_only,
             save_interval_steps=0 if read_only else 1,  # read-only: orbax warns unless 0
             enable_async_checkpointing=async_save, cleanup_tmp_directories=not read_only)
-        _quiet_orbax_notices()
+        runtime.quiet_absl_notices(ORBAX_NOTICES)
         self.manager = ocp.CheckpointManager(self.directory, options=options,
                                              handler_registry=_handler_registry())
         self._metric_of: dict[int, float] = {}

@@ -99,6 +99,24 @@ def skip_tpu_without_tpus() -> None:
     jax.config.update("jax_platforms", "cuda,cpu")
 
 
+class _DropAbslNotices(logging.Filter):
+    def __init__(self, prefixes: tuple[str, ...]):
+        super().__init__()
+        self.prefixes = tuple(prefixes)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.prefixes)
+
+
+def quiet_absl_notices(prefixes: tuple[str, ...]) -> None:
+    """Drops the records of absl's logger (where orbax and TFDS log) that start with one of
+    `prefixes`: notices about genjax's own choices. Once per process and tuple."""
+    absl_logger = logging.getLogger("absl")
+    if not any(isinstance(f, _DropAbslNotices) and f.prefixes == tuple(prefixes)
+               for f in absl_logger.filters):
+        absl_logger.addFilter(_DropAbslNotices(prefixes))
+
+
 def request_deterministic_ops() -> None:
     """config.deterministic: adds --xla_gpu_deterministic_ops=true to XLA_FLAGS (read when
     the backend starts, so call it first; run_meta.json records XLA_FLAGS). CPU is

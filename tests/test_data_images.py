@@ -1,5 +1,6 @@
 """Image data: IDX files, the Fashion-MNIST / image-folder builders, and ImageData batches."""
 import json
+import logging
 import os
 import re
 import shutil
@@ -114,6 +115,15 @@ def test_tiny_build_labels_class_names_and_pixels(tiny):
                 assert label == y_te[i]
                 np.testing.assert_allclose(img[2:30, 2:30, 0], x_te[i] / 127.5 - 1.0,
                                            atol=1e-6)
+
+
+def test_building_logs_no_notice_about_its_own_config(tiny, caplog):
+    """TFDS warns of every builder config not declared ahead; genjax's are named after
+    their sources' fingerprint, so that notice only preceded every error line (absl)."""
+    cfg = tiny[0]
+    with caplog.at_level(logging.INFO):
+        image_builders.prepare_images("fashion_mnist", cfg.data_dir, source_dir=cfg.source_dir)
+    assert not [r for r in caplog.records if "custom data configuration" in r.getMessage()]
 
 
 def test_duplicate_report_finds_the_planted_duplicates(tiny):

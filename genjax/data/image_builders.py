@@ -27,6 +27,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
+from genjax import runtime
 from genjax.errors import UserError
 from genjax.data import build_lock, data_card
 from genjax.data.idx import read_idx
@@ -165,6 +166,11 @@ def read_fashion_mnist(source_dir: str) -> dict[str, tuple[np.ndarray, np.ndarra
     return out
 
 
+# TFDS's warning for every builder whose config is not declared ahead (ours are named
+# after their source files' fingerprint): expected here.
+TFDS_NOTICES = ("Using custom data configuration",)
+
+
 class GenjaxFashionMnist(tfds.core.GeneratorBasedBuilder):
     """Fashion-MNIST (Xiao et al. 2017): 60k train / 10k test 28x28x1, 10 classes."""
 
@@ -178,6 +184,7 @@ class GenjaxFashionMnist(tfds.core.GeneratorBasedBuilder):
             name="idx-" + _fingerprint(paths, self.source_dir), version=self.VERSION,
             description=f"IDX files in {self.source_dir}")
         kwargs.setdefault("file_format", "array_record")
+        runtime.quiet_absl_notices(TFDS_NOTICES)
         super().__init__(config=config, **kwargs)
 
     def _info(self) -> tfds.core.DatasetInfo:
@@ -266,6 +273,7 @@ class GenjaxImageFolder(tfds.core.GeneratorBasedBuilder):
                  f"-test{self.test_percent}",
             version=self.VERSION, description=f"{self.folder} at {shape}")
         kwargs.setdefault("file_format", "array_record")
+        runtime.quiet_absl_notices(TFDS_NOTICES)
         super().__init__(config=config, **kwargs)
 
     def _info(self) -> tfds.core.DatasetInfo:
