@@ -264,11 +264,13 @@ def _bad_files(root):
         with open(os.path.join(root, fname), "wb") as f:
             f.write(blob)
         out[name] = (fname, needle)
+    os.makedirs(os.path.join(root, "folder.npz"))
+    out["folder"] = ("folder.npz", "is a folder, not a file")
     return out
 
 
 BAD = ["float", "flat", "channels5", "size", "zero", "labels_len", "labels_range", "corrupt",
-       "empty", "utf8", "json", "deep", "surrogate", "few"]
+       "empty", "utf8", "json", "deep", "surrogate", "few", "folder"]
 
 
 def test_every_bad_file_is_one_user_error_and_writes_nothing(tmp_path, data_dir):

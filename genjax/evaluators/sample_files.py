@@ -58,7 +58,8 @@ def read(path: str) -> Samples:
         raise UserError(f"--samples={path!r}: unknown file type {ext or '(none)'!r}; use .npz "
                         f"(images), .txt or .jsonl (text)")
     if not os.path.isfile(path):
-        raise UserError(f"--samples={path!r} does not exist")
+        raise UserError(f"--samples={path!r} " + ("is a folder, not a file" if os.path.isdir(path)
+                                                  else "does not exist"))
     if ext == ".npz":
         out = _read_npz(path)
     else:
