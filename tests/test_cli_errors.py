@@ -95,17 +95,27 @@ def test_checkpoint_of_another_model_is_refused_and_kept(trained_tiny, data_dir)
 
 
 @pytest.mark.parametrize("tool, launch, needle", [
-    ("genjax.sample", {"JAX_COORDINATOR_ADDRESS": "localhost:1", "JAX_NUM_PROCESSES": "2",
-                       "JAX_PROCESS_ID": "1"}, "JAX_NUM_PROCESSES=2"),
-    ("genjax.evaluate", {"GENJAX_DISTRIBUTED": "1"}, "GENJAX_DISTRIBUTED=1")])
+    ("sample", {"JAX_COORDINATOR_ADDRESS": "localhost:1", "JAX_NUM_PROCESSES": "2",
+                "JAX_PROCESS_ID": "1"}, "JAX_NUM_PROCESSES=2"),
+    ("evaluate", {"GENJAX_DISTRIBUTED": "1"}, "GENJAX_DISTRIBUTED=1")])
 def test_a_one_process_tool_launched_as_several_processes_is_one_line(
-        trained_tiny, tool, launch, needle):
+        tool, launch, needle, tmp_path, monkeypatch, capsys):
     """genjax.sample/evaluate never join jax.distributed: started by a multi-process launch,
-    every process would write the same files. One line, the workdir untouched."""
-    before = _snapshot(trained_tiny)
-    proc = run(tool, f"--workdir={trained_tiny}", env_extra=launch)
-    assert_one_line_error(proc, tool, "runs as one process", needle)
-    assert _snapshot(trained_tiny) == before
+    every process would write the same files. One line, exit 2, before anything is read."""
+    import importlib
+    import logging
+    from genjax import cli
+    main = importlib.import_module(f"genjax.{tool}").main
+    for k, v in launch.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setattr(logging, "shutdown", lambda: None)  # pytest's log handlers stay open
+    (tmp_path / "keep").write_text("x")
+    with pytest.raises(SystemExit) as e:
+        cli.run(main, [f"genjax.{tool}", f"--workdir={tmp_path}"])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert e.value.code == 2 and len(err) == 1, err
+    assert err[0].startswith(f"error: genjax.{tool} runs as one process") and needle in err[0]
+    assert sorted(os.listdir(tmp_path)) == ["keep"]
 
 
 def test_a_launch_of_one_process_is_not_a_multi_process_launch():
