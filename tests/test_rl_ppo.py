@@ -7,11 +7,12 @@ elsewhere; the clipped value loss by hand; at a refresh step, with a reference t
 policy has left (so the KL term counts), the family's gradient is the per-token policy
 gradient -mean_t A_t grad log pi(y_t) with A computed here in float64 (RLOO of the
 shaped reward; with a value head: whitened GAE, plus the value head's regression
-gradient); a bandit trained by PPO reaches the KL-regularised optimum softmax(log pi_ref
-+ r / beta); the buffer's tokens are decoded with the refresh step's key and reused,
-untouched, by the next E - 1 steps; a PPO checkpoint with a value head loads, samples
-and evaluates as an LM and another run's init_from restores its LM; bad keys are one
-error line.
+gradient); at a later step of the same rollout, with the policy moved so that the clip
+binds, it is the gradient of the clipped surrogate; a bandit trained by PPO reaches the
+KL-regularised optimum softmax(log pi_ref + r / beta); the buffer's tokens are decoded
+with the refresh step's key and reused, untouched, by the next E - 1 steps; a PPO
+checkpoint with a value head loads, samples and evaluates as an LM and another run's
+init_from restores its LM; bad keys are one error line.
 """
 import jax
 import jax.numpy as jnp
@@ -239,6 +240,40 @@ def test_at_a_refresh_step_the_gradient_is_the_per_token_policy_gradient(value_h
         np.testing.assert_allclose(np.asarray(got_head["w"]),
                                    np.einsum("rl,rlv->v", c, np.asarray(logits, np.float64)),
                                    rtol=2e-4, atol=1e-6)
+
+
+def test_after_a_refresh_the_gradient_is_the_clipped_surrogate_of_the_buffer():
+    """Step 2 of E = 3, the policy moved so that some ratios leave [1 - eps, 1 + eps]: the
+    family's gradient is that of -mean_t min(r A, clip(r, 1 - eps, 1 + eps) A), r = pi /
+    pi_old, with pi_old the step-1 policy's log-probs and A the RLOO advantages of the
+    step-1 shaped reward (reference moved off the policy), all recomputed here."""
+    config, model, batch, params, state = setup(**{"rl.beta": 0.5})
+    state = {**state, "reference": moved(state["reference"])}
+    step = jax.jit(lambda p, s: jax.value_and_grad(lambda p: rl.loss_fn(
+        p, s, batch, jax.random.key(1), model=model, config=config), has_aux=True)(p))
+    (_, (_, state)), _ = step(params, state)  # the refresh: step 1's rollout in the buffer
+    policy = moved(params, seed=9, scale=0.05)
+    (_, (m, _)), grads = step(policy, state)
+    buf = jax.device_get(state["rollout"])
+    assert float(m["refresh"]) == 0.0
+    seq, mask = jnp.asarray(buf["seq"]), np.asarray(buf["mask"], np.float64)
+    lp_old = np.asarray(logps_here(model, params, seq)[0], np.float64)
+    ref = logps64(model, state["reference"], seq)
+    beta, K, eps = float(config.rl.beta), int(config.rl.samples), float(config.rl.clip)
+    g = (buf["reward"] - beta * ((lp_old - ref) * mask).sum(1)).reshape(-1, K)
+    adv = (g - (g.sum(1, keepdims=True) - g) / (K - 1)).reshape(-1, 1) * mask
+    r = np.exp(np.asarray(logps_here(model, policy, seq)[0], np.float64) - lp_old)
+    assert ((np.abs(r - 1) > eps) & (mask > 0)).sum() >= 5  # the clip binds somewhere
+
+    def surrogate(p):
+        ratio = jnp.exp(logps_here(model, p, seq)[0] - jnp.asarray(lp_old, jnp.float32))
+        a = jnp.asarray(adv, jnp.float32)
+        per = jnp.minimum(ratio * a, jnp.clip(ratio, 1 - eps, 1 + eps) * a)
+        return -jnp.sum(per * jnp.asarray(mask, jnp.float32)) / mask.sum()
+    want = jax.jit(jax.grad(surrogate))(policy)
+    for a, b in zip(jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(want)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-6, rtol=2e-4)
+    assert float(m["clipfrac"]) > 0
 
 
 def test_the_buffer_is_decoded_with_the_refresh_steps_key_and_reused_untouched():
