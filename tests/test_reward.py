@@ -4,7 +4,8 @@ head read at the last real token.
 Known answers: a fresh head scores 0, so the loss is ln 2 (margin m: log(1 + e^m)) and
 the head's first gradient is -(1/2) mean(features_w - features_l), with the features
 the plain LM's logits at each completion's last token (computed here on the unpadded
-text); padding changes no score; a held-out accuracy is the share of pairs scored right.
+text); padding changes no score; with a scoring head, the margin and the centring term
+the loss has its closed form; a held-out accuracy is the share of pairs scored right.
 """
 import functools
 import math
@@ -82,6 +83,20 @@ def test_scores_are_read_at_the_last_real_token_and_padding_changes_nothing():
             noisy[i, j, len(rec["prompt"]) + len(rec[k]):] = 7
     r2 = reward.pair_rewards(params, model, {**batch, "tokens": jnp.asarray(noisy)}, train=False)
     np.testing.assert_allclose(np.asarray(r2), r, rtol=1e-6)
+
+
+def test_a_scoring_head_with_margin_and_centring_has_the_closed_form_loss():
+    """Rewards off zero: the loss is mean(-log sigma(r_w - r_l - m) + c (r_w + r_l)^2) with
+    the rewards from the plain LM's last-token logits (computed here), m = 0.5, c = 0.1."""
+    config, model, batch, params = setup(**{"reward.margin": 0.5, "reward.center": 0.1})
+    w = jax.random.normal(jax.random.key(3), params["head_w"].shape)
+    params = {**params, "head_w": w, "head_b": jnp.float32(-0.4)}
+    r = np.array([[last_logits(model, params, rec["prompt"] + rec[k]) @ np.asarray(w, np.float64)
+                   - 0.4 for k in ("chosen", "rejected")] for rec in RECORDS])
+    d = r[:, 0] - r[:, 1] - 0.5
+    want = np.mean(np.log1p(np.exp(-d)) + 0.1 * (r[:, 0] + r[:, 1]) ** 2)
+    assert np.abs(r).min() > 0.05 and abs(want - math.log1p(math.exp(0.5))) > 0.05
+    np.testing.assert_allclose(float(loss_of(params, batch, config, model)[0]), want, rtol=1e-4)
 
 
 def test_eval_reports_held_out_pairwise_accuracy():
