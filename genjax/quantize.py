@@ -6,7 +6,7 @@ r"""int8 weight-only quantization for inference, any family.
 Every float parameter with >= 2 dims becomes {"int8": q int8[shape], "scale": s float32}
 with symmetric absmax scales s = max|W| / 127 per output channel: the max runs over the
 kernel's input (contracted) axes, found from its logical axis names as LoRA does
-(genjax/families/lora.py `split_axes`: Dense [in, out] -> s [1, out]; attention
+(genjax/models/param_kinds.py `kernel_axes`: Dense [in, out] -> s [1, out]; attention
 [D, heads, kv] -> s [1, heads, kv], [heads, kv, D] -> s [1, 1, D]); a lookup table whose
 first axis is "vocab" ([V, D] token embeddings) gets one scale per ROW (s [V, 1]), so the
 tied head, logits = x E^T, is per output channel too. q = round(W / s) in [-127, 127], so
@@ -45,8 +45,7 @@ from genjax import config_lib, families, runtime, sharding
 from genjax import step as step_lib
 from genjax import workdir as workdir_lib
 from genjax.errors import UserError
-from genjax.families import lora as lora_lib
-from genjax.models.param_kinds import is_matrix
+from genjax.models.param_kinds import is_matrix, kernel_axes
 
 FORMAT = "int8-absmax-per-channel"
 Q, S = "int8", "scale"
@@ -57,7 +56,7 @@ def reduce_axes(shape: tuple, names: tuple | None) -> tuple[int, ...]:
     """Axes the absmax runs over: a [vocab, ...] table per row, a kernel over its inputs."""
     if names and names[0] == "vocab":
         return tuple(range(1, len(shape)))
-    batch, n_in = lora_lib.split_axes(names, len(shape))
+    batch, n_in = kernel_axes(names, len(shape))
     return tuple(range(batch, batch + n_in))
 
 
@@ -145,7 +144,7 @@ def inference_config(config):
     """The config of the model inference applies (LoRA merged: rank 0)."""
     out = config.copy_and_resolve_references()
     out.unlock()
-    if lora_lib.enabled(out):
+    if "lora" in out:
         out.lora.rank = 0
     out.lock()
     return out

@@ -34,7 +34,7 @@ from flax import traverse_util
 
 from genjax import sharding
 from genjax.errors import ConfigError
-from genjax.models.param_kinds import is_matrix
+from genjax.models.param_kinds import is_matrix, kernel_axes
 
 BASE = "lora_base"  # model_state key of the frozen base params
 # Exports of the wrapped family passed through unchanged (none of them takes params).
@@ -84,15 +84,6 @@ def targets(base_params, config) -> list[tuple]:
     return sorted(paths)
 
 
-def split_axes(names: tuple | None, ndim: int) -> tuple[int, int]:
-    """(batch axes, input axes) of a kernel: see the module docstring."""
-    batch = 1 if names and names[0] == "layers" else 0
-    rest = tuple(names[batch:]) if names else None
-    if rest and "heads" in rest:
-        return batch, 2 if rest.index("heads") == 0 else 1
-    return batch, ndim - batch - 1
-
-
 def delta(a, b, batch: int):
     """A [*batch, *in, r] @ B [*batch, r, *out] -> [*batch, *in, *out]."""
     if not batch:
@@ -109,7 +100,7 @@ def init_adapters(base_boxed, config, rng) -> dict:
         leaf = flat[path]
         names = tuple(leaf.names) if isinstance(leaf, nn.Partitioned) else None
         shape = np.shape(sharding.unbox(leaf))
-        nb, ni = split_axes(names, len(shape))
+        nb, ni = kernel_axes(names, len(shape))
         bshape, ishape, oshape = shape[:nb], shape[nb:nb + ni], shape[nb + ni:]
         std = 1.0 / math.sqrt(max(1, math.prod(ishape)))
         a = std * jax.random.normal(jax.random.fold_in(rng, i), (*bshape, *ishape, r), jnp.float32)
