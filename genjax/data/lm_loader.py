@@ -194,6 +194,19 @@ class LMData:
         SEPARATOR they are `text(split)`), else one document named after the split."""
         return text_builders.read_documents(self.builder, split)
 
+    def document_eval_batches(self, split: str, batch_size: int, max_batches: int | None
+                              ) -> Iterator[tuple[str, int, Iterator, dict]]:
+        """Per document of `split` (of >= 2 tokens): (name, characters, `eval_batches` of
+        that document alone, windows from its start, its eval_kwargs)."""
+        for name, text in self.documents(split):
+            tokens = self.tokenizer.encode(text)
+            if len(tokens) < 2:
+                continue
+            batches = eval_windows(tokens, self.seq_len, int(batch_size), max_batches,
+                                   process_index=self.process_index,
+                                   process_count=self.process_count)
+            yield name, len(text), batches, {"chars_per_token": len(text) / len(tokens)}
+
     # ------------------------------------------------------------------ description
     @property
     def card(self) -> dict:

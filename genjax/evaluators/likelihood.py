@@ -46,20 +46,11 @@ def _eval_kwargs(data, split: str) -> dict:
 
 
 def _document_rows(ctx, split: str, batch_size: int, max_batches) -> list[dict]:
-    """One row per document of a text split: {"document", "chars", **metrics}."""
-    from genjax.data.lm_loader import eval_windows
-    data = ctx.data
-    rows = []
-    for name, text in data.documents(split):
-        tokens = data.tokenizer.encode(text)
-        if len(tokens) < 2:
-            continue
-        batches = eval_windows(tokens, data.seq_len, batch_size, max_batches,
-                               process_index=data.process_index,
-                               process_count=data.process_count)
-        m = ctx.evaluate(batches, {"chars_per_token": len(text) / len(tokens)})
-        rows.append({"document": name, "chars": len(text), **m})
-    return rows
+    """One row per document of a split (data offering `document_eval_batches`):
+    {"document", "chars", **metrics}."""
+    return [{"document": name, "chars": chars, **ctx.evaluate(batches, kwargs)}
+            for name, chars, batches, kwargs in
+            ctx.data.document_eval_batches(split, batch_size, max_batches)]
 
 
 def _table(rows: list[dict], first: str, headline: tuple) -> list[str]:
@@ -89,7 +80,7 @@ def evaluate(ctx, settings) -> dict:
           f"{ctx.which} params, step {ctx.step}.", ""]
     headline = tuple(ctx.family.likelihood_metrics)
     md += _table(rows, "split", headline) if rows else ["(no split to evaluate)"]
-    if settings.per_document and hasattr(data, "documents"):
+    if settings.per_document and hasattr(data, "document_eval_batches"):
         for split in splits:
             doc_rows = _document_rows(ctx, split, batch_size, max_batches)
             if len(doc_rows) > 1:

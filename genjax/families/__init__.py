@@ -56,7 +56,9 @@ class Family(Protocol):
     def make_data(self, config, *, process_index: int, process_count: int) -> Any:
         """data.train_iterator() (local numpy batches; get_state()/set_state()),
         data.eval_batches(split, global_batch_size, max_batches), data.meta() (JSON saved
-        in every checkpoint), data.eval_kwargs(), data.splits."""
+        in every checkpoint), data.eval_kwargs(), data.splits; optionally
+        data.document_eval_batches(split, global_batch_size, max_batches) (per-document
+        likelihoods: genjax/evaluators/likelihood.py)."""
 
 
 REQUIRED = tuple(n for n in Family.__dict__ if not n.startswith("_")
