@@ -30,7 +30,7 @@ from genjax.checkpoint_layout import (  # noqa: F401  (tree_mismatches: interop 
     check_against_saved, check_layout, tree_mismatches, tree_of)
 from genjax.checkpoint_paths import parse_init_from  # noqa: F401  (its users import it here)
 from genjax.errors import (CheckpointError, ConfigError, CorruptCheckpoint,  # noqa: F401
-                           UserError, machine_failure, warn)
+                           UserError, machine_failure, short_reason, warn)
 from genjax.step import TrainState
 
 def _state_to_dict(state: TrainState) -> dict:
@@ -239,7 +239,8 @@ class Checkpointer:
             metadata = self.manager.metadata(step).item_metadata
         except Exception as e:  # noqa: BLE001
             _raise_if_this_machine(e, step)
-            raise CorruptCheckpoint(f"step {step}: unreadable metadata ({e})") from e
+            raise CorruptCheckpoint(f"step {step}: unreadable metadata ({short_reason(e)})"
+                                    ) from e
         check_against_saved(metadata, target, self.directory, step)
         try:
             out = self.manager.restore(step, args=ocp.args.Composite(
@@ -247,8 +248,7 @@ class Checkpointer:
                 meta=ocp.args.JsonRestore()))
         except Exception as e:  # noqa: BLE001
             _raise_if_this_machine(e, step)
-            raise CorruptCheckpoint(f"step {step}: cannot be read ({type(e).__name__}: "
-                                    f"{str(e).splitlines()[0] if str(e) else ''})") from e
+            raise CorruptCheckpoint(f"step {step}: cannot be read ({short_reason(e)})") from e
         bad = _checksum_mismatches(out["meta"], out["state"], step) if verify else []
         if bad:
             raise CorruptCheckpoint(f"step {step}: checksum mismatch in {bad[:5]}")

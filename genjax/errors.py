@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import re
 import sys
 
 EXIT_USER = 2
@@ -79,3 +80,14 @@ def warn(msg: str) -> None:
         return
     if stream not in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
         logging.warning(msg)
+
+
+def short_reason(e: BaseException, limit: int = 400) -> str:
+    """`e` as a reason for one error line: its type and first line, without what
+    TensorStore appends (its spec as JSON, source locations, bound-method reprs), at most
+    `limit` characters."""
+    text = str(e).splitlines()[0] if str(e) else ""
+    text = re.sub(r"\s*\[(tensorstore_spec|source locations)=.*$", "", text)
+    text = re.sub(r"<bound method [^>]*>", "", text).strip()
+    text = text if len(text) <= limit else text[:limit - 3] + "..."
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__

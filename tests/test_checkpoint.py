@@ -10,7 +10,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from genjax.checkpoint import Checkpointer, CheckpointError
 from genjax.checkpoint_checksums import fingerprint, host_fingerprint
-from genjax.errors import UserError
+from genjax.errors import UserError, short_reason
 from genjax.step import init_state
 from genjax.workdir import WorkdirLock
 from tests.families import one_error_line
@@ -85,6 +85,22 @@ def test_strict_restore_fails_instead_of_falling_back(tmp_path):
     flip_bit(largest_file(tmp_path / "checkpoints" / "2" / "state"))
     with pytest.raises(CheckpointError, match="step 2"):
         Checkpointer(tmp_path).restore_latest(abstract(make_state()), strict=True)
+
+
+def test_a_damaged_array_stores_error_keeps_its_reason_in_a_short_line():
+    """TensorStore's error (as a truncated array file gives it) carries its whole spec as
+    JSON, and at times a bound-method repr: the checkpoint's error line keeps the reason
+    and the file, not those (errors.short_reason)."""
+    spec = "{" + ", ".join(f'\\"k{i}\\":{{\\"limit\\":{i}}}' for i in range(80)) + "}"
+    e = ValueError(
+        'OUT_OF_RANGE: Error reading Byte range [0, 482) of local file "/w/checkpoints/1/'
+        'state/d/51ca": Requested byte range [0, 482) is not valid for value of size 241 '
+        "<bound method PyCapsule.spec of TensorStore({...})> "
+        f"[tensorstore_spec='{spec}'] [source locations='tensorstore/kvstore/x.cc:12']\nmore")
+    line = short_reason(e)
+    assert line.startswith("ValueError: OUT_OF_RANGE: Error reading Byte range"), line
+    assert line.endswith("is not valid for value of size 241"), line
+    assert "tensorstore_spec" not in line and "bound method" not in line and len(line) < 400
 
 
 def test_all_steps_corrupt_is_an_error_never_a_silent_restart(tmp_path):
