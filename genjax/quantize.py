@@ -140,6 +140,15 @@ def is_quantized_meta(meta: dict) -> bool:
     return "quantized" in meta
 
 
+def refuse_int8(meta: dict, workdir: str, refused: str, instead: str) -> None:
+    """One UserError line when `meta` is an int8 run's: "<workdir>: int8 weights
+    (genjax.quantize) <refused>; <instead>", {run} in `instead` naming the float run."""
+    if is_quantized_meta(meta):
+        run = repr(meta["quantized"].get("from"))
+        raise UserError(f"{workdir}: int8 weights (genjax.quantize) {refused}; "
+                        + instead.format(run=run))
+
+
 def inference_config(config):
     """The config of the model inference applies (LoRA merged: rank 0)."""
     out = config.copy_and_resolve_references()

@@ -24,9 +24,8 @@ def convert_checkpoint(workdir: str, out: str, step: int | None = None) -> int:
     """Writes the converted step to `out` (a new or empty folder); returns the step."""
     workdir_lib.refuse_nonempty(out)
     parts, state, data_state, meta, step = inference.restore(workdir, step)
-    if quantize.is_quantized_meta(meta):
-        raise UserError(f"{workdir}: int8 weights (genjax.quantize) are not converted; convert "
-                        f"the float run {meta['quantized'].get('from')!r} and quantize that")
+    quantize.refuse_int8(meta, workdir, "are not converted",
+                         "convert the float run {run} and quantize that")
     config = config_lib.from_saved(meta["config"])  # as saved (its mesh), not as restored
     if "scan_layers" not in config.model:
         raise UserError(f"the checkpoint in {workdir!r} has no model.scan_layers setting "

@@ -103,9 +103,8 @@ def export_gpt2(workdir: str, out: str, which: str = "ema") -> list[str]:
     """Writes the latest checkpoint of `workdir` as a HF GPT-2 folder `out` (must be new)."""
     workdir_lib.refuse_nonempty(out)
     loaded = inference.load(workdir, which=which)
-    if quantize.is_quantized_meta(loaded.meta):
-        raise UserError(f"{workdir}: int8 weights (genjax.quantize) do not export to GPT-2; "
-                        f"export the float run {loaded.meta['quantized'].get('from')!r}")
+    quantize.refuse_int8(loaded.meta, workdir, "do not export to GPT-2",
+                         "export the float run {run}")
     if not families.has(loaded.family, "model_kwargs"):
         raise UserError(f"{workdir}: a {loaded.config.family!r} model is not a transformer "
                         f"LM; only those export to GPT-2")
