@@ -77,6 +77,14 @@ def test_constant_reward_without_kl_gives_zero_gradient_and_a_real_reward_does_n
     assert max(float(jnp.abs(g).max()) for g in grads(config2)) > 1e-4
 
 
+def logps_here(model, params, seq):
+    """Teacher-forced per-token log-probs [R, T - 1] (log_softmax of the LM's logits) and
+    the logits."""
+    logits = model.apply({"params": params}, seq[:, :-1])
+    return jnp.take_along_axis(jax.nn.log_softmax(logits.astype(jnp.float32), -1),
+                               seq[:, 1:, None], -1)[..., 0], logits
+
+
 def logps64(model, params, seq):
     """Teacher-forced per-token log-probs float64[R, T - 1]: numpy log-softmax of the
     logits over the whole vocabulary."""
@@ -114,10 +122,8 @@ def test_a_moved_policy_has_the_float64_kl_loss_and_rloo_gradient():
     assert not config.rl.get("valid_vocab", 0)  # log-softmax over the whole vocabulary
 
     def objective(p):
-        logp = jax.nn.log_softmax(model.apply({"params": p}, seq[:, :-1]), -1)
-        logp = jnp.take_along_axis(logp, seq[:, 1:, None], -1)[..., 0]
         return -jnp.mean(jnp.asarray(adv, jnp.float32) * jnp.sum(
-            logp * jnp.asarray(mask, jnp.float32), -1))
+            logps_here(model, p, seq)[0] * jnp.asarray(mask, jnp.float32), -1))
     want = jax.jit(jax.grad(objective))(policy)
     for a, b in zip(jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(want)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-6, rtol=2e-4)

@@ -30,7 +30,7 @@ from genjax.sampling import lm as decoder
 from tests.families import run_config, tiny_config, one_error_line
 from tests.subproc import run_module
 from tests.test_dpo import RECORDS, TOK, moved
-from tests.test_rl import logps64
+from tests.test_rl import logps64, logps_here
 
 PPO = {"rl.algo": "ppo", "rl.ppo_epochs": 3, "rl.beta": 0.1}
 
@@ -170,13 +170,6 @@ def test_a_bandit_trained_by_ppo_reaches_the_kl_regularised_optimum():
 
 
 # ----------------------------------------------------------------------- the family's step
-def logps_here(model, params, seq):
-    """Teacher-forced per-token log-probs [R, T - 1] (log_softmax of the LM's logits)."""
-    logits = model.apply({"params": params}, seq[:, :-1])
-    return jnp.take_along_axis(jax.nn.log_softmax(logits.astype(jnp.float32), -1),
-                               seq[:, 1:, None], -1)[..., 0], logits
-
-
 def whiten64(x, m):
     mean = (x * m).sum() / m.sum()
     var = (((x - mean) ** 2) * m).sum() / (m.sum() - 1)
