@@ -189,11 +189,22 @@ class Checkpointer:
     def close(self) -> None:
         self.wait()
         self._apply_retention()
+        self._end_tmp_cleanup()
         self.manager.close()
 
     def abandon(self) -> None:
         """Closes after a failure before the first save: no retention (nothing is deleted)."""
+        self._end_tmp_cleanup()
         self.manager.close()
+
+    def _end_tmp_cleanup(self) -> None:
+        """Waits for orbax's sweep of unfinished saves' temporary folders, which its
+        manager starts on a thread when made and awaits only at the first save: a process
+        that exits before (bad config, resume of a finished run) would race that thread and
+        print its traceback. orbax 0.12 has no public wait for it."""
+        wait = getattr(self.manager, "_maybe_await_cleanup_tmp_directory", None)
+        if wait is not None:
+            wait()
 
     def rollback_to(self, before: int) -> int | None:
         """For on_nan=rollback: deletes the finished steps >= `before` (they hold the bad

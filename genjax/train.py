@@ -30,7 +30,7 @@ from genjax.image_grid import save_grid
 from genjax.metrics_writer import MetricsWriter
 from genjax.rollback import BatchBook
 from genjax.step_log import StepLog
-from genjax.workdir import WorkdirLock, make_workdir, write_run_meta
+from genjax.workdir import WorkdirLock, make_workdir, remove_empty_workdir, write_run_meta
 
 class _SigtermFlag:
     """Set by SIGTERM; the loop checks it at every step boundary."""
@@ -65,12 +65,17 @@ def train(config, workdir: str, *, stop_after: int | None = None, data=None) -> 
     family = families.for_config(config)
     runtime.initialize_distributed(peer_timeout_s=int(config.peer_timeout_s))
     mesh = sharding.make_mesh(config.mesh)
+    made = not os.path.exists(workdir)
     workdir = make_workdir(workdir)
-    lock = WorkdirLock(workdir).acquire()
     try:
-        return _train(config, workdir, family, mesh, stop_after, data)
-    finally:
-        lock.release()
+        lock = WorkdirLock(workdir).acquire()
+        try:
+            return _train(config, workdir, family, mesh, stop_after, data)
+        finally:
+            lock.release()
+    except BaseException:  # a run that failed in its setup leaves no empty folders behind
+        remove_empty_workdir(workdir, made)
+        raise
 
 
 @dataclasses.dataclass

@@ -32,6 +32,16 @@ def make_workdir(path: str, flag: str = "--workdir") -> str:
     return path
 
 
+def remove_empty_workdir(path: str, made: bool) -> None:
+    """Removes an empty `path/checkpoints/`, and `path` itself if this run `made` it and
+    nothing else is in it: what a run that failed in its setup leaves. Anything else stays."""
+    for folder in (os.path.join(path, "checkpoints"), path)[:2 if made else 1]:
+        try:
+            os.rmdir(folder)
+        except OSError:  # not empty, or gone: keep everything
+            pass
+
+
 def make_parent(path: str, flag: str = "--out") -> str:
     """Makes the folder `path` (given as `flag`) will be written into; UserError, one line,
     where a file stands in its way or it cannot be made. Returns `path`."""

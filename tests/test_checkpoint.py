@@ -439,3 +439,18 @@ def test_an_unreadable_meta_is_one_line_naming_the_step(tmp_path):
         f.write("garbage")  # genjax.sample showed a JSONDecodeError traceback
     with one_error_line(CheckpointError, match=r"step 1 of .*: its meta cannot be read"):
         Checkpointer(tmp_path, read_only=True).read_meta(1)
+
+
+@pytest.mark.parametrize("end", ["abandon", "close"])
+def test_a_checkpointer_ended_before_any_save_has_swept_the_stale_temporary_folders(
+        tmp_path, end):
+    """orbax sweeps unfinished saves' temporary folders on a thread from the moment the
+    manager is made; a process that ends before its first save (a config error, a resume
+    of a finished run) must not exit while that thread runs: it printed a traceback."""
+    stale = tmp_path / "checkpoints" / "9.orbax-checkpoint-tmp-1"
+    stale.mkdir(parents=True)
+    for i in range(2000):  # enough files that the sweep outlasts a bare close()
+        (stale / f"part_{i}").write_bytes(b"x")
+    ckpt = Checkpointer(str(tmp_path))
+    getattr(ckpt, end)()
+    assert not stale.exists()

@@ -71,6 +71,23 @@ def test_a_bad_value_fails_train_before_the_workdir_exists(tmp_path):
     assert not workdir.exists()
 
 
+def test_a_bad_model_value_found_in_setup_leaves_no_folder_it_made_and_keeps_the_rest(
+        tmp_path):
+    """config.model.size is checked when the model is built, after the data (its vocab)
+    and the checkpoint folder: the folders that run made go, a user's files stay."""
+    bad = run_config("lm", **{"model.size": "bogus"})
+    workdir = tmp_path / "run"
+    with pytest.raises(ConfigError, match="config.model.size='bogus': choose one of"):
+        train.train(bad, str(workdir))
+    assert not workdir.exists()
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    with pytest.raises(ConfigError, match="config.model.size='bogus'"):
+        train.train(bad, str(mine))
+    assert sorted(os.listdir(mine)) == ["notes.txt"]
+
+
 def test_a_workdir_or_out_that_is_a_file_is_one_error_and_the_file_is_kept(tmp_path):
     """genjax.train --workdir; the --out of genjax.quantize / lora merge (a new folder),
     of genjax.scan_convert (a folder without checkpoints) and of genjax.sample (a file)."""
