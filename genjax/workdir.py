@@ -154,14 +154,14 @@ def write_run_meta(workdir: str, config_dict: dict, mesh) -> dict:
     return meta
 
 
-def refuse_nonempty(out: str) -> None:
-    """A tool's --out must be a new folder (or an empty one): UserError otherwise."""
+def refuse_nonempty(out: str, flag: str = "--out") -> None:
+    """A tool's output folder (given as `flag`) must be new or empty: UserError otherwise."""
     if not str(out).strip():
-        raise UserError("--out is empty; name a new folder")
+        raise UserError(f"{flag} is empty; name a new folder")
     if os.path.exists(out) and not os.path.isdir(out):
-        raise UserError(f"--out={out!r} is a file; choose a new folder")
+        raise UserError(f"{flag}={out!r} is a file; choose a new folder")
     if os.path.exists(out) and os.listdir(out):
-        raise UserError(f"--out={out!r} exists and is not empty; choose a new folder")
+        raise UserError(f"{flag}={out!r} exists and is not empty; choose a new folder")
 
 
 def write_run(out: str, step: int, state, data_state, meta: dict, config: dict) -> None:

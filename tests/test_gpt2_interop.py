@@ -291,7 +291,7 @@ def test_cli_takes_a_base_config_and_refuses_a_file_as_workdir_or_out(tmp_path):
     (tmp_path / "file").write_text("keep")
     proc = subproc.run_module("genjax.interop", "import-gpt2", f"--from={FIXTURE}",
                               f"--workdir={tmp_path / 'file'}")
-    subproc.assert_one_line_error(proc, "is a file, not a directory")
+    subproc.assert_one_line_error(proc, "--workdir=", "is a file; choose a new folder")
     with pytest.raises(UserError, match="is a file; choose a new folder"):
         gpt2_workdir.export_gpt2(str(tmp_path / "w"), str(tmp_path / "file"))
     assert (tmp_path / "file").read_text() == "keep"
@@ -312,12 +312,18 @@ def test_unknown_command_is_a_user_error():
         cli.main(["genjax.interop", "import-llama"])
 
 
-def test_import_into_a_workdir_with_checkpoints_fails_and_leaves_it(imported):
+def test_import_into_a_folder_that_is_not_empty_fails_and_leaves_it(imported, tmp_path):
+    """A run's workdir, or any folder of the user's: import writes only into a new one."""
     workdir, _ = imported
     before = sorted(os.listdir(os.path.join(workdir, "checkpoints")))
-    with pytest.raises(UserError, match="already holds checkpoints"):
+    with pytest.raises(UserError, match="--workdir=.* exists and is not empty"):
         gpt2_workdir.import_gpt2(FIXTURE, workdir)
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == before
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(UserError, match="--workdir=.* exists and is not empty"):
+        gpt2_workdir.import_gpt2(FIXTURE, str(tmp_path / "mine"))
+    assert os.listdir(tmp_path / "mine") == ["notes.txt"]
 
 
 def test_export_refuses_a_non_empty_out_and_non_gpt2_options(imported, tmp_path):

@@ -63,6 +63,7 @@ def _data_parallel_mesh(config):
 def import_gpt2(folder: str, workdir: str, base_config=None) -> dict:
     """Writes checkpoint step 0 of `folder`'s GPT-2 into a new `workdir`; returns a summary."""
     folder = os.path.abspath(folder)
+    workdir_lib.refuse_nonempty(workdir, "--workdir")  # before the weights are read
     hf = hf_folder.read_config(folder)
     gpt2.model_config(hf)  # the architecture is checked before the weights are read
     tokenizer = hf_folder.read_tokenizer(folder)
@@ -72,10 +73,7 @@ def import_gpt2(folder: str, workdir: str, base_config=None) -> dict:
         config.data.tokenizer_from = os.path.abspath(workdir)
         config.lock()
     params_np = gpt2.from_hf(hf_folder.read_weights(folder), gpt2.model_config(hf))
-    workdir = workdir_lib.make_workdir(workdir)  # a file in the way: one line
-    if os.path.isdir(os.path.join(workdir, "checkpoints")) and os.listdir(
-            os.path.join(workdir, "checkpoints")):
-        raise UserError(f"--workdir={workdir!r} already holds checkpoints; use a new one")
+    workdir = workdir_lib.make_workdir(workdir)
 
     parts = assemble_lib.assemble(config, _data_parallel_mesh(config))
     problems = ckpt_lib.tree_mismatches(params_np, parts.abstract_state.params)
