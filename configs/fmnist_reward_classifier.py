@@ -19,7 +19,7 @@ Presets (`:arg`):
   tiny  tests: seconds on one CPU core (far from converged).
   cpu   600 steps of 128 (1.3 epochs) of a 5.6M-MAC/image CNN (the feature net: 9.8M):
         from the feature net's measured 230-420 images/s on 2 cores, ~400-700 images/s,
-        so ~2-3 min; expected ~90% test accuracy (not yet measured).
+        so ~2-3 min; measured 0.890 test accuracy in 171 s (experiments/2026-12-01_align).
   gpu   wider (48), 10 epochs of batch 256.
 """
 from genjax import config_lib

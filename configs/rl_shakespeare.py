@@ -7,11 +7,11 @@ rewarded by a learned reward model (RLHF):
   python -m genjax.train --config=configs/rl_shakespeare.py:cpu --workdir=runs/rl_cpu \
       --config.init_from=runs/lm_cpu --config.rl.reward_from=runs/rm_cpu
 
-Ablation, the gold reward instead (with reward_from kept, the model's score is still
+Ablation, the character reward instead (with reward_from kept, the model's score is still
 logged as reward_model): --config.rl.reward=chars. PPO instead of RLOO:
 --config.rl.algo=ppo [--config.rl.value_head=True] (genjax/families/rl_ppo.py).
 Prompts: the speaker lines of the preference pairs (genjax/data/preferences.py).
-Presets: `tiny` (tests, no reward run) uses the gold reward (rl.reward=chars).
+Presets: `tiny` (tests, no reward run) uses the character reward (rl.reward=chars).
 """
 from configs import dpo_shakespeare
 from genjax import config_lib
@@ -33,12 +33,12 @@ def get_config(arg: str | None = None):
     c.rl.beta = 0.05               # KL leash folded into the reward (TRL RLOO: 0.05)
     c.rl.samples = 4               # K completions per prompt (RLOO baseline: the other K-1)
     c.rl.max_new_tokens = 32       # completion length N (no stop tokens)
-    c.rl.reward = "model"          # model: rl.reward_from's reward model | chars: gold ablation
+    c.rl.reward = "model"          # model: reward_from's reward model | chars: the ablation
     c.rl.reward_from = ""          # workdir (or W/checkpoints/<step>) of a `reward` run
     c.rl.random_reward_model = False  # no reward_from: a fresh reward model, random head (tests)
     # The reward model's keys (filled from reward_from's checkpoint; vocab_size 0 = policy's).
     c.rl.reward_model = config_lib.ConfigDict(config_lib.to_dict(c.model))
-    c.rl.reward_chars = "abcdefghijklmnopqrstuvwxyz "  # gold reward: share of these
+    c.rl.reward_chars = "abcdefghijklmnopqrstuvwxyz "  # character reward: share of these
     c.rl.reward_ids = ()           # () = from reward_chars with the tokenizer (resolve_config)
     c.rl.valid_vocab = 0           # ids the tokenizer has (resolve_config); above: never drawn
     # The algorithm (genjax/families/rl_ppo.py; trl experimental/ppo's values):

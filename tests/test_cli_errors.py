@@ -118,6 +118,19 @@ def test_a_one_process_tool_launched_as_several_processes_is_one_line(
     assert sorted(os.listdir(tmp_path)) == ["keep"]
 
 
+def test_the_data_builders_launched_as_several_processes_are_one_line(
+        tmp_path, monkeypatch, capsys):
+    """genjax.data prepare would have every host build and write the same dataset."""
+    from genjax.data import __main__ as data_cli
+    monkeypatch.setenv("GENJAX_DISTRIBUTED", "1")
+    with pytest.raises(SystemExit) as e:
+        data_cli.run(["prepare", "shakespeare", f"--data_dir={tmp_path}"])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert e.value.code == 2 and len(err) == 1, err
+    assert err[0].startswith("error: genjax.data runs as one process"), err
+    assert os.listdir(tmp_path) == []
+
+
 def test_a_launch_of_one_process_is_not_a_multi_process_launch():
     from genjax import runtime
     runtime.refuse_multi_process_launch("genjax.sample", {"JAX_NUM_PROCESSES": "1"})

@@ -3,7 +3,7 @@
 Known answers: the decoder's drawn-token log-probs equal the teacher-forced ones (1e-5),
 so the first importance ratio is 1; at temperature tau they are log softmax(logits / tau);
 at step 0 the KL to the reference is 0 exactly; a constant reward with beta = 0 gives a
-zero gradient; the gold reward of a completion is its share of reward tokens; the loss's
+zero gradient; the character reward of a completion is its share of reward tokens; the loss's
 value is -(mean shaped reward); with a policy moved off its reference, the reference's
 log-probs, the k1 KL, the loss and the RLOO gradient equal a float64 recomputation.
 """
@@ -59,8 +59,8 @@ def test_step_zero_ratio_is_one_kl_is_zero_and_loss_is_minus_the_reward():
     assert float(loss) == pytest.approx(-float(m["reward"]), abs=1e-7)
 
 
-def test_gold_reward_is_the_share_of_reward_tokens():
-    got = rl.gold_reward(jnp.array([[1, 2, 40, 3], [40, 41, 42, 43]]), (1, 2, 3, 4))
+def test_the_character_reward_is_the_share_of_reward_tokens():
+    got = rl.char_reward(jnp.array([[1, 2, 40, 3], [40, 41, 42, 43]]), (1, 2, 3, 4))
     np.testing.assert_allclose(np.asarray(got), [0.75, 0.0])
 
 
@@ -157,9 +157,9 @@ def test_settings_the_run_cannot_train_with_are_one_error_line(overrides, match)
         rl.resolve_config(config, types.SimpleNamespace(tokenizer=TOK))
 
 
-def test_a_gold_reward_no_token_can_earn_is_one_error_line():
+def test_a_character_reward_no_token_can_earn_is_one_error_line():
     """A byte-level BPE vocabulary has no single-character list to find reward_chars in:
-    the gold reward would be 0 for every rollout."""
+    the character reward would be 0 for every rollout."""
     from genjax.data.bpe import BPETokenizer
     bpe = BPETokenizer.train("to be or not to be " * 20, 260)
     config = tiny_config("rl", **{"rl.reward_ids": (), "model.vocab_size": 0})

@@ -73,7 +73,7 @@ def test_the_rl_reward_is_the_reward_familys_score_of_the_same_tokens():
     np.testing.assert_allclose(per["reward_model"], np.asarray(want), atol=1e-6, rtol=0)
     np.testing.assert_array_equal(per["reward"], per["reward_model"])  # rl.reward=model
     np.testing.assert_allclose(per["reward_chars"],
-                               np.asarray(rl.gold_reward(completions, config.rl.reward_ids)))
+                               np.asarray(rl.char_reward(completions, config.rl.reward_ids)))
     assert np.std(per["reward_model"]) > 1e-4, "the random head should score rollouts apart"
 
 

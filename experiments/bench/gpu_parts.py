@@ -6,7 +6,7 @@ r"""The four parts of experiments/bench/gpu_suite.py, one per process:
              against nanoGPT's torch.compile figure on an H100 (433k tokens/s)
   decode     gpt2_124m greedy decode with the KV cache, batch 1 and 64, 1,024-token context
              (256-token prompt + 768 new tokens; decode.bench_decode): new tokens/s
-  unet       the diffusion `gpu` preset's U-Net (35.7M params) training step at 32x32,
+  unet       the diffusion `gpu` preset's U-Net (38.3M params) training step at 32x32,
              batch 128, bf16, on random images (lm_throughput.time_train_step): images/s
   diffusion  `genjax.train` of configs/diffusion_fmnist.py:gpu as it is, stopped by SIGTERM
              `diffusion_seconds` after its first step (a checkpoint, exit 143), then

@@ -160,8 +160,10 @@ def main(argv: list[str]) -> None:
 
 def run(argv: list[str] | None = None) -> None:
     """main() with bad input turned into one `error:` line and exit status 2."""
+    from genjax import runtime
     from genjax.errors import ConfigError, UserError
     try:
+        runtime.refuse_multi_process_launch("genjax.data")  # every host would build the same
         main(sys.argv[1:] if argv is None else argv)
     except (CliError, UserError, ConfigError, FileNotFoundError, ValueError) as e:
         message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

@@ -22,7 +22,7 @@ same rollouts, bit for bit):
        model  the learned reward model (genjax/families/reward.py) of the run
               config.rl.reward_from: its score of prompt + completion [P + N tokens],
               read at the last completion token, as the reward family scores a pair.
-       chars  the gold reward (ablation): the share of completion tokens in
+       chars  the character reward (ablation): the share of completion tokens in
               config.rl.reward_ids (resolve_config fills it from config.rl.reward_chars
               with the tokenizer: lower-case letters and spaces = readable prose).
      KL folded in: r - beta (log pi - log ref) summed over the completion (k1 estimate).
@@ -115,7 +115,7 @@ def resolve_config(config, data) -> None:
     elif kind == "model" and not c.random_reward_model:
         raise ConfigError("config.rl.reward='model' needs config.rl.reward_from=WORKDIR of a "
                           "`reward` run (configs/reward_shakespeare.py), or "
-                          "config.rl.reward=chars for the gold-reward ablation")
+                          "config.rl.reward=chars for the character-reward ablation")
     if uses_reward_model(config):
         if not c.reward_model.vocab_size:
             c.reward_model.vocab_size = config.model.vocab_size
@@ -151,7 +151,7 @@ def check_counts(config) -> None:
 
 def reward_kind(config) -> str:
     """config.rl.reward, checked: "model" | "chars" (runs saved before the key existed
-    used the gold reward)."""
+    used the character reward)."""
     kind = str(config.rl.get("reward", "chars"))
     if kind not in REWARDS:
         raise ConfigError(f"config.rl.reward={kind!r}: choose one of {REWARDS}")
@@ -297,7 +297,7 @@ def token_logps(model, params, seq_BxL, valid_vocab: int = 0):
                             seq_BxL, valid_vocab or None)
 
 
-def gold_reward(completions_BxN, reward_ids) -> jax.Array:
+def char_reward(completions_BxN, reward_ids) -> jax.Array:
     """Share of completion tokens in `reward_ids`, float32[B]."""
     ids = jnp.asarray(np.asarray(reward_ids, np.int32).reshape(-1))
     return jnp.mean(jnp.isin(completions_BxN, ids).astype(jnp.float32), axis=-1)
@@ -319,7 +319,7 @@ def sample_rollouts(params, model_state, batch, rng, *, model, config) -> dict:
         max_new_tokens=N, temperature=1.0, valid_vocab=V or None)
     seq, mask = join(prompts, lengths, out.tokens_BxN)
     ref = token_logps(model, dpo.reference_params(model_state, params), seq, V)
-    scores = {"reward_chars": gold_reward(out.tokens_BxN, c.reward_ids)}
+    scores = {"reward_chars": char_reward(out.tokens_BxN, c.reward_ids)}
     if uses_reward_model(config):
         scores["reward_model"] = model_reward(model_state, seq, lengths + N - 1, config)
     reward = scores["reward_model" if reward_kind(config) == "model" else "reward_chars"]
