@@ -145,7 +145,8 @@ def write_manifest(p: dict) -> str:
     from genjax.workdir import make_workdir
     make_workdir(p["dir"], "--root")  # a file in the way: one error line
     path = os.path.join(p["dir"], p["sweep"] + MANIFEST_SUFFIX)
-    manifest = {k: p[k] for k in ("config", "sweep", "keys", "common")}
+    # as JSON reads it back: a tuple override is a list there, and must compare equal
+    manifest = json.loads(json.dumps({k: p[k] for k in ("config", "sweep", "keys", "common")}))
     try:
         with open(path) as f:
             old = json.load(f)

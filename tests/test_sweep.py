@@ -73,6 +73,19 @@ def test_dry_run_and_emitted_commands(tmp_path):
         manifest
 
 
+def test_rerunning_a_sweep_with_a_tuple_override_is_the_same_sweep(tmp_path):
+    """The manifest holds a tuple override as a JSON list; the same command again (resume,
+    --emit for an array job) must not read that as other overrides."""
+    from experiments import sweep
+    plan = {"dir": str(tmp_path), "sweep": "lr", "config": "configs/lm_shakespeare.py:tiny",
+            "keys": ["optim.lr"], "common": {"optim.wd_exclude": ("pos_embed", "token")},
+            "runs": []}
+    path = sweep.write_manifest(plan)
+    assert sweep.write_manifest(plan) == path
+    assert json.loads(pathlib.Path(path).read_text())["common"] == \
+        {"optim.wd_exclude": ["pos_embed", "token"]}
+
+
 def test_seeds_without_a_sweep_run_the_config_itself(tmp_path):
     proc = run_quick("--seeds=3", f"--root={tmp_path}", "--emit=commands")
     assert proc.returncode == 0, proc.stderr[-2000:]
