@@ -7,8 +7,9 @@ r"""Distil a character LM on Shakespeare into a half-size student (genjax/famili
 
 The teacher's architecture is read from its checkpoint (config.init_from); the student is
 configs/lm_shakespeare.py's model with half the layers (cpu: 2 x 128 instead of 4 x 128).
-Presets: those of lm_shakespeare; `tiny` (tests) has no teacher run: its teacher is a
-freshly initialised tiny LM (distill.random_teacher) and the student has 1 layer.
+Presets: tiny | cpu | gpu | gpt2 | gpt2_124m, lm_shakespeare's with the student's depth
+(STUDENT); `tiny` (tests) has no teacher run: its teacher is a freshly initialised tiny LM
+(distill.random_teacher) and the student has 1 layer.
 Ablations: --config.distill.divergence=forward|reverse|jsd, .beta, .temperature, .alpha;
 on-policy rows (GKD): --config.distill.on_policy=0.5 (.on_policy_tokens, .on_policy_temperature).
 """
@@ -19,6 +20,7 @@ STUDENT = {"tiny": {"model.num_layers": 1, "distill.random_teacher": True,
                     "distill.on_policy_tokens": 8},
            "cpu": {"model.num_layers": 2}, "gpu": {"model.num_layers": 3},
            "gpt2_124m": {"model.num_layers": 6}, "gpt2": {"model.num_layers": 6}}
+PRESETS = STUDENT
 
 
 def get_config(arg: str | None = None):

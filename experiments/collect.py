@@ -5,9 +5,10 @@ r"""Sweep results -> one table per sweep (CSV, Markdown, LaTeX) and learning cur
 
 Reads every <config>/<sweep>.sweep.json manifest under the root (experiments.sweep writes
 them) and each run's W/metrics.jsonl and W/final_metrics.json. Per run: final and best
-value of each eval metric (final = W/final_metrics.json; best = the best periodic eval or
-the final one; lower is better except for the names in HIGHER_IS_BETTER) and the last
-train loss.
+value of each eval metric (final = W/final_metrics.json, the whole split by default; best =
+the best periodic eval, each over config.eval_batches, so one subset's noise can win: never
+mixed with the final one, which only stands in for a run without periodic evals; lower is
+better except for the names in HIGHER_IS_BETTER) and the last train loss.
 Per swept setting: mean +- std (sample std, ddof=1) over the finished seeds, and n.
 Writes next to the manifest:
 
@@ -80,7 +81,7 @@ def run_record(manifest_dir: str, run: dict, metrics: list[str]) -> dict:
     rec["train loss"] = train[-1] if train else math.nan
     for m in metrics:
         seen = [r[f"eval/{m}"] for r in rows if f"eval/{m}" in r]
-        if m in final:
+        if not seen and m in final:  # a subset eval and the whole split's are not comparable
             seen.append(final[m])
         rec[f"final {m}"] = final.get(m, math.nan)
         pick = max if higher_is_better(m) else min

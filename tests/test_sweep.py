@@ -176,6 +176,22 @@ def test_collect_keeps_every_row_of_an_eval_step_and_knows_which_way_is_better(t
         assert not collect.higher_is_better(name), name
 
 
+def test_best_is_the_best_periodic_eval_never_the_final_whole_split_one(tmp_path):
+    """Periodic evals cover config.eval_batches, the final one the whole split: a subset's
+    lucky 2.0 and a whole split's 1.9 are not the same measurement. The final value stands
+    in only where a run had no periodic eval."""
+    run = tmp_path / "run"
+    run.mkdir()
+    rows = [{"step": 5, "eval/loss": 2.4}, {"step": 10, "eval/loss": 2.0}]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (run / "final_metrics.json").write_text(json.dumps({"loss": 1.9}))
+    entry = {"name": "a", "overrides": {}, "seed": 0, "workdir": "run"}
+    rec = collect.run_record(str(tmp_path), entry, ["loss"])
+    assert rec["final loss"] == 1.9 and rec["best loss"] == 2.0
+    (run / "metrics.jsonl").write_text(json.dumps({"step": 10, "loss": 2.5}) + "\n")
+    assert collect.run_record(str(tmp_path), entry, ["loss"])["best loss"] == 1.9
+
+
 # ---------------------------------------------------------------------- end to end
 def _small_text(path):
     rng = np.random.default_rng(0)

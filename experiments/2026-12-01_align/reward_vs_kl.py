@@ -9,8 +9,9 @@ the reference, on held-out prompts (the `alignment` evaluator of each run).
 
 Each finished run of the sweep is evaluated once (W/eval/report.json is reused when it
 already holds the alignment evaluator with the same settings); writes OUT.json, OUT.md
-(the table) and OUT.png. The defaults fit the `cpu` presets' context (256); a `tiny` sweep
-needs a shorter --max_new_tokens. An evaluation that fails stops the script with its line.
+(the table) and OUT.png. The defaults fit the `gpu` presets' context (256); the `cpu`
+presets' (64) keeps only prompts of <= 16 tokens at 48 new ones, and a `tiny` sweep needs a
+shorter --max_new_tokens. An evaluation that fails stops the script with its line.
 """
 import argparse
 import glob

@@ -27,7 +27,11 @@ def compile_once(num_layers: int) -> dict:
                "--topology=v5e:2x2", "--config.mesh.data=1", "--config.mesh.fsdp=-1",
                "--config.batch_size=32", f"--config.model.num_layers={num_layers}",
                f"--json={path}", *KNOBS]
-        subprocess.run(cmd, env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True)
+        proc = subprocess.run(cmd, env=dict(os.environ, JAX_PLATFORMS="cpu"),
+                              capture_output=True, text=True)
+        if proc.returncode:  # its own error line (e.g. libtpu missing), not a missing JSON
+            sys.exit(f"genjax.aot with {num_layers} layers failed: "
+                     f"{(proc.stderr.strip().splitlines() or ['exit %d' % proc.returncode])[-1]}")
         with open(path) as f:
             r = json.load(f)
     return {"num_layers": num_layers, "compile_s": r["compile_s"],

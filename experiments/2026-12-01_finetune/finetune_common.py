@@ -12,8 +12,11 @@ sys.path.insert(0, ROOT)
 
 def train(config: str, workdir: str, source: str, args: list[str]) -> float:
     """`python -m genjax.train --config=CONFIG --workdir --config.init_from=SOURCE ARGS`
-    from the repository root (an ordinary run: it resumes); returns its seconds."""
+    from the repository root (an ordinary run: it resumes); returns its seconds. WORKDIR and
+    SOURCE are the caller's paths (made absolute: the run starts in ROOT, the caller then
+    reads WORKDIR from where it is)."""
     t0 = time.time()
+    workdir, source = os.path.abspath(workdir), os.path.abspath(source)
     subprocess.run([sys.executable, "-m", "genjax.train", f"--config={config}",
                     f"--workdir={workdir}", f"--config.init_from={source}", *args],
                    cwd=ROOT, check=True)

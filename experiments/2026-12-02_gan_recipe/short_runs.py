@@ -40,7 +40,9 @@ for k, v in kv.items():
     node = c
     *ps, leaf = k.split(".")
     for p in ps:
-        node = node[p]
+        node = node[p] if p in node else sys.exit(f"unknown config key {k!r}")
+    if leaf not in node:  # a misspelt key would add itself and change nothing
+        sys.exit(f"unknown config key {k!r}")
     try:
         v = ast.literal_eval(v)
     except Exception:
