@@ -6,7 +6,7 @@ import pytest
 from flax import linen as nn
 
 from genjax.models import transformer
-from genjax.sampling import lm
+from genjax.sampling import filters, lm
 
 VOCAB, MAX_LEN = 40, 16
 
@@ -155,6 +155,63 @@ def test_min_p_and_repetition_penalty_masks_on_a_known_distribution():
     np.testing.assert_allclose(penalized, [2.0 / 1.2, 1.9, -1.2, -1.1], rtol=1e-6)
     assert int(np.argmax(penalized)) == 1
     assert int(np.argmax(np.asarray(lm.repetition_penalty(x[2:], seen[2:], 1.2)))) == 1
+
+
+def _reference_distribution(logits, seen, valid, penalty, temperature, k, p, min_p):
+    """The distribution a token is drawn from, in float64, token by token as the
+    Hugging Face processors define it: padding ids out; CTRL penalty on seen ids;
+    logits / temperature; the k largest; the smallest prefix of the sorted probabilities
+    whose mass reaches p (the crossing token in); those with prob >= min_p * the top one."""
+    x = np.array(logits, np.float64)
+    x[valid:] = -np.inf
+    for i in np.flatnonzero(seen):
+        x[i] = x[i] / penalty if x[i] > 0 else x[i] * penalty
+    x = x / temperature
+    keep = np.isfinite(x)
+    if 0 < k < len(x):
+        keep &= x >= np.sort(x)[::-1][k - 1]
+    probs = np.where(keep, np.exp(x - x.max()), 0.0)
+    probs /= probs.sum()
+    if p < 1:
+        nucleus, mass = np.zeros_like(keep), 0.0
+        for i in np.argsort(-probs, kind="stable"):
+            nucleus[i] = True
+            mass += probs[i]
+            if mass >= p:
+                break
+        keep &= nucleus
+        probs = np.where(keep, probs, 0.0) / np.where(keep, probs, 0.0).sum()
+    if min_p > 0:
+        keep &= probs >= min_p * probs.max()
+    probs = np.where(keep, probs, 0.0)
+    return probs / probs.sum()
+
+
+@pytest.mark.parametrize("temperature, k, p, min_p, penalty", [
+    (0.7, 0, 0.8, 0.0, 1.0), (1.6, 0, 0.8, 0.0, 1.0),     # top-p after temperature
+    (0.5, 0, 1.0, 0.2, 1.0), (2.0, 0, 1.0, 0.2, 1.0),     # min-p after temperature
+    (1.3, 12, 0.9, 0.05, 1.3), (0.8, 5, 0.6, 0.1, 1.5)])  # all of them, penalty first
+def test_the_filter_pipeline_draws_from_the_huggingface_distribution(
+        temperature, k, p, min_p, penalty):
+    """Independent answer: the distribution token by token in float64 (above); the filters'
+    kept set must be the same and their softmax equal within float32 rounding, for 64 rows
+    of random logits (no ties) with padding ids and seen ids."""
+    rng = np.random.default_rng(7)
+    V, valid = 32, 28
+    logits = rng.standard_normal((64, V)) * 2.0
+    seen = rng.random((64, V)) < 0.25
+    sw = filters.switches(temperature, k, p, min_p, penalty)
+    s = filters.Sampling(*(jnp.float32(v) for v in (temperature, p, min_p, penalty)),
+                            valid_vocab=jnp.int32(valid), stop_ids_K=jnp.zeros(0, jnp.int32),
+                            pad_id=jnp.int32(0))
+    got = np.asarray(jax.nn.softmax(filters.filtered_logits(
+        jnp.asarray(logits, jnp.float32), jnp.asarray(seen), s, sw), axis=-1), np.float64)
+    want = np.stack([_reference_distribution(logits[b], seen[b], valid, penalty,
+                                             temperature, k, p, min_p) for b in range(64)])
+    np.testing.assert_array_equal(got > 0, want > 0)
+    np.testing.assert_allclose(got, want, atol=2e-6)
+    kept = (want > 0).sum(-1)
+    assert kept.min() >= 1 and kept.max() < valid  # the filters cut, and something is left
 
 
 def test_repetition_penalty_moves_greedy_off_repeated_tokens(model_and_params):
