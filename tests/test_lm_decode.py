@@ -297,8 +297,9 @@ def test_a_row_samples_the_same_tokens_whatever_batch_it_is_in(model_and_params)
 
 def test_bad_sampling_parameters_raise_naming_the_field(model_and_params):
     model, params = model_and_params
-    for field, value in [("temperature", -1.0), ("top_p", 0.0), ("min_p", 1.0),
-                         ("repetition_penalty", 0.0), ("top_k", -1)]:
+    for field, value in [("temperature", -1.0), ("temperature", 1e-39), ("top_p", 0.0),
+                         ("min_p", 1.0), ("repetition_penalty", 0.0), ("top_k", -1),
+                         ("valid_vocab", 0), ("valid_vocab", VOCAB + 1)]:
         with pytest.raises(ValueError, match=field):
             lm.generate(model, params, PROMPTS, LENGTHS, rng=jax.random.PRNGKey(0),
                         max_new_tokens=2, **{field: value})

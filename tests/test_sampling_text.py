@@ -173,7 +173,8 @@ def test_a_windowed_sample_streams_and_is_ranked_as_it_was_sampled(lm):
 
 
 @pytest.mark.parametrize("field,value", [
-    ("temperature", -0.1), ("top_p", 0.0), ("top_p", 1.5), ("top_k", -1), ("min_p", 1.0),
+    ("temperature", -0.1), ("temperature", 1e-39), ("top_p", 0.0),
+    ("top_p", 1.5), ("top_k", -1), ("min_p", 1.0),
     ("min_p", -0.1), ("repetition_penalty", 0.0), ("num_samples", 0), ("max_new_tokens", 0),
     ("truncate", "right"), ("stop", ("",)), ("stop_token_ids", (99,))])
 def test_invalid_parameters_raise_user_errors_naming_the_field(lm, field, value):

@@ -12,6 +12,11 @@ import jax
 import jax.numpy as jnp
 
 
+# The smallest temperature a draw takes (0 aside: argmax): logits / 1e-39 overflow float32
+# to inf, and the draw and its log-prob become NaN.
+MIN_TEMPERATURE = 1e-6
+
+
 def top_k_mask(logits: jax.Array, k: int) -> jax.Array:
     """logits [..., V] with all but the k largest set to -inf; k <= 0 (or >= V) = off."""
     if k <= 0 or k >= logits.shape[-1]:

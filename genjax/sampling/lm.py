@@ -49,8 +49,8 @@ import numpy as np
 from genjax.models.param_kinds import is_matrix
 from genjax.models.transformer import Cache, Transformer, init_cache
 from genjax.sampling.filters import (  # noqa: F401  (re-exported: lm.top_p_mask, ...)
-    Sampling, Switches, filtered_logits, mask_invalid, min_p_mask, repetition_penalty,
-    sample_token, sample_token_logp, switches, top_k_mask, top_p_mask)
+    MIN_TEMPERATURE, Sampling, Switches, filtered_logits, mask_invalid, min_p_mask,
+    repetition_penalty, sample_token, sample_token_logp, switches, top_k_mask, top_p_mask)
 
 
 # ----------------------------------------------------------------------------- state
@@ -94,11 +94,15 @@ def _check(model: Transformer, prompts_BxP, prompt_lengths_B, max_new_tokens: in
 
 def _sampling(model, temperature, top_k, top_p, min_p, repetition_penalty, stop_token_ids,
               pad_id, valid_vocab) -> Sampling:
-    checks = [("temperature", temperature, temperature >= 0, ">= 0 (0 = greedy)"),
+    checks = [("temperature", temperature, temperature == 0 or temperature >= MIN_TEMPERATURE,
+               f"0 (greedy) or >= {MIN_TEMPERATURE:g}"),
               ("top_k", top_k, top_k >= 0, ">= 0 (0 = off)"),
               ("top_p", top_p, 0 < top_p <= 1, "in (0, 1] (1 = off)"),
               ("min_p", min_p, 0 <= min_p < 1, "in [0, 1) (0 = off)"),
-              ("repetition_penalty", repetition_penalty, repetition_penalty > 0, "> 0 (1 = off)")]
+              ("repetition_penalty", repetition_penalty, repetition_penalty > 0, "> 0 (1 = off)"),
+              ("valid_vocab", valid_vocab,
+               valid_vocab is None or 1 <= valid_vocab <= model.vocab_size,
+               f"in [1, {model.vocab_size}] (the model's vocabulary; None = all of it)")]
     for name, value, ok, allowed in checks:
         if not ok:
             raise ValueError(f"{name}={value}: must be {allowed}")

@@ -44,6 +44,7 @@ import numpy as np
 from genjax import runtime
 from genjax.errors import UserError
 from genjax.sampling import lm as lm_sampling
+from genjax.sampling.filters import MIN_TEMPERATURE
 
 TRUNCATE = ("error", "left")
 PROMPT_BUCKET = 8  # prompts are padded to a multiple of this many tokens
@@ -74,7 +75,8 @@ class TextRequest:
         checks = [
             ("num_samples", self.num_samples >= 1, "must be >= 1"),
             ("max_new_tokens", self.max_new_tokens >= 1, "must be >= 1"),
-            ("temperature", self.temperature >= 0, "must be >= 0 (0 = greedy)"),
+            ("temperature", self.temperature == 0 or self.temperature >= MIN_TEMPERATURE,
+             f"must be 0 (greedy) or >= {MIN_TEMPERATURE:g} (smaller overflows the logits)"),
             ("top_k", self.top_k >= 0, "must be >= 1, or 0 for off"),
             ("top_p", 0 < self.top_p <= 1, "must be in (0, 1] (1 = off)"),
             ("min_p", 0 <= self.min_p < 1, "must be in [0, 1) (0 = off)"),
