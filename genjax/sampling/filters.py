@@ -29,7 +29,8 @@ def top_p_mask(logits: jax.Array, p: float | jax.Array) -> jax.Array:
     """logits [..., V] outside the nucleus set to -inf; p >= 1 = off.
 
     The nucleus is the smallest set of most likely tokens whose probability is >= p; it
-    always holds the top token (Holtzman et al. 2019).
+    always holds the top token (Holtzman et al. 2019). The cut is by logit value, so
+    tokens tied with the one that crosses p are all kept (Hugging Face keeps one of them).
     """
     sorted_desc = -jnp.sort(-logits, axis=-1)
     probs = jax.nn.softmax(sorted_desc, axis=-1)
