@@ -50,6 +50,8 @@ def define_flags():
     flags.DEFINE_multi_string("stop", [], "LM: stop string (repeatable; \\n and \\t are "
                               "unescaped); the text ends before its first occurrence")
     flags.DEFINE_list("stop_token_ids", [], "LM: token ids that end a sample")
+    flags.DEFINE_bool("stop_at_end_of_text", None, "LM: the tokenizer's end-of-text token, "
+                      "where it has one (GPT-2's <|endoftext|>), ends a sample (default: on)")
     flags.DEFINE_bool("stream", False, "LM: print the sample as it is decoded (one sample)")
     flags.DEFINE_enum("truncate", "error", ["error", "left"],
                       "LM: over-long prompt: error, or drop its start (with a warning)")
@@ -108,6 +110,7 @@ def lm_request(config_sample, opts):
         repetition_penalty=_pick(opts.repetition_penalty, cfg("repetition_penalty")),
         stop=tuple(_unescape(x) for x in opts.stop) or tuple(cfg("stop")),
         stop_token_ids=stop_ids, seed=opts.seed, truncate=opts.truncate,
+        stop_at_end_of_text=getattr(opts, "stop_at_end_of_text", None) is not False,
         window=bool(_pick(opts.window, cfg("window"))))
 
 

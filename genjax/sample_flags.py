@@ -13,8 +13,8 @@ from genjax.errors import UserError
 # Flags each kind of sampler takes (beyond --workdir, --num_samples, --seed, --params);
 # the family's `sample_options` (e.g. guidance, steps) add to the image sampler's.
 TEXT_FLAGS = ("prompt", "max_new_tokens", "temperature", "top_k", "top_p", "min_p",
-              "repetition_penalty", "stop", "stop_token_ids", "stream", "truncate", "window",
-              "best_of", "blocklist", "blocklist_regex", "redact")
+              "repetition_penalty", "stop", "stop_token_ids", "stop_at_end_of_text", "stream",
+              "truncate", "window", "best_of", "blocklist", "blocklist_regex", "redact")
 IMAGE_FLAGS = ("prompt", "label", "out", "best_of", "min_confidence", "batch_size")
 ARRAY_FLAGS = ("out",)
 OPTION_FLAGS = ("guidance", "steps", "temperature", "prior")  # image sampler options some families take

@@ -88,6 +88,33 @@ def test_stop_strings_truncate_exactly_and_stop_tokens_end_the_text(lm):
     assert (c.text, c.finish_reason) == (full.text[:full.text.find(full.text[3])], "stop_token")
 
 
+def test_the_tokenizers_end_of_text_token_ends_a_sample_unless_switched_off(lm):
+    """As Hugging Face's generate stops at GPT-2's eos (<|endoftext|>, 50256) by default.
+    Here a char tokenizer that calls the greedy text's 4th character its end of text."""
+    model, params, tok = lm
+    full = text.generate_texts(*lm, ["hello"], GREEDY)[0][0].text
+    end = int(tok.encode(full[3])[0])
+    with_end = type("WithEnd", (CharTokenizer,), {"end_of_text_id": end})(CHARS)
+    (c,) = text.generate_texts(model, params, with_end, ["hello"], GREEDY)[0]
+    assert (c.text, c.finish_reason) == (full[:full.find(full[3])], "stop_token")
+    off = dataclasses.replace(GREEDY, stop_at_end_of_text=False)
+    assert text.generate_texts(model, params, with_end, ["hello"], off)[0][0].text == full
+    assert text.stop_ids(dataclasses.replace(GREEDY, stop_token_ids=(end, 2)), with_end) == \
+        (end, 2)
+
+
+def test_a_bpe_vocabulary_names_its_end_of_text_token_only_where_it_has_one():
+    from tokenizers import AddedToken
+    from genjax.data.bpe import BPETokenizer
+    bpe = BPETokenizer.train("to be or not to be " * 20, 260)
+    assert bpe.end_of_text_id is None and CharTokenizer(CHARS).end_of_text_id is None
+    bpe._tok.add_special_tokens([AddedToken("<|endoftext|>", special=True)])
+    assert bpe.end_of_text_id == bpe.vocab_size - 1
+    again = BPETokenizer.from_json(bpe.to_json())  # as a checkpoint's meta carries it
+    assert again.end_of_text_id == bpe.vocab_size - 1
+    assert again.decode([again.end_of_text_id]) == "<|endoftext|>"
+
+
 def test_streamed_pieces_concatenate_to_the_non_streamed_text(lm):
     for stop in ((), (texts(lm, ["hello"], GREEDY)[0][0][5:7],)):
         req = TextRequest(prompt="hello", max_new_tokens=8, temperature=0.0, stop=stop)
@@ -298,6 +325,9 @@ def test_cli_wiring_prints_filter_metadata_and_applies_stops(lm, capsys):
     assert "hello" + full not in out and '"rejected": true, "reason": "blocklist: ' in out
     out = run(stop=[full[3:5]])
     assert out == f"----- sample 1/1 (step 0) -----\nhello{full[:full.find(full[3:5])]}\n"
+    given = lambda **kw: sample.lm_request(  # noqa: E731
+        loaded.config.sample, SimpleNamespace(**{**flags, **kw})).stop_at_end_of_text
+    assert given() and given(stop_at_end_of_text=None) and not given(stop_at_end_of_text=False)
     assert run(stream=True, stop=[full[3:5]]) == out
     with pytest.raises(UserError, match="--stream"):
         run(stream=True, blocklist=["x"])

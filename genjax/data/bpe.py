@@ -40,6 +40,9 @@ def _chunks(text: str, size: int = CHUNK_CHARS) -> Iterator[str]:
         start = end
 
 
+END_OF_TEXT = "<|endoftext|>"
+
+
 class BPETokenizer:
     """Byte-level BPE; ids are those of the wrapped `tokenizers.Tokenizer`."""
 
@@ -68,6 +71,12 @@ class BPETokenizer:
     @property
     def vocab_size(self) -> int:
         return self._tok.get_vocab_size()
+
+    @property
+    def end_of_text_id(self) -> int | None:
+        """The id of GPT-2's end-of-text token where the vocabulary has it (an imported
+        GPT-2's 50256), else None (genjax's own BPE learns no special tokens)."""
+        return self._tok.token_to_id(END_OF_TEXT)
 
     def encode(self, text: str) -> np.ndarray:
         """text -> int32 ids (never fails: every byte has a token)."""

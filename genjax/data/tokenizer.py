@@ -17,6 +17,7 @@ class CharTokenizer:
     """One id per character; ids follow the sorted vocabulary."""
 
     kind = "char"
+    end_of_text_id = None  # no end-of-text token (BPETokenizer: GPT-2's <|endoftext|>)
 
     def __init__(self, vocab: list[str] | str):
         vocab = list(vocab)

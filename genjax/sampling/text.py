@@ -66,6 +66,7 @@ class TextRequest:
     repetition_penalty: float = 1.0    # > 0; 1 = off, > 1 discourages repeats (CTRL)
     stop: tuple[str, ...] = ()         # stop strings (host-side, excluded from the text)
     stop_token_ids: tuple[int, ...] = ()  # stop tokens (in the jitted decode, excluded)
+    stop_at_end_of_text: bool = True   # the tokenizer's end-of-text token is one (HF's eos)
     seed: int = 0
     truncate: str = "error"            # error | left (over-long prompts lose their start)
     window: bool = False               # generate past the context by sliding the window
@@ -198,11 +199,21 @@ def _pad(rows: list[np.ndarray], max_len: int):
     return out, lengths
 
 
+def stop_ids(req: TextRequest, tokenizer) -> tuple[int, ...]:
+    """The tokens that end a sample: req.stop_token_ids, and the tokenizer's end-of-text
+    token where it has one (an imported GPT-2's <|endoftext|>, where Hugging Face's generate
+    stops by default) unless req.stop_at_end_of_text is off."""
+    ids = tuple(int(t) for t in req.stop_token_ids)
+    end = getattr(tokenizer, "end_of_text_id", None)
+    if req.stop_at_end_of_text and end is not None and int(end) not in ids:
+        ids += (int(end),)
+    return ids
+
+
 def _lm_kwargs(req: TextRequest, tokenizer) -> dict:
     return dict(temperature=req.temperature, top_k=req.top_k, top_p=req.top_p,
                 min_p=req.min_p, repetition_penalty=req.repetition_penalty,
-                stop_token_ids=tuple(int(t) for t in req.stop_token_ids),
-                valid_vocab=tokenizer.vocab_size)
+                stop_token_ids=stop_ids(req, tokenizer), valid_vocab=tokenizer.vocab_size)
 
 
 # ----------------------------------------------------------------------------- decode
