@@ -114,6 +114,20 @@ def test_ids_at_or_above_valid_vocab_are_never_sampled(model_and_params):
     assert tokens.max() > 20, "near-uniform sampling should reach the top valid ids"
 
 
+def test_greedy_takes_the_best_valid_id_when_a_padding_id_leads():
+    """Padding rows of the head (ids >= valid_vocab) can hold the largest logit; greedy,
+    with or without the repetition penalty, still never emits one."""
+    logits = jnp.array([[0.5, 2.0, 1.0, 9.0, 8.0], [3.0, -1.0, 2.5, 7.0, 0.0]])
+    seen = jnp.array([[False, True, False, False, False]] * 2)
+    for penalty in (1.0, 3.0):  # 3: the seen id 1 falls below id 2 (2.0 / 3 < 1.0)
+        sw = filters.switches(0.0, repetition_penalty=penalty)
+        s = filters.Sampling(*(jnp.float32(v) for v in (0.0, 1.0, 0.0, penalty)),
+                             valid_vocab=jnp.int32(3), stop_ids_K=jnp.zeros(0, jnp.int32),
+                             pad_id=jnp.int32(0))
+        token, _ = filters.sample_token_logp(None, logits, seen, s, sw)
+        assert token.tolist() == ([1, 0] if penalty == 1.0 else [2, 0])
+
+
 def test_same_rng_same_tokens_and_different_rng_different_tokens(model_and_params):
     model, params = model_and_params
     run = lambda seed: sample_many(model, params, seed, temperature=2.0, top_k=5)  # noqa: E731
