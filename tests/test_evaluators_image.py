@@ -142,6 +142,69 @@ def test_precision_recall_radii_exclude_the_point_itself():
     assert iq.precision_recall(real, fake, k=1) == (0.75, 1.0)
 
 
+def _brute_precision_recall(real, fake, k):
+    """Kynkaanniemi et al. in float64 over every pair: radius = distance to the k-th
+    nearest other point of the same set; inside = within some ball of the other set."""
+    def radii(x):
+        d = np.linalg.norm(x[:, None] - x[None], axis=-1)
+        return np.sort(d, axis=1)[:, k]  # column 0 is the point itself
+    def inside(q, ref):
+        d = np.linalg.norm(q[:, None] - ref[None], axis=-1)
+        return float(np.mean((d <= radii(ref)[None]).any(axis=1)))
+    real, fake = np.asarray(real, np.float64), np.asarray(fake, np.float64)
+    return inside(fake, real), inside(real, fake)
+
+
+def test_precision_recall_equal_the_brute_force_definition_with_exact_duplicates():
+    """Far from the origin (|x| ~ 240, as real features are not centred) and with each
+    point repeated k + 1 times, so that its ball has radius 0: a copy is inside it. The
+    float32 |q|^2 + |r|^2 - 2 q.r put copies outside (0.48 instead of 1.0)."""
+    rs = np.random.RandomState(1)
+    base = (np.abs(rs.randn(100, 64)) + 30).astype(np.float32)
+    dup = np.repeat(base[:25], 4, axis=0)
+    assert iq.precision_recall(dup, dup, k=3) == (1.0, 1.0) == \
+        _brute_precision_recall(dup, dup, 3)
+    fake = np.concatenate([dup[:40], base[60:] + rs.randn(40, 64).astype(np.float32)])
+    for k in (1, 3):
+        assert iq.precision_recall(dup, fake, k) == pytest.approx(
+            _brute_precision_recall(dup, fake, k), abs=1e-12)
+
+
+def test_fid_and_kid_equal_a_float64_reference_of_their_papers_formulas():
+    """FID (pytorch-fid's formula): unbiased (ddof = 1) covariances and scipy's matrix
+    square root; KID (Binkowski et al.): the unbiased MMD^2 over every pair of one subset
+    holding whole sets, kernel (x.y / D + 1)^3. Fewer samples (40) than dimensions (64)."""
+    import scipy.linalg
+    rs = np.random.RandomState(2)
+    a = rs.randn(40, 64)
+    b = 0.7 * rs.randn(60, 64) @ rs.randn(64, 64) / 8 + 0.3
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    ca, cb = np.cov(a, rowvar=False, ddof=1), np.cov(b, rowvar=False, ddof=1)
+    want = np.sum((mu_a - mu_b) ** 2) + np.trace(ca + cb - 2 * scipy.linalg.sqrtm(ca @ cb).real)
+    assert iq.fid_from_features(a, b) == pytest.approx(want, rel=1e-6)
+    x, y = a[:30].astype(np.float32), b[:30].astype(np.float32)
+    kern = lambda u, v: (float(u @ v) / 64 + 1) ** 3  # noqa: E731
+    m = 30
+    kxx = sum(kern(x[i], x[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
+    kyy = sum(kern(y[i], y[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
+    kxy = sum(kern(x[i], y[j]) for i in range(m) for j in range(m)) / m ** 2
+    mean, std = iq.kid(x, y, subset_size=m, num_subsets=3)
+    assert mean == pytest.approx(kxx + kyy - 2 * kxy, rel=1e-5) and std < 1e-6 * abs(mean)
+
+
+def test_a_sample_with_nan_features_makes_every_metric_nan_never_a_silent_number():
+    """One NaN row used to make every k-NN radius NaN (recall a silent 0.0), FID a
+    LinAlgError and near_copies an undercount."""
+    rs = np.random.RandomState(3)
+    real, fake = rs.randn(2, 50, 8).astype(np.float32)
+    fake[7, 2] = np.nan
+    metrics, details = iq.quality_metrics(real, fake, k=3, kid_subset_size=20, kid_subsets=2)
+    assert all(np.isnan(v) for v in metrics.values()) and details["nonfinite_samples"] == 1
+    s = novelty.novelty_stats(fake, rs.randn(60, 8), rs.randn(20, 8))
+    assert np.isnan(s["near_copies"]) and np.isnan(s["median_nn_distance"])
+    assert np.isfinite(s["test_near_copies"])
+
+
 def test_too_few_images_for_the_k_nn_radii_is_one_user_error_line():
     settings = iq.settings(num_samples=3, pr_k=3)
     with pytest.raises(UserError, match=r"image_quality.num_samples=3: .*pr_k=3"):

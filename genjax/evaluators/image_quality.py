@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from ml_collections import ConfigDict
 
-from genjax.errors import UserError
+from genjax.errors import UserError, warn
 
 NEEDS = ("sample_images",)
 SAMPLES = ("images",)  # or images given in a file (genjax.evaluate --samples); labels optional
@@ -47,7 +47,8 @@ def frechet_distance(mu1, cov1, mu2, cov2) -> float:
     sqrt1 = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
     m = sqrt1 @ cov2 @ sqrt1
     tr_sqrt = np.sum(np.sqrt(np.clip(np.linalg.eigvalsh((m + m.T) / 2), 0, None)))
-    return float(np.sum((mu1 - mu2) ** 2) + np.trace(cov1) + np.trace(cov2) - 2 * tr_sqrt)
+    fd = float(np.sum((mu1 - mu2) ** 2) + np.trace(cov1) + np.trace(cov2) - 2 * tr_sqrt)
+    return max(fd, 0.0)  # a set against itself: -1e-6 of rounding, not a negative distance
 
 
 def fid_from_features(f1_NxD, f2_MxD) -> float:
@@ -87,12 +88,18 @@ def _block_knn(q_BxD, ref_MxD, k: int):
     return jnp.maximum(-neg, 0.0), idx
 
 
+# |q|^2 + |r|^2 - 2 q.r in float32 is off by up to a few ulps of |q|^2 + |r|^2: a query
+# that equals a ref point whose ball has radius 0 (k copies of it) came out outside.
+CANCELLATION = 8 * float(np.finfo(np.float32).eps)
+
+
 @jax.jit
 def _block_inside(q_BxD, ref_MxD, radius2_M):
-    """Whether each query lies within some ref ball (squared radii)."""
-    d_BxM = (jnp.sum(q_BxD ** 2, 1)[:, None] + jnp.sum(ref_MxD ** 2, 1)[None]
-             - 2 * q_BxD @ ref_MxD.T)
-    return jnp.any(d_BxM <= radius2_M[None], axis=1)
+    """Whether each query lies within some ref ball (squared radii, exact), allowing the
+    float32 rounding of the expanded squared distance."""
+    q2, r2 = jnp.sum(q_BxD ** 2, 1)[:, None], jnp.sum(ref_MxD ** 2, 1)[None]
+    d_BxM = q2 + r2 - 2 * q_BxD @ ref_MxD.T
+    return jnp.any(d_BxM <= radius2_M[None] + CANCELLATION * (q2 + r2), axis=1)
 
 
 FAR = 1e4  # padding rows of ref: never anyone's neighbour
@@ -160,7 +167,13 @@ def precision_recall(real_NxD, fake_MxD, k: int = 3) -> tuple[float, float]:
 # ------------------------------------------------------------------ all metrics
 def quality_metrics(real_NxD, fake_MxD, *, k: int = 3, kid_subset_size: int = 1000,
                     kid_subsets: int = 100, seed: int = 0) -> tuple[dict, dict]:
-    """(metrics, details) of features `fake` against the reference `real`."""
+    """(metrics, details) of features `fake` against the reference `real`; every metric
+    NaN if a fake row is not finite (one NaN row made recall a silent 0.0)."""
+    bad = int(np.sum(~np.isfinite(np.asarray(fake_MxD)).all(axis=1)))
+    if bad:
+        nan = float("nan")
+        return ({"fid_fmnist": nan, "kid_fmnist": nan, "precision": nan, "recall": nan},
+                {"kid_fmnist_std": nan, "nonfinite_samples": bad})
     kid_mean, kid_std = kid(fake_MxD, real_NxD, subset_size=kid_subset_size,
                             num_subsets=kid_subsets, seed=seed)
     precision, recall = precision_recall(real_NxD, fake_MxD, k)
@@ -223,6 +236,8 @@ def evaluate(ctx, settings) -> dict:
                                        batch_size=int(settings.batch_size), seed=ctx.seed)
     n = len(images)
     fake_f = net.features(images)
+    if bad := int(np.sum(~np.isfinite(fake_f).all(axis=1))):
+        warn(f"image_quality: {bad} of {n} samples hold NaN/Inf; every metric is NaN")
     train_f, train_y = net.real_features(ctx.data, "train", n)
     kw = dict(k=int(settings.pr_k), kid_subset_size=int(settings.kid_subset_size),
               kid_subsets=int(settings.kid_subsets), seed=ctx.seed)
@@ -233,6 +248,7 @@ def evaluate(ctx, settings) -> dict:
         for name, fn in (("conditional_accuracy", conditional_accuracy),
                          ("conditional_prob", conditional_prob)):
             metrics[name], floors[name] = fn(fake_p, labels), fn(train_p, train_y)
+            metrics[name] = float("nan") if bad else metrics[name]
     keys = [k for k in ("precision", "recall", "conditional_accuracy", "conditional_prob")
             if k in metrics]
     rows = {"samples": {k: metrics[k] for k in keys},

@@ -37,7 +37,9 @@ def novelty_stats(samples_NxD, train_MxD, test_TxD) -> dict:
     if len(d_t) < 2:
         raise ValueError(f"novelty needs >= 2 test images (threshold and floor), got {len(d_t)}")
     threshold = float(np.percentile(d_t[0::2], PERCENTILE))
-    return {"near_copies": float(np.mean(d_s <= threshold)),
+    # a NaN sample (distance NaN) compares False: NaN, not a silent "no near copy"
+    near = float(np.mean(d_s <= threshold)) if np.isfinite(d_s).all() else float("nan")
+    return {"near_copies": near,
             "median_nn_distance": float(np.median(d_s)),
             "test_near_copies": float(np.mean(d_t[1::2] <= threshold)),
             "test_median_nn_distance": float(np.median(d_t)),
