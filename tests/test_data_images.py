@@ -11,6 +11,7 @@ import pytest
 from ml_collections import ConfigDict
 
 from genjax.data import image_builders
+from genjax.errors import UserError
 from genjax.data.idx import IdxFormatError, read_idx, write_idx
 from genjax.data.image_loader import ImageData
 
@@ -182,7 +183,7 @@ def test_resume_mid_epoch_gives_identical_batches(tiny):
     resumed = _data(cfg).train_iterator()
     resumed.set_state(state)
     assert all((x == y).all() for x, y in zip(expected, _take(resumed, 5)))
-    with pytest.raises(ValueError, match="different settings"):
+    with pytest.raises(UserError, match="another stream .*global_batch_size 8 -> 4"):
         _data(cfg, batch=4).train_iterator().set_state(state)
 
 

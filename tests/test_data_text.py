@@ -17,6 +17,7 @@ from ml_collections import ConfigDict
 from genjax.data import shakespeare, text_builders
 from genjax.data.lm_loader import LMData, dataset_source
 from genjax.data.tokenizer import CharTokenizer, load_tokenizer, tokenizer_from_json
+from genjax.errors import UserError
 
 tfds.disable_progress_bar()
 SEQ, BATCH = 16, 8
@@ -214,6 +215,26 @@ def test_resume_mid_epoch_continues_the_same_stream(lm):
     resumed = lm.train_iterator()
     resumed.set_state(state)
     np.testing.assert_array_equal(take(resumed, 4), expected)
+
+
+@pytest.mark.parametrize("change", [{"seed": 1}, {"global_batch_size": BATCH // 2},
+                                    {"seq_len": SEQ // 2}])
+def test_a_position_saved_under_other_settings_is_one_line_and_a_bare_one_still_resumes(
+        lm, data_dir, change):
+    """Batch k of another seed, batch or window length is another batch: resuming there
+    would silently train on another stream. A checkpoint from before the settings were
+    recorded (grain's bare {"next_index": k}) resumes as it did."""
+    it = lm.train_iterator()
+    take(it, 3)
+    state = json.loads(json.dumps(it.get_state()))
+    expected = take(it, 2)
+    kw = {"seq_len": SEQ, "global_batch_size": BATCH, "seed": 0, **change}
+    other = LMData(data_cfg(data_dir), **kw).train_iterator()
+    with pytest.raises(UserError, match=f"another stream .*{next(iter(change))} "):
+        other.set_state(state)
+    bare = lm.train_iterator()
+    bare.set_state({"next_index": state["next_index"]})
+    np.testing.assert_array_equal(take(bare, 2), expected)
 
 
 def test_each_epoch_is_every_window_once_in_a_fresh_order(tmp_path):

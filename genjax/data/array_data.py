@@ -19,6 +19,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from genjax.data import position
 from genjax.errors import ConfigError
 
 
@@ -60,10 +61,7 @@ class ArrayTrainIterator:
         return {"next_batch": self.next_batch, **self._identity}
 
     def set_state(self, state: dict[str, Any]) -> None:
-        diff = {k: (state.get(k), v) for k, v in self._identity.items() if state.get(k) != v}
-        if diff:
-            raise ValueError(f"data iterator state was saved with different settings "
-                             f"(saved, now): {diff}")
+        position.check(state, self._identity)
         self.next_batch = int(state["next_batch"])
 
 

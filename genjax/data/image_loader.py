@@ -39,7 +39,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from genjax.errors import ConfigError
-from genjax.data import data_card, image_npz, records
+from genjax.data import data_card, image_npz, position, records
 from genjax.data.image_builders import (DataNotFoundError, default_data_dir, prepare_images)
 
 READ_THREADS = 2    # threads reading and converting batches
@@ -192,10 +192,7 @@ class TrainIterator:
         return {"next_batch": int(self._it.get_state()["next_index"]), **self._identity}
 
     def set_state(self, state: dict[str, Any]) -> None:
-        diff = {k: (state.get(k), v) for k, v in self._identity.items() if state.get(k) != v}
-        if diff:
-            raise ValueError(f"data iterator state was saved with different settings "
-                             f"(saved, now): {diff}")
+        position.check(state, self._identity)
         self._it.set_state({"next_index": int(state["next_batch"])})
 
 

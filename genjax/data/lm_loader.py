@@ -19,7 +19,7 @@ from typing import Iterator
 import grain
 import numpy as np
 
-from genjax.data import cleaning, records, text_builders
+from genjax.data import cleaning, position, records, text_builders
 from genjax.errors import UserError
 
 READ_THREADS = 2    # threads slicing windows into batches (the tokens are in memory)
@@ -174,10 +174,13 @@ class LMData:
         return ds.to_iter_dataset(grain.ReadOptions(num_threads=READ_THREADS,
                                                     prefetch_buffer_size=PREFETCH))
 
-    def train_iterator(self) -> grain.DatasetIterator:
+    def train_iterator(self) -> position.GrainPosition:
         """Infinite {"tokens": int32[global_batch_size // process_count, seq_len + 1]};
-        `get_state()` / `set_state()` resume it exactly."""
-        return iter(self.train_dataset())
+        `get_state()` / `set_state()` resume it exactly (under the same settings)."""
+        identity = {"dataset": self.builder.info.full_name, "seed": self.seed,
+                    "global_batch_size": self.global_batch_size, "seq_len": self.seq_len,
+                    "num_tokens": self.num_tokens("train")}
+        return position.positioned(self.train_dataset(), identity)
 
     # ------------------------------------------------------------------ evaluation
     def eval_batches(self, split: str = "validation", batch_size: int | None = None,

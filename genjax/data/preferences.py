@@ -27,6 +27,7 @@ import grain
 import numpy as np
 
 from genjax import jsonl
+from genjax.data import position
 from genjax.errors import UserError
 
 PAD_ID = 0
@@ -223,7 +224,10 @@ class PreferenceData:
         ds = grain.MapDataset.source(_Pairs(tokens, mask)).shuffle(seed=self.seed).repeat()
         ds = ds[self.process_index::self.process_count]
         ds = ds.batch(self.local_batch_size, drop_remainder=True)
-        return iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=2)))
+        identity = {"seed": self.seed, "global_batch_size": self.global_batch_size,
+                    "seq_len": self.seq_len, "num_pairs": len(tokens)}
+        return position.positioned(
+            ds.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=2)), identity)
 
     def eval_batches(self, split: str = "validation", batch_size: int | None = None,
                      max_batches: int | None = None):
