@@ -122,7 +122,8 @@ def test_split_is_by_whole_play(lm):
 # ----------------------------------------------------------------------- tokenizer
 def test_tokenizer_round_trips_the_cleaned_corpus(lm, tmp_path):
     tok = lm.tokenizer
-    assert tok.vocab == sorted(set(lm.text("train")))
+    # every split's characters (Shakespeare's held-out plays add none to the training ones)
+    assert tok.vocab == sorted(set("".join(lm.text(s) for s in shakespeare.SPLITS)))
     for split in shakespeare.SPLITS:
         ids = tok.encode(lm.text(split))
         assert ids.dtype == np.int32 and tok.decode(ids) == lm.text(split)
@@ -135,6 +136,8 @@ def test_tokenizer_rejects_unknown_characters_by_name():
     tok = CharTokenizer.train("ROMEO: hi\n")
     with pytest.raises(ValueError, match=r"'é'.*'€'"):
         tok.encode("ROMEO: é€")
+    with pytest.raises(ValueError, match=r"\(1\): '\\udcff'"):  # a prompt's undecodable byte
+        tok.encode("hi \udcff")
     with pytest.raises(ValueError, match="unknown tokenizer kind 'wordpiece'"):
         tokenizer_from_json({"kind": "wordpiece"})
 
@@ -235,6 +238,26 @@ def test_a_position_saved_under_other_settings_is_one_line_and_a_bare_one_still_
     bare = lm.train_iterator()
     bare.set_state({"next_index": state["next_index"]})
     np.testing.assert_array_equal(take(bare, 2), expected)
+
+
+def test_the_per_document_eval_maps_unknown_characters_as_the_splits_do(tmp_path):
+    """A fine-tuning text with characters its source's tokenizer lacks: with
+    data.unknown_char the splits and the per-document likelihood windows both map them
+    (the latter used to raise a bare ValueError); without it both are one UserError."""
+    path = tmp_path / "new.txt"
+    path.write_text("abc xyz\n" * 40, encoding="utf-8")
+    tok = CharTokenizer("abc \n")
+    cfg = data_cfg(tmp_path, "text", path)
+    cfg.unknown_char = "a"
+    data = LMData(cfg, seq_len=4, global_batch_size=2, seed=0, tokenizer=tok)
+    (name, chars, batches, _), = data.document_eval_batches("validation", 2, 1)
+    rows = next(iter(batches))["tokens"]
+    assert tok.decode(rows[0]) == tok.decode(data.tokens("validation")[:5])
+    assert set(tok.decode(data.tokens("validation"))) <= set("abc \n")
+    cfg.unknown_char = ""
+    data = LMData(cfg, seq_len=4, global_batch_size=2, seed=0, tokenizer=tok)
+    with pytest.raises(UserError, match="validation document .*'x'.*data.unknown_char"):
+        list(data.document_eval_batches("validation", 2, 1))
 
 
 def test_each_epoch_is_every_window_once_in_a_fresh_order(tmp_path):

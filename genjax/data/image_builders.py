@@ -5,7 +5,8 @@ Both write array_record files whose features are only `tfds.features.Tensor`: en
 `tfds.features.Image` needs TensorFlow (checked with tensorflow-datasets 4.9.10), and we
 never require it. One example:
     {"image": uint8[H, W, C], "label": int64[], "index": int64[] (row in the source IDX
-     file, or position in the sorted file list: the numbers duplicates.json refers to)}
+     file, or position within its split of an image folder, whose files.json maps it to
+     the file: the numbers duplicates.json refers to)}
 Next to the data (`builder.data_dir`): class_names.json, duplicates.json (exact duplicates
 by image bytes, within and across splits), files.json for image folders, and, once
 prepared, data_card.json / data_card.md (sources with checksums and the Debian package,

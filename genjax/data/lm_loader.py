@@ -143,20 +143,24 @@ class LMData:
         """The split's token ids; UserError naming the characters the tokenizer lacks
         (unless data.unknown_char names one they become)."""
         if split not in self._tokens:
-            text = self.text(split)
-            vocab = getattr(self.tokenizer, "vocab", None)
-            if self.unknown_char and isinstance(vocab, list):
-                if self.unknown_char not in vocab:
-                    raise UserError(f"data.unknown_char={self.unknown_char!r} is not in the "
-                                    f"tokenizer's vocabulary either")
-                known = set(vocab)
-                text = "".join(c if c in known else self.unknown_char for c in text)
-            try:
-                self._tokens[split] = self.tokenizer.encode(text)
-            except ValueError as e:
-                raise UserError(f"{split} text vs the {self.tokenizer.kind} tokenizer: {e}; "
-                                f"set data.unknown_char=<a character it has> to map them") from None
+            self._tokens[split] = self.encode(self.text(split), split)
         return self._tokens[split]
+
+    def encode(self, text: str, where: str) -> np.ndarray:
+        """Token ids of `text` (from `where`), characters outside a char vocabulary mapped
+        to data.unknown_char where set; else UserError naming them."""
+        vocab = getattr(self.tokenizer, "vocab", None)
+        if self.unknown_char and isinstance(vocab, list):
+            if self.unknown_char not in vocab:
+                raise UserError(f"data.unknown_char={self.unknown_char!r} is not in the "
+                                f"tokenizer's vocabulary either")
+            known = set(vocab)
+            text = "".join(c if c in known else self.unknown_char for c in text)
+        try:
+            return self.tokenizer.encode(text)
+        except ValueError as e:
+            raise UserError(f"{where} text vs the {self.tokenizer.kind} tokenizer: {e}; "
+                            f"set data.unknown_char=<a character it has> to map them") from None
 
     def num_tokens(self, split: str) -> int:
         return len(self.tokens(split))
@@ -202,7 +206,7 @@ class LMData:
         """Per document of `split` (of >= 2 tokens): (name, characters, `eval_batches` of
         that document alone, windows from its start, its eval_kwargs)."""
         for name, text in self.documents(split):
-            tokens = self.tokenizer.encode(text)
+            tokens = self.encode(text, f"{split} document {name!r}")
             if len(tokens) < 2:
                 continue
             batches = eval_windows(tokens, self.seq_len, int(batch_size), max_batches,

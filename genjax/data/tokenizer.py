@@ -39,7 +39,9 @@ class CharTokenizer:
 
     def encode(self, text: str) -> np.ndarray:
         """text -> int32 ids; ValueError naming any characters outside the vocabulary."""
-        codes = np.frombuffer(text.encode("utf-32-le"), np.uint32).astype(np.int64)
+        # a lone surrogate (argv decoded with surrogateescape) has no UTF-32: it is named
+        # below as the other characters the vocabulary lacks
+        codes = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), np.uint32).astype(np.int64)
         ids = np.searchsorted(self._codes, codes)
         ok = self._codes[np.minimum(ids, len(self._codes) - 1)] == codes
         if not ok.all():
