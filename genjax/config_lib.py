@@ -45,7 +45,7 @@ def base_config() -> ConfigDict:
     c.batch_size = 32              # GLOBAL batch (all processes and devices)
     c.log_every_steps = 50         # progress line + metrics.jsonl + TensorBoard
     c.eval_every_steps = 500       # eval on config.eval_split (0 = only at the end)
-    c.eval_batches = 20            # batches per periodic eval
+    c.eval_batches = 20            # batches per periodic eval (LM: windows spread over the split)
     c.final_eval_batches = 0       # batches of the final eval (0 = the whole split)
     c.eval_split = "validation"
     c.ckpt_every_steps = 500       # async checkpoint interval (and always at the end)

@@ -15,7 +15,7 @@ import tensorflow_datasets as tfds
 from ml_collections import ConfigDict
 
 from genjax.data import shakespeare, text_builders
-from genjax.data.lm_loader import LMData, dataset_source
+from genjax.data.lm_loader import LMData, dataset_source, eval_windows
 from genjax.data.tokenizer import CharTokenizer, load_tokenizer, tokenizer_from_json
 from genjax.errors import UserError
 
@@ -309,6 +309,20 @@ def test_eval_batches_cover_every_token_once(data_dir, process_count):
     np.testing.assert_array_equal(np.concatenate(targets), tokens[1:])
     np.testing.assert_array_equal(np.concatenate(inputs), tokens[:-1:seq])
     assert len(list(shards[0].eval_batches("validation", batch, max_batches=2))) == 2
+
+
+def test_a_periodic_eval_of_a_few_batches_spreads_its_windows_over_the_split():
+    """10 windows of 4 tokens over 100 windows' worth of ids 0..400: starts 0, 44, 88, ...
+    up to the last window's 396, not the split's first 40 tokens; whole windows, in
+    order; with enough batches, every window as before."""
+    tokens = np.arange(401, dtype=np.int32)
+    rows = [b["tokens"] for b in eval_windows(tokens, 4, 5, max_batches=2)]
+    starts = np.concatenate(rows)[:, 0]
+    np.testing.assert_array_equal(starts, 4 * np.round(np.linspace(0, 99, 10)).astype(int))
+    for row in np.concatenate(rows):
+        np.testing.assert_array_equal(row, np.arange(row[0], row[0] + 5))
+    whole = np.concatenate([b["tokens"] for b in eval_windows(tokens, 4, 5, max_batches=20)])
+    np.testing.assert_array_equal(whole[:, 0], np.arange(0, 400, 4))
 
 
 def test_card_describes_the_data(lm):
