@@ -60,6 +60,8 @@ def test_a_verbatim_copy_is_flagged_with_its_source_location(index, train_docs):
     offset = 12_345
     copy = doc[offset:offset + 300]
     assert text.memorised_share(index, [copy], 50) == 1.0
+    assert text.memorised_share(index, [copy, "x" * 60], 50) == 251 / (251 + 11)  # windows
+    assert np.isnan(text.memorised_share(index, [copy[:49]], 50))  # none to judge, not 0
     m = index.longest(["zz" + copy + "zz"], 50)             # unrelated text around it
     assert (m.length, m.query_start) == (300, 2)
     assert index.text[m.text_start:m.text_start + m.length] == copy

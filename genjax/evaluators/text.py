@@ -73,10 +73,11 @@ def repetition_rate(texts: list[str], n: int = 3) -> float:
 
 
 def memorised_share(index: text_match.SpanIndex, texts: list[str], k: int) -> float:
-    """Share of all k-character windows of `texts` found verbatim in the index's text."""
+    """Share of all k-character windows of `texts` found verbatim in the index's text;
+    NaN when no text has k characters (nothing to judge, which 0.0 would hide)."""
     found = [f for f in index.find(texts, k) if len(f)]
     total = sum(len(f) for f in found)
-    return float(sum(int((f >= 0).sum()) for f in found)) / total if total else 0.0
+    return float(sum(int((f >= 0).sum()) for f in found)) / total if total else float("nan")
 
 
 def text_metrics(index: text_match.SpanIndex, texts: list[str], s,
