@@ -267,6 +267,41 @@ def test_cas_of_real_images_matches_the_real_classifier(net, real, data_cfg):
     assert abs(out["accuracy"] - net.test_accuracy) < 0.12, (out, net.test_accuracy)
 
 
+def test_cas_trains_on_the_samples_with_their_requested_labels_and_tests_on_real_test(
+        data_cfg):
+    """The wiring, with a recording stand-in for the training loop: the synthetic run
+    trains on exactly the samples and the classes they were requested for, the floor on
+    the first num_samples real training images, both test on the whole real test split."""
+    from types import SimpleNamespace
+    rs = np.random.RandomState(5)
+    img = lambda n: rs.rand(n, 4, 4, 1).astype(np.float32)  # noqa: E731
+    names = ["a", "b", "c"]
+    real = ArrayData({"train": (img(30), rs.randint(0, 3, 30).astype(np.int32)),
+                      "test": (img(20), rs.randint(0, 3, 20).astype(np.int32))}, names,
+                     global_batch_size=4)
+    fake_x, fake_y = img(12), np.arange(12, dtype=np.int32) % 3
+    calls = []
+
+    def record(config, workdir, *, data):
+        calls.append({s: cas.real_split(data, s) for s in ("train", "test")} |
+                     {"steps": int(config.total_steps)})
+        return {"accuracy": [0.25, 0.75][len(calls) - 1]}
+    ctx = SimpleNamespace(sample_images=lambda n, batch_size, seed: (fake_x[:n], fake_y[:n]),
+                          meta={"data": {"class_names": names}}, data=real, seed=0,
+                          config=SimpleNamespace(data=data_cfg), train_fn=record)
+    out = cas.evaluate(ctx, cas.settings(num_samples=12, preset="tiny", total_steps=3))
+    assert out["metrics"] == {"cas_accuracy": 0.25} and out["floors"] == {"cas_accuracy": 0.75}
+    synthetic, floor = calls
+    want = {"train": (fake_x, fake_y), "test": cas.real_split(real, "test")}
+    floor_want = {"train": cas.real_split(real, "train", 12), "test": want["test"]}
+    for got, expected in ((synthetic, want), (floor, floor_want)):
+        assert got["steps"] == 3
+        for split in ("train", "test"):
+            np.testing.assert_array_equal(got[split][0], expected[split][0])
+            np.testing.assert_array_equal(got[split][1], expected[split][1])
+    assert len(floor["test"][1]) == 20
+
+
 def test_array_data_batches_resume_and_pad():
     x = np.arange(10, dtype=np.float32)[:, None, None, None] * np.ones((1, 2, 2, 1), np.float32)
     y = np.arange(10, dtype=np.int32) % 3
