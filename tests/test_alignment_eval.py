@@ -113,8 +113,9 @@ def test_teacher_forced_logps_enumerate_a_distribution_and_kl_estimate_converges
     all_9 = np.array([[a, b] for a in range(3) for b in range(3)], np.int32)
     lp = completions.completion_logps(model, P, [prompt] * 9, all_9, valid_vocab=3)
     lq = completions.completion_logps(model, Q, [prompt] * 9, all_9, valid_vocab=3)
+    # float32 logits of two programs (a padded batch, one row): 1.3e-5 apart under jax 0.11.2
     np.testing.assert_allclose(lp, [_plain_logp(model, P, 1, a, b) for a, b in all_9],
-                               atol=1e-5)
+                               atol=3e-5)
     assert abs(math.log(np.exp(lp).sum())) < 1e-5 and abs(math.log(np.exp(lq).sum())) < 1e-5
     p = np.exp(lp) / np.exp(lp).sum()
     exact_kl = float(np.sum(p * (lp - lq)))

@@ -239,7 +239,7 @@ def test_dpo_reader_puts_winner_then_loser_with_the_prompt_label_and_resumes(tmp
     image_npz.write(os.path.join(other_dir, "pairs_train.npz"),
                     np.zeros((6, 2, 32, 32, 1), np.uint8), np.arange(6) % 10, NAMES)
     _, other = _dpo_data(other_dir)
-    with pytest.raises(ValueError, match="pairs_sha256"):  # other pairs: the position is void
+    with pytest.raises(UserError, match="pairs_sha256"):  # other pairs: the position is void
         other.train_iterator().set_state(state)
     test = list(data.eval_batches("test", 4))
     assert [b["mask"].tolist() for b in test] == [[1, 1, 1, 0]]
