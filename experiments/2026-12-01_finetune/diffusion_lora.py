@@ -73,8 +73,8 @@ def scores(net, f_NxD, real_f, class_id: int) -> dict:
 
 def measure(workdir: str, class_name: str, n: int, preset: dict, floor: bool = False) -> dict:
     """scores() of `n` guidance-0 samples of the run in `workdir` (EMA params where it keeps
-    them, else its trained ones; LoRA runs: merged), against every test image of the class; floor: also the class's first `n`
-    training images in place of samples (result["floor"])."""
+    them, else its trained ones; LoRA runs: merged), against every test image of the class;
+    floor: also the class's first `n` training images in place of samples (result["floor"])."""
     from genjax import inference
     from genjax import train as train_lib
     from genjax.data.image_loader import ImageData
