@@ -33,7 +33,7 @@ def _add_tokens(batch: dict, table_CxPxL: np.ndarray, step: int, seed: int,
 
 
 class CaptionedIterator:
-    """Wraps ImageData's TrainIterator; same state (JSON)."""
+    """Wraps ImageData's train iterator; same state (JSON)."""
 
     def __init__(self, inner, table, seed: int):
         self._inner, self._table, self._seed = inner, table, seed

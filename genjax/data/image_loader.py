@@ -174,28 +174,6 @@ class _Rows:
         return self.source.__getitems__([int(self.rows[i]) for i in idx])
 
 
-class TrainIterator:
-    """Infinite iterator of local training batches with a JSON state."""
-
-    def __init__(self, dataset: grain.MapDataset, read_options: grain.ReadOptions,
-                 identity: dict[str, Any]):
-        self._it = dataset.to_iter_dataset(read_options).__iter__()
-        self._identity = identity  # what a saved position only makes sense with
-
-    def __iter__(self) -> "TrainIterator":
-        return self
-
-    def __next__(self) -> dict[str, np.ndarray]:
-        return next(self._it)
-
-    def get_state(self) -> dict[str, Any]:
-        return {"next_batch": int(self._it.get_state()["next_index"]), **self._identity}
-
-    def set_state(self, state: dict[str, Any]) -> None:
-        position.check(state, self._identity)
-        self._it.set_state({"next_index": int(state["next_batch"])})
-
-
 class ImageData:
     """One process's view of an image dataset (see the module docstring)."""
 
@@ -324,7 +302,7 @@ class ImageData:
         return self.global_batch_size // self.process_count
 
     # ------------------------------------------------------------------ training
-    def train_iterator(self, split: str | None = None) -> TrainIterator:
+    def train_iterator(self, split: str | None = None) -> position.GrainPosition:
         """Infinite, shuffled every epoch, this process's slice of each global batch, of
         `split` (default: self.train_split)."""
         split = split or self.train_split
@@ -342,7 +320,9 @@ class ImageData:
             identity["classes"] = list(self.classes)
         if split in self._array_labels:  # a position in one file means nothing in another
             identity["train_images"] = self.train_images["sha256"]
-        return TrainIterator(ds, self._read_options, identity)
+        # image runs always saved their settings, under "next_batch"
+        return position.positioned(ds.to_iter_dataset(self._read_options), identity,
+                                   key="next_batch", legacy=False)
 
     # ------------------------------------------------------------------ evaluation
     def eval_batches(self, split: str = "test", batch_size: int = 256,

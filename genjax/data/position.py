@@ -28,11 +28,12 @@ def check(state: dict[str, Any], identity: dict[str, Any], *, legacy: bool = Fal
 
 
 class GrainPosition:
-    """A grain iterator whose state also holds `identity` (checked by `set_state`);
-    states saved as grain's bare {"next_index": k} still resume (`legacy`)."""
+    """A grain iterator whose state {key: grain's next_index, **identity} is checked by
+    `set_state`; `legacy`: states saved without the identity still resume."""
 
-    def __init__(self, iterator, identity: dict[str, Any]):
+    def __init__(self, iterator, identity: dict[str, Any], *, key: str, legacy: bool):
         self._it, self._identity = iterator, dict(identity)
+        self._key, self._legacy = key, legacy
 
     def __iter__(self) -> "GrainPosition":
         return self
@@ -41,13 +42,16 @@ class GrainPosition:
         return next(self._it)
 
     def get_state(self) -> dict[str, Any]:
-        return {"next_index": int(self._it.get_state()["next_index"]), **self._identity}
+        return {self._key: int(self._it.get_state()["next_index"]), **self._identity}
 
     def set_state(self, state: dict[str, Any]) -> None:
-        check(state, self._identity, legacy=True)
-        self._it.set_state({"next_index": int(state["next_index"])})
+        check(state, self._identity, legacy=self._legacy)
+        self._it.set_state({"next_index": int(state[self._key])})
 
 
-def positioned(dataset: grain.IterDataset, identity: dict[str, Any]) -> GrainPosition:
-    """iter(dataset) with its settings in its state."""
-    return GrainPosition(iter(dataset), identity)
+def positioned(dataset: grain.IterDataset, identity: dict[str, Any], *,
+               key: str = "next_index", legacy: bool = True) -> GrainPosition:
+    """iter(dataset) with its settings in its state. The defaults keep grain's own state
+    key and accept its bare {"next_index": k}, as the LM and preference streams saved it
+    before they recorded their settings."""
+    return GrainPosition(iter(dataset), identity, key=key, legacy=legacy)
