@@ -35,7 +35,7 @@ def make_workdir(path: str, flag: str = "--workdir") -> str:
 def remove_empty_workdir(path: str, made: bool) -> None:
     """Removes an empty `path/checkpoints/`, and `path` itself if this run `made` it and
     nothing else is in it: what a run that failed in its setup leaves. Anything else stays."""
-    for folder in (os.path.join(path, "checkpoints"), path)[:2 if made else 1]:
+    for folder in [os.path.join(path, "checkpoints")] + ([path] if made else []):
         try:
             os.rmdir(folder)
         except OSError:  # not empty, or gone: keep everything

@@ -114,16 +114,21 @@ def test_ids_at_or_above_valid_vocab_are_never_sampled(model_and_params):
     assert tokens.max() > 20, "near-uniform sampling should reach the top valid ids"
 
 
+def _filter_values(valid, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, penalty=1.0):
+    """(filters.Sampling, filters.Switches) of these values, no stop tokens."""
+    s = filters.Sampling(*(jnp.float32(v) for v in (temperature, top_p, min_p, penalty)),
+                         valid_vocab=jnp.int32(valid), stop_ids_K=jnp.zeros(0, jnp.int32),
+                         pad_id=jnp.int32(0))
+    return s, filters.switches(temperature, top_k, top_p, min_p, penalty)
+
+
 def test_greedy_takes_the_best_valid_id_when_a_padding_id_leads():
     """Padding rows of the head (ids >= valid_vocab) can hold the largest logit; greedy,
     with or without the repetition penalty, still never emits one."""
     logits = jnp.array([[0.5, 2.0, 1.0, 9.0, 8.0], [3.0, -1.0, 2.5, 7.0, 0.0]])
     seen = jnp.array([[False, True, False, False, False]] * 2)
     for penalty in (1.0, 3.0):  # 3: the seen id 1 falls below id 2 (2.0 / 3 < 1.0)
-        sw = filters.switches(0.0, repetition_penalty=penalty)
-        s = filters.Sampling(*(jnp.float32(v) for v in (0.0, 1.0, 0.0, penalty)),
-                             valid_vocab=jnp.int32(3), stop_ids_K=jnp.zeros(0, jnp.int32),
-                             pad_id=jnp.int32(0))
+        s, sw = _filter_values(valid=3, temperature=0.0, penalty=penalty)
         token, _ = filters.sample_token_logp(None, logits, seen, s, sw)
         assert token.tolist() == ([1, 0] if penalty == 1.0 else [2, 0])
 
@@ -214,10 +219,7 @@ def test_the_filter_pipeline_draws_from_the_huggingface_distribution(
     V, valid = 32, 28
     logits = rng.standard_normal((64, V)) * 2.0
     seen = rng.random((64, V)) < 0.25
-    sw = filters.switches(temperature, k, p, min_p, penalty)
-    s = filters.Sampling(*(jnp.float32(v) for v in (temperature, p, min_p, penalty)),
-                            valid_vocab=jnp.int32(valid), stop_ids_K=jnp.zeros(0, jnp.int32),
-                            pad_id=jnp.int32(0))
+    s, sw = _filter_values(valid, temperature, k, p, min_p, penalty)
     got = np.asarray(jax.nn.softmax(filters.filtered_logits(
         jnp.asarray(logits, jnp.float32), jnp.asarray(seen), s, sw), axis=-1), np.float64)
     want = np.stack([_reference_distribution(logits[b], seen[b], valid, penalty,

@@ -236,13 +236,13 @@ def evaluate(ctx, settings) -> dict:
                                        batch_size=int(settings.batch_size), seed=ctx.seed)
     n = len(images)
     fake_f = net.features(images)
-    if bad := int(np.sum(~np.isfinite(fake_f).all(axis=1))):
-        warn(f"image_quality: {bad} of {n} samples hold NaN/Inf; every metric is NaN")
     train_f, train_y = net.real_features(ctx.data, "train", n)
     kw = dict(k=int(settings.pr_k), kid_subset_size=int(settings.kid_subset_size),
               kid_subsets=int(settings.kid_subsets), seed=ctx.seed)
     metrics, details = quality_metrics(real_f, fake_f, **kw)
     floors, floor_details = quality_metrics(real_f, train_f, **kw)
+    if bad := details.get("nonfinite_samples", 0):
+        warn(f"image_quality: {bad} of {n} samples hold NaN/Inf; every metric is NaN")
     if labels is not None:
         fake_p, train_p = net.probs_from_features(fake_f), net.probs_from_features(train_f)
         for name, fn in (("conditional_accuracy", conditional_accuracy),
