@@ -17,7 +17,8 @@ separately trained reward classifier (best vs worst of K; eval on its held-out p
       --workdir=runs/diff_dpo_sampled --config.init_from=runs/diff_cpu \
       --config.data.pairs=data/img_prefs
 
-beta is per-pixel-mean scale (the paper sums over dimensions): sweep it.
+beta multiplies per-pixel mean errors, as in the paper's code, but of pixels, not SD
+latents, so the paper's 5000 does not carry over: sweep it.
 """
 from configs import diffusion_fmnist
 from genjax import config_lib

@@ -33,7 +33,7 @@ PRESETS = {
              **image_quality.TINY, **novelty.TINY, **cas.TINY},
     "cpu": {"model.width": 16, "model.channel_mult": (1, 2, 2), "model.num_res_blocks": 1,
             "model.attn_resolutions": (8,), "model.num_heads": 1, "model.dropout": 0.0,
-            "model.eval_timesteps": 1, "batch_size": 32, "total_steps": 1700, "optim.lr": 2e-3,
+            "batch_size": 32, "total_steps": 1700, "optim.lr": 2e-3,
             "optim.warmup_steps": 50, "optim.ema_decay": 0.995, "log_every_steps": 100,
             "eval_every_steps": 850, "eval_batches": 2, "ckpt_every_steps": 850,
             "sample.guidance": 4.0},
@@ -73,6 +73,8 @@ def get_config(arg: str | None = None):
     c.model.timesteps = 1000       # T of the training chain
     c.model.var_type = "small"     # reverse variance: small (posterior) | large (beta)
     c.model.eval_timesteps = 8     # eval bits/dim: strata of t (one draw each) + exact t = 0
+    #                                (the cpu preset's run, 10,000 test images: 8 strata gave
+    #                                3.022 / 3.025 bits/dim under two seeds, 1 gave 2.92 / 3.41)
 
     config_lib.set_image_data(c)
 

@@ -1,4 +1,5 @@
-"""The one checkpoint layer (the only module that imports orbax).
+"""The one checkpoint layer (with genjax/checkpoint_handlers.py, the only modules that
+import orbax).
 
 A checkpoint step `W/checkpoints/<step>/` holds three items:
   state  the TrainState arrays (sharded save; restored onto the *current* mesh)
@@ -18,13 +19,12 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import shutil
 
 import jax
 import orbax.checkpoint as ocp
 
-from genjax import config_lib, faults, runtime
-from genjax import checkpoint_checksums
+from genjax import checkpoint_checksums, config_lib, faults, runtime
+from genjax.checkpoint_handlers import ORBAX_NOTICES, handler_registry
 from genjax.checkpoint_checksums import checksums as _checksums
 from genjax.checkpoint_layout import (  # noqa: F401  (tree_mismatches: interop imports it here)
     check_against_saved, check_layout, tree_mismatches, tree_of)
@@ -35,47 +35,6 @@ from genjax.step import TrainState
 
 def _state_to_dict(state: TrainState) -> dict:
     return {f.name: getattr(state, f.name) for f in dataclasses.fields(state)}
-
-
-# orbax's replica-parallel saving splits the writing of a replicated array among its
-# replicas, slicing each replica's part on device: worth it across hosts, pure overhead in
-# one process (one eager slice per device per leaf: a tiny diffusion state's blocking save
-# on 8 CPU devices took 0.58 s against 0.06 s, experiments/bench/checkpoint_save.py).
-# None: off in one process, orbax's own default across processes; True/False forces it.
-REPLICA_PARALLEL: bool | None = None
-_registered: bool | None = None  # what _set_replica_parallel last registered (None: orbax's)
-
-
-def _set_replica_parallel() -> None:
-    global _registered
-    wanted = REPLICA_PARALLEL
-    if wanted is None and jax.process_count() == 1:
-        wanted = False
-    if wanted != _registered:  # orbax warns of the override (ours: see ORBAX_NOTICES)
-        ocp.type_handlers.register_type_handler(  # use_replica_parallel=None: orbax's default
-            jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=wanted),
-            override=True)
-        _registered = wanted
-
-
-def _handler_registry() -> ocp.handlers.DefaultCheckpointHandlerRegistry:
-    """Which orbax handler reads and writes each item, per kind of save/restore args."""
-    _set_replica_parallel()
-    registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
-    state = ocp.StandardCheckpointHandler()
-    registry.add("state", ocp.args.StandardSave, state)
-    registry.add("state", ocp.args.StandardRestore, state)
-    registry.add("state", ocp.args.PyTreeRestore, ocp.PyTreeCheckpointHandler())  # params only
-    for item in ("data", "meta"):
-        handler = ocp.JsonCheckpointHandler()
-        registry.add(item, ocp.args.JsonSave, handler)
-        registry.add(item, ocp.args.JsonRestore, handler)
-    return registry
-
-
-# orbax's warnings that are no problem here: one for every read-only CheckpointManager
-# (each sample/eval), one for our choice of array writer (_set_replica_parallel).
-ORBAX_NOTICES = ("Given directory is read only", "Type handler registry type")
 
 
 class Checkpointer:
@@ -103,7 +62,7 @@ class Checkpointer:
             enable_async_checkpointing=async_save, cleanup_tmp_directories=not read_only)
         runtime.quiet_absl_notices(ORBAX_NOTICES)
         self.manager = ocp.CheckpointManager(self.directory, options=options,
-                                             handler_registry=_handler_registry())
+                                             handler_registry=handler_registry())
         self._metric_of: dict[int, float] = {}
         self._pending: int | None = None  # the step of the save in flight
 
@@ -305,9 +264,11 @@ class Checkpointer:
         if self.read_only:
             return
         src = os.path.join(self.directory, str(step))
-        dst = os.path.join(self.directory, f"corrupt-{step}")
+        dst, n = os.path.join(self.directory, f"corrupt-{step}"), 1
+        while os.path.exists(dst):  # an earlier post-mortem copy of this step is kept
+            n += 1
+            dst = os.path.join(self.directory, f"corrupt-{step}.{n}")
         if jax.process_index() == 0 and os.path.exists(src):
-            shutil.rmtree(dst, ignore_errors=True)
             os.rename(src, dst)
         if jax.process_count() > 1:
             from jax.experimental import multihost_utils
@@ -325,7 +286,12 @@ class Checkpointer:
         key = {"raw": "params", "ema": "ema_params"}.get(which)
         if key is None:
             raise UserError(f"init_from_params={which!r}: use raw or ema")
-        saved_params = tree_of(self.manager.metadata(step).item_metadata, "state")[key]
+        try:
+            saved_params = tree_of(self.manager.metadata(step).item_metadata, "state")[key]
+        except Exception as e:  # noqa: BLE001
+            _raise_if_this_machine(e, step)
+            raise CorruptCheckpoint(f"{source}: step {step} of {self.directory} cannot be "
+                                    f"read ({short_reason(e)})") from e
         if key == "ema_params" and not jax.tree_util.tree_leaves(saved_params):
             raise UserError(f"init_from_params=ema: {self.directory} kept no EMA params "
                             "(optim.ema_decay 0): --config.init_from_params=raw")
@@ -343,8 +309,13 @@ class Checkpointer:
         restore_args = jax.tree_util.tree_map(
             lambda a: ocp.ArrayRestoreArgs(sharding=a.sharding, dtype=a.dtype), item)
         args = ocp.args.PyTreeRestore(item=item, restore_args=restore_args, partial_restore=True)
-        with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as reader:
-            restored = reader.restore(path, args=args)
+        try:
+            with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as reader:
+                restored = reader.restore(path, args=args)
+        except Exception as e:  # noqa: BLE001
+            _raise_if_this_machine(e, step)
+            raise CorruptCheckpoint(f"{source}: step {step} of {self.directory} cannot be "
+                                    f"read ({short_reason(e)})") from e
         bad = _checksum_mismatches(meta, restored, step)
         if bad:
             raise CorruptCheckpoint(f"{source}: step {step} of {self.directory} fails its "

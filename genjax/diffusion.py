@@ -44,7 +44,12 @@ def make_schedule(kind: str, num_steps: int) -> Schedule:
     """linear: Ho et al. 2020 (1e-4..0.02 at T=1000, rescaled for other T);
     cosine: Nichol & Dhariwal 2021 (s = 0.008, betas clipped at 0.999)."""
     T = int(num_steps)
+    if T < 1:
+        raise ConfigError(f"a diffusion schedule of {T} timesteps: use 1 or more")
     if kind == "linear":
+        if T <= 20:  # beta_max = 0.02 * 1000 / T reaches 1: ab_t hits 0 and x0 = inf
+            raise ConfigError(f"the linear schedule needs more than 20 timesteps (its last "
+                              f"beta is 20 / T), not {T}; use schedule=cosine")
         scale = 1000.0 / T
         betas = np.linspace(scale * 1e-4, scale * 0.02, T, dtype=np.float64)
     elif kind == "cosine":

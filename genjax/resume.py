@@ -49,7 +49,8 @@ def check_workdir(ckpt: ckpt_lib.Checkpointer, config, family) -> None:
 
 def start(ckpt: ckpt_lib.Checkpointer, parts, config, train_iter) -> Start:
     """The state to train from; sets `train_iter`'s position when resuming."""
-    if ckpt.latest_step() is not None or ckpt.quarantined():  # falls back past corrupt
+    checked = ckpt.latest_step()  # check_workdir compared this step's meta with config
+    if checked is not None or ckpt.quarantined():  # falls back past corrupt
         # steps (or raises: strict); all of them corrupt, now or in an earlier run: raises
         try:
             restored = ckpt.restore_latest(parts.abstract_state,
@@ -66,6 +67,10 @@ def start(ckpt: ckpt_lib.Checkpointer, parts, config, train_iter) -> Start:
                             f"--config.init_from={os.path.dirname(ckpt.directory)}") from None
         if restored is not None:
             state, data_state, saved_meta, step = restored
+            if step != checked:  # fell back past a step whose meta could not be read
+                same_model.check_same_model(saved_meta, config,
+                                            families.runtime_keys(parts.family))
+                same_model.warn_changed_schedule(saved_meta, config)
             if data_state:
                 train_iter.set_state(data_state)
             logging.info("resumed from %s/%d", ckpt.directory, step)

@@ -28,12 +28,16 @@ class BatchBook:
         """The book saved with a checkpoint of `step` (older checkpoints: `step` drawn)."""
         saved = (meta or {}).get("batches") or {}
         book = cls(drawn=int(saved.get("drawn", step)), bad=set(saved.get("bad", ())),
-                   rollbacks=int(saved.get("rollbacks", 0)))
+                   rollbacks=int(saved.get("rollbacks", 0)),
+                   ordinal_of={int(s): int(o) for s, o in saved.get("recent", ())})
         book.bad |= faults.dropped()
         return book
 
     def to_meta(self) -> dict[str, Any]:
-        return {"drawn": self.drawn, "bad": sorted(self.bad), "rollbacks": self.rollbacks}
+        """JSON for the checkpoint's meta; "recent": [step, ordinal] of the last steps, so
+        that a run of skipped updates that spans a save still finds its first batches."""
+        return {"drawn": self.drawn, "bad": sorted(self.bad), "rollbacks": self.rollbacks,
+                "recent": sorted([s, o] for s, o in self.ordinal_of.items())}
 
     def draw(self, iterator: Iterator, step: int, keep_last: int) -> tuple[int, Any]:
         """(ordinal, batch) for `step`: the next batch that is not marked bad."""
@@ -57,7 +61,7 @@ class BatchBook:
         """The book after restoring a checkpoint whose book was `saved`: its position,
         the bad batches known now, one more rollback."""
         return BatchBook(drawn=saved.drawn, bad=self.bad | saved.bad,
-                         rollbacks=self.rollbacks + 1)
+                         rollbacks=self.rollbacks + 1, ordinal_of=dict(saved.ordinal_of))
 
 
 def roll_back(bad: NonFinite, *, config, ckpt, abstract_state, book: BatchBook,

@@ -19,6 +19,7 @@ Seeds are usually added by the sweep tool (`--seeds=3`); a sweep that sets "seed
 """
 from __future__ import annotations
 
+import hashlib
 import itertools
 from typing import Any, Iterable, Sequence
 
@@ -112,10 +113,15 @@ def format_value(v: Any) -> str:
 
 
 def run_name(run: Run) -> str:
-    """Readable directory name: "optim.lr=0.001,model.norm=rmsnorm" ("base" if empty)."""
+    """Readable directory name: "optim.lr=0.001,model.norm=rmsnorm" ("base" if empty).
+    A name that had to lose "/" or spaces gets 8 hex digits of the settings' hash, so
+    "a/b" and "a_b" stay two runs."""
     parts = [f"{k}={format_value(v)}" for k, v in run.items() if k != "seed"]
-    name = ",".join(parts) or "base"
-    return name.replace("/", "_").replace(" ", "")
+    raw = ",".join(parts) or "base"
+    name = raw.replace("/", "_").replace(" ", "")
+    if name != raw:
+        name += "~" + hashlib.sha256(raw.encode("utf-8")).hexdigest()[:8]
+    return name
 
 
 def override_flags(run: Run) -> list[str]:

@@ -33,20 +33,34 @@ from genjax.step_log import StepLog
 from genjax.workdir import WorkdirLock, make_workdir, remove_empty_workdir, write_run_meta
 
 class _SigtermFlag:
-    """Set by SIGTERM; the loop checks it at every step boundary."""
+    """Set by SIGTERM; the loop checks it at every step boundary. The handler is the
+    process's while the run lasts and the previous one comes back after it. A run inside
+    another (an evaluator that trains during training) keeps the outer run's handler: it
+    runs to its end, and the outer run checkpoints at its next step boundary."""
+    active: "_SigtermFlag | None" = None
 
     def __init__(self):
         self.raised = False
+        self._previous = None
 
     def install(self):
+        if _SigtermFlag.active is not None:
+            return self  # nested: never raised
         def handler(signum, frame):
             logging.warning("SIGTERM: checkpointing at the next step boundary")
             self.raised = True
         try:
-            signal.signal(signal.SIGTERM, handler)
+            self._previous = signal.signal(signal.SIGTERM, handler)
         except ValueError:  # not the main thread (e.g. inside a test runner thread)
-            pass
+            return self
+        _SigtermFlag.active = self
         return self
+
+    def uninstall(self) -> None:
+        if _SigtermFlag.active is self:
+            _SigtermFlag.active = None
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if self._previous is None
+                          else self._previous)
 
 
 def train(config, workdir: str, *, stop_after: int | None = None, data=None) -> dict[str, Any]:
@@ -98,6 +112,13 @@ class _Run:
 
 def _train(config, workdir, family, mesh, stop_after, data=None):
     sigterm = _SigtermFlag().install()
+    try:
+        return _train_with(config, workdir, family, mesh, stop_after, data, sigterm)
+    finally:
+        sigterm.uninstall()
+
+
+def _train_with(config, workdir, family, mesh, stop_after, data, sigterm):
     # ------------------------------------------------------------------ data (fails before compiling)
     data = _load_data(config, family) if data is None else _check_data(config, family, data)
     # ------------------------------------------------------------------ checkpoints, model, state
@@ -174,7 +195,7 @@ def _loop(run: _Run, step: int, stop_after: int | None, sigterm: _SigtermFlag) -
         preempted = stop.should_stop(step, sigterm.raised)
         stopping = preempted or (stop_after is not None and steps_this_call >= stop_after)
         evaluating = (bool(config.eval_every_steps) and step % config.eval_every_steps == 0
-                      and step < total)
+                      and step < total and not preempted)  # a preempted run saves first
         saving = step % config.ckpt_every_steps == 0 or step == total or stopping
         try:
             if pending is not None:

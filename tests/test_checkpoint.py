@@ -10,7 +10,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from genjax.checkpoint import Checkpointer, CheckpointError
 from genjax.checkpoint_checksums import fingerprint, host_fingerprint
-from genjax.errors import UserError, short_reason
+from genjax.errors import CorruptCheckpoint, UserError, short_reason
 from genjax.step import init_state
 from genjax.workdir import WorkdirLock
 from tests.families import one_error_line
@@ -78,6 +78,16 @@ def test_corrupt_latest_falls_back_to_previous_step_with_a_warning(tmp_path, dam
     assert "warning" in out and "step 2" in out
     assert (tmp_path / "checkpoints" / "corrupt-2").exists()   # kept for a post-mortem
     assert ck.latest_step() == 1
+
+
+def test_a_step_moved_aside_twice_keeps_both_copies(tmp_path):
+    """A rerun that writes step 2 again and finds it corrupt again keeps the first
+    post-mortem copy too (it used to be deleted to make room)."""
+    for round_ in range(2):
+        save_steps(tmp_path, [1, 2] if round_ == 0 else [2])
+        flip_bit(largest_file(tmp_path / "checkpoints" / "2" / "state"))
+        assert Checkpointer(tmp_path).restore_latest(abstract(make_state()))[3] == 1
+    assert Checkpointer(tmp_path).quarantined() == ["corrupt-2", "corrupt-2.2"]
 
 
 def test_strict_restore_fails_instead_of_falling_back(tmp_path):
@@ -241,6 +251,9 @@ def test_restore_onto_another_mesh_gives_identical_values(tmp_path):
         "b": target.params["b"]})
     restored, _, _ = Checkpointer(tmp_path).restore(1, target)
     assert restored.params["w"].sharding.mesh.shape == {"y": 2}
+    for got, want in zip(jax.tree_util.tree_leaves(restored), jax.tree_util.tree_leaves(target)):
+        assert got.sharding.is_equivalent_to(want.sharding, got.ndim)  # split, not replicated
+    assert restored.params["w"].addressable_shards[0].data.shape == (8, 4)
     np.testing.assert_array_equal(restored.params["w"], state.params["w"])
 
 
@@ -276,12 +289,12 @@ def test_the_first_checkpointer_of_a_process_logs_no_warning(tmp_path, monkeypat
     replaces orbax's registered one: a choice, not a problem, so no WARNING line on the
     console of every run, sample and evaluation."""
     import logging
-    from genjax import checkpoint
-    monkeypatch.setattr(checkpoint, "_registered", None)  # as in a fresh process
+    from genjax import checkpoint_handlers
+    monkeypatch.setattr(checkpoint_handlers, "_registered", None)  # as in a fresh process
     monkeypatch.setattr(logging.getLogger("absl"), "filters", [])
     with caplog.at_level(logging.INFO):
         Checkpointer(str(tmp_path)).close()
-    assert checkpoint._registered is False  # one process: one writer per array
+    assert checkpoint_handlers._registered is False  # one process: one writer per array
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
 
 
@@ -290,19 +303,19 @@ def test_replica_parallel_and_single_writer_saves_restore_the_same_values(
         tmp_path, monkeypatch, saved_replica_parallel):
     """A multi-host run's checkpoint (orbax writes each replicated array in slices, one per
     replica) and a one-process run's (one writer per array) restore to the same values,
-    either way round (genjax/checkpoint.py: REPLICA_PARALLEL)."""
-    from genjax import checkpoint
+    either way round (genjax/checkpoint_handlers.py: REPLICA_PARALLEL)."""
+    from genjax import checkpoint_handlers
     mesh8 = Mesh(np.array(jax.devices()).reshape(8), ("x",))
     rep = NamedSharding(mesh8, P())
     state = make_state(n=64)
     state = state.replace(params={"w": jax.device_put(
         jnp.arange(64 * 4, dtype=jnp.float32).reshape(64, 4), rep),
         "b": jax.device_put(state.params["b"], rep)})
-    monkeypatch.setattr(checkpoint, "REPLICA_PARALLEL", saved_replica_parallel)
+    monkeypatch.setattr(checkpoint_handlers, "REPLICA_PARALLEL", saved_replica_parallel)
     ck = Checkpointer(tmp_path)
     ck.save(1, state, {}, {})
     ck.close()
-    monkeypatch.setattr(checkpoint, "REPLICA_PARALLEL", not saved_replica_parallel)
+    monkeypatch.setattr(checkpoint_handlers, "REPLICA_PARALLEL", not saved_replica_parallel)
     restored, _, _ = Checkpointer(tmp_path, read_only=True).restore(1, abstract(state))
     for got, want in zip(jax.tree_util.tree_leaves(restored), jax.tree_util.tree_leaves(state)):
         np.testing.assert_array_equal(got, want)
@@ -400,6 +413,22 @@ def test_init_from_params_are_verified_against_their_checksums(tmp_path):
         json.dump(meta, f)
     with pytest.raises(CheckpointError, match=r"init_from: step 1 .*checksums in \['params/w'\]"):
         Checkpointer(tmp_path, read_only=True).restore_params(1, params)
+
+
+def garble_metadata(step_dir):
+    with open(os.path.join(step_dir, "state", "_METADATA"), "w") as f:
+        f.write("garbage")
+
+
+@pytest.mark.parametrize("damage", [truncate, delete_metadata, garble_metadata])
+def test_init_from_a_damaged_step_is_a_corrupt_checkpoint_error(tmp_path, damage):
+    """init_from/frozen_from read params alone: a damaged step is the same one-line
+    CorruptCheckpoint as a resume's (it was a JSONDecodeError or ValueError traceback)."""
+    save_steps(tmp_path, [1])
+    step_dir = tmp_path / "checkpoints" / "1"
+    damage(largest_file(step_dir / "state") if damage is truncate else step_dir)
+    with pytest.raises(CorruptCheckpoint, match=f"init_from: step 1 of {tmp_path}"):
+        Checkpointer(tmp_path, read_only=True).restore_params(1, abstract(make_state()).params)
 
 
 @pytest.mark.parametrize("error", [

@@ -211,3 +211,46 @@ def test_a_model_key_outside_its_range_is_a_config_error(family, override, start
         parts = assemble.assemble(config, sharding.make_mesh(config.mesh))
         parts.init_state()
     assert str(e.value).startswith(start), str(e.value)
+
+
+def test_a_run_puts_back_the_sigterm_handler_and_a_run_inside_another_keeps_its(
+        tiny_run, tmp_path):
+    """genjax.sample and genjax.evaluate train a feature net in-process, and evaluators
+    train classifiers inside a run: after train() the process's SIGTERM handler is the one
+    before it, and a run inside another leaves the outer run's handler, which a SIGTERM
+    still reaches (it used to be replaced for good: the outer run never stopped)."""
+    import signal
+    workdir = tmp_path / "run"
+    shutil.copytree(tiny_run("lm"), workdir)
+    import threading
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signal handlers are set from the main thread only")
+    before = signal.getsignal(signal.SIGTERM)
+    outer = train._SigtermFlag().install()
+    try:
+        assert train._SigtermFlag.active is outer  # no earlier run left its handler
+        handler = signal.getsignal(signal.SIGTERM)
+        train.train(run_config("lm"), str(workdir))  # resumes, no step left: a whole call
+        assert signal.getsignal(signal.SIGTERM) is handler
+        signal.raise_signal(signal.SIGTERM)
+        assert outer.raised
+    finally:
+        outer.uninstall()
+    assert signal.getsignal(signal.SIGTERM) is before
+    train.train(run_config("lm"), str(workdir))
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_a_fallback_past_an_unreadable_meta_still_checks_the_model(tiny_run, tmp_path):
+    """The newest step's meta cannot be read, so the early check has nothing to compare:
+    the resume falls back to the step before, whose meta must then be compared (it used to
+    train the changed model on the old params)."""
+    workdir = tmp_path / "run"
+    shutil.copytree(tiny_run("lm"), workdir)
+    steps = sorted(int(d) for d in os.listdir(workdir / "checkpoints") if d.isdigit())
+    assert len(steps) >= 2
+    (workdir / "checkpoints" / str(steps[-1]) / "meta" / "metadata").write_text("garbage")
+    other = run_config("lm", **{"model.activation": "gelu_exact",
+                                "total_steps": run_config("lm").total_steps + 2})
+    with pytest.raises(UserError, match="different model"):
+        train.train(other, str(workdir))

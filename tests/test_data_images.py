@@ -344,3 +344,12 @@ def test_tfds_catalog_pass_through_with_mock_data(tmp_path):
         batch = next(data.train_iterator())
         assert batch["image"].shape == (8, 32, 32, 1) and batch["label"].dtype == np.int32
         assert sum(b["mask"].sum() for b in data.eval_batches("test", 16)) == 24
+
+
+def test_rgb_to_grey_stays_on_the_256_levels_the_likelihoods_bin():
+    """BT.601 luma of (10, 200, 30) is 123.81: the grey pixel is level 124, i.e.
+    124 * 2 / 255 - 1, not a value between two of the decoder's bins."""
+    from genjax.data.image_loader import to_model_images
+    rgb = np.array([[[[10, 200, 30], [255, 255, 255]]]], np.uint8)       # [1, 1, 2, 3]
+    grey = to_model_images(rgb, (1, 2, 1))
+    np.testing.assert_array_equal(grey[0, 0, :, 0], np.float32([124, 255]) * (2 / 255) - 1)

@@ -120,6 +120,20 @@ def test_deterministic_switch_sets_the_xla_flag_and_run_meta_records_it(tmp_path
     assert "--xla_gpu_deterministic_ops=true" in meta["xla_flags"]
 
 
+@pytest.mark.slow
+def test_a_sigterm_at_an_eval_step_saves_without_evaluating(tmp_path, data_dir):
+    """The grace period after SIGTERM is for the checkpoint: a stop that falls on an eval
+    step saves and exits, and the eval (samples, evaluators: minutes) is not run first."""
+    proc = train(tmp_path, data_dir, *RESUME, "--config.eval_every_steps=2", faults="term@4")
+    assert proc.returncode == 143, proc.stderr[-3000:]
+    assert "preempted: saved step 4" in proc.stdout
+    records = [json.loads(line) for line in
+               (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    evals = [r["step"] for r in records if any(k.startswith("eval/") for k in r)]
+    assert evals == [2]
+    assert step_dirs(tmp_path) == ["3", "4"]
+
+
 # --------------------------------------------------------------------------- NaN batches
 ROLLBACK = [*TINY, "--config.ckpt_every_steps=2", "--config.max_consecutive_skips=2"]
 NAN_BATCHES = "nan@4,nan@5"  # the batches of steps 5 and 6: two skipped updates in a row
@@ -150,7 +164,26 @@ def test_on_nan_rollback_equals_a_run_that_never_saw_the_bad_batches(tmp_path, d
     assert losses_by_step(tmp_path / "run") == losses_by_step(tmp_path / "clean")
     assert checksums(tmp_path / "run", 10) == checksums(tmp_path / "clean", 10)
     meta_batches = _meta(tmp_path / "run", 10)["batches"]
-    assert meta_batches == {"drawn": 12, "bad": [4, 5], "rollbacks": 1}
+    assert {k: meta_batches[k] for k in ("drawn", "bad", "rollbacks")} == {
+        "drawn": 12, "bad": [4, 5], "rollbacks": 1}
+
+
+@pytest.mark.slow
+def test_a_skip_streak_that_spans_a_save_rolls_back_the_same_after_a_kill(tmp_path, data_dir):
+    """Steps 4 and 5 skip (batches 3, 4); step 4 is saved between them and the run killed
+    there: the rerun still knows step 4's batch, so it drops both, as the clean run does."""
+    clean = train(tmp_path / "clean", data_dir, *ROLLBACK, faults="drop@3,drop@4")
+    assert clean.returncode == 0, clean.stderr[-3000:]
+    killed = train(tmp_path / "run", data_dir, *ROLLBACK, "--config.on_nan=rollback",
+                   faults="nan@3,nan@4,kill_after_save@4")
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    rerun = train(tmp_path / "run", data_dir, *ROLLBACK, "--config.on_nan=rollback",
+                  faults="nan@3,nan@4")
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "resumed from step 4\n" in rerun.stdout
+    assert "rolled back to step 2, skipping batches [3, 4]" in rerun.stdout
+    assert losses_by_step(tmp_path / "run") == losses_by_step(tmp_path / "clean")
+    assert checksums(tmp_path / "run", 10) == checksums(tmp_path / "clean", 10)
 
 
 @pytest.mark.slow

@@ -44,3 +44,30 @@ def test_wheels_to_install_picks_what_is_missing_or_too_old(tmp_path):
     assert got == ["no_such_dist_xyz-1.0-py3-none-any.whl"]
     reqs = gpu_suite._requirements()
     assert not reqs["flax"].specifier.contains("0.8.0")  # an older flax would be replaced
+
+
+def test_one_installable_wheel_per_distribution_the_pinned_one_first(tmp_path, monkeypatch):
+    """A stale second version or another platform's wheel in .whl/ used to go to pip with
+    the rest and fail the whole install (ResolutionImpossible, "not a supported wheel")."""
+    from experiments.bench import gpu_suite
+    assert gpu_suite._pins()["jax"]  # constraints.txt is read
+    for name in ("no_such_dist_xyz-1.0-py3-none-any.whl", "no_such_dist_xyz-2.0-py3-none-any.whl",
+                 "other_dist_xyz-3.0-py3-none-any.whl", "other_dist_xyz-4.0-py3-none-any.whl",
+                 "armv7_dist_xyz-1.0-cp27-cp27mu-linux_armv7l.whl"):
+        (tmp_path / name).write_bytes(b"")
+    monkeypatch.setattr(gpu_suite, "_pins", lambda: {"no-such-dist-xyz": "1.0"})
+    got = [os.path.basename(p) for p in gpu_suite.wheels_to_install(str(tmp_path))]
+    assert got == ["no_such_dist_xyz-1.0-py3-none-any.whl", "other_dist_xyz-4.0-py3-none-any.whl"]
+
+
+def test_bench_overrides_parse_booleans_and_tuples_or_say_why_not():
+    from ml_collections import ConfigDict
+    from experiments.bench.lm_throughput import apply_overrides
+    c = ConfigDict({"model": {"scan_layers": False, "channel_mult": (1, 2), "width": 8}})
+    apply_overrides(c, ["model.scan_layers=True", "model.channel_mult=(1,2,2)", "model.width=16"])
+    assert c.model.scan_layers is True and c.model.channel_mult == (1, 2, 2)
+    assert c.model.width == 16
+    apply_overrides(c, ["model.scan_layers=0", "model.channel_mult=4"])
+    assert c.model.scan_layers is False and c.model.channel_mult == (4,)
+    with pytest.raises(ValueError, match="model.scan_layers='yes please': cannot be a bool"):
+        apply_overrides(c, ["model.scan_layers=yes please"])

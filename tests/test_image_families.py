@@ -486,12 +486,16 @@ def test_vae_iwae_nll_is_at_most_minus_elbo(likelihood):
     c = tiny("vae", likelihood=likelihood, iwae_samples=16)
     b = fake_batch(c, mask=False)
     mod, model, params, state = init("vae", c, b)
-    sums = jitted(mod.eval_fn, model=model, config=c)(params, state, b)
-    n = float(sums["count"])
-    assert float(sums["nll_iwae"]) / n <= -float(sums["elbo"]) / n
     c1 = tiny("vae", likelihood=likelihood, iwae_samples=1)  # k = 1: the ELBO itself
     s1 = jitted(mod.eval_fn, model=model, config=c1)(params, state, b)
     np.testing.assert_allclose(s1["nll_iwae"], -s1["elbo"], rtol=1e-4)
+    # weights moved off their init, so that log w varies with z and the 16-draw bound is
+    # well inside the ELBO (2.7x / 40x here); at init the two agree within Monte Carlo noise
+    # (the ELBO's KL is in closed form), too close for an inequality
+    params = jax.tree_util.tree_map(
+        lambda p: p + 0.2 * jax.random.normal(key(9), p.shape), params)
+    sums = jitted(mod.eval_fn, model=model, config=c)(params, state, b)
+    assert float(sums["nll_iwae"]) < 0.9 * -float(sums["elbo"])
 
 
 def test_vae_kl_warmup_counts_training_calls():

@@ -35,6 +35,10 @@ def test_products_zips_seeds_and_names():
     assert sweep_lib.override_flags(run) == [
         "--config.optim.lr=0.001", "--config.model.tie_embeddings=false", "--config.seed=1"]
     assert sweep_lib.run_name({}) == "base"
+    # names that lose "/" or spaces keep a hash of the settings: four runs, four folders
+    names = {sweep_lib.run_name({"sample.prompt": p}) for p in ("ROMEO: hi", "ROMEO:hi",
+                                                                "a/b", "a_b")}
+    assert len(names) == 4 and "sample.prompt=a_b" in names and "sample.prompt=ROMEO:hi" in names
 
 
 def sweep_cmd(*args):

@@ -1,5 +1,5 @@
 r"""Checkpoint save and restore times of a preset's train state, with orbax's
-replica-parallel saving on and off (genjax/checkpoint.py: REPLICA_PARALLEL).
+replica-parallel saving on and off (genjax/checkpoint_handlers.py: REPLICA_PARALLEL).
 
   XLA_FLAGS=--xla_force_host_platform_device_count=8 \
       python -m experiments.bench.checkpoint_save --config=configs/diffusion_fmnist.py:tiny
@@ -22,8 +22,8 @@ from experiments.bench import offline_config, report
 
 
 def time_mode(parts, state, replica_parallel: bool, saves: int) -> dict:
-    from genjax import checkpoint
-    checkpoint.REPLICA_PARALLEL = replica_parallel
+    from genjax import checkpoint, checkpoint_handlers
+    checkpoint_handlers.REPLICA_PARALLEL = replica_parallel
     try:
         blocking, finished, restore = [], [], []
         with tempfile.TemporaryDirectory() as tmp:
@@ -41,7 +41,7 @@ def time_mode(parts, state, replica_parallel: bool, saves: int) -> dict:
                 restore.append(time.perf_counter() - t0)
             ckpt.close()
     finally:
-        checkpoint.REPLICA_PARALLEL = None
+        checkpoint_handlers.REPLICA_PARALLEL = None
     return {"replica_parallel": replica_parallel,
             "save_blocking_s": statistics.median(blocking),
             "save_finished_s": statistics.median(finished),

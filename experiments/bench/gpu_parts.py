@@ -96,17 +96,20 @@ def _pump(pipe, lines: queue.Queue) -> None:
 
 def stream(cmd: list[str], prefix: str, *, env: dict | None = None,
            timeout_s: float | None = None, own_group: bool = False,
-           stop_after_first_step_s: float | None = None) -> dict:
+           stop_after_first_step_s: float | None = None,
+           stop_at_unix: float | None = None) -> dict:
     """Runs `cmd` from the repository root, echoing its output with `prefix`. SIGTERM once
     `stop_after_first_step_s` seconds have passed since its first step (genjax.train's
-    "compiled and ran in" line); SIGKILL to its process group (`own_group`: a new one, so
-    its children go too) after `timeout_s`. Returns rc (None: timed out), times, last lines."""
+    "compiled and ran in" line), or at wall-clock time `stop_at_unix`, whichever is first;
+    SIGKILL to its process group (`own_group`: a new one, so its children go too) after
+    `timeout_s`. Returns rc (None: timed out), times, last lines."""
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, bufsize=1,
                             start_new_session=own_group)
     lines: queue.Queue = queue.Queue()  # filled by a thread, so timeouts fire while quiet
     threading.Thread(target=_pump, args=(proc.stdout, lines), daemon=True).start()
     t0, t_first, stopped, killed, tail = time.perf_counter(), None, False, False, []
+    t_stop = None
     while True:
         try:
             line = lines.get(timeout=0.5)
@@ -120,16 +123,19 @@ def stream(cmd: list[str], prefix: str, *, env: dict | None = None,
             if t_first is None and "compiled and ran in" in line:
                 t_first = time.perf_counter()
         now = time.perf_counter()
-        if (stop_after_first_step_s is not None and t_first is not None and not stopped
-                and now - t_first > stop_after_first_step_s):
+        due = (stop_after_first_step_s is not None and t_first is not None
+               and now - t_first > stop_after_first_step_s)
+        if not stopped and (due or (stop_at_unix is not None and time.time() >= stop_at_unix)):
             proc.send_signal(signal.SIGTERM)  # genjax.train: checkpoint, then exit 143
-            stopped = True
+            stopped, t_stop = True, now
         if timeout_s is not None and not killed and now - t0 > timeout_s:
             os.killpg(proc.pid, signal.SIGKILL) if own_group else proc.kill()
             killed = True
     rc, t_end = proc.wait(), time.perf_counter()
     return {"rc": None if killed else rc, "wall_s": t_end - t0, "stopped_by_sigterm": stopped,
-            "tail": tail, "after_first_step_s": None if t_first is None else t_end - t_first}
+            "tail": tail, "after_first_step_s": None if t_first is None else t_end - t_first,
+            "first_step_to_sigterm_s": (None if t_first is None or t_stop is None
+                                        else max(t_stop - t_first, 0.0))}
 
 
 def _metrics_rows(workdir: str) -> list[dict]:
@@ -153,7 +159,8 @@ def part_diffusion(opts: dict) -> dict:
                  "--config.final_eval_batches=1", "--config.sample.grid_samples=0",
                  *(f"--config.{kv}" for kv in opts["diffusion_set"])]
     print(" ".join(train_cmd[1:]), flush=True)
-    train = stream(train_cmd, "train", stop_after_first_step_s=seconds)
+    train = stream(train_cmd, "train", stop_after_first_step_s=seconds,
+                   stop_at_unix=opts.get("diffusion_stop_unix"))
     if train["rc"] not in (0, 143):
         raise RuntimeError(f"genjax.train exited with {train['rc']}: " + "\n".join(train["tail"]))
     eval_cmd = [sys.executable, "-m", "genjax.evaluate", f"--workdir={workdir}",
@@ -170,7 +177,9 @@ def part_diffusion(opts: dict) -> dict:
     return {"config": f"{DIFFUSION_CONFIG}:{preset}", "train_seconds_limit": seconds,
             "steps_done": report["run"]["step"], "completed": train["rc"] == 0,
             "stopped_by_sigterm": train["stopped_by_sigterm"], "train_wall_s": train["wall_s"],
-            "after_first_step_s": train["after_first_step_s"],
+            "after_first_step_s": train["after_first_step_s"],  # + the save and exit
+            "trained_s": (train["first_step_to_sigterm_s"] if train["stopped_by_sigterm"]
+                          else train["after_first_step_s"]),
             "loop_images_per_s_median": float(np.median(rates)) if rates else None,
             "last_logged_loss": rows[-1].get("loss") if rows else None,
             "params_evaluated": report["run"]["which"],

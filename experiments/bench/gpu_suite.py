@@ -14,8 +14,10 @@ everything owed, write one JSON (rewritten after each part) and print a table.
 3. The parts (experiments/bench/gpu_parts.py: lm, decode, unet, diffusion), each in its own
    process group with a timeout, so one failure loses no other.
 The whole suite keeps within --budget_s (default 560 s; a lent GPU machine runs one command
-for at most 600 s): the diffusion part trains --diffusion_seconds (default 180 s) or what is
-left after DIFFUSION_OVERHEAD_S for its start, compile and evaluation, if less.
+for at most 600 s): the diffusion part trains --diffusion_seconds (default 180 s) after its
+first step, and is told to stop earlier if that would leave less than DIFFUSION_RESERVE_S
+of the budget for its final save and evaluation (a deadline, not an estimate of its start:
+the part is skipped if less than DIFFUSION_OVERHEAD_S is left).
 Output: experiments/bench/results/gpu_suite_<device>.json (or --out).
 """
 from __future__ import annotations
@@ -35,7 +37,8 @@ from experiments.bench.gpu_parts import ROOT, stream
 
 ORDER = ("lm", "decode", "unet", "diffusion")
 PART_TIMEOUT_S = {"lm": 180, "decode": 180, "unet": 180}  # smoke: no timeouts
-DIFFUSION_OVERHEAD_S = 150  # data prep, compile, final checkpoint, evaluate (H200 estimate)
+DIFFUSION_OVERHEAD_S = 150  # data prep, compile, final checkpoint, evaluate (H200, 2026-12)
+DIFFUSION_RESERVE_S = 80    # SIGTERM -> save -> exit (~21 s) + evaluate (~26 s), doubled-ish
 PROBE = ("import json, jax; d = jax.devices()[0]; print(json.dumps({'jax': jax.__version__, "
          "'backend': jax.default_backend(), 'device_kind': d.device_kind, "
          "'devices': jax.device_count()}))")
@@ -53,15 +56,42 @@ def _requirements() -> dict:
     return {canonicalize_name(r.name): r for r in map(Requirement, deps)}
 
 
+def _pins() -> dict:
+    """{canonical name: version} pinned in constraints.txt."""
+    from packaging.utils import canonicalize_name
+    pins = {}
+    with open(os.path.join(ROOT, "constraints.txt")) as f:
+        for line in f:
+            name, sep, version = line.split("#")[0].strip().partition("==")
+            if sep:
+                pins[canonicalize_name(name)] = version.strip()
+    return pins
+
+
+def _usable_wheels(wheel_dir: str) -> dict:
+    """{canonical name: path}: one wheel per distribution that this interpreter can
+    install (a stale or foreign-Python wheel in the folder used to fail the whole pip
+    call), the one constraints.txt pins if present, else the newest."""
+    from packaging.tags import sys_tags
+    from packaging.utils import canonicalize_name, parse_wheel_filename
+    supported, found = set(sys_tags()), {}
+    for path in sorted(glob.glob(os.path.join(wheel_dir, "*.whl"))):
+        name, version, _, tags = parse_wheel_filename(os.path.basename(path))
+        if tags & supported:
+            found.setdefault(canonicalize_name(name), []).append((version, path))
+    pins = _pins()
+    return {name: next((p for v, p in wheels if str(v) == pins.get(name)), max(wheels)[1])
+            for name, wheels in found.items()}
+
+
 def wheels_to_install(wheel_dir: str) -> list[str]:
-    """The wheels in `wheel_dir` whose distribution is not installed, or is installed at a
-    version pyproject.toml's dependencies exclude (e.g. an older flax)."""
+    """The wheels in `wheel_dir` (one per distribution, installable here) whose
+    distribution is not installed, or is installed at a version pyproject.toml's
+    dependencies exclude (e.g. an older flax)."""
     import importlib.metadata as md
 
-    from packaging.utils import canonicalize_name, parse_wheel_filename
     reqs, out = _requirements(), []
-    for path in sorted(glob.glob(os.path.join(wheel_dir, "*.whl"))):
-        name = canonicalize_name(parse_wheel_filename(os.path.basename(path))[0])
+    for name, path in sorted(_usable_wheels(wheel_dir).items()):
         try:
             have = md.version(name)
         except md.PackageNotFoundError:
@@ -87,8 +117,8 @@ def part_options(args, left_s: float) -> dict:
             "warmup": 1 if args.smoke else 3,
             "diffusion_params": args.diffusion_params,
             "diffusion_seconds": args.diffusion_seconds or (3 if args.smoke else 180)}
-    if not args.smoke:  # train only what the budget leaves
-        opts["diffusion_seconds"] = min(opts["diffusion_seconds"], left_s - DIFFUSION_OVERHEAD_S)
+    if not args.smoke:  # train only what the budget leaves: stopped by this wall time
+        opts["diffusion_stop_unix"] = time.time() + left_s - DIFFUSION_RESERVE_S
     return opts
 
 
@@ -143,7 +173,7 @@ def _rows(name: str, r: dict) -> list[tuple[str, str, str]]:
                  f"{r['compute_dtype']})", f"{r['images_per_s']:,.0f}",
                  f"{r['step_ms']:.1f} ms/step")]
     return [(f"diffusion {r['config'].split(':')[-1]}: {r['steps_done']} steps in "
-             f"{r['after_first_step_s']:.0f} s after compiling",
+             f"{r.get('trained_s', r['after_first_step_s']):.0f} s after compiling",
              f"{r['test_vlb_bpd']:.4f} bits/dim",
              f"test vlb, {r['params_evaluated']} params; loop "
              f"{r['loop_images_per_s_median'] or 0:,.0f} images/s")]
@@ -180,17 +210,27 @@ def parse(argv):
     for part in ("lm", "unet", "diffusion"):
         p.add_argument(f"--{part}_set", action="append", default=[],
                        help=f"{part} config override key=value (repeatable)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    unknown = sorted({n for n in args.only.split(",") if n} - set(ORDER))
+    if unknown:
+        p.error(f"--only: no part {', '.join(unknown)}; parts: {', '.join(ORDER)}")
+    return args
 
 
 def prepare(args, env: dict) -> dict:
     """Probes jax, installs the missing wheels; the suite's header (`error` if no jax)."""
     def probe():
-        p = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True,
-                           text=True, timeout=600)
+        try:
+            p = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True,
+                               text=True, timeout=180)
+        except subprocess.TimeoutExpired:
+            return {"error": ["`import jax; jax.devices()` took over 180 s"]}
         return json.loads(p.stdout.strip().splitlines()[-1]) if p.returncode == 0 else \
             {"error": p.stderr.strip().splitlines()[-1:]}
     first = probe()
+    if args.wheels and not os.path.isdir(args.wheels):  # git-ignored: travels only if carried
+        print(f"warning: no wheel folder {args.wheels} (run gpu_wheels.sh here and carry "
+              f".whl with the repository); installing nothing", flush=True)
     wheels = wheels_to_install(args.wheels) if args.wheels and os.path.isdir(args.wheels) else []
     print(f"jax: {first}; installing {len(wheels)} wheels from {args.wheels or '-'}", flush=True)
     try:
@@ -219,17 +259,24 @@ def main(argv=None) -> int:
     # the diffusion part's train step is the unet part's: compiled once
     env.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(args.workroot, "xla_cache"))
     results = {"suite": prepare(args, env), "parts": {}}
-    out = args.out or os.path.join(ROOT, "experiments", "bench", "results",
-                                   f"gpu_suite_{device_slug(results['suite'], args.smoke)}.json")
+    # the device tool returns only $OUT: results written anywhere else stay on the machine
+    folder = os.environ.get("OUT") or os.path.join(ROOT, "experiments", "bench", "results")
+    out = args.out or os.path.join(
+        folder, f"gpu_suite_{device_slug(results['suite'], args.smoke)}.json")
     write(out, results)
     if "error" in results["suite"]:
         print(f"no jax here: {results['suite']['error']}", flush=True)
+        return 1
+    if not args.smoke and results["suite"].get("backend") != "gpu":
+        print(f"error: jax runs on {results['suite'].get('backend')!r}, not a GPU (its CUDA "
+              f"plugin did not load?); --smoke times the CPU", flush=True)
         return 1
     for name in [n for n in args.only.split(",") if n] or ORDER:
         left = (args.budget_s or float("inf")) - (time.perf_counter() - t0)
         opts = part_options(args, left)
         timeout = left if name == "diffusion" or args.smoke else min(PART_TIMEOUT_S[name], left)
-        short = opts["diffusion_seconds"] < (1 if args.smoke else 10)
+        short = (opts["diffusion_seconds"] < 1 if args.smoke
+                 else left < DIFFUSION_OVERHEAD_S + 10)
         if timeout < 20 or (name == "diffusion" and short):
             results["parts"][name] = {"status": "skipped", "why": f"{left:.0f} s left"}
         else:

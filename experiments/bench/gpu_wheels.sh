@@ -24,6 +24,7 @@ PLATFORMS="--platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64
   --platform manylinux2014_x86_64 --platform manylinux1_x86_64"
 
 mkdir -p "$DIR"
+rm -f "$DIR"/*.whl  # one version per distribution: a stale one would fail pip there
 for name in $MISSING $FALLBACK; do
   pin=$(grep -i "^${name}==" constraints.txt || true)
   [ -n "$pin" ] || { echo "error: $name is not pinned in constraints.txt" >&2; exit 2; }
@@ -33,6 +34,12 @@ for name in $MISSING $FALLBACK; do
     # no wheel on PyPI (promise 2.3 is an sdist): build one; pure Python, so any platform
     "$PY" -m pip wheel -q --no-deps -w "$DIR" "$pin"
   fi
+done
+for w in "$DIR"/*.whl; do  # a fallback build of compiled code would be for this Python
+  case "$(basename "$w")" in
+    *-none-any.whl|*-cp312-*|*-abi3-*) ;;
+    *) echo "error: $w is not a wheel for CPython 3.12" >&2; exit 2 ;;
+  esac
 done
 
 if [ ! -d data/fashion-mnist ]; then

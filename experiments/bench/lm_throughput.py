@@ -11,6 +11,7 @@ device's peak dense bf16 FLOP/s (genjax/flops.py).
 from __future__ import annotations
 
 import argparse
+import ast
 import os
 import platform
 import sys
@@ -30,8 +31,24 @@ def apply_overrides(config, overrides: list[str]) -> None:
         *parents, leaf = key.split(".")
         for p in parents:
             node = node[p]
-        old = node[leaf]
-        node[leaf] = value == "true" if isinstance(old, bool) else type(old)(value)
+        node[leaf] = _cast(node[leaf], value, key)
+
+
+def _cast(old, value: str, key: str):
+    """`value` as the type of `old`: booleans from true/false/1/0 (any case), tuples and
+    lists as Python literals; anything else is one ValueError naming the key."""
+    try:
+        if isinstance(old, bool):
+            word = {"true": True, "1": True, "false": False, "0": False}.get(value.lower())
+            if word is None:
+                raise ValueError("not true or false")
+            return word
+        if isinstance(old, (tuple, list)):
+            parsed = ast.literal_eval(value)
+            return type(old)(parsed if isinstance(parsed, (tuple, list)) else (parsed,))
+        return type(old)(value)
+    except (ValueError, SyntaxError) as e:
+        raise ValueError(f"{key}={value!r}: cannot be a {type(old).__name__} ({e})") from None
 
 
 def time_train_step(config, local_batch, steps: int, warmup: int):

@@ -119,12 +119,13 @@ def _target_shape(native: Sequence[int], image_size: int, channels: int) -> tupl
 
 
 def to_model_images(images_u8: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
-    """uint8[b, h, w, c] -> float32[b, *shape] in [-1, 1], padded centred with -1."""
-    x = images_u8.astype(np.float32) * (2.0 / 255.0) - 1.0
-    c = shape[2]
-    if x.shape[-1] == 3 and c == 1:
-        x = (x @ _LUMA)[..., None]
-    elif x.shape[-1] == 1 and c == 3:
+    """uint8[b, h, w, c] -> float32[b, *shape] in [-1, 1], padded centred with -1. RGB to
+    grey rounds the luma to 8 bits: pixels stay on the 256 levels the likelihoods bin."""
+    u8, c = images_u8, shape[2]
+    if u8.shape[-1] == 3 and c == 1:
+        u8 = np.round(u8.astype(np.float32) @ _LUMA)[..., None]
+    x = u8.astype(np.float32) * (2.0 / 255.0) - 1.0
+    if x.shape[-1] == 1 and c == 3:
         x = np.repeat(x, 3, axis=-1)
     dh, dw = shape[0] - x.shape[1], shape[1] - x.shape[2]
     if dh or dw:

@@ -14,8 +14,9 @@ Eval reports, per image (sums over the batch + "count"; the loop divides):
                L_T + L_0 + sum_{t=1}^{T-1} L_t, with L_0 (the decoder) exact and the sum
                estimated by stratified sampling: `model.eval_timesteps` geometric strata of
                1..T-1, one t per stratum per image, weighted by the stratum's size. Unbiased; the
-               full bound is the same code with T-1 strata. Eval noise and timesteps come
-               from a fixed key (`config.seed`), so numbers are comparable across steps.
+               full bound is the same code with T-1 strata. Each image's timesteps and
+               noise come from `config.seed` and its own pixels (genjax/example_keys.py):
+               the same in every eval, whatever the batch, and independent across images.
   decoder_bpd  L_0 alone; prior_bpd  L_T alone (~0 for a schedule that ends in noise).
 """
 from __future__ import annotations
@@ -28,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from genjax import diffusion, sharding
+from genjax import diffusion, example_keys, sharding
 from genjax.errors import ConfigError
 from genjax.families import image_seam
 from genjax.families.image_seam import image_shape, num_classes, throughput_unit  # noqa: F401
@@ -38,7 +39,7 @@ CONDITIONINGS = ("class", "text", "none")
 # Capabilities (genjax/families/__init__.py)
 likelihood_metrics = ("vlb_bpd", "decoder_bpd", "prior_bpd")
 sample_options = ("guidance", "steps")
-runtime_keys = ("model.dropout", "model.remat")
+runtime_keys = ("model.dropout", "model.remat", "model.eval_timesteps")  # how it runs or is scored
 
 
 # ---------------------------------------------------------------- model and batches
@@ -152,6 +153,19 @@ def _noised(batch, rng, config, schedule, lo=0, hi=None):
     hi = schedule.num_steps if hi is None else hi
     t_B = jax.random.randint(t_key, (x0.shape[0],), lo, hi)
     noise = jax.random.normal(n_key, x0.shape, jnp.float32)
+    return _noised_at(x0, t_B, noise, config, schedule)
+
+
+def eval_draws(keys_B, lo, hi, shape):
+    """(t int32[B] uniform in [lo, hi), noise float32[B, *shape]): one draw per example key."""
+    def one(key):
+        t_key, n_key = jax.random.split(key)
+        return (jax.random.randint(t_key, (), lo, hi),
+                jax.random.normal(n_key, tuple(shape), jnp.float32))
+    return jax.vmap(one)(keys_B)
+
+
+def _noised_at(x0, t_B, noise, config, schedule):
     x_t = diffusion.q_sample(schedule, x0, t_B, noise)
     ab = diffusion._b(schedule.alphas_cumprod[t_B], x0)
     target = diffusion.pred_from_x0_eps(config.model.parameterization, x0, noise, ab)
@@ -189,10 +203,13 @@ def eval_fn(params, model_state, batch, *, model, config):
     mask = batch.get("mask", jnp.ones((x0.shape[0],), jnp.float32))
     labels = _labels(batch, config)
     lo, hi = eval_strata(schedule.num_steps, int(config.model.eval_timesteps))
-    keys = jax.random.split(jax.random.PRNGKey(int(config.seed)), len(lo) + 1)
+    keys_Bxk = jax.vmap(lambda k: jax.random.split(k, len(lo) + 1))(
+        example_keys.example_keys(int(config.seed), x0))
+    keys = jnp.swapaxes(keys_Bxk, 0, 1)  # [strata + 1, B, 2]
 
-    def terms(key, lo, hi):  # simple loss and L_t at one t per image drawn from [lo, hi)
-        _, t_B, x_t, target = _noised(batch, key, config, schedule, lo, hi)
+    def terms(keys_B, lo, hi):  # simple loss and L_t at one t per image drawn from [lo, hi)
+        t_B, noise = eval_draws(keys_B, lo, hi, x0.shape[1:])
+        _, t_B, x_t, target = _noised_at(x0, t_B, noise, config, schedule)
         pred = model.apply({"params": params}, x_t, t_B, labels, train=False)
         mse_B = jnp.mean((pred - target) ** 2, axis=(1, 2, 3))
         term_B = diffusion.vlb_term(schedule, config.model.parameterization,

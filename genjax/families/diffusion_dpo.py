@@ -12,10 +12,10 @@ mean over pixels of
 
     -log sigma(-(beta / 2) [(mse_w - mse_l) - (ref_w - ref_l)])     (genjax/preference.py)
 
-ln 2 at step 0 (model = reference). genjax averages over pixels where the paper's code
-sums over latent dimensions (SD 1.5: 4 x 64 x 64, beta 5000), so beta here is of another
-scale: sweep config.diffusion_dpo.beta. No condition dropout (both images keep their
-label). Sampling and evaluators: the diffusion family's, on the tuned U-Net.
+ln 2 at step 0 (model = reference). The paper's code reduces the error the same way (a
+mean over SD 1.5's 4 x 64 x 64 latent, beta 5000), but its latents are not these pixels, so
+its beta does not carry over: sweep config.diffusion_dpo.beta. No condition dropout (both
+images keep their label). Sampling and evaluators: the diffusion family's, on the tuned U-Net.
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from genjax import diffusion as ddpm
-from genjax import preference
+from genjax import example_keys, preference
 from genjax.errors import ConfigError
 from genjax.families import diffusion, dpo, lora
 from genjax.families.image_seam import image_shape, throughput_unit  # noqa: F401
@@ -37,7 +37,7 @@ conditioning = diffusion.conditioning
 sample_images = diffusion.sample_images
 sample_labels = diffusion.sample_labels
 sample_options = diffusion.sample_options
-runtime_keys = ("model.dropout",)
+runtime_keys = ("model.dropout", "model.eval_timesteps")
 load_pretrained = dpo.load_pretrained
 finalize_eval = dpo.finalize_eval
 reference_params = dpo.reference_params
@@ -79,11 +79,17 @@ def init_variables(model, rng, batch, config) -> dict:
 
 
 def shared_noise(batch, key, config):
-    """(t int32[B], eps float32[B, 2, H, W, C]): one timestep and one noise per pair."""
+    """(t int32[B], eps float32[B, 2, H, W, C]): one timestep and one noise per pair.
+    `key` None (eval): each pair's own key from config.seed and its pixels."""
     x0 = batch["image"]
-    t_key, n_key = jax.random.split(key)
-    t_B = jax.random.randint(t_key, (x0.shape[0],), 0, int(config.model.timesteps))
-    eps = jax.random.normal(n_key, (x0.shape[0], 1, *x0.shape[2:]), jnp.float32)
+    T = int(config.model.timesteps)
+    if key is None:
+        keys_B = example_keys.example_keys(int(config.seed), x0)
+        t_B, eps = diffusion.eval_draws(keys_B, 0, T, (1, *x0.shape[2:]))
+    else:
+        t_key, n_key = jax.random.split(key)
+        t_B = jax.random.randint(t_key, (x0.shape[0],), 0, T)
+        eps = jax.random.normal(n_key, (x0.shape[0], 1, *x0.shape[2:]), jnp.float32)
     return t_B, jnp.broadcast_to(eps, x0.shape)
 
 
@@ -123,9 +129,9 @@ def loss_fn(params, model_state, batch, rng, *, model, config):
 
 
 def eval_fn(params, model_state, batch, *, model, config):
-    """Sums over real pairs (eval noise from a fixed key) plus "count"."""
+    """Sums over real pairs plus "count" (each pair's t and noise from its own pixels)."""
     mask = batch.get("mask", jnp.ones(batch["label"].shape, jnp.float32))
-    loss, per = pair_terms(params, model_state, batch, jax.random.PRNGKey(int(config.seed)),
+    loss, per = pair_terms(params, model_state, batch, None,
                            model=model, config=config, train=False)
     return {"loss": jnp.sum(loss * mask), **{k: jnp.sum(v * mask) for k, v in per.items()},
             "count": jnp.sum(mask)}

@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from genjax import latent_prior, sharding
+from genjax import example_keys, latent_prior, sharding
 from genjax.errors import ConfigError, UserError
 from genjax.models import vae as vae_lib
 from genjax.families.image_seam import (  # noqa: F401  shared by the image families
@@ -131,16 +131,19 @@ def eval_fn(params, model_state, batch, *, model, config):
     variables = {"params": params}
     mean, logvar = model.apply(variables, x, method="encode")
 
-    def one(key):  # one posterior draw per image: log p(x|z), log w = log p(x,z) - log q(z|x)
-        z = mean + jnp.exp(0.5 * logvar) * jax.random.normal(key, mean.shape)
+    def one(keys_B):  # one posterior draw per image: log p(x|z), log w = log p(x,z) - log q(z|x)
+        noise = jax.vmap(lambda key: jax.random.normal(key, mean.shape[1:]))(keys_B)
+        z = mean + jnp.exp(0.5 * logvar) * noise
         out = model.apply(variables, z, labels, method="decode")
         recon = vae_lib.log_likelihood(model.likelihood, x, out)
         log_w = (recon + vae_lib.gaussian_log_prob(z, 0.0, jnp.zeros_like(z))
                  - vae_lib.gaussian_log_prob(z, mean, logvar))
         return recon, log_w
 
-    keys = jax.random.split(jax.random.PRNGKey(int(config.seed)), k)
-    recon_kxB, log_w_kxB = jax.lax.map(one, keys)
+    # each image's k draws from its own key (genjax/example_keys.py): the same in any batch
+    keys_Bxk = jax.vmap(lambda key: jax.random.split(key, k))(
+        example_keys.example_keys(int(config.seed), x))
+    recon_kxB, log_w_kxB = jax.lax.map(one, jnp.swapaxes(keys_Bxk, 0, 1))
     recon_B = jnp.mean(recon_kxB, axis=0)
     kl_B = kl_divergence(mean, logvar)
     elbo_B = recon_B - kl_B
