@@ -26,7 +26,10 @@ Sweeps: lr, norm, lr_x_dropout (`python -m experiments.sweep --config=...:cpu --
 from genjax import config_lib
 from genjax.evaluators import likelihood, text
 
+# LLaMA's RMSNorm eps (1e-5, both models) and rotary base 10000 (LLaMA-2's; LLaMA-3's is
+# 500000 with its own frequency scaling, not implemented: llama_1b is LLaMA-3.2-1B's shape).
 _LLAMA = {"model.norm": "rmsnorm", "model.pos": "rotary", "model.activation": "swiglu",
+          "model.norm_eps": 1e-5,
           "model.tie_embeddings": False, "model.use_bias": False, "model.max_len": 2048,
           "batch_size": 8, "total_steps": 1000, "optim.lr": 3e-4, "optim.warmup_steps": 100,
           "compute_dtype": "bfloat16", "eval_every_steps": 0, "ckpt_every_steps": 1000}
@@ -74,7 +77,7 @@ PRESETS = {
     # LLaMA-style: RMSNorm, rotary, SwiGLU, no biases (Touvron et al. 2023), the head untied
     # but for the 1B, at 2048 tokens; vocab: LLaMA-3's 128256 (1B), LLaMA-2's 32000 (7B).
     "llama_1b": {**_LLAMA, "model.size": "llama_1b", "model.vocab_size": 128256,
-                 "model.tie_embeddings": True},  # as LLaMA-3.2-1B: 1,235,814,400 params
+                 "model.tie_embeddings": True},  # LLaMA-3.2-1B's shape: 1,235,814,400 params
     "llama_7b": {**_LLAMA, "model.size": "llama_7b", "model.vocab_size": 32000},
 }
 

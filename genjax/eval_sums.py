@@ -8,6 +8,7 @@ turns the totals into metrics (the family's `finalize_eval`, else sums / count).
 """
 from __future__ import annotations
 
+import inspect
 from typing import Callable, Iterable
 
 import jax
@@ -24,6 +25,15 @@ def sum_batches(eval_step: Callable, params, model_state, batches: Iterable[dict
         for k, v in out.items():
             sums[k] = sums.get(k, 0.0) + float(v)
     return sums
+
+
+def eval_kwargs(data, split: str) -> dict:
+    """data.eval_kwargs for `split` where it takes one (the LM's characters per token of
+    that split, for bits/char), else for the data as a whole; {} if it has none."""
+    fn = getattr(data, "eval_kwargs", None)
+    if fn is None:
+        return {}
+    return fn(split) if "split" in inspect.signature(fn).parameters else fn()
 
 
 def finalize(family, sums: dict, eval_kwargs: dict | None = None) -> dict:

@@ -272,7 +272,7 @@ def _eval(run: _Run, max_batches: int | None) -> dict:
     """The family's eval of the raw params on config.eval_split."""
     batches = run.data.eval_batches(run.config.eval_split, int(run.config.batch_size), max_batches)
     return eval_sums.evaluate(run.parts, run.state.params, run.state.model_state, batches,
-                              run.data.eval_kwargs())
+                              eval_sums.eval_kwargs(run.data, run.config.eval_split))
 
 
 def _periodic_eval(run: _Run, step: int) -> None:

@@ -316,3 +316,26 @@ def test_a_file_where_the_report_folder_goes_is_one_line_and_kept(tmp_path):
                        out_dir=str(tmp_path / "eval"), which="raw", seed=0, data=None,
                        parts=None)
     assert (tmp_path / "eval").read_text() == "mine"
+
+
+def test_bits_per_char_divides_by_the_eval_splits_characters_per_token(monkeypatch):
+    """BPE: 2 nats/token over 4 characters/token is 2 / ln 2 / 4 bits/char (every other test
+    has 1 character/token, where * and / agree); the loop's eval (on config.eval_split)
+    divides by that split's ratio, not the validation split's."""
+    from types import SimpleNamespace
+    from genjax import eval_sums, train
+    from genjax.families import lm
+    out = lm.finalize_eval({"loss": 200.0, "count": 100.0, "accuracy": 0.0}, chars_per_token=4.0)
+    assert out["bits_per_char"] == pytest.approx(2.0 / math.log(2) / 4.0)
+    assert out["bits_per_token"] == pytest.approx(2.0 / math.log(2))
+
+    class Data:
+        def eval_batches(self, split, batch_size, max_batches):
+            return []
+
+        def eval_kwargs(self, split="validation"):
+            return {"chars_per_token": {"validation": 3.0, "test": 4.0}[split]}
+    monkeypatch.setattr(eval_sums, "evaluate", lambda parts, params, state, batches, kw: kw)
+    run = SimpleNamespace(config=SimpleNamespace(eval_split="test", batch_size=8), data=Data(),
+                          parts=None, state=SimpleNamespace(params=None, model_state=None))
+    assert train._eval(run, 1) == {"chars_per_token": 4.0}

@@ -71,3 +71,14 @@ def test_a_pairs_diffusion_dpo_eval_does_not_depend_on_its_batch():
     # inner = -(beta / 2) x a difference of errors: batch-size rounding of the U-Net's
     # convolutions (~1e-7) shows at 1e-4 there; a pair drawing another t moves it by O(1)
     _assert_order_free(fn, batch, ["inner", "loss", "mse_winner"], rtol=2e-3)
+
+
+def test_each_gan_eval_batch_brings_its_own_latents():
+    """Each real image brings its fake's latent: two batches of other images (same labels)
+    score other fakes (the fixed key scored the same B fakes in every batch: loss_g equal).
+    Its generator normalises by batch statistics, so a pair's losses are not its own."""
+    c = tiny("gan")
+    one, two = fake_batch(c, 4, seed=0), fake_batch(c, 4, seed=1)
+    mod, model, params, state = init("gan", c, one)
+    fn = jitted(mod.eval_fn, model=model, config=c)
+    assert float(fn(params, state, one)["loss_g"]) != float(fn(params, state, two)["loss_g"])

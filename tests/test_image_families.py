@@ -571,3 +571,8 @@ def test_gan_with_minibatch_std_scores_real_images_independently_of_fakes():
     d2 = model.apply(variables, x2, method="discriminate")
     np.testing.assert_array_equal(np.asarray(d[:4]), np.asarray(d2[:4]))
     assert not np.allclose(np.asarray(d[4:]), np.asarray(d2[4:]))
+    # 2 reals + 2 fakes with groups of 4 would be one group of both: refused
+    c = tiny("gan", mbstd_group=4)
+    mod, model, params, state = init("gan", c, fake_batch(c, 4))
+    with pytest.raises(config_lib.ConfigError, match="mbstd_group=4: a batch of 2 real"):
+        mod.player_losses(params, state, fake_batch(c, 2), key(0), model=model, config=c)

@@ -131,3 +131,49 @@ def test_gpt2_124m_row_has_gpt2_small_parameter_count():
     model = Transformer(vocab_size=50257, max_len=1024, use_bias=True,
                         **transformer.SIZES["gpt2_124m"])
     assert count_params(model) == 124_439_808
+
+
+def test_llama_parts_are_their_closed_forms():
+    """The LLaMA path against closed forms (GPT-2's is pinned by Hugging Face fixtures):
+    rotary rotates dims (i, i + H/2) by p * 10000^(-2i/H) (GPT-NeoX / HF layout); SwiGLU is
+    down(silu(gate x) * up x); RMSNorm is x / sqrt(mean(x^2) + eps) (no mean subtracted;
+    inputs of scale ~1e-3, where eps 1e-5 vs 1e-6 and inside vs outside the sqrt differ)."""
+    H, half = 8, 4
+    positions = np.array([[0, 1, 7, 100]])
+    theta = 10000.0 ** (-2 * np.arange(half) / H)
+    for i in range(half):
+        for j, (first, second) in ((i, (np.cos, np.sin)), (i + half, (lambda a: -np.sin(a),
+                                                                       np.cos))):
+            x = np.zeros((1, 4, 1, H), np.float32)
+            x[..., j] = 1.0
+            got = np.asarray(transformer.rotary(jnp.asarray(x), jnp.asarray(positions)))[0, :, 0]
+            angle = positions[0] * theta[i]
+            want = np.zeros((4, H))
+            want[:, i], want[:, i + half] = first(angle), second(angle)
+            np.testing.assert_allclose(got, want, atol=1e-5, err_msg=f"dim {j}")
+
+    x = np.linspace(-3, 3, 8, dtype=np.float32)
+    eye = np.eye(8, dtype=np.float32)
+    mlp = transformer.Mlp(8, "swiglu", use_bias=False, dtype=jnp.float32, out_std=0.02)
+    params = {"gate": {"kernel": eye}, "up": {"kernel": 2 * eye}, "down": {"kernel": eye}}
+    silu = x / (1 + np.exp(-x))
+    np.testing.assert_allclose(mlp.apply({"params": params}, x[None, None])[0, 0],
+                               silu * 2 * x, rtol=1e-5, atol=1e-6)
+
+    V, D = 5, 8
+    model = Transformer(vocab_size=V, num_layers=1, num_heads=2, embed_dim=D, max_len=4,
+                        norm="rmsnorm", pos="rotary", activation="swiglu", norm_eps=1e-5)
+    params = jax.tree_util.tree_map(np.zeros_like, nn.meta.unbox(model.init(
+        jax.random.PRNGKey(0), jnp.zeros((1, 4), jnp.int32)))["params"])  # blocks add 0
+    rng = np.random.default_rng(0)
+    params["token_embed"] = (1e-3 * (rng.standard_normal((V, D)) + 0.7)).astype(np.float32)
+    params["ln_final"] = {"scale": np.ones(D, np.float32)}
+    if "head" in params:
+        params["head"]["kernel"] = params["token_embed"].T.copy()
+    tokens = np.array([[0, 1, 2, 3]])
+    h = params["token_embed"][tokens[0]].astype(np.float64)
+    for eps in (1e-5, 1e-6):
+        normed = h / np.sqrt((h ** 2).mean(-1, keepdims=True) + eps)
+        got = model.clone(norm_eps=eps).apply({"params": params}, tokens)[0]
+        np.testing.assert_allclose(got, normed @ params["token_embed"].T, rtol=1e-4,
+                                   atol=1e-7, err_msg=str(eps))

@@ -17,9 +17,9 @@ Metrics are named <split>/<key>; there is no real-vs-real floor for a likelihood
 """
 from __future__ import annotations
 
-import inspect
-
 from ml_collections import ConfigDict
+
+from genjax import eval_sums
 
 NEEDS = ("likelihood_metrics",)
 COUNTS = ("count", "tokens")  # reported in details, not as metrics
@@ -35,14 +35,6 @@ def settings(**overrides) -> ConfigDict:
     s.per_document = True          # text data with documents (plays): one row per document
     from genjax.evaluators import with_overrides
     return with_overrides("likelihood", s, overrides)
-
-
-def _eval_kwargs(data, split: str) -> dict:
-    """data.eval_kwargs for `split` where it takes one (the LM's chars per token)."""
-    fn = getattr(data, "eval_kwargs", None)
-    if fn is None:
-        return {}
-    return fn(split) if "split" in inspect.signature(fn).parameters else fn()
 
 
 def _document_rows(ctx, split: str, batch_size: int, max_batches) -> list[dict]:
@@ -71,7 +63,7 @@ def evaluate(ctx, settings) -> dict:
                             "skipped_splits": [s for s in settings.splits if s not in have]}
     rows = []
     for split in splits:
-        kwargs = _eval_kwargs(data, split)
+        kwargs = eval_sums.eval_kwargs(data, split)
         m = ctx.evaluate(data.eval_batches(split, batch_size, max_batches), kwargs)
         details["splits"][split] = {**m, **kwargs}
         metrics.update({f"{split}/{k}": v for k, v in m.items() if k not in COUNTS})

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from genjax import sharding
+from genjax import example_keys, sharding
 from genjax.errors import ConfigError
 from genjax.models import dcgan
 from genjax.families.image_seam import (  # noqa: F401  shared by the image families
@@ -86,12 +86,13 @@ def _discriminate(model, variables, x, labels, model_state, update: bool = True)
 
 
 def player_losses(params, model_state, batch, rng, *, model, config, route: bool = True,
-                  r1_gamma: float | None = None):
+                  r1_gamma: float | None = None, z=None):
     """Per-example (loss_g, loss_d incl. R1, r1, d_real, d_fake) and the new model_state.
 
     route=True: stop-gradients as in the module docstring (what training uses).
     route=False: no stop-gradients -- each loss's full gradient, for tests and analysis.
     r1_gamma: None = config.model.r1_gamma.
+    z: the latents float32[B, latent_dim] (None: drawn from `rng`).
     """
     sg = jax.lax.stop_gradient if route else (lambda x: x)
     kind = config.model.loss
@@ -99,7 +100,11 @@ def player_losses(params, model_state, batch, rng, *, model, config, route: bool
     x_real = batch["image"].astype(jnp.float32)
     labels = _labels(batch, config)
     B = x_real.shape[0]
-    z = jax.random.normal(rng, (B, model.latent_dim))
+    group = int(config.model.get("mbstd_group", 0))
+    if group and B % group:  # a group of [real; fake] would let D read the fakes
+        raise ConfigError(f"config.model.mbstd_group={group}: a batch of {B} real images is "
+                          f"not a multiple of it")
+    z = jax.random.normal(rng, (B, model.latent_dim)) if z is None else z
     live = {"params": params, **model_state}
     fake = model.apply(live, z, labels, method="generate")
 
@@ -139,13 +144,15 @@ def loss_fn(params, model_state, batch, rng, *, model, config):
 
 
 def eval_fn(params, model_state, batch, *, model, config):
-    """Sums of both losses (without R1) and of D's accuracy on real / fake images (z from a
-    fixed key, so evals at different steps see the same latents)."""
+    """Sums of both losses (without R1) and of D's accuracy on real / fake images. Each real
+    image brings one latent, drawn from config.seed and its pixels (genjax/example_keys.py):
+    evals at different steps see the same latents, and every batch others."""
     x = batch["image"]
     mask = batch.get("mask", jnp.ones((x.shape[0],), jnp.float32))
+    z = jax.vmap(lambda k: jax.random.normal(k, (model.latent_dim,)))(
+        example_keys.example_keys(int(config.seed), x))
     (loss_g, loss_d, r1, d_real, d_fake), _ = player_losses(
-        params, model_state, batch, jax.random.PRNGKey(int(config.seed)), model=model,
-        config=config, r1_gamma=0.0)
+        params, model_state, batch, None, model=model, config=config, r1_gamma=0.0, z=z)
     s = lambda v: jnp.sum(v * mask)  # noqa: E731
     return {"loss_g": s(loss_g), "loss_d": s(loss_d), "d_real_acc": s(d_real > 0),
             "d_fake_acc": s(d_fake < 0), "count": jnp.sum(mask)}

@@ -156,7 +156,7 @@ def minibatch_std(h_BxHxWxC, group: int):
     Consecutive groups keep real and fake apart when both halves of a [real; fake] batch
     are multiples of `group`. -> [B, H, W, C + 1]."""
     b = h_BxHxWxC.shape[0]
-    if b % group:
+    if b % group:  # (b < group included: a [real; fake] pass would pool the two)
         raise ConfigError(f"minibatch std: batch {b} is not a multiple of group {group}")
     y = h_BxHxWxC.astype(jnp.float32).reshape(b // group, group, *h_BxHxWxC.shape[1:])
     std_G = jnp.sqrt(jnp.var(y, axis=1) + 1e-8).mean(axis=(1, 2, 3))
@@ -185,8 +185,8 @@ class Discriminator(nn.Module):
             if self.norm == "batch" and i > 0:
                 h = BatchStatNorm(self.dtype)(h)
             h = sharding.constrain(nn.leaky_relu(h, 0.2), _ACT)
-        if self.mbstd_group:
-            h = minibatch_std(h, min(self.mbstd_group, h.shape[0]))
+        if self.mbstd_group:  # a batch under one group would pool real with fake
+            h = minibatch_std(h, self.mbstd_group)
         phi_BxF = h.reshape(h.shape[0], -1)
         out = SNDense(1, spectral_norm=self.spectral_norm, dtype=self.dtype)(
             phi_BxF, update_stats)[:, 0]
