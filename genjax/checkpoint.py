@@ -85,9 +85,8 @@ class Checkpointer:
         try:
             out = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
         except Exception as e:  # noqa: BLE001
-            _raise_if_this_machine(e, step)
-            raise CorruptCheckpoint(f"step {step} of {self.directory}: its meta cannot be read "
-                                    f"({type(e).__name__}: {_first_line(e)})") from e
+            raise _unreadable(e, step, f"step {step} of {self.directory}: its meta cannot "
+                                       f"be read") from e
         return out["meta"]
 
     def best_step(self) -> int | None:
@@ -208,17 +207,14 @@ class Checkpointer:
         try:
             metadata = self.manager.metadata(step).item_metadata
         except Exception as e:  # noqa: BLE001
-            _raise_if_this_machine(e, step)
-            raise CorruptCheckpoint(f"step {step}: unreadable metadata ({short_reason(e)})"
-                                    ) from e
+            raise _unreadable(e, step, f"step {step}: unreadable metadata") from e
         check_against_saved(metadata, target, self.directory, step)
         try:
             out = self.manager.restore(step, args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore(),
                 meta=ocp.args.JsonRestore()))
         except Exception as e:  # noqa: BLE001
-            _raise_if_this_machine(e, step)
-            raise CorruptCheckpoint(f"step {step}: cannot be read ({short_reason(e)})") from e
+            raise _unreadable(e, step, f"step {step}: cannot be read") from e
         bad = _checksum_mismatches(out["meta"], out["state"], step) if verify else []
         if bad:
             raise CorruptCheckpoint(f"step {step}: checksum mismatch in {bad[:5]}")
@@ -289,9 +285,8 @@ class Checkpointer:
         try:
             saved_params = tree_of(self.manager.metadata(step).item_metadata, "state")[key]
         except Exception as e:  # noqa: BLE001
-            _raise_if_this_machine(e, step)
-            raise CorruptCheckpoint(f"{source}: step {step} of {self.directory} cannot be "
-                                    f"read ({short_reason(e)})") from e
+            raise _unreadable(e, step, f"{source}: step {step} of {self.directory} cannot "
+                                       f"be read") from e
         if key == "ema_params" and not jax.tree_util.tree_leaves(saved_params):
             raise UserError(f"init_from_params=ema: {self.directory} kept no EMA params "
                             "(optim.ema_decay 0): --config.init_from_params=raw")
@@ -313,9 +308,8 @@ class Checkpointer:
             with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as reader:
                 restored = reader.restore(path, args=args)
         except Exception as e:  # noqa: BLE001
-            _raise_if_this_machine(e, step)
-            raise CorruptCheckpoint(f"{source}: step {step} of {self.directory} cannot be "
-                                    f"read ({short_reason(e)})") from e
+            raise _unreadable(e, step, f"{source}: step {step} of {self.directory} cannot "
+                                       f"be read") from e
         bad = _checksum_mismatches(meta, restored, step)
         if bad:
             raise CorruptCheckpoint(f"{source}: step {step} of {self.directory} fails its "
@@ -335,6 +329,13 @@ def _checksum_mismatches(meta: dict, tree: dict, step: int) -> list[str]:
                               f"genjax (a newer one wrote it)")
     now, _ = _checksums(tree, scheme)
     return sorted(k for k in now if now[k] != saved.get(k))
+
+
+def _unreadable(e: BaseException, step: int, what: str) -> CorruptCheckpoint:
+    """The CorruptCheckpoint "<what> (<reason>)" of a read that failed on the files; a
+    failure of this machine raises CheckpointError here instead."""
+    _raise_if_this_machine(e, step)
+    return CorruptCheckpoint(f"{what} ({short_reason(e)})")
 
 
 def _raise_if_this_machine(e: BaseException, step: int) -> None:

@@ -43,6 +43,10 @@ def check_workdir(ckpt: ckpt_lib.Checkpointer, config, family) -> None:
         saved_meta = ckpt.read_meta(latest)
     except Exception:  # noqa: BLE001 - a corrupt step; restore_latest deals with it
         return
+    _check_meta(saved_meta, config, family)
+
+
+def _check_meta(saved_meta: dict, config, family) -> None:
     same_model.check_same_model(saved_meta, config, families.runtime_keys(family))
     same_model.warn_changed_schedule(saved_meta, config)
 
@@ -68,9 +72,7 @@ def start(ckpt: ckpt_lib.Checkpointer, parts, config, train_iter) -> Start:
         if restored is not None:
             state, data_state, saved_meta, step = restored
             if step != checked:  # fell back past a step whose meta could not be read
-                same_model.check_same_model(saved_meta, config,
-                                            families.runtime_keys(parts.family))
-                same_model.warn_changed_schedule(saved_meta, config)
+                _check_meta(saved_meta, config, parts.family)
             if data_state:
                 train_iter.set_state(data_state)
             logging.info("resumed from %s/%d", ckpt.directory, step)

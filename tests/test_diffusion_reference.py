@@ -6,7 +6,6 @@ of a multi-step run with a network that is not an oracle, and each term of the b
 the posterior from Bayes' rule for two Gaussians (not Ho et al.'s closed form the code
 uses), the decoder's bins from scipy's normal CDF, KLs from the textbook formula.
 """
-import math
 
 import jax
 import jax.numpy as jnp
@@ -16,6 +15,7 @@ from scipy import stats
 
 from genjax import diffusion
 from genjax.errors import ConfigError
+from tests.test_diffusion_dpo import cosine_alphas_cumprod
 
 T = 50
 
@@ -24,10 +24,17 @@ def schedule64(kind):
     """betas and alpha-bar in float64 (Ho et al. 2020; Nichol & Dhariwal 2021, eq. 17)."""
     if kind == "linear":
         betas = np.linspace(1e-4 * 1000 / T, 0.02 * 1000 / T, T)
-    else:
-        f = np.cos((np.arange(T + 1) / T + 0.008) / 1.008 * math.pi / 2) ** 2
-        betas = np.minimum(1 - f[1:] / f[:-1], 0.999)
-    return betas, np.cumprod(1 - betas)
+        return betas, np.cumprod(1 - betas)
+    ab = cosine_alphas_cumprod(T)
+    return 1 - ab / np.concatenate([[1.0], ab[:-1]]), ab
+
+
+def bin_mass64(x, mean, sd):
+    """N(mean, sd^2)'s mass on each 8-bit pixel's bin [x - 1/255, x + 1/255], the edge
+    bins open to -inf / +inf, from scipy's normal CDF."""
+    upper = np.where(x > 0.999, 1.0, stats.norm.cdf((x + 1 / 255 - mean) / sd))
+    lower = np.where(x < -0.999, 0.0, stats.norm.cdf((x - 1 / 255 - mean) / sd))
+    return upper - lower
 
 
 def bayes_posterior(x0, x_t, ab_t, ab_prev):
@@ -163,10 +170,7 @@ def test_decoder_bins_equal_scipys_normal_cdf():
     mean[:4] = [-0.9, 0.95, 0.3, -0.2]
     got = diffusion.discretized_gaussian_log_likelihood(
         *(jnp.asarray(a, jnp.float32) for a in (x, mean, log_scale)))
-    s = np.exp(log_scale)
-    upper = np.where(x > 0.999, 1.0, stats.norm.cdf((x + 1 / 255 - mean) / s))
-    lower = np.where(x < -0.999, 0.0, stats.norm.cdf((x - 1 / 255 - mean) / s))
-    want = np.log(upper - lower)
+    want = np.log(bin_mass64(x, mean, np.exp(log_scale)))
     assert np.all(np.isfinite(want)) and want.min() < -5  # far bins included
     near = want > -10  # (in the far tails float32's (x - mean) / s costs ~1e-3 relative)
     np.testing.assert_allclose(np.asarray(got)[near], want[near], rtol=1e-4, atol=1e-5)
@@ -200,10 +204,7 @@ def test_each_bound_term_equals_the_float64_reference():
         a = ab[ti]
         x0_pred = np.clip((x_t[i] - np.sqrt(1 - a) * eps[i]) / np.sqrt(a), -1, 1)
         if ti == 0:  # decoder: N(x0_pred, beta~_1) integrated over x0's bin
-            sd = np.sqrt(beta_tilde[0])
-            up = np.where(x0[i] > 0.999, 1.0, stats.norm.cdf((x0[i] + 1 / 255 - x0_pred) / sd))
-            lo = np.where(x0[i] < -0.999, 0.0, stats.norm.cdf((x0[i] - 1 / 255 - x0_pred) / sd))
-            want.append(-np.sum(np.log(up - lo)))
+            want.append(-np.sum(np.log(bin_mass64(x0[i], x0_pred, np.sqrt(beta_tilde[0])))))
             continue
         m_true, v_true = bayes_posterior(x0[i], x_t[i], a, ab[ti - 1])
         m_model, _ = bayes_posterior(x0_pred, x_t[i], a, ab[ti - 1])

@@ -37,6 +37,15 @@ def test_gaussian_and_bernoulli_log_probs_and_the_kl_equal_scipy():
                                bce.sum(axis=(1, 2, 3)), rtol=1e-5)
 
 
+def logistic_bin_mass(x, mean, scale):
+    """The logistic's mass on each 8-bit pixel's bin [x - 1/255, x + 1/255], the edge bins
+    open to -inf / +inf (Salimans et al. 2017), in float64."""
+    sig = lambda a: 1 / (1 + np.exp(-a))  # noqa: E731
+    upper = np.where(x > 0.999, 1.0, sig((x + 1 / 255 - mean) / scale))
+    lower = np.where(x < -0.999, 0.0, sig((x - 1 / 255 - mean) / scale))
+    return upper - lower
+
+
 def test_discretized_logistic_is_the_logistic_mass_of_each_pixels_bin():
     """log(sigmoid((x + 1/255 - m) / s) - sigmoid((x - 1/255 - m) / s)), the edge bins open
     to -inf / +inf (Salimans et al. 2017), in float64."""
@@ -46,12 +55,9 @@ def test_discretized_logistic_is_the_logistic_mass_of_each_pixels_bin():
     x[:20], x[20:40] = -1.0, 1.0
     log_scale = rs.uniform(-4.5, 0.0, n)
     mean = x + rs.uniform(-4, 4, n) * np.exp(log_scale)
-    sig = lambda a: 1 / (1 + np.exp(-a))  # noqa: E731
-    s = np.exp(log_scale)
-    upper = np.where(x > 0.999, 1.0, sig((x + 1 / 255 - mean) / s))
-    lower = np.where(x < -0.999, 0.0, sig((x - 1 / 255 - mean) / s))
-    want = np.log(upper - lower)
-    keep = (upper - lower) > 1e-5  # (below, the code takes the density at the centre)
+    mass = logistic_bin_mass(x, mean, np.exp(log_scale))
+    want = np.log(mass)
+    keep = mass > 1e-5  # (below, the code takes the density at the centre)
     assert keep.mean() > 0.9 and want[keep].min() < -5
     out = np.stack([mean, log_scale], -1).reshape(n, 1, 1, 2).astype(np.float32)
     got = vae_lib.discretized_logistic_log_prob(
@@ -75,10 +81,7 @@ def test_a_vae_with_zero_weights_scores_its_closed_form(likelihood):
     if likelihood == "bernoulli":
         nll = x[0].size * math.log(2)
     else:
-        sig = lambda a: 1 / (1 + np.exp(-a))  # noqa: E731
-        mass = (np.where(x > 0.999, 1.0, sig(x + 1 / 255))
-                - np.where(x < -0.999, 0.0, sig(x - 1 / 255)))
-        nll = -np.log(mass).sum() / len(x)
+        nll = -np.log(logistic_bin_mass(x, 0.0, 1.0)).sum() / len(x)
     np.testing.assert_allclose(float(sums["kl"]) / n, 0.0, atol=1e-6)
     np.testing.assert_allclose(float(sums["nll_iwae"]) / n, nll, rtol=1e-5)
     np.testing.assert_allclose(-float(sums["elbo"]) / n, nll, rtol=1e-5)
